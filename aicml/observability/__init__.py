@@ -1,0 +1,1 @@
+"""Prometheus metrics under the seed's names, and structured logging helpers."""

@@ -1,0 +1,57 @@
+"""The seed's Prometheus metrics, defined once; every service imports them from here.
+
+Names are the seed's (`ml_training_jobs_total`, ...). prometheus_client adds `_total` to counters
+and `_bucket`/`_sum`/`_count` to histograms on exposition, as Prometheus expects.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+TRAINING_JOBS = Counter(
+    "ml_training_jobs",
+    "Training jobs finished, by outcome (success, failure).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+MODEL_DEPLOYMENTS_ACTIVE = Gauge(
+    "ml_model_deployments_active",
+    "Model deployments currently serving, by model.",
+    ["model"],
+    registry=REGISTRY,
+)
+PIPELINE_EXECUTIONS_DURATION = Histogram(
+    "ml_pipeline_executions_duration",
+    "Wall time of pipeline executions in seconds, by flow and outcome.",
+    ["flow", "outcome"],
+    buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200),
+    registry=REGISTRY,
+)
+PIPELINE_EXECUTIONS = Counter(
+    "ml_pipeline_executions",
+    "Pipeline executions finished, by flow and outcome.",
+    ["flow", "outcome"],
+    registry=REGISTRY,
+)
+AGENT_ORCHESTRATION_REQUESTS = Counter(
+    "ml_agent_orchestration_requests",
+    "Agent coordination requests, by pattern and outcome.",
+    ["pattern", "outcome"],
+    registry=REGISTRY,
+)
+DATA_INTEGRATION_RECORDS = Counter(
+    "ml_data_integration_records_processed",
+    "Records processed by data integration, by source and outcome (accepted, quarantined, rejected).",
+    ["source", "outcome"],
+    registry=REGISTRY,
+)
+
+SEED_METRIC_NAMES = (
+    "ml_training_jobs_total",
+    "ml_model_deployments_active",
+    "ml_pipeline_executions_duration",
+    "ml_agent_orchestration_requests",
+    "ml_data_integration_records_processed",
+)

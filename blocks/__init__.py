@@ -1,0 +1,1 @@
+"""Configuration and credentials: pydantic-settings (`settings`) and Prefect Block classes (`credentials`)."""
