@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 
 class AicError(Exception):
@@ -40,19 +41,28 @@ class FailedExpectation:
 class DataQualityError(AicError):
     """A batch violated its quality suite; nothing downstream ran on it."""
 
-    def __init__(self, dataset: str, failures: Sequence[FailedExpectation], rows: int) -> None:
+    def __init__(
+        self,
+        dataset: str,
+        failures: Sequence[FailedExpectation],
+        rows: int,
+        report: dict[str, Any] | None = None,
+    ) -> None:
         self.dataset = dataset
         self.failures = list(failures)
         self.rows = rows
+        self.report = report or {}
         lines = "\n".join(f"  - {failure.describe()}" for failure in self.failures)
         super().__init__(
             f"Batch of dataset {dataset!r} ({rows} rows) failed {len(self.failures)} expectation(s):\n"
             f"{lines}\nFix the data, or pass a suite that accepts it."
         )
 
-    def __reduce__(self) -> tuple[type[DataQualityError], tuple[str, list[FailedExpectation], int]]:
+    def __reduce__(
+        self,
+    ) -> tuple[type[DataQualityError], tuple[str, list[FailedExpectation], int, dict[str, Any]]]:
         # Prefect pickles exceptions into failed states; keep the structured fields.
-        return (DataQualityError, (self.dataset, self.failures, self.rows))
+        return (DataQualityError, (self.dataset, self.failures, self.rows, self.report))
 
 
 class TrainingError(AicError):

@@ -18,11 +18,13 @@ class AicSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AIC_", env_file=".env", extra="ignore")
 
     home: Path = Field(
-        default=Path(".aic"), description="Directory for the stack's databases, logs, pid files and artifacts."
+        default=Path(".aic"),
+        description="Directory for the stack's databases, logs, pid files and artifacts.",
     )
     host: str = Field(default="127.0.0.1", description="Interface the local servers bind to.")
     prefect_port: int = Field(default=4200, description="Port of the local Prefect server.")
     mlflow_port: int = Field(default=5000, description="Port of the local MLflow tracking server.")
+    metrics_port: int = Field(default=9464, description="Port of the local Prometheus metrics exporter.")
     database_url: SecretStr | None = Field(
         default=None,
         description=(
@@ -31,8 +33,12 @@ class AicSettings(BaseSettings):
             "under `home`."
         ),
     )
-    prefect_database: str = Field(default="prefect", description="Database name for Prefect on `database_url`.")
-    mlflow_database: str = Field(default="mlflow_db", description="Database name for MLflow on `database_url`.")
+    prefect_database: str = Field(
+        default="prefect", description="Database name for Prefect on `database_url`."
+    )
+    mlflow_database: str = Field(
+        default="mlflow_db", description="Database name for MLflow on `database_url`."
+    )
     mlflow_tracking_uri: str | None = Field(
         default=None, description="Use this MLflow server instead of the local one (for example a cluster's)."
     )
@@ -63,6 +69,6 @@ class AicSettings(BaseSettings):
         if self.database_url is None:
             return None
         base = self.database_url.get_secret_value().rstrip("/")
-        scheme, _, rest = base.partition("://")
+        _, _, rest = base.partition("://")
         hostpart = rest.split("/", 1)[0]
         return f"postgresql+{driver}://{hostpart}/{name}"

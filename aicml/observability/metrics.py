@@ -10,6 +10,20 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
+
+def exposition() -> bytes:
+    """The metrics of this process, or of every process sharing ``PROMETHEUS_MULTIPROC_DIR``."""
+    import os
+
+    from prometheus_client import generate_latest, multiprocess
+
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged)
+        return generate_latest(merged)
+    return generate_latest(REGISTRY)
+
+
 TRAINING_JOBS = Counter(
     "ml_training_jobs",
     "Training jobs finished, by outcome (success, failure).",
@@ -21,6 +35,7 @@ MODEL_DEPLOYMENTS_ACTIVE = Gauge(
     "Model deployments currently serving, by model.",
     ["model"],
     registry=REGISTRY,
+    multiprocess_mode="livesum",
 )
 PIPELINE_EXECUTIONS_DURATION = Histogram(
     "ml_pipeline_executions_duration",

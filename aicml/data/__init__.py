@@ -1,0 +1,1 @@
+"""Data integration engine: sources, snapshots, quality suites, demo data."""

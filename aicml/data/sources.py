@@ -1,0 +1,152 @@
+"""Read a tabular source into a DataFrame: CSV/Parquet/JSON-lines files (path, glob, URL) or a SQL table.
+
+A source is a string. ``sqlite:///x.db#churn`` or ``postgresql://host/db#schema.table`` names a table
+(the part after ``#``); anything else is a path, glob or fsspec URL of files.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+
+from aicml.errors import SourceError
+
+FILE_FORMATS = {
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+}
+SQL_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mssql", "oracle")
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """A parsed source: either a list of files or a SQL URL plus table."""
+
+    raw: str
+    files: tuple[str, ...] = ()
+    sql_url: str | None = None
+    table: str | None = None
+
+    @property
+    def is_sql(self) -> bool:
+        return self.sql_url is not None
+
+
+def _format_of(path: str) -> str:
+    name = path.lower().removesuffix(".gz")
+    for suffix, fmt in FILE_FORMATS.items():
+        if name.endswith(suffix):
+            return fmt
+    raise SourceError(
+        f"Cannot tell the format of {path!r}: use a .csv, .tsv, .parquet, .jsonl or .json file (optionally .gz)."
+    )
+
+
+def parse_source(source: str, table: str | None = None) -> SourceSpec:
+    """Split ``source`` into files or a SQL table; raise SourceError naming what is missing."""
+    if not source or not source.strip():
+        raise SourceError("The source is empty: give a file path, glob or URL, or a SQLAlchemy URL#table.")
+    scheme = source.split("://", 1)[0].split("+", 1)[0].lower() if "://" in source else ""
+    if scheme in SQL_SCHEMES:
+        url, _, fragment = source.partition("#")
+        name = table or fragment or None
+        if not name:
+            raise SourceError(f"SQL source {url!r} names no table: append '#<table>' or pass table=.")
+        return SourceSpec(raw=source, sql_url=url, table=name)
+    if "://" in source and scheme not in ("file", ""):
+        # Remote fsspec URL (s3://, https://, ...): expand globs through fsspec.
+        import fsspec
+
+        fs, _, paths = fsspec.get_fs_token_paths(source)
+        files = tuple(sorted(fs.unstrip_protocol(p) for p in paths))
+    else:
+        local = source.removeprefix("file://")
+        if any(ch in local for ch in "*?["):
+            files = tuple(sorted(glob.glob(local, recursive=True)))
+        elif os.path.isdir(local):
+            files = tuple(
+                sorted(
+                    str(p)
+                    for p in Path(local).rglob("*")
+                    if p.is_file() and not p.name.startswith((".", "_"))
+                )
+            )
+        else:
+            files = (local,)
+        for path in files:
+            if not os.path.exists(path):
+                raise SourceError(f"Source file {path!r} does not exist.")
+    if not files:
+        raise SourceError(f"Source {source!r} matched no files.")
+    for path in files:
+        _format_of(path)
+    return SourceSpec(raw=source, files=files)
+
+
+def _read_file(path: str) -> pd.DataFrame:
+    fmt = _format_of(path)
+    compression: Literal["gzip"] | None = "gzip" if path.lower().endswith(".gz") else None
+    try:
+        if fmt == "parquet":
+            return pd.read_parquet(path)
+        if fmt == "jsonl":
+            return pd.read_json(path, lines=True, compression=compression)
+        sep = "\t" if path.lower().removesuffix(".gz").endswith(".tsv") else ","
+        return pd.read_csv(path, sep=sep, compression=compression, low_memory=False)
+    except (ValueError, OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise SourceError(f"Cannot read {fmt} file {path!r}: {exc}") from exc
+
+
+def read_sql_table(url: str, table: str) -> pd.DataFrame:
+    """Read a whole table; the name is reflected by SQLAlchemy, never formatted into SQL text."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    try:
+        schema, _, name = table.rpartition(".")
+        try:
+            reflected = sa.Table(name, sa.MetaData(), schema=schema or None, autoload_with=engine)
+        except sa.exc.NoSuchTableError as exc:
+            raise SourceError(f"Table {table!r} does not exist at {engine.url!r}.") from exc
+        except sa.exc.OperationalError as exc:
+            raise SourceError(f"Cannot connect to {engine.url!r}: {exc.orig}") from exc
+        with engine.connect() as conn:
+            return pd.read_sql(sa.select(reflected), conn)
+    finally:
+        engine.dispose()
+
+
+def read_source(spec: SourceSpec) -> pd.DataFrame:
+    """Read every file of ``spec`` (or its table) into one DataFrame with a fresh RangeIndex."""
+    if spec.is_sql:
+        assert spec.sql_url is not None and spec.table is not None
+        return read_sql_table(spec.sql_url, spec.table)
+    frames = [_read_file(path) for path in spec.files]
+    columns = list(frames[0].columns)
+    for path, frame in zip(spec.files[1:], frames[1:], strict=True):
+        if list(frame.columns) != columns:
+            raise SourceError(
+                f"File {path!r} has columns {list(frame.columns)} but {spec.files[0]!r} has {columns}; "
+                "files of one source must share their columns."
+            )
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+
+def redact(source: str) -> str:
+    """``source`` with any password in a URL replaced by ***, safe for logs and artifacts."""
+    if "://" not in source or "@" not in source.split("#", 1)[0]:
+        return source
+    scheme, rest = source.split("://", 1)
+    credentials, _, host = rest.partition("@")
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in credentials else source

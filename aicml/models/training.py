@@ -1,0 +1,197 @@
+"""Train candidate models on one dataset and track each in MLflow; the pipeline's train stage.
+
+Split deterministically by seed into train/validation/test, fit the preprocessor on train only,
+fit every trainer, score on test, log parameters, per-epoch metrics, plot and model.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from aicml.errors import SchemaError, TrainingError
+from aicml.models.evaluation import PRIMARY_METRIC, diagnostic_figure, score
+from aicml.models.features import LabelCodec, Problem, TabularPreprocessor, infer_problem
+from aicml.models.trainers import EpochHook, PreparedData, Trainer
+
+ProgressHook = Callable[[str, int, int, dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One trained model: its MLflow run, model URI and test metrics."""
+
+    name: str
+    run_id: str
+    model_uri: str
+    metrics: dict[str, float]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class TrainingOutcome:
+    """All candidates, the best one, and where the held-out test rows were written."""
+
+    problem: Problem
+    primary_metric: str
+    candidates: list[Candidate]
+    test_path: str
+    features: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def best(self) -> Candidate:
+        return max(self.candidates, key=lambda c: c.metrics[self.primary_metric])
+
+
+def split_frame(
+    frame: pd.DataFrame,
+    target: str,
+    problem: Problem,
+    seed: int,
+    test_size: float = 0.15,
+    val_size: float = 0.15,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Deterministic train/validation/test split by ``seed``; stratified when every class allows it."""
+    from sklearn.model_selection import train_test_split
+
+    if len(frame) < 20:
+        raise SchemaError(f"Only {len(frame)} labelled rows: need at least 20 to train, validate and test.")
+
+    def strata(part: pd.DataFrame) -> pd.Series | None:
+        if problem != "classification":
+            return None
+        counts = part[target].value_counts()
+        return part[target] if counts.min() >= 3 else None
+
+    rest, test = train_test_split(frame, test_size=test_size, random_state=seed, stratify=strata(frame))
+    relative = val_size / (1.0 - test_size)
+    train, val = train_test_split(rest, test_size=relative, random_state=seed, stratify=strata(rest))
+    return train.reset_index(drop=True), val.reset_index(drop=True), test.reset_index(drop=True)
+
+
+def prepare(
+    frame: pd.DataFrame, target: str, problem: Problem | None, seed: int
+) -> tuple[PreparedData, pd.DataFrame, Problem]:
+    if target not in frame.columns:
+        raise SchemaError(f"Label column {target!r} is not in the data; columns are {list(frame.columns)}.")
+    resolved: Problem = problem or infer_problem(frame[target])
+    train, val, test = split_frame(frame, target, resolved, seed)
+    features = [c for c in frame.columns if c != target]
+    preprocessor = TabularPreprocessor().fit(train[features])
+    codec = LabelCodec(resolved).fit(train[target])
+    val = val[val[target].isin(codec.classes)] if resolved == "classification" else val
+    data = PreparedData(
+        preprocessor=preprocessor,
+        codec=codec,
+        x_train=preprocessor.transform(train[features]),
+        y_train=codec.encode(train[target]),
+        x_val=preprocessor.transform(val[features]),
+        y_val=codec.encode(val[target]),
+        raw_train=train[features],
+        seed=seed,
+    )
+    return data, test, resolved
+
+
+def train_candidates(
+    frame: pd.DataFrame,
+    target: str,
+    problem: Problem | None,
+    trainers: Sequence[Trainer],
+    seed: int,
+    test_dir: Path,
+    tags: dict[str, str] | None = None,
+    progress: ProgressHook | None = None,
+) -> TrainingOutcome:
+    """Fit every trainer as a nested MLflow run under the active run; return their test metrics.
+
+    The caller sets the tracking URI and opens the parent run.
+    """
+    import mlflow
+
+    data, test, resolved = prepare(frame, target, problem, seed)
+    primary = PRIMARY_METRIC[resolved]
+    features = [c for c in frame.columns if c != target]
+    example = test[features].head(5)
+    test_dir.mkdir(parents=True, exist_ok=True)
+    test_path = test_dir / f"test-{seed}-{len(frame)}.parquet"
+    test.to_parquet(test_path, index=False)
+    candidates: list[Candidate] = []
+    for trainer in trainers:
+        started = time.perf_counter()
+        with mlflow.start_run(run_name=trainer.name, nested=True, tags=tags) as run:
+            mlflow.log_params(
+                {
+                    **trainer.params(),
+                    "seed": seed,
+                    "problem": resolved,
+                    "target": target,
+                    "rows_train": len(data.x_train),
+                    "rows_val": len(data.x_val),
+                    "rows_test": len(test),
+                    "n_features": data.x_train.shape[1],
+                }
+            )
+            mlflow.log_dict(data.preprocessor.describe(), "features.json")
+            hook: EpochHook | None = None
+            if progress is not None or trainer.name == "lightning":
+
+                def hook(
+                    epoch: int, total: int, metrics: dict[str, float], _name: str = trainer.name
+                ) -> None:
+                    mlflow.log_metrics(metrics, step=epoch)
+                    if progress is not None:
+                        progress(_name, epoch + 1, total, metrics)
+
+            try:
+                fitted = trainer.fit(data, on_epoch=hook)
+            except Exception as exc:
+                raise TrainingError(f"Trainer {trainer.name!r} failed: {exc}") from exc
+            predictions = fitted.predict(test[features])
+            metrics = {
+                f"test_{k}": v for k, v in score(resolved, test[target].to_numpy(), predictions).items()
+            }
+            mlflow.log_metrics(metrics)
+            figure = diagnostic_figure(resolved, test[target].to_numpy(), predictions, trainer.name)
+            mlflow.log_figure(figure, "plots/diagnostics.png")
+            _close(figure)
+            model_uri = fitted.log_to_mlflow("model", example)
+            elapsed = time.perf_counter() - started
+            mlflow.log_metric("train_seconds", elapsed)
+            candidates.append(
+                Candidate(
+                    name=trainer.name,
+                    run_id=run.info.run_id,
+                    model_uri=model_uri,
+                    metrics={k.removeprefix("test_"): v for k, v in metrics.items()},
+                    seconds=elapsed,
+                )
+            )
+            if progress is not None:
+                progress(trainer.name, -1, -1, metrics)
+    if not candidates:
+        raise TrainingError("No trainer was given.")
+    for candidate in candidates:
+        if not np.isfinite(candidate.metrics[primary]):
+            raise TrainingError(
+                f"Candidate {candidate.name!r} scored {primary}={candidate.metrics[primary]}."
+            )
+    return TrainingOutcome(
+        problem=resolved,
+        primary_metric=primary,
+        candidates=candidates,
+        test_path=str(test_path),
+        features=data.preprocessor.describe(),
+    )
+
+
+def _close(figure: Any) -> None:
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)

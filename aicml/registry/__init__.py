@@ -1,0 +1,1 @@
+"""MLflow model registry: register versions, move aliases, decide promotions."""

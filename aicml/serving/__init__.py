@@ -1,0 +1,1 @@
+"""Model serving: load registered models and answer predictions."""

@@ -1,0 +1,32 @@
+"""Load a model by registry URI and predict a few rows: the pipeline's smoke test of serving."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow.pyfunc
+import pandas as pd
+
+
+def align_to_signature(model: Any, frame: pd.DataFrame) -> pd.DataFrame:
+    """Widen integer columns to float where the signature wants doubles (MLflow refuses int64->float64)."""
+    schema = model.metadata.get_input_schema()
+    if schema is None or not schema.has_input_names():
+        return frame
+    out = frame.copy()
+    for name, kind in zip(schema.input_names(), schema.input_types(), strict=False):
+        if (
+            name in out.columns
+            and getattr(kind, "name", str(kind)) in ("double", "float")
+            and pd.api.types.is_integer_dtype(out[name])
+        ):
+            out[name] = out[name].astype("float64")
+    return out
+
+
+def predict_rows(model_uri: str, frame: pd.DataFrame) -> list[Any]:
+    """Predictions of ``model_uri`` for ``frame`` as plain Python values."""
+    model = mlflow.pyfunc.load_model(model_uri)
+    predictions = model.predict(align_to_signature(model, frame))
+    values = predictions.tolist() if hasattr(predictions, "tolist") else list(predictions)
+    return [v.item() if hasattr(v, "item") else v for v in values]

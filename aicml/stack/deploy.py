@@ -1,0 +1,49 @@
+"""Register the deployments of `prefect.yaml` and run them through the Prefect API (never in process)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from aicml.errors import ConfigurationError, StackError
+from aicml.stack.local import LocalStack, _bin
+
+
+def deployment_names(project_dir: Path, pool: str | None = None) -> list[str]:
+    """``flow-name/deployment`` for each deployment in prefect.yaml (optionally only on ``pool``)."""
+    from aicml.stack.prefect_yaml import flow_name_of
+
+    config = yaml.safe_load((project_dir / "prefect.yaml").read_text())
+    names = []
+    for item in config.get("deployments", []):
+        if pool is None or item.get("work_pool", {}).get("name") == pool:
+            names.append(f"{flow_name_of(project_dir, item['entrypoint'])}/{item['name']}")
+    return names
+
+
+def register_deployments(stack: LocalStack, project_dir: Path, pool: str | None = None) -> list[str]:
+    """Run `prefect deploy` for the deployments of prefect.yaml on ``pool`` (all when None)."""
+    names = deployment_names(project_dir, pool)
+    if not names:
+        raise ConfigurationError(f"prefect.yaml has no deployment on pool {pool!r}.")
+    command = [_bin("prefect"), "--no-prompt", "deploy", "--prefect-file", str(project_dir / "prefect.yaml")]
+    for name in names:
+        command += ["--name", name]
+    env = {**os.environ, **stack.client_env(), "AIC_PROJECT_DIR": str(project_dir.resolve())}
+    done = subprocess.run(command, cwd=project_dir, env=env, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise StackError(
+            f"`prefect deploy` failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        )
+    return names
+
+
+def run_deployment_and_wait(name: str, parameters: dict[str, Any] | None, timeout: float) -> Any:
+    """Submit a run of deployment ``name`` and wait for its final state; return the flow run."""
+    from prefect.deployments import run_deployment
+
+    return run_deployment(name, parameters=parameters, timeout=timeout)

@@ -1,0 +1,200 @@
+"""The embedded default stack: what `aicml up` starts and `aicml down` stops, under ``settings.home``."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from aicml.errors import StackError
+from aicml.stack.processes import ServiceSpec, healthy, read_pid, start, stop
+from blocks.settings import AicSettings
+
+SERVICES = ("prefect-server", "mlflow-server", "metrics-exporter", "worker")
+
+
+def _bin(name: str) -> str:
+    candidate = Path(sys.executable).with_name(name)
+    return str(candidate) if candidate.exists() else name
+
+
+def ensure_postgres_database(admin_url: str, name: str) -> None:
+    """Create database ``name`` on the server of ``admin_url`` unless it exists (identifier quoted)."""
+    import psycopg
+    from psycopg import sql
+
+    conninfo = admin_url.replace("postgresql+psycopg://", "postgresql://").replace(
+        "postgresql+asyncpg://", "postgresql://"
+    )
+    base = conninfo.rsplit("/", 1)[0] + "/postgres"
+    try:
+        with psycopg.connect(base, autocommit=True, connect_timeout=5) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+            if not exists:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    except psycopg.OperationalError as exc:
+        raise StackError(f"Cannot reach PostgreSQL at {base.split('@')[-1]}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    pid: int | None
+    address: str
+    healthy: bool
+
+
+class LocalStack:
+    """Prefect server, MLflow server, metrics exporter and one process worker, by pid file."""
+
+    def __init__(self, settings: AicSettings | None = None):
+        self.settings = settings or AicSettings()
+        self.home = self.settings.root
+        self.run_dir = self.home / "run"
+        self.log_dir = self.home / "logs"
+
+    @property
+    def metrics_dir(self) -> Path:
+        return self.home / "metrics"
+
+    def client_env(self) -> dict[str, str]:
+        """Environment for anything that talks to this stack: CLI commands, workers, flow runs."""
+        s = self.settings
+        env = {
+            "PREFECT_API_URL": s.prefect_url,
+            "MLFLOW_TRACKING_URI": s.tracking_uri,
+            "AIC_HOME": str(self.home),
+            "AIC_PREFECT_PORT": str(s.prefect_port),
+            "AIC_MLFLOW_PORT": str(s.mlflow_port),
+            "AIC_METRICS_PORT": str(s.metrics_port),
+            "AIC_HOST": s.host,
+            "AIC_EXPERIMENT": s.experiment,
+            "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir),
+            "GX_ANALYTICS_ENABLED": "False",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_HOME": str(self.home / "prefect"),
+        }
+        if s.database_url is not None:
+            env["AIC_DATABASE_URL"] = s.database_url.get_secret_value()
+        return env
+
+    def specs(self) -> list[ServiceSpec]:
+        s = self.settings
+        env = self.client_env()
+        prefect_db = s.database_for(s.prefect_database, "asyncpg") or (
+            f"sqlite+aiosqlite:///{self.home / 'prefect' / 'prefect.db'}"
+        )
+        mlflow_db = s.database_for(s.mlflow_database, "psycopg") or f"sqlite:///{self.home / 'mlflow.db'}"
+        server_env = {
+            **env,
+            "PREFECT_API_DATABASE_CONNECTION_URL": prefect_db,
+            "PREFECT_UI_API_URL": s.prefect_url,
+        }
+        return [
+            ServiceSpec(
+                name="prefect-server",
+                command=[_bin("prefect"), "server", "start", "--host", s.host, "--port", str(s.prefect_port)],
+                env=server_env,
+                health_url=f"{s.prefect_url}/health",
+                address=s.prefect_ui_url,
+            ),
+            ServiceSpec(
+                name="mlflow-server",
+                command=[
+                    _bin("mlflow"),
+                    "server",
+                    "--host",
+                    s.host,
+                    "--port",
+                    str(s.mlflow_port),
+                    "--backend-store-uri",
+                    mlflow_db,
+                    "--artifacts-destination",
+                    str(self.home / "mlartifacts"),
+                    "--serve-artifacts",
+                    "--workers",
+                    "2",
+                ],
+                env=env,
+                health_url=f"{s.tracking_uri}/health",
+                address=s.tracking_uri,
+            ),
+            ServiceSpec(
+                name="metrics-exporter",
+                command=[
+                    sys.executable,
+                    "-m",
+                    "aicml.observability.exporter",
+                    "--host",
+                    s.host,
+                    "--port",
+                    str(s.metrics_port),
+                    "--dir",
+                    str(self.metrics_dir),
+                ],
+                env=env,
+                health_url=f"http://{s.host}:{s.metrics_port}/metrics",
+                address=f"http://{s.host}:{s.metrics_port}/metrics",
+            ),
+            ServiceSpec(
+                name="worker",
+                command=[
+                    _bin("prefect"),
+                    "worker",
+                    "start",
+                    "--pool",
+                    s.work_pool,
+                    "--type",
+                    "process",
+                    "--name",
+                    f"aic-{s.work_pool}",
+                ],
+                env=env,
+                health_url=None,
+                address=f"pool {s.work_pool}",
+                cwd=Path.cwd(),
+            ),
+        ]
+
+    def up(self, services: tuple[str, ...] = SERVICES) -> list[ServiceStatus]:
+        """Start what is not running (idempotent); create PostgreSQL databases and the work pool first."""
+        s = self.settings
+        for directory in (self.home, self.home / "prefect", self.home / "mlartifacts", self.metrics_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+        if s.database_url is not None:
+            admin = s.database_url.get_secret_value()
+            ensure_postgres_database(admin, s.prefect_database)
+            ensure_postgres_database(admin, s.mlflow_database)
+        for spec in self.specs():
+            if spec.name not in services:
+                continue
+            if spec.name == "worker":
+                self.ensure_work_pool()
+            start(spec, self.run_dir, self.log_dir)
+        return self.status()
+
+    def ensure_work_pool(self) -> None:
+        from aicml.stack.pools import ensure_process_pool
+
+        ensure_process_pool(self.settings.prefect_url, self.settings.work_pool)
+
+    def down(self) -> list[str]:
+        """Stop, by pid, exactly what `up` started (worker first); return the names stopped."""
+        return [name for name in reversed(SERVICES) if stop(self.run_dir, name)]
+
+    def status(self) -> list[ServiceStatus]:
+        out = []
+        for spec in self.specs():
+            pid = read_pid(self.run_dir, spec.name)
+            ok = pid is not None and (spec.health_url is None or healthy(spec.health_url, timeout=1.0))
+            out.append(ServiceStatus(spec.name, pid, spec.address, ok))
+        return out
+
+    def require_up(self) -> None:
+        missing = [st.name for st in self.status() if not st.healthy]
+        if missing:
+            raise StackError(f"Not running: {', '.join(missing)}. Start the stack with `aicml up`.")
+
+    def export_client_env(self) -> None:
+        os.environ.update(self.client_env())

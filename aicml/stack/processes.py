@@ -1,0 +1,121 @@
+"""Start, find and stop long-running service processes by pid file, each in its own session."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from aicml.errors import StackError
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """How to run one service and how to know it is up."""
+
+    name: str
+    command: Sequence[str]
+    env: Mapping[str, str]
+    health_url: str | None
+    address: str
+    cwd: Path | None = None
+
+
+def pid_file(run_dir: Path, name: str) -> Path:
+    return run_dir / f"{name}.pid"
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not reaped) counts as dead.
+    with contextlib.suppress(OSError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+    return True
+
+
+def read_pid(run_dir: Path, name: str) -> int | None:
+    path = pid_file(run_dir, name)
+    try:
+        pid = int(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    return pid if alive(pid) else None
+
+
+def healthy(url: str, timeout: float = 2.0) -> bool:
+    try:
+        return httpx.get(url, timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def wait_until(check: Callable[[], bool], timeout: float, interval: float = 0.25) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(interval)
+    return check()
+
+
+def start(spec: ServiceSpec, run_dir: Path, log_dir: Path, timeout: float = 120.0) -> tuple[int, bool]:
+    """Start ``spec`` unless its pid file names a live process; return (pid, started_now)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    existing = read_pid(run_dir, spec.name)
+    if existing is not None:
+        return existing, False
+    log_path = log_dir / f"{spec.name}.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            list(spec.command),
+            env={**os.environ, **spec.env},
+            cwd=spec.cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    pid_file(run_dir, spec.name).write_text(str(process.pid))
+    if spec.health_url is not None:
+        url = spec.health_url
+        ok = wait_until(lambda: process.poll() is None and healthy(url), timeout)
+    else:
+        ok = wait_until(lambda: process.poll() is None, 2.0) and process.poll() is None
+    if not ok:
+        stop(run_dir, spec.name)
+        tail = log_path.read_text(errors="replace")[-2000:]
+        raise StackError(f"{spec.name} did not become healthy within {timeout:.0f}s; log {log_path}:\n{tail}")
+    return process.pid, True
+
+
+def stop(run_dir: Path, name: str, timeout: float = 15.0) -> bool:
+    """Stop the process group named by the pid file; True when something was running."""
+    path = pid_file(run_dir, name)
+    pid = read_pid(run_dir, name)
+    if pid is None:
+        path.unlink(missing_ok=True)
+        return False
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
+        if wait_until(lambda: not alive(pid), timeout if sig == signal.SIGTERM else 5.0):
+            break
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+    path.unlink(missing_ok=True)
+    return True

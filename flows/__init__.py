@@ -1,0 +1,1 @@
+"""Deployable Prefect flows: composition only, one flow and one Params model per module."""

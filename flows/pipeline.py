@@ -1,0 +1,127 @@
+"""The end-to-end ML pipeline: ingest, validate, train, register, promote, smoke-serve."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger
+from pydantic import BaseModel, Field
+
+from aicml.models.options import TrainerOptions
+from aicml.observability.metrics import PIPELINE_EXECUTIONS, PIPELINE_EXECUTIONS_DURATION
+from tasks.context import settings
+from tasks.ingest import ingest_source
+from tasks.registry import promote_model, register_best
+from tasks.serve import smoke_serve
+from tasks.tracking import finish_pipeline_run, start_pipeline_run
+from tasks.train import train_models
+from tasks.validate import validate_snapshot
+
+
+class PipelineParams(BaseModel):
+    """Parameters of `ml-pipeline`; Prefect builds the deployment form from these."""
+
+    source: str = Field(
+        description=(
+            "Path, glob or URL of CSV / Parquet / JSON-lines files (optionally .gz), or a SQLAlchemy URL "
+            "with the table after '#', e.g. sqlite:///data/churn.db#churn."
+        )
+    )
+    table: str | None = Field(
+        default=None, description="Table name for a SQL source, if not given after '#'."
+    )
+    target: str = Field(description="The label column.")
+    problem: Literal["classification", "regression"] | None = Field(
+        default=None, description="Kind of problem; inferred from the label column when empty."
+    )
+    model_name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$", description="Name of the model in the MLflow registry."
+    )
+    dataset: str | None = Field(
+        default=None,
+        description="Name of the dataset whose quality suite applies; defaults to the model name.",
+    )
+    suite_path: str | None = Field(
+        default=None, description="A Great Expectations suite (JSON) to enforce instead of the derived one."
+    )
+    max_missing_label_fraction: float = Field(
+        default=0.1, ge=0, le=1, description="Largest share of rows without a label a batch may have."
+    )
+    promotion_margin: float = Field(
+        default=0.001, ge=0, description="How much the challenger must beat the champion's test metric by."
+    )
+    seed: int = Field(default=42, description="Seed of the train/validation/test split and the models.")
+    trainer: TrainerOptions = Field(default_factory=TrainerOptions, description="Training options.")
+    smoke_rows: int = Field(
+        default=5, ge=1, le=1000, description="Held-out rows the champion predicts at the end."
+    )
+    experiment: str | None = Field(default=None, description="MLflow experiment; `aic-ml` by default.")
+
+
+class PipelineResult(BaseModel):
+    """What one pipeline execution did, with references to look things up."""
+
+    mlflow_run_id: str
+    fingerprint: str
+    rows: int
+    labelled_rows: int
+    set_aside: int
+    problem: str
+    metric: str
+    candidates: dict[str, float]
+    best: str
+    model_name: str
+    version: str
+    promoted: bool
+    reason: str
+    predictions: list[Any]
+
+
+@flow(name="ml-pipeline", log_prints=False, persist_result=True)
+def ml_pipeline(params: PipelineParams) -> PipelineResult:
+    """Ingest -> validate -> train (Lightning + baseline) -> register challenger -> promote -> smoke-serve."""
+    logger = get_run_logger()
+    started, outcome_label = time.perf_counter(), "failure"
+    experiment = params.experiment or settings().experiment
+    dataset = params.dataset or params.model_name
+    parent = start_pipeline_run(
+        experiment,
+        f"pipeline-{params.model_name}",
+        {"aicml.model_name": params.model_name, "aicml.dataset": dataset},
+    )
+    status = "FAILED"
+    try:
+        snapshot = ingest_source(params.source, params.table, dataset)
+        gate = validate_snapshot(
+            snapshot, params.target, dataset, params.suite_path, params.max_missing_label_fraction, parent
+        )
+        outcome = train_models(
+            gate, params.target, params.problem, params.trainer, params.seed, experiment, parent
+        )
+        version = register_best(outcome, params.model_name, snapshot.fingerprint)
+        decision = promote_model(version, outcome, params.target, params.promotion_margin)
+        served = smoke_serve(params.model_name, outcome.test_path, params.target, params.smoke_rows)
+        status, outcome_label = "FINISHED", "success"
+    finally:
+        finish_pipeline_run(parent, status)
+        elapsed = time.perf_counter() - started
+        PIPELINE_EXECUTIONS_DURATION.labels(flow="ml-pipeline", outcome=outcome_label).observe(elapsed)
+        PIPELINE_EXECUTIONS.labels(flow="ml-pipeline", outcome=outcome_label).inc()
+    logger.info("Pipeline finished in %.1fs: %s", elapsed, decision.reason)
+    return PipelineResult(
+        mlflow_run_id=parent,
+        fingerprint=snapshot.fingerprint,
+        rows=snapshot.rows,
+        labelled_rows=gate.rows,
+        set_aside=gate.set_aside,
+        problem=outcome.problem,
+        metric=outcome.primary_metric,
+        candidates={c.name: c.metrics[outcome.primary_metric] for c in outcome.candidates},
+        best=outcome.best.name,
+        model_name=params.model_name,
+        version=version.version,
+        promoted=decision.promoted,
+        reason=decision.reason,
+        predictions=served["predictions"],
+    )

@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers from typed inputs to the `aicml` engine and back to typed results."""
