@@ -88,8 +88,18 @@ def run_checkov(objects: list[KubeObject], skips: list[CheckovSkip] | None = Non
     with tempfile.TemporaryDirectory(prefix="aicml-checkov-") as tmp:
         write_for_checkov(objects, Path(tmp))
         completed = subprocess.run(
-            [*checkov_command(), "-d", tmp, "--framework", "kubernetes", "--skip-download", "--quiet",
-             "--compact", "-o", "json"],
+            [
+                *checkov_command(),
+                "-d",
+                tmp,
+                "--framework",
+                "kubernetes",
+                "--skip-download",
+                "--quiet",
+                "--compact",
+                "-o",
+                "json",
+            ],
             capture_output=True,
             text=True,
             check=False,
@@ -98,13 +108,17 @@ def run_checkov(objects: list[KubeObject], skips: list[CheckovSkip] | None = Non
     try:
         report = json.loads(completed.stdout)
     except json.JSONDecodeError as error:
-        raise KubeError(f"checkov printed no JSON report (exit {completed.returncode}):\n{completed.stderr[-2000:]}") from error
+        raise KubeError(
+            f"checkov printed no JSON report (exit {completed.returncode}):\n{completed.stderr[-2000:]}"
+        ) from error
     failed, passed = _failed_checks(report)
     failures: list[Violation] = []
     skipped: list[tuple[Violation, CheckovSkip]] = []
     used: set[CheckovSkip] = set()
     for check in failed:
-        violation = Violation(f"checkov:{check['check_id']}", str(check["resource"]), str(check["check_name"]))
+        violation = Violation(
+            f"checkov:{check['check_id']}", str(check["resource"]), str(check["check_name"])
+        )
         skip = next((s for s in skips if s.covers(check["check_id"], str(check["resource"]))), None)
         if skip is None:
             failures.append(violation)

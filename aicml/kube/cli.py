@@ -24,9 +24,12 @@ class OverlayName(str, Enum):
 
 OverlayOption = Annotated[OverlayName, typer.Option("--overlay", "-o", help="Which overlay of k8s/overlays.")]
 K8sDirOption = Annotated[
-    Path | None, typer.Option("--k8s-dir", help="The k8s/ directory (default: $AIC_K8S_DIR or the checkout's k8s/).")
+    Path | None,
+    typer.Option("--k8s-dir", help="The k8s/ directory (default: $AIC_K8S_DIR or the checkout's k8s/)."),
 ]
-ContextOption = Annotated[str | None, typer.Option("--context", help="kubectl context (default: the current one).")]
+ContextOption = Annotated[
+    str | None, typer.Option("--context", help="kubectl context (default: the current one).")
+]
 
 
 @app.command()
@@ -34,7 +37,9 @@ def plan(
     overlay: OverlayOption = OverlayName.dev,
     k8s_dir: K8sDirOption = None,
     checkov: Annotated[bool, typer.Option(help="Run checkov (a few seconds).")] = True,
-    output: Annotated[Path | None, typer.Option("--output", help="Also write the rendered manifests here.")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", help="Also write the rendered manifests here.")
+    ] = None,
 ) -> None:
     """Render an overlay and validate it offline: Kubernetes schemas, our policies, metric names, promtool,
     checkov. Exits 1 when anything is found."""

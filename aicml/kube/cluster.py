@@ -64,7 +64,9 @@ def apply_manifest(manifest: str, objects: list[KubeObject], context: str | None
     if created:
         output += "".join(f"secret/{name} created\n" for name in created)
     output += kubectl(
-        ["apply", "--server-side", f"--field-manager={FIELD_MANAGER}", "-f", "-"], stdin=manifest, context=context
+        ["apply", "--server-side", f"--field-manager={FIELD_MANAGER}", "-f", "-"],
+        stdin=manifest,
+        context=context,
     )
     return output
 
@@ -84,7 +86,9 @@ def deployment_status(obj: Mapping[str, Any]) -> WorkloadStatus:
     updated = int(status.get("updatedReplicas") or 0)
     current = int(status.get("observedGeneration") or 0) >= int(meta.get("generation") or 0)
     ready = current and available >= wanted and updated >= wanted
-    return WorkloadStatus(f"deployment/{meta.get('name')}", ready, f"{available}/{wanted} available, {updated} updated")
+    return WorkloadStatus(
+        f"deployment/{meta.get('name')}", ready, f"{available}/{wanted} available, {updated} updated"
+    )
 
 
 def claim_status(obj: Mapping[str, Any]) -> WorkloadStatus:

@@ -68,8 +68,23 @@ _RANGE = re.compile(r"\[[^\]]*\]")
 _GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
 _IDENTIFIER = re.compile(r"(?<![\w.$])[A-Za-z_:][A-Za-z0-9_:]*")
 _KEYWORDS = frozenset(
-    {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset",
-     "inf", "nan", "Inf", "NaN"}
+    {
+        "and",
+        "or",
+        "unless",
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "bool",
+        "offset",
+        "inf",
+        "nan",
+        "Inf",
+        "NaN",
+    }
 )
 
 
@@ -100,7 +115,7 @@ def promql_metric_names(expr: str) -> set[str]:
     names: set[str] = set()
     for match in _IDENTIFIER.finditer(text):
         word = match.group(0)
-        rest = text[match.end():].lstrip()
+        rest = text[match.end() :].lstrip()
         if word in _KEYWORDS or rest.startswith("("):
             continue
         names.add(word)
@@ -141,7 +156,10 @@ def dashboard_expressions(objects: list[KubeObject]) -> Iterator[tuple[str, str]
         for panel in _panels(board):
             for target in panel.get("targets") or []:
                 if target.get("expr"):
-                    yield f"dashboard {board.get('title')!r} ({key}) panel {panel.get('title')!r}", str(target["expr"])
+                    yield (
+                        f"dashboard {board.get('title')!r} ({key}) panel {panel.get('title')!r}",
+                        str(target["expr"]),
+                    )
 
 
 def check_metric_names(objects: list[KubeObject], exported: set[str] | None = None) -> list[Violation]:
@@ -152,9 +170,13 @@ def check_metric_names(objects: list[KubeObject], exported: set[str] | None = No
         for name in sorted(promql_metric_names(expr)):
             if name.startswith(OWN_PREFIXES):
                 if name not in exported:
-                    found.append(Violation("metric-names", where, f"{name} is not exported by aicml.observability"))
+                    found.append(
+                        Violation("metric-names", where, f"{name} is not exported by aicml.observability")
+                    )
             elif name not in STANDARD_METRICS:
-                found.append(Violation("metric-names", where, f"{name} is neither aicml's nor a known standard metric"))
+                found.append(
+                    Violation("metric-names", where, f"{name} is neither aicml's nor a known standard metric")
+                )
     return found
 
 
@@ -170,7 +192,9 @@ def rule_groups(objects: list[KubeObject]) -> dict[str, Any]:
 def promtool_binary() -> str:
     found = shutil.which("promtool")
     if found is None:
-        raise KubeError("promtool is not on PATH; install Debian's `prometheus` package (apt-get install prometheus).")
+        raise KubeError(
+            "promtool is not on PATH; install Debian's `prometheus` package (apt-get install prometheus)."
+        )
     return found
 
 

@@ -11,16 +11,26 @@ from aicml.kube.findings import Violation
 from aicml.kube.render import KubeObject, containers, object_ref, pod_spec
 from aicml.kube.secrets import SECRET_SPECS
 
-
 Rule = Callable[[list[KubeObject]], list[Violation]]
 
 # Volume types the Pod Security Standard `restricted` allows.
 RESTRICTED_VOLUME_TYPES = frozenset(
-    {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"}
+    {
+        "configMap",
+        "csi",
+        "downwardAPI",
+        "emptyDir",
+        "ephemeral",
+        "persistentVolumeClaim",
+        "projected",
+        "secret",
+    }
 )
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_NODE_SELECTOR = {"accelerator": "nvidia-tesla-gpu"}
-SECRET_ENV_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|API_KEY|ACCESS_KEY|PRIVATE_KEY|CREDENTIAL", re.I)
+SECRET_ENV_NAME = re.compile(
+    r"PASSWORD|PASSWD|SECRET|TOKEN|API_KEY|ACCESS_KEY|PRIVATE_KEY|CREDENTIAL", re.IGNORECASE
+)
 # user:password@ inside a URL; a password that is a `$(VAR)` reference is not a literal.
 URL_CREDENTIAL = re.compile(r"://[^/\s:@]+:(?!\$\()[^@\s/]+@")
 FORBIDDEN_RBAC_RESOURCES = frozenset({"pods/exec", "pods/attach", "pods/portforward", "nodes/proxy"})
@@ -83,7 +93,9 @@ def check_pod_security(objects: list[KubeObject]) -> list[Violation]:
 def check_read_only_root(objects: list[KubeObject]) -> list[Violation]:
     """Beyond `restricted`: every container has a read-only root filesystem (writable paths are volumes)."""
     return [
-        Violation("read-only-root", object_ref(obj), f"container {c.get('name')!r} has a writable root filesystem")
+        Violation(
+            "read-only-root", object_ref(obj), f"container {c.get('name')!r} has a writable root filesystem"
+        )
         for obj, spec in _workloads(objects)
         for c in containers(spec)
         if (c.get("securityContext") or {}).get("readOnlyRootFilesystem") is not True
@@ -118,11 +130,15 @@ def check_resources(objects: list[KubeObject]) -> list[Violation]:
             if any(selector.get(key) != value for key, value in GPU_NODE_SELECTOR.items()):
                 found.append(Violation("resources", ref, f"GPU pod lacks nodeSelector {GPU_NODE_SELECTOR}"))
             tolerates = any(
-                t.get("key") == GPU_RESOURCE and t.get("operator") == "Exists" and t.get("effect") == "NoSchedule"
+                t.get("key") == GPU_RESOURCE
+                and t.get("operator") == "Exists"
+                and t.get("effect") == "NoSchedule"
                 for t in spec.get("tolerations") or []
             )
             if not tolerates:
-                found.append(Violation("resources", ref, f"GPU pod lacks toleration {GPU_RESOURCE} Exists NoSchedule"))
+                found.append(
+                    Violation("resources", ref, f"GPU pod lacks toleration {GPU_RESOURCE} Exists NoSchedule")
+                )
     return found
 
 
@@ -139,7 +155,11 @@ def image_is_pinned(image: str) -> bool:
 def check_images(objects: list[KubeObject]) -> list[Violation]:
     """Every image carries an explicit tag other than `latest`, or a digest."""
     return [
-        Violation("image-pinned", object_ref(obj), f"container {c.get('name')!r} uses unpinned image {c.get('image')!r}")
+        Violation(
+            "image-pinned",
+            object_ref(obj),
+            f"container {c.get('name')!r} uses unpinned image {c.get('image')!r}",
+        )
         for obj, spec in _workloads(objects)
         for c in containers(spec)
         if not image_is_pinned(str(c.get("image", "")))
@@ -153,11 +173,19 @@ def check_secret_literals(objects: list[KubeObject]) -> list[Violation]:
     for obj in objects:
         ref = object_ref(obj)
         if obj.get("kind") == "Secret" and (obj.get("data") or obj.get("stringData")):
-            found.append(Violation("no-secret-literal", ref, "Secret with data is rendered; `aicml k8s apply` creates secrets"))
+            found.append(
+                Violation(
+                    "no-secret-literal",
+                    ref,
+                    "Secret with data is rendered; `aicml k8s apply` creates secrets",
+                )
+            )
         if obj.get("kind") == "ConfigMap":
             for key, value in (obj.get("data") or {}).items():
                 if URL_CREDENTIAL.search(str(value)):
-                    found.append(Violation("no-secret-literal", ref, f"key {key!r} holds a URL with a password"))
+                    found.append(
+                        Violation("no-secret-literal", ref, f"key {key!r} holds a URL with a password")
+                    )
     for obj, spec in _workloads(objects):
         ref = object_ref(obj)
         for container in containers(spec):
@@ -168,15 +196,23 @@ def check_secret_literals(objects: list[KubeObject]) -> list[Violation]:
                 literal = value and not value.startswith("$(")
                 if SECRET_ENV_NAME.search(str(env.get("name", ""))) and literal:
                     found.append(
-                        Violation("no-secret-literal", ref, f"env {env['name']!r} of {container.get('name')!r} is a literal")
+                        Violation(
+                            "no-secret-literal",
+                            ref,
+                            f"env {env['name']!r} of {container.get('name')!r} is a literal",
+                        )
                     )
                 if URL_CREDENTIAL.search(value):
                     found.append(
-                        Violation("no-secret-literal", ref, f"env {env.get('name')!r} holds a URL with a password")
+                        Violation(
+                            "no-secret-literal", ref, f"env {env.get('name')!r} holds a URL with a password"
+                        )
                     )
             for arg in [*(container.get("command") or []), *(container.get("args") or [])]:
                 if URL_CREDENTIAL.search(str(arg)):
-                    found.append(Violation("no-secret-literal", ref, "a command argument holds a URL with a password"))
+                    found.append(
+                        Violation("no-secret-literal", ref, "a command argument holds a URL with a password")
+                    )
     return found
 
 
@@ -194,11 +230,17 @@ def check_secret_refs(objects: list[KubeObject]) -> list[Violation]:
                 if name not in known:
                     found.append(Violation("secret-refs", object_ref(obj), f"reads unknown Secret {name!r}"))
                 elif key not in known[name]:
-                    found.append(Violation("secret-refs", object_ref(obj), f"reads unknown key {key!r} of {name!r}"))
+                    found.append(
+                        Violation("secret-refs", object_ref(obj), f"reads unknown key {key!r} of {name!r}")
+                    )
             for source in container.get("envFrom") or []:
                 if "secretRef" in source:
                     found.append(
-                        Violation("secret-refs", object_ref(obj), "envFrom secretRef exposes every key; use secretKeyRef")
+                        Violation(
+                            "secret-refs",
+                            object_ref(obj),
+                            "envFrom secretRef exposes every key; use secretKeyRef",
+                        )
                     )
     return found
 
@@ -218,7 +260,9 @@ def is_default_deny(policy: KubeObject) -> bool:
     spec = policy.get("spec") or {}
     selector = spec.get("podSelector")
     selects_all = selector == {} or (
-        isinstance(selector, dict) and not selector.get("matchLabels") and not selector.get("matchExpressions")
+        isinstance(selector, dict)
+        and not selector.get("matchLabels")
+        and not selector.get("matchExpressions")
     )
     return (
         selects_all
@@ -236,7 +280,9 @@ def check_default_deny(objects: list[KubeObject]) -> list[Violation]:
         if obj.get("kind") == "NetworkPolicy" and is_default_deny(obj)
     }
     return [
-        Violation("default-deny", f"Namespace/{name}", "no default-deny NetworkPolicy (podSelector {}, no rules)")
+        Violation(
+            "default-deny", f"Namespace/{name}", "no default-deny NetworkPolicy (podSelector {}, no rules)"
+        )
         for name in sorted(_namespaces(objects) - denied)
     ]
 
@@ -256,7 +302,9 @@ def check_rbac(objects: list[KubeObject]) -> list[Violation]:
                 found.append(Violation("rbac", ref, "binds a ClusterRole; bind a namespaced Role"))
             for subject in obj.get("subjects") or []:
                 if subject.get("kind") != "ServiceAccount":
-                    found.append(Violation("rbac", ref, f"binds {subject.get('kind')} {subject.get('name')!r}"))
+                    found.append(
+                        Violation("rbac", ref, f"binds {subject.get('kind')} {subject.get('name')!r}")
+                    )
                 else:
                     bound_accounts.add(str(subject.get("name")))
         if kind != "Role":
@@ -277,7 +325,9 @@ def check_rbac(objects: list[KubeObject]) -> list[Violation]:
         account = spec.get("serviceAccountName") or "default"
         if account not in bound_accounts:
             found.append(
-                Violation("rbac", object_ref(obj), f"mounts an API token of {account!r}, which needs no API access")
+                Violation(
+                    "rbac", object_ref(obj), f"mounts an API token of {account!r}, which needs no API access"
+                )
             )
     return found
 

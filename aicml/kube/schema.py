@@ -142,7 +142,9 @@ def validate_object(obj: KubeObject, version: str = KUBERNETES_VERSION) -> list[
     if schema is not None and str(obj.get("apiVersion", "")).startswith("monitoring.coreos.com/"):
         validator = jsonschema.Draft7Validator(schema)
         return [
-            Violation("schema", ref, f"{'/'.join(map(str, error.absolute_path)) or '(root)'}: {error.message}")
+            Violation(
+                "schema", ref, f"{'/'.join(map(str, error.absolute_path)) or '(root)'}: {error.message}"
+            )
             for error in validator.iter_errors(obj)
         ]
     try:
@@ -151,7 +153,9 @@ def validate_object(obj: KubeObject, version: str = KUBERNETES_VERSION) -> list[
         path = "/".join(str(part) for part in error.path) or "(root)"
         return [Violation("schema", ref, f"{path}: {error.message}")]
     except SchemaNotFoundError:
-        return [Violation("schema", ref, f"no schema for {obj.get('apiVersion')} {obj.get('kind')} in {version}")]
+        return [
+            Violation("schema", ref, f"no schema for {obj.get('apiVersion')} {obj.get('kind')} in {version}")
+        ]
     return []
 
 

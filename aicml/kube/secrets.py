@@ -62,14 +62,19 @@ SECRET_SPECS: tuple[SecretSpec, ...] = (
     SecretSpec(
         "mlflow-admin",
         "admin account of MLflow's basic-auth app (never MLflow's default)",
-        (SecretKey("username", default="admin"), SecretKey("password", env="AIC_K8S_MLFLOW_ADMIN_PASSWORD", generate=True)),
+        (
+            SecretKey("username", default="admin"),
+            SecretKey("password", env="AIC_K8S_MLFLOW_ADMIN_PASSWORD", generate=True),
+        ),
     ),
     SecretSpec(
         "mlflow-client",
         "the MLflow account of training, tuning and serving",
         (
             SecretKey("username", env="AIC_K8S_MLFLOW_CLIENT_USERNAME", default="admin"),
-            SecretKey("password", env="AIC_K8S_MLFLOW_CLIENT_PASSWORD", copy_from=("mlflow-admin", "password")),
+            SecretKey(
+                "password", env="AIC_K8S_MLFLOW_CLIENT_PASSWORD", copy_from=("mlflow-admin", "password")
+            ),
         ),
     ),
     SecretSpec(
