@@ -19,7 +19,15 @@ SEED_CLAIMS = {
     "pipeline-logs-pvc": "50Gi",
     "mlflow-pvc": "10Gi",
 }
-SEED_DATABASES = {"agent_db", "training_db", "tuning_db", "deployment_db", "data_integration_db", "pipeline_db", "mlflow_db"}
+SEED_DATABASES = {
+    "agent_db",
+    "training_db",
+    "tuning_db",
+    "deployment_db",
+    "data_integration_db",
+    "pipeline_db",
+    "mlflow_db",
+}
 
 
 def _of(objects: list[KubeObject], kind: str) -> list[KubeObject]:
@@ -55,9 +63,14 @@ def test_namespace_quota_and_pod_security(prod: list[KubeObject]) -> None:
 
 
 def test_seed_claims_with_names_and_sizes(prod: list[KubeObject], dev: list[KubeObject]) -> None:
-    claims = {c["metadata"]["name"]: c["spec"]["resources"]["requests"]["storage"] for c in _of(prod, "PersistentVolumeClaim")}
+    claims = {
+        c["metadata"]["name"]: c["spec"]["resources"]["requests"]["storage"]
+        for c in _of(prod, "PersistentVolumeClaim")
+    }
     assert claims == SEED_CLAIMS
-    assert all(c["metadata"]["annotations"]["aic.io/storage-tier"] for c in _of(prod, "PersistentVolumeClaim"))
+    assert all(
+        c["metadata"]["annotations"]["aic.io/storage-tier"] for c in _of(prod, "PersistentVolumeClaim")
+    )
     dev_claims = _of(dev, "PersistentVolumeClaim")
     assert {c["spec"]["accessModes"][0] for c in dev_claims} == {"ReadWriteOnce"}
 
@@ -115,19 +128,26 @@ def test_dev_is_smaller_than_prod(prod: list[KubeObject], dev: list[KubeObject])
 def test_serving_scales_and_survives_drains(prod: list[KubeObject]) -> None:
     hpa = find(prod, "HorizontalPodAutoscaler", "model-serving")["spec"]
     assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 10)
-    assert hpa["metrics"][0]["resource"] == {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}
+    assert hpa["metrics"][0]["resource"] == {
+        "name": "cpu",
+        "target": {"type": "Utilization", "averageUtilization": 70},
+    }
     assert find(prod, "PodDisruptionBudget", "model-serving")["spec"]["minAvailable"] == 1
 
 
 def test_mlflow_postgres_s3_basic_auth(prod: list[KubeObject]) -> None:
     container = _main_container(find(prod, "Deployment", "mlflow-service"))
     args = " ".join(container["args"])
-    assert "--backend-store-uri=postgresql+psycopg://" in args and "mlflow_db" not in args  # name from the Secret
+    assert (
+        "--backend-store-uri=postgresql+psycopg://" in args and "mlflow_db" not in args
+    )  # name from the Secret
     assert "--artifacts-destination=$(MLFLOW_ARTIFACTS_DESTINATION)" in args
     assert "--app-name=basic-auth" in args
     env = {e["name"]: e for e in container["env"]}
     assert env["MLFLOW_AUTH_ADMIN_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "mlflow-admin"
-    assert find(prod, "ConfigMap", "aic-ml-config")["data"]["MLFLOW_ARTIFACTS_DESTINATION"].startswith("s3://")
+    assert find(prod, "ConfigMap", "aic-ml-config")["data"]["MLFLOW_ARTIFACTS_DESTINATION"].startswith(
+        "s3://"
+    )
     assert {s["metadata"]["name"] for s in _of(prod, "Service")} >= {"mlflow-service", "mlflow-ui"}
 
 
@@ -161,7 +181,9 @@ def test_database_init_covers_the_seed_databases_one_secret_each(prod: list[Kube
     secrets = {e["valueFrom"]["secretKeyRef"]["name"] for e in env if "valueFrom" in e} - {"postgresql-admin"}
     assert len(secrets) == 7
     defaults = {
-        spec.name: dict((k.name, k.default) for k in spec.keys) for spec in SECRET_SPECS if spec.name in secrets
+        spec.name: {k.name: k.default for k in spec.keys}
+        for spec in SECRET_SPECS
+        if spec.name in secrets
     }
     assert {values["database"] for values in defaults.values()} == SEED_DATABASES
     assert len({values["username"] for values in defaults.values()}) == 7  # one role per service

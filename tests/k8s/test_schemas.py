@@ -33,10 +33,17 @@ def test_wrong_type_fails(prod: list[KubeObject]) -> None:
     [
         ("PodMonitor", "aicml-metrics-exporters", ("spec",), {"podMetricEndpoints": []}),
         ("ServiceMonitor", "model-serving", ("spec", "endpoints"), [{"path": "/metrics"}]),
-        ("PrometheusRule", "aic-ai-ml-alerts", ("spec", "groups"), [{"name": "g", "rules": [{"alert": "A"}]}]),
+        (
+            "PrometheusRule",
+            "aic-ai-ml-alerts",
+            ("spec", "groups"),
+            [{"name": "g", "rules": [{"alert": "A"}]}],
+        ),
     ],
 )
-def test_crd_typo_fails(prod: list[KubeObject], kind: str, name: str, path: tuple[str, ...], value: object) -> None:
+def test_crd_typo_fails(
+    prod: list[KubeObject], kind: str, name: str, path: tuple[str, ...], value: object
+) -> None:
     obj = copy.deepcopy(find(prod, kind, name))
     target = obj
     for key in path[:-1]:

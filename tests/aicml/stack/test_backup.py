@@ -130,7 +130,9 @@ def test_restore_refuses_an_existing_database_and_a_damaged_dump(
         restore_database(path, name, SERVER, _name("never"))
 
 
-def test_counts_mismatch_fails_verification(mlflow_db: tuple[str, dict[str, int]], databases: list[str], tmp_path: Path) -> None:
+def test_counts_mismatch_fails_verification(
+    mlflow_db: tuple[str, dict[str, int]], databases: list[str], tmp_path: Path
+) -> None:
     name, counts = mlflow_db
     path = backup_databases(SERVER, [name], tmp_path / "backups")
     target = _name("dst")
