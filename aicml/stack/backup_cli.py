@@ -122,10 +122,10 @@ def restore(
             check = verify_restore(
                 server_url, name, dump.mlflow_counts, artifacts_root=artifacts_root or _home() / "mlartifacts"
             )
-            print(check.describe())
             if dump.mlflow_counts is None:
                 print(f"error: {database} holds no MLflow schema in this backup; nothing to verify against")
                 raise typer.Exit(1)
+            print(check.describe())
             if not check.ok:
                 print("error: the restore did not verify")
                 raise typer.Exit(1)

@@ -181,9 +181,7 @@ def test_database_init_covers_the_seed_databases_one_secret_each(prod: list[Kube
     secrets = {e["valueFrom"]["secretKeyRef"]["name"] for e in env if "valueFrom" in e} - {"postgresql-admin"}
     assert len(secrets) == 7
     defaults = {
-        spec.name: {k.name: k.default for k in spec.keys}
-        for spec in SECRET_SPECS
-        if spec.name in secrets
+        spec.name: {k.name: k.default for k in spec.keys} for spec in SECRET_SPECS if spec.name in secrets
     }
     assert {values["database"] for values in defaults.values()} == SEED_DATABASES
     assert len({values["username"] for values in defaults.values()}) == 7  # one role per service
