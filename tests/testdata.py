@@ -27,7 +27,8 @@ def housing_csv(path: Path, rows: int = 600, seed: int = 3, missing_labels: int 
             "rooms": rooms,
             "balcony": rng.choice(["yes", "no", None], rows, p=[0.4, 0.5, 0.1]),
             "description": [
-                " ".join(rng.choice(["bright", "quiet", "renovated", "garden", "central", "old"], 3)) for _ in range(rows)
+                " ".join(rng.choice(["bright", "quiet", "renovated", "garden", "central", "old"], 3))
+                for _ in range(rows)
             ],
             "price_band": band,
         }

@@ -55,9 +55,15 @@ def load_skips(path: Path | None = None) -> list[CheckovSkip]:
 
 
 def checkov_command() -> list[str]:
-    found = shutil.which("checkov") or str(Path(sys.executable).with_name("checkov"))
+    # checkov pins networkx<2.7, which torch's stack cannot share: it lives in its own venv (`make tools`),
+    # named by AIC_CHECKOV.
+    found = (
+        os.environ.get("AIC_CHECKOV")
+        or shutil.which("checkov")
+        or str(Path(sys.executable).with_name("checkov"))
+    )
     if not Path(found).exists():
-        raise KubeError("checkov is not installed; `pip install checkov` (the dev extra has it).")
+        raise KubeError("checkov is not installed: run `make tools` (it gets its own venv, .tools/).")
     return [found]
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -17,7 +17,7 @@ app = typer.Typer(
 )
 
 
-class OverlayName(str, Enum):
+class OverlayName(StrEnum):
     dev = "dev"
     prod = "prod"
 

@@ -67,7 +67,7 @@ def check_pod_security(objects: list[KubeObject]) -> list[Violation]:
         for container in containers(spec):
             name = container.get("name")
             ctx = container.get("securityContext") or {}
-            if not (ctx.get("runAsNonRoot", pod_ctx.get("runAsNonRoot")) is True):
+            if ctx.get("runAsNonRoot", pod_ctx.get("runAsNonRoot")) is not True:
                 flag(f"container {name!r} does not set runAsNonRoot: true")
             if ctx.get("runAsUser") == 0:
                 flag(f"container {name!r} runs as UID 0")

@@ -328,7 +328,7 @@ def resolve_artifact_location(location: str, artifacts_root: Path | None) -> boo
         from mlflow.artifacts import list_artifacts
 
         return bool(list_artifacts(artifact_uri=location))
-    except Exception:  # noqa: BLE001 - any failure to list means "does not resolve"; the location is reported
+    except Exception:
         return False
 
 

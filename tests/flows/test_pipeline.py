@@ -6,8 +6,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from testdata import housing_csv, regression_csv
 from mlflow import MlflowClient
+from testdata import housing_csv, regression_csv
 
 from aicml.data.demo import write_demo_data
 from aicml.errors import DataQualityError
@@ -27,7 +27,13 @@ def _versions(name: str) -> list[str]:
 
 
 def _params(source: str, name: str, **kw) -> PipelineParams:
-    return PipelineParams(source=source, target=kw.pop("target", "churn"), model_name=name, trainer=kw.pop("trainer", FAST), **kw)
+    return PipelineParams(
+        source=source,
+        target=kw.pop("target", "churn"),
+        model_name=name,
+        trainer=kw.pop("trainer", FAST),
+        **kw,
+    )
 
 
 def test_pipeline_end_to_end_then_gate_rejects_bad_batch(stack, demo) -> None:
@@ -71,7 +77,9 @@ def test_pipeline_end_to_end_then_gate_rejects_bad_batch(stack, demo) -> None:
 
 def test_promotion_keeps_a_better_champion(stack, demo) -> None:
     name = f"churn-{uuid.uuid4().hex[:6]}"
-    first = ml_pipeline(_params(demo.clean_glob, name, trainer=TrainerOptions(max_epochs=4, progress_bar=False)))
+    first = ml_pipeline(
+        _params(demo.clean_glob, name, trainer=TrainerOptions(max_epochs=4, progress_bar=False))
+    )
     assert first.promoted
     # A deliberately weak challenger: one tiny epoch, no baseline, a learning rate too small to learn.
     weak = TrainerOptions(max_epochs=1, hidden=[2], learning_rate=1e-6, baseline=False, progress_bar=False)
