@@ -75,7 +75,9 @@ class TabularDataModule(L.LightningDataModule):
 
     @staticmethod
     def _tensors(x: np.ndarray, y: np.ndarray, pin: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        tx, ty = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y))
+        # Writable, contiguous copies only when needed: torch warns on (and must not share) read-only memory.
+        tx = torch.from_numpy(np.require(x, requirements=["C", "W"]))
+        ty = torch.from_numpy(np.require(y, requirements=["C", "W"]))
         return (tx.pin_memory(), ty.pin_memory()) if pin else (tx, ty)
 
     def train_dataloader(self) -> TensorBatches:
