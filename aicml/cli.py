@@ -151,6 +151,7 @@ def demo(
     import pandas as pd
 
     from aicml.data.demo import write_demo_data
+    from aicml.data.sources import redact
     from aicml.errors import AicError
     from aicml.serving.smoke import predict_rows
     from aicml.stack.deploy import register_deployments
@@ -165,7 +166,16 @@ def demo(
     stack.export_client_env()
     s = stack.settings
     typer.secho(f"2/6 Generating {rows} rows of churn data under .aic/demo", bold=True)
-    files = write_demo_data(Path(".aic/demo"), rows=rows)
+    sql_url = None
+    if s.database_url is not None:  # the stack runs on PostgreSQL: the demo table goes there too
+        from aicml.stack.local import ensure_postgres_database
+
+        ensure_postgres_database(s.database_url.get_secret_value(), "aic_demo")
+        sql_url = s.database_for("aic_demo", "psycopg")
+    files = write_demo_data(Path(".aic/demo"), rows=rows, sql_url=sql_url)
+    typer.echo(
+        f"    CSV: {files.clean_glob}\n    table: {redact(files.sqlite_url)}#churn\n    bad batch: {files.corrupted}"
+    )
     typer.secho("3/6 Registering the `local` deployments from prefect.yaml", bold=True)
     typer.echo("    " + ", ".join(register_deployments(stack, Path.cwd(), "local")))
     typer.secho(

@@ -90,13 +90,18 @@ class DemoFiles:
 
     clean_glob: str
     corrupted: str
-    sqlite_url: str
+    sqlite_url: str  # the SQL URL of the table (SQLite unless a server was given)
     table: str
     rows: int
 
 
-def write_demo_data(directory: Path, rows: int = 50_000, parts: int = 4, seed: int = 7) -> DemoFiles:
-    """Write the clean data as ``parts`` CSV files, a corrupted CSV batch, and a SQLite table."""
+def write_demo_data(
+    directory: Path, rows: int = 50_000, parts: int = 4, seed: int = 7, sql_url: str | None = None
+) -> DemoFiles:
+    """Write the clean data as ``parts`` CSV files, a corrupted CSV batch, and a table ``churn``.
+
+    The table goes to ``sql_url`` (the stack's PostgreSQL, say), or to a SQLite file beside the CSVs.
+    """
     import sqlalchemy as sa
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -105,8 +110,8 @@ def write_demo_data(directory: Path, rows: int = 50_000, parts: int = 4, seed: i
         frame.iloc[chunk].to_csv(directory / f"churn-part-{index:03d}.csv", index=False)
     corrupted = directory / "churn-corrupted.csv"
     corrupt_batch(generate_churn(max(rows // 10, 500), seed + 1)).to_csv(corrupted, index=False)
-    db = directory / "churn.db"
-    engine = sa.create_engine(f"sqlite:///{db}")
+    url = sql_url or f"sqlite:///{directory / 'churn.db'}"
+    engine = sa.create_engine(url)
     try:
         frame.to_sql("churn", engine, if_exists="replace", index=False, chunksize=10_000)
     finally:
@@ -114,7 +119,7 @@ def write_demo_data(directory: Path, rows: int = 50_000, parts: int = 4, seed: i
     return DemoFiles(
         clean_glob=str(directory / "churn-part-*.csv"),
         corrupted=str(corrupted),
-        sqlite_url=f"sqlite:///{db}",
+        sqlite_url=url,
         table="churn",
         rows=rows,
     )
