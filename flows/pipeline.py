@@ -6,6 +6,7 @@ import time
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger
+from prefect.transactions import transaction
 from pydantic import BaseModel, Field
 
 from aicml.models.options import TrainerOptions
@@ -99,9 +100,12 @@ def ml_pipeline(params: PipelineParams) -> PipelineResult:
         outcome = train_models(
             gate, params.target, params.problem, params.trainer, params.seed, experiment, parent
         )
-        version = register_best(outcome, params.model_name, snapshot.fingerprint)
-        decision = promote_model(version, outcome, params.target, params.promotion_margin)
-        served = smoke_serve(params.model_name, outcome.test_path, params.target, params.smoke_rows)
+        # Register, decide, move the alias and prove the champion serves, as one transaction: if any
+        # step fails, the rollback hooks put `challenger` and `champion` back where they were.
+        with transaction():
+            version = register_best(outcome, params.model_name, snapshot.fingerprint)
+            decision = promote_model(version, outcome, params.target, params.promotion_margin)
+            served = smoke_serve(params.model_name, outcome.test_path, params.target, params.smoke_rows)
         status, outcome_label = "FINISHED", "success"
     finally:
         finish_pipeline_run(parent, status)

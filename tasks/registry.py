@@ -1,4 +1,8 @@
-"""Registry tasks: register the best candidate as `challenger`, promote it to `champion` if it is better."""
+"""Registry tasks: register the best candidate as `challenger`, promote it to `champion` if it is better.
+
+Both run inside a Prefect transaction in the pipeline: when a later step fails (the smoke test of the
+new champion, say), their rollback hooks put the aliases back where they were.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,16 @@ import mlflow
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.transactions import Transaction, get_transaction
 
 from aicml.models.training import TrainingOutcome
 from aicml.registry.promotion import (
+    CHALLENGER,
+    CHAMPION,
     PromotionDecision,
     RegisteredVersion,
+    alias_version,
+    point_alias,
     promote_if_better,
     register_challenger,
 )
@@ -19,9 +28,13 @@ from tasks.context import settings
 from tasks.policies import retry_unless_aic_error
 
 
-def register(outcome: TrainingOutcome, model_name: str, fingerprint: str) -> RegisteredVersion:
+def _use_registry() -> None:
     mlflow.set_tracking_uri(settings().tracking_uri)
     mlflow.set_registry_uri(settings().tracking_uri)
+
+
+def register(outcome: TrainingOutcome, model_name: str, fingerprint: str) -> RegisteredVersion:
+    _use_registry()
     best = outcome.best
     return register_challenger(
         model_name,
@@ -36,8 +49,7 @@ def register(outcome: TrainingOutcome, model_name: str, fingerprint: str) -> Reg
 def promote(
     version: RegisteredVersion, outcome: TrainingOutcome, target: str, margin: float
 ) -> PromotionDecision:
-    mlflow.set_tracking_uri(settings().tracking_uri)
-    mlflow.set_registry_uri(settings().tracking_uri)
+    _use_registry()
     return promote_if_better(
         version,
         margin,
@@ -47,21 +59,44 @@ def promote(
     )
 
 
+def _remember(key: str, value: object) -> None:
+    transaction = get_transaction()
+    if transaction is not None:
+        transaction.set(key, value)
+
+
 @task(
     name="register",
     retries=2,
     retry_delay_seconds=[2, 10],
+    retry_jitter_factor=0.5,
     retry_condition_fn=retry_unless_aic_error,
     cache_policy=NO_CACHE,
     timeout_seconds=600,
 )
 def register_best(outcome: TrainingOutcome, model_name: str, fingerprint: str) -> RegisteredVersion:
     """The best candidate becomes a new version of ``model_name`` with alias ``challenger``."""
+    _use_registry()
+    _remember("model_name", model_name)
+    _remember("previous_challenger", alias_version(model_name, CHALLENGER))
     version = register(outcome, model_name, fingerprint)
+    _remember("version", version.version)
     get_run_logger().info(
         "Registered %s version %s (%s) as challenger", model_name, version.version, outcome.best.name
     )
     return version
+
+
+@register_best.on_rollback
+def _restore_challenger(transaction: Transaction) -> None:
+    """The pipeline failed after registering: the challenger alias goes back; the version stays, tagged."""
+    name = transaction.get("model_name")
+    _use_registry()
+    point_alias(name, CHALLENGER, transaction.get("previous_challenger"))
+    if transaction.get("version", None) is not None:
+        mlflow.MlflowClient().set_model_version_tag(
+            name, transaction.get("version"), "aicml.rolled_back", "true"
+        )
 
 
 @task(name="promote", retries=0, cache_policy=NO_CACHE, timeout_seconds=600)
@@ -69,11 +104,28 @@ def promote_model(
     version: RegisteredVersion, outcome: TrainingOutcome, target: str, margin: float
 ) -> PromotionDecision:
     """Move ``champion`` only if the challenger beats it by ``margin``; say why in a markdown artifact."""
+    _use_registry()
+    previous = alias_version(version.name, CHAMPION)
+    _remember("model_name", version.name)
+    _remember("previous_champion", previous)
     decision = promote(version, outcome, target, margin)
-    create_markdown_artifact(
-        markdown=decision.markdown(),
-        key=f"promotion-{version.name.lower().replace('_', '-')}",
-        description=f"{'Promoted' if decision.promoted else 'Not promoted'}: version {version.version}",
-    )
+    try:
+        create_markdown_artifact(
+            markdown=decision.markdown(),
+            key=f"promotion-{version.name.lower().replace('_', '-').replace('.', '-')}",
+            description=f"{'Promoted' if decision.promoted else 'Not promoted'}: version {version.version}",
+        )
+    except BaseException:
+        # Prefect runs rollback hooks only for tasks that completed; this one undoes its own move.
+        if decision.promoted:
+            point_alias(version.name, CHAMPION, previous)
+        raise
     get_run_logger().info("Promotion: %s", decision.reason)
     return decision
+
+
+@promote_model.on_rollback
+def _restore_champion(transaction: Transaction) -> None:
+    """A step after the alias moved failed: the previous champion serves again."""
+    _use_registry()
+    point_alias(transaction.get("model_name"), CHAMPION, transaction.get("previous_champion"))

@@ -69,6 +69,25 @@ def register_challenger(
     return RegisteredVersion(name, str(version.version), run_id, metric, value)
 
 
+def point_alias(name: str, alias: str, version: str | None) -> None:
+    """Point ``alias`` at ``version``, or remove it when ``version`` is None (used to roll back)."""
+    client = MlflowClient()
+    try:
+        if version is None:
+            client.delete_registered_model_alias(name, alias)
+        else:
+            client.set_registered_model_alias(name, alias, version)
+    except MlflowException as exc:
+        raise RegistryError(f"Cannot point alias {alias!r} of {name!r} at {version}: {exc.message}") from exc
+
+
+def alias_version(name: str, alias: str) -> str | None:
+    try:
+        return str(MlflowClient().get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
 def champion_version(name: str) -> str | None:
     try:
         return str(MlflowClient().get_model_version_by_alias(name, CHAMPION).version)
