@@ -46,6 +46,11 @@ class AicSettings(BaseSettings):
         default=None, description="Use this Prefect API instead of the local server's."
     )
     work_pool: str = Field(default="local", description="Name of the local process work pool.")
+    pool_concurrency: int = Field(default=4, ge=1, description="Flow runs the local pool runs at once.")
+    failure_webhook_url: str | None = Field(
+        default=None,
+        description="When set, `aicml up` makes Prefect POST to it whenever a flow run fails or crashes.",
+    )
     experiment: str = Field(default="aic-ml", description="MLflow experiment the pipeline logs to.")
 
     @cached_property

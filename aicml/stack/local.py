@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aicml.errors import StackError
+from aicml.stack.automations import HEARTBEAT_SECONDS
 from aicml.stack.processes import ServiceSpec, healthy, read_pid, start, stop
 from blocks.settings import AicSettings
 
@@ -74,6 +75,10 @@ class LocalStack:
             "GX_ANALYTICS_ENABLED": "False",
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_HOME": str(self.home / "prefect"),
+            # Heartbeats let the crash automation find flow runs whose process died.
+            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS),
+            # Persisted task results (resume skips completed stages) live with the stack.
+            "PREFECT_LOCAL_STORAGE_PATH": str(self.home / "prefect" / "storage"),
         }
         if s.database_url is not None:
             env["AIC_DATABASE_URL"] = s.database_url.get_secret_value()
@@ -172,12 +177,27 @@ class LocalStack:
             if spec.name == "worker":
                 self.ensure_work_pool()
             start(spec, self.run_dir, self.log_dir)
+            if spec.name == "prefect-server":
+                self.ensure_automations()
         return self.status()
+
+    def ensure_automations(self) -> None:
+        """The crash automation always; the failure notification when a webhook URL is configured."""
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        from aicml.stack.automations import ensure_crash_automation, ensure_failure_notification
+
+        with temporary_settings(updates={PREFECT_API_URL: self.settings.prefect_url}):
+            ensure_crash_automation()
+            if self.settings.failure_webhook_url:
+                ensure_failure_notification(self.settings.failure_webhook_url)
 
     def ensure_work_pool(self) -> None:
         from aicml.stack.pools import ensure_process_pool
 
-        ensure_process_pool(self.settings.prefect_url, self.settings.work_pool)
+        ensure_process_pool(
+            self.settings.prefect_url, self.settings.work_pool, self.settings.pool_concurrency
+        )
 
     def down(self) -> list[str]:
         """Stop, by pid, exactly what `up` started (worker first); return the names stopped."""
