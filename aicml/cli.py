@@ -214,6 +214,27 @@ def demo(
     typer.echo("  Stop with  : make down   (or .venv/bin/aicml down)")
 
 
+@app.command()
+def resume(
+    flow_run_id: Annotated[str, typer.Argument(help="The failed or crashed flow run to resume.")],
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the resumed run.")] = 3600,
+) -> None:
+    """Rerun a failed deployment run: completed stages come from persisted results, the rest runs again."""
+    from uuid import UUID
+
+    from aicml.errors import AicError
+    from aicml.stack.resume import resume_flow_run
+
+    _stack().export_client_env()
+    try:
+        run = resume_flow_run(UUID(flow_run_id), timeout)
+    except (AicError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(f"Resumed as flow run {run.name!r} ({run.id}): {run.state.name}")
+    if not run.state.is_completed():
+        raise typer.Exit(1)
+
+
 @app.command("metrics-exporter")
 def metrics_exporter(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger
+from prefect.cache_policies import INPUTS, TASK_SOURCE
 from prefect.transactions import transaction
 from pydantic import BaseModel, Field
 
@@ -13,11 +15,15 @@ from aicml.models.options import TrainerOptions
 from aicml.observability.metrics import PIPELINE_EXECUTIONS, PIPELINE_EXECUTIONS_DURATION
 from tasks.context import settings
 from tasks.ingest import ingest_source
+from tasks.policies import SourceFiles
 from tasks.registry import promote_model, register_best
 from tasks.serve import smoke_serve
 from tasks.tracking import finish_pipeline_run, start_pipeline_run
 from tasks.train import train_models
 from tasks.validate import validate_snapshot
+
+# Persisted stage results are reused for a week; after that a rerun recomputes them.
+CACHE_FOR = timedelta(days=7)
 
 
 class PipelineParams(BaseModel):
@@ -58,6 +64,13 @@ class PipelineParams(BaseModel):
         default=5, ge=1, le=1000, description="Held-out rows the champion predicts at the end."
     )
     experiment: str | None = Field(default=None, description="MLflow experiment; `aic-ml` by default.")
+    reuse_results: bool = Field(
+        default=True,
+        description=(
+            "Skip ingest, validate and train when their inputs, code and data are unchanged (results persisted "
+            "under the stack's home); this is what makes `aicml resume` rerun only the failed stages."
+        ),
+    )
 
 
 class PipelineResult(BaseModel):
@@ -93,11 +106,21 @@ def ml_pipeline(params: PipelineParams) -> PipelineResult:
     )
     status = "FAILED"
     try:
-        snapshot = ingest_source(params.source, params.table, dataset)
-        gate = validate_snapshot(
+        # Stages whose inputs, code and data did not change are served from persisted results, which is
+        # what lets a resumed run redo only the stage that failed and what depends on it.
+        refresh = not params.reuse_results
+        reuse: dict[str, Any] = {
+            "persist_result": True,
+            "refresh_cache": refresh,
+            "cache_expiration": CACHE_FOR,
+        }
+        snapshot = ingest_source.with_options(cache_policy=SourceFiles() + TASK_SOURCE, **reuse)(
+            params.source, params.table, dataset
+        )
+        gate = validate_snapshot.with_options(cache_policy=INPUTS - "parent_run_id" + TASK_SOURCE, **reuse)(
             snapshot, params.target, dataset, params.suite_path, params.max_missing_label_fraction, parent
         )
-        outcome = train_models(
+        outcome = train_models.with_options(cache_policy=INPUTS - "parent_run_id" + TASK_SOURCE, **reuse)(
             gate, params.target, params.problem, params.trainer, params.seed, experiment, parent
         )
         # Register, decide, move the alias and prove the champion serves, as one transaction: if any

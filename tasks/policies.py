@@ -1,8 +1,13 @@
-"""Retry conditions shared by tasks: network trouble is retried, bad data and bad settings are not."""
+"""Retry conditions and cache policies shared by tasks: network trouble is retried, bad data is not."""
 
 from __future__ import annotations
 
+import hashlib
+import os
+from dataclasses import dataclass
 from typing import Any
+
+from prefect.cache_policies import CachePolicy
 
 from aicml.errors import AicError
 
@@ -16,3 +21,39 @@ def retry_unless_aic_error(task: Any, task_run: Any, state: Any) -> bool:
     except Exception:
         return True
     return False
+
+
+@dataclass
+class SourceFiles(CachePolicy):  # type: ignore[misc]
+    """Cache key from what the ``source`` files are now: path, size and modification time of each.
+
+    A SQL source, a remote URL or a missing file gives no key, so the task always runs for it.
+    """
+
+    def compute_key(
+        self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any
+    ) -> str | None:
+        from aicml.data.sources import parse_source
+
+        source = inputs.get("source")
+        if not isinstance(source, str) or "://" in source:
+            return None
+        try:
+            spec = parse_source(source, inputs.get("table"))
+        except AicError:
+            return None
+        stats = [(path, os.stat(path).st_size, os.stat(path).st_mtime_ns) for path in spec.files]
+        extra = (inputs.get("table"), inputs.get("dataset"))
+        return hashlib.sha256(repr((stats, extra)).encode()).hexdigest()
+
+
+FAULT_VARIABLE = "AIC_FAIL_AT_STAGE"
+
+
+def fail_if_injected(stage: str) -> None:
+    """Fail ``stage`` on purpose when ``AIC_FAIL_AT_STAGE`` names it: chaos tests of retry and resume.
+
+    Set it on one flow run through the deployment's job variables, never globally.
+    """
+    if os.environ.get(FAULT_VARIABLE) == stage:
+        raise RuntimeError(f"{stage}: failure injected by {FAULT_VARIABLE}={stage}")

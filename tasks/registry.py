@@ -25,7 +25,7 @@ from aicml.registry.promotion import (
 )
 from aicml.registry.scoring import score_model_on
 from tasks.context import settings
-from tasks.policies import retry_unless_aic_error
+from tasks.policies import fail_if_injected, retry_unless_aic_error
 
 
 def _use_registry() -> None:
@@ -76,6 +76,7 @@ def _remember(key: str, value: object) -> None:
 )
 def register_best(outcome: TrainingOutcome, model_name: str, fingerprint: str) -> RegisteredVersion:
     """The best candidate becomes a new version of ``model_name`` with alias ``challenger``."""
+    fail_if_injected("register")
     _use_registry()
     _remember("model_name", model_name)
     _remember("previous_challenger", alias_version(model_name, CHALLENGER))

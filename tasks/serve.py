@@ -11,6 +11,7 @@ from prefect.cache_policies import NO_CACHE
 
 from aicml.serving.smoke import predict_rows
 from tasks.context import settings
+from tasks.policies import fail_if_injected
 
 
 def smoke(model_name: str, test_path: str, target: str, rows: int) -> dict[str, Any]:
@@ -25,6 +26,7 @@ def smoke(model_name: str, test_path: str, target: str, rows: int) -> dict[str, 
 @task(name="smoke-serve", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE, timeout_seconds=300)
 def smoke_serve(model_name: str, test_path: str, target: str, rows: int = 5) -> dict[str, Any]:
     """Load ``models:/<model_name>@champion`` and predict ``rows`` held-out rows."""
+    fail_if_injected("smoke-serve")
     result = smoke(model_name, test_path, target, rows)
     get_run_logger().info("Champion predicts %s for truth %s", result["predictions"], result["truth"])
     return result
