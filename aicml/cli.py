@@ -45,16 +45,30 @@ def down() -> None:
 
 
 @app.command()
-def status() -> None:
-    """Show what runs, where, and the UI addresses."""
+def status(
+    last: Annotated[int, typer.Option(min=1, help="Runs per deployment for the success rate.")] = 20,
+) -> None:
+    """Show what runs, where, the UI addresses, and each deployment's success rate over its last runs."""
     stack = _stack()
-    for item in stack.status():
+    states = stack.status()
+    for item in states:
         state = "running" if item.healthy else ("starting/unhealthy" if item.pid else "stopped")
         pid = f"pid {item.pid}" if item.pid else ""
         typer.echo(f"  {item.name:<17} {state:<18} {pid:<11} {item.address}")
     s = stack.settings
     typer.echo(f"\n  Prefect UI : {s.prefect_ui_url}\n  MLflow UI  : {s.tracking_uri}")
     typer.echo(f"  Metrics    : http://{s.host}:{s.metrics_port}/metrics\n  State      : {stack.home}")
+    if next(st for st in states if st.name == "prefect-server").healthy:
+        from aicml.stack.history import deployment_health
+
+        health = deployment_health(s.prefect_url, last)
+        if health:
+            typer.echo(f"\n  Deployments (last {last} runs; the seed's target is 95% success):")
+        for h in health:
+            rate = "no finished runs" if h.success_rate is None else f"{h.success_rate:.0%} success"
+            typer.echo(
+                f"    {h.deployment:<34} {h.runs:>3} runs  {h.succeeded:>3} ok  {h.failed:>3} failed  {rate}"
+            )
 
 
 @app.command()
