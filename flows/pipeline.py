@@ -120,9 +120,10 @@ def ml_pipeline(params: PipelineParams) -> PipelineResult:
         gate = validate_snapshot.with_options(cache_policy=INPUTS - "parent_run_id" + TASK_SOURCE, **reuse)(
             snapshot, params.target, dataset, params.suite_path, params.max_missing_label_fraction, parent
         )
-        outcome = train_models.with_options(cache_policy=INPUTS - "parent_run_id" + TASK_SOURCE, **reuse)(
-            gate, params.target, params.problem, params.trainer, params.seed, experiment, parent
-        )
+        # `training-slot` is a concurrency limit (4, the namespace's GPU quota) that `aicml up` creates.
+        outcome = train_models.with_options(
+            cache_policy=INPUTS - "parent_run_id" + TASK_SOURCE, tags={"training-slot"}, **reuse
+        )(gate, params.target, params.problem, params.trainer, params.seed, experiment, parent)
         # Register, decide, move the alias and prove the champion serves, as one transaction: if any
         # step fails, the rollback hooks put `challenger` and `champion` back where they were.
         with transaction():

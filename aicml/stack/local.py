@@ -186,7 +186,9 @@ class LocalStack:
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
         from aicml.stack.automations import ensure_crash_automation, ensure_failure_notification
+        from aicml.stack.limits import ensure_concurrency_limits
 
+        ensure_concurrency_limits(self.settings.prefect_url)
         with temporary_settings(updates={PREFECT_API_URL: self.settings.prefect_url}):
             ensure_crash_automation()
             if self.settings.failure_webhook_url:
