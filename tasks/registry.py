@@ -10,6 +10,7 @@ import mlflow
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
 from prefect.transactions import Transaction, get_transaction
 
 from aicml.models.training import TrainingOutcome
@@ -68,7 +69,7 @@ def _remember(key: str, value: object) -> None:
 @task(
     name="register",
     retries=2,
-    retry_delay_seconds=[2, 10],
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
     retry_jitter_factor=0.5,
     retry_condition_fn=retry_unless_aic_error,
     cache_policy=NO_CACHE,

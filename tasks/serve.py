@@ -8,6 +8,7 @@ import mlflow
 import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
 
 from aicml.serving.smoke import predict_rows
 from tasks.context import settings
@@ -23,7 +24,14 @@ def smoke(model_name: str, test_path: str, target: str, rows: int) -> dict[str, 
     return {"model_uri": uri, "predictions": predictions, "truth": test[target].tolist()}
 
 
-@task(name="smoke-serve", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE, timeout_seconds=300)
+@task(
+    name="smoke-serve",
+    retries=1,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_jitter_factor=0.5,
+    cache_policy=NO_CACHE,
+    timeout_seconds=300,
+)
 def smoke_serve(model_name: str, test_path: str, target: str, rows: int = 5) -> dict[str, Any]:
     """Load ``models:/<model_name>@champion`` and predict ``rows`` held-out rows."""
     fail_if_injected("smoke-serve")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import mlflow
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
 
 from aicml.registry.tracking import use_tracking
 from tasks.context import settings
@@ -14,7 +15,8 @@ from tasks.policies import retry_unless_aic_error
 @task(
     name="start-tracking",
     retries=2,
-    retry_delay_seconds=[2, 10],
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_jitter_factor=0.5,
     retry_condition_fn=retry_unless_aic_error,
     cache_policy=NO_CACHE,
     timeout_seconds=120,

@@ -65,5 +65,7 @@ def test_checkov_dockerfile_checks_pass() -> None:
     reports = report if isinstance(report, list) else [report]
     failed = [c for r in reports for c in r.get("results", {}).get("failed_checks", [])]
     summary = reports[0].get("summary", {}) if reports else {}
-    assert summary.get("resource_count") == 2 and summary.get("passed", 0) > 50, f"checkov: {done.stderr[-1000:]}"
+    assert summary.get("resource_count") == 2 and summary.get("passed", 0) > 50, (
+        f"checkov: {done.stderr[-1000:]}"
+    )
     assert not failed, [(c["check_id"], c["file_path"], c["check_name"]) for c in failed]
