@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -47,6 +48,8 @@ class PartitionTask:
     partition_by: tuple[str, ...] = ()
     max_field_bytes: int = DEFAULT_MAX_FIELD_BYTES
     sample_rows: int = SAMPLE_ROWS
+    row_group_rows: int = 1_000_000
+    on_row_group: Callable[[int], None] | None = None
 
 
 @dataclass
@@ -211,7 +214,13 @@ def process_partition(task: PartitionTask) -> PartitionOutcome:
     quarantine_frame = _quarantine_frame(
         frame.loc[quarantined_rows], reasons.loc[quarantined_rows], key, read
     )
-    staged_data = stage_partition(good, staging / "data", identity, task.partition_by) if len(good) else None
+    staged_data = (
+        stage_partition(
+            good, staging / "data", identity, task.partition_by, task.row_group_rows, task.on_row_group
+        )
+        if len(good)
+        else None
+    )
     staged_bad = (
         stage_partition(quarantine_frame, staging / "quarantine", identity) if len(quarantine_frame) else None
     )
@@ -302,6 +311,8 @@ def run_ingest(job: IngestJob, state: IngestState | None = None) -> IngestReport
     work = Path(job.work_dir) / job.load
     staging = work / "staging"
     partition_by = job.sink.partition_by if isinstance(job.sink, ParquetSink) else ()
+    row_group_rows = job.sink.row_group_rows if isinstance(job.sink, ParquetSink) else 1_000_000
+    on_row_group = job.sink.on_row_group if isinstance(job.sink, ParquetSink) else None
     tasks = [
         PartitionTask(
             job.load,
@@ -313,6 +324,8 @@ def run_ingest(job: IngestJob, state: IngestState | None = None) -> IngestReport
             str(staging),
             partition_by,
             job.max_field_bytes,
+            row_group_rows=row_group_rows,
+            on_row_group=on_row_group,
         )
         for p in todo
     ]

@@ -196,19 +196,21 @@ def _csv(data: bytes, name: str, options: ReadOptions) -> ReadResult:
     rejects: list[Reject] = []
 
     def invalid_row(row: Any) -> str:
-        rejects.append(
-            Reject(
-                row=row.number,
-                reason=f"row has {row.actual_columns} fields but the header has {row.expected_columns}",
-                raw=(row.text or "")[:500],
-            )
-        )
+        text = row.text or ""
+        reason = f"row has {row.actual_columns} fields but the header has {row.expected_columns}"
+        if text.count('"') % 2 == 1:
+            reason += " (an unclosed quote joined the lines after it into this row)"
+        # row.number counts the header as row 1; report 1-based data rows like the rest of quarantine.
+        number = row.number - 1 if row.number is not None else None
+        rejects.append(Reject(row=number, reason=reason, raw=text[:500]))
         return "skip"
 
     try:
         table = pacsv.read_csv(
             io.BytesIO(data),
-            read_options=pacsv.ReadOptions(block_size=BLOCK_SIZE, use_threads=True),
+            # Single-threaded per file: partitions already run in parallel, and row numbers of
+            # rejected rows are only known to a single-threaded parse.
+            read_options=pacsv.ReadOptions(block_size=BLOCK_SIZE, use_threads=False),
             parse_options=pacsv.ParseOptions(
                 delimiter=delimiter, invalid_row_handler=invalid_row, newlines_in_values=False
             ),
@@ -225,6 +227,12 @@ def _csv(data: bytes, name: str, options: ReadOptions) -> ReadResult:
                 f"{name!r} has a row larger than {BLOCK_SIZE} bytes; refusing it."
             ) from exc
         raise SourceError(f"Cannot parse CSV {name!r}: {message}") from exc
+    binary = [f.name for f in table.schema if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
+    if binary:
+        # pyarrow falls back to bytes for a column with invalid UTF-8 instead of failing.
+        raise SourceError(
+            f"{name!r} is not valid UTF-8 in column(s) {binary}; set the encoding explicitly if it is another one."
+        )
     if table.num_rows == 0 and not rejects:
         raise EmptyInputError(f"{name!r} has a header but no data rows.")
     frame = table.to_pandas()

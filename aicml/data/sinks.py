@@ -72,6 +72,8 @@ class ParquetSink:
     root: str
     partition_by: tuple[str, ...] = ()
     row_group_rows: int = 1_000_000
+    # Called after each row group a partition stages (progress reporting; tests pause here to kill).
+    on_row_group: Callable[[int], None] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         for column in self.partition_by:

@@ -85,7 +85,7 @@ def coerce_types(frame: pd.DataFrame, types: dict[str, str]) -> tuple[pd.DataFra
 
 def deduplicate(frame: pd.DataFrame, key: Sequence[str]) -> tuple[pd.DataFrame, pd.Series]:
     """Keep the last row per key (the latest wins, as in an upsert); the others get a reason."""
-    if not key:
+    if not key or frame.empty:
         return frame, pd.Series(dtype=object)
     missing = [k for k in key if k not in frame.columns]
     if missing:
@@ -101,7 +101,7 @@ def deduplicate(frame: pd.DataFrame, key: Sequence[str]) -> tuple[pd.DataFrame, 
 
 
 def add_derived(frame: pd.DataFrame, derived: dict[str, str]) -> pd.DataFrame:
-    if not derived:
+    if not derived or frame.empty:
         return frame
     out = frame.copy()
     for column, expression in derived.items():
