@@ -385,7 +385,8 @@ class HttpJsonConnector:
                 if self.page_param:
                     params[self.page_param] = page
                 try:
-                    response = client.get(url, params=params)
+                    # Next links carry their own query; params={} would strip it in httpx.
+                    response = client.get(url, params=params or None)
                     response.raise_for_status()
                 except httpx.HTTPError as exc:
                     raise SourceError(f"HTTP source {url!r} failed: {exc}") from exc
