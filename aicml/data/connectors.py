@@ -44,7 +44,8 @@ class Partition:
 class Connector(Protocol):
     """What every source offers: its partitions (optionally only the new ones) and a reader."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def partitions(self, since: str | None = None) -> list[Partition]: ...
 
@@ -423,3 +424,52 @@ SourceKind = Literal["files", "sql", "http"]
 def content_identity(partition: Partition, result: ReadResult) -> str:
     """The identity outputs are named by: the listed one, or (HTTP) the hash of the bodies."""
     return partition.identity or result.identity
+
+
+def connector_for(
+    source: str,
+    kind: Literal["auto", "files", "sql", "http"] = "auto",
+    *,
+    name: str = "source",
+    table: str | None = None,
+    query: str | None = None,
+    query_params: dict[str, Any] | None = None,
+    columns: tuple[str, ...] = (),
+    watermark_column: str | None = None,
+    base_dir: str | None = None,
+    read_options: ReadOptions | None = None,
+    storage_options: dict[str, Any] | None = None,
+    records_field: str = "data",
+    next_field: str | None = "next",
+    page_param: str | None = None,
+) -> Connector:
+    """The connector a source string names: a SQLAlchemy URL (table after '#', or ``table=``/
+    ``query=``), an http(s) URL of a JSON API, or a path, glob, directory or fsspec URL of files."""
+    from aicml.data.sources import SQL_SCHEMES
+
+    scheme = source.split("://", 1)[0].split("+", 1)[0].lower() if "://" in source else ""
+    if kind == "auto":
+        kind = "sql" if scheme in SQL_SCHEMES else "http" if scheme in ("http", "https") else "files"
+    if kind == "sql":
+        url, _, fragment = source.partition("#")
+        chosen = table or fragment or None
+        return SqlConnector(
+            url,
+            name=name,
+            table=None if query else chosen,
+            query=query,
+            params=dict(query_params or {}),
+            columns=columns,
+            watermark_column=watermark_column,
+        )
+    if kind == "http":
+        return HttpJsonConnector(
+            source, name=name, records_field=records_field, next_field=next_field, page_param=page_param
+        )
+    return FileConnector(
+        source,
+        name=name,
+        base_dir=base_dir,
+        options=read_options or ReadOptions(),
+        storage_options=dict(storage_options or {}),
+    )

@@ -20,7 +20,7 @@ from aicml.data.connectors import Connector, Partition, content_identity
 from aicml.data.parallel import ClusterOptions, run_partitions
 from aicml.data.quality import ExpectationOutcome, numeric_columns_of, validate_frame
 from aicml.data.readers import DEFAULT_MAX_FIELD_BYTES, ReadResult, oversized_fields
-from aicml.data.rules import CompiledSuite, check_rows, compile_suite
+from aicml.data.rules import CompiledSuite, as_numbers_where_parsable, check_rows, compile_suite
 from aicml.data.sinks import ParquetSink, SqlSink, StagedPartition, stage_partition, write_parquet_atomic
 from aicml.data.state import CommittedPartition, IngestState
 from aicml.data.transforms import TransformSpec, add_derived, coerce_types, deduplicate
@@ -68,6 +68,7 @@ class PartitionOutcome:
     watermark: str | None = None
     sample: pd.DataFrame | None = None
     seconds: float = 0.0
+    raw_sample: pd.DataFrame | None = None
 
 
 @dataclass
@@ -89,26 +90,10 @@ class IngestReport:
     output: str
     seconds: float
     sample: pd.DataFrame | None = None
+    raw_sample: pd.DataFrame | None = None
 
     def summary(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "sample"}
-
-
-def _validation_frame(frame: pd.DataFrame, numeric: tuple[str, ...]) -> pd.DataFrame:
-    """Numeric suite columns that arrived as text: numbers where they parse, the text where not.
-
-    Only columns that need it are converted (a shallow copy), so a clean partition costs nothing.
-    """
-    out = frame
-    for column in numeric:
-        if column not in frame.columns or frame[column].dtype.kind in "iufb":
-            continue
-        if out is frame:
-            out = frame.copy(deep=False)
-        raw = frame[column].astype(object)
-        parsed = pd.to_numeric(raw, errors="coerce")
-        out[column] = raw.where(parsed.isna() | raw.isna(), parsed)
-    return out
+        return {k: v for k, v in self.__dict__.items() if k not in ("sample", "raw_sample")}
 
 
 def _quarantine_frame(
@@ -162,7 +147,7 @@ def process_partition(task: PartitionTask) -> PartitionOutcome:
     failures: list[str] = []
     compiled: CompiledSuite | None = compile_suite(task.suite) if task.suite else None
     if compiled is not None:
-        checked = _validation_frame(frame, compiled.numeric_columns)
+        checked = as_numbers_where_parsable(frame, compiled.numeric_columns)
         verdict = check_rows(checked, compiled)
         outcomes += verdict.outcomes
         failures += verdict.partition_failures
@@ -225,6 +210,8 @@ def process_partition(task: PartitionTask) -> PartitionOutcome:
         stage_partition(quarantine_frame, staging / "quarantine", identity) if len(quarantine_frame) else None
     )
     sample = good.sample(n=min(task.sample_rows, len(good)), random_state=0) if len(good) else None
+    # What arrived, before quarantine: Great Expectations renders its Data Docs from this.
+    raw_sample = frame.sample(n=min(task.sample_rows, len(frame)), random_state=0) if len(frame) else None
     return PartitionOutcome(
         key=key,
         identity=identity,
@@ -238,6 +225,7 @@ def process_partition(task: PartitionTask) -> PartitionOutcome:
         watermark=task.partition.watermark,
         sample=sample,
         seconds=time.perf_counter() - started,
+        raw_sample=raw_sample,
     )
 
 
@@ -362,6 +350,7 @@ def run_ingest(job: IngestJob, state: IngestState | None = None) -> IngestReport
         if done_part.path and Path(done_part.path).is_file():
             Path(done_part.path).unlink()
     samples = [p.sample for p in parts if p.sample is not None and len(p.sample)]
+    raw = [p.raw_sample for p in parts if p.raw_sample is not None and len(p.raw_sample)]
     return IngestReport(
         load=job.load,
         batch_id=batch_id,
@@ -378,6 +367,7 @@ def run_ingest(job: IngestJob, state: IngestState | None = None) -> IngestReport
         output=output,
         seconds=time.perf_counter() - started,
         sample=pd.concat(samples, ignore_index=True) if samples else None,
+        raw_sample=pd.concat(raw, ignore_index=True) if raw else None,
     )
 
 

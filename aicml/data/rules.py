@@ -5,14 +5,16 @@ same expectation types and kwargs and gives, per row, the first expectation it b
 same null and ``mostly`` semantics as GE. Expectation types it does not know are handed back to
 GE itself (``uncompiled``), and a test checks that the counts here equal GE's on the same batch.
 
-Semantics of ``mostly``: an expectation with ``mostly`` below 1 judges the partition (too many
-broken rows fail the whole partition); one without ``mostly`` (or 1.0) judges each row, and a
-broken row is quarantined with its reason while the others continue.
+Semantics of ``mostly`` (GE judges a whole batch; ingestion also needs a verdict per row):
+every row a row-level expectation flags is quarantined with its reason, and the partition as a
+whole fails when more rows break an expectation than its ``mostly`` allows. The exception is a
+``not_null`` expectation with ``mostly`` below 1: the suite says values may be missing, so a
+missing value alone never quarantines a row.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +40,9 @@ class CompiledExpectation:
 
     @property
     def row_level(self) -> bool:
-        return self.check is not None and self.mostly >= 1.0
+        if self.check is None:
+            return False
+        return not (self.type == "expect_column_values_to_not_be_null" and self.mostly < 1.0)
 
 
 @dataclass(frozen=True)
@@ -156,6 +160,23 @@ def _compile_one(exp: dict[str, Any], numeric: set[str]) -> CompiledExpectation 
     return None
 
 
+def as_numbers_where_parsable(frame: pd.DataFrame, numeric: Sequence[str]) -> pd.DataFrame:
+    """Numeric suite columns that arrived as text: numbers where they parse, the text where not.
+
+    Only columns that need it are converted (a shallow copy), so a clean partition costs nothing.
+    """
+    out = frame
+    for column in numeric:
+        if column not in frame.columns or frame[column].dtype.kind in "iufb":
+            continue
+        if out is frame:
+            out = frame.copy(deep=False)
+        raw = frame[column].astype(object)
+        parsed = pd.to_numeric(raw, errors="coerce")
+        out[column] = raw.where(parsed.isna() | raw.isna(), parsed)
+    return out
+
+
 def compile_suite(suite: dict[str, Any]) -> CompiledSuite:
     """Compile what this module knows; the rest is returned for GE to run."""
     numeric = list(suite.get("meta", {}).get("aicml", {}).get("numeric_columns", []))
@@ -232,7 +253,9 @@ def check_rows(frame: pd.DataFrame, compiled: CompiledSuite) -> RowVerdict:
                 values = frame.loc[fresh, exp.column] if exp.column else None
                 reasons.loc[fresh] = _reason(exp, values)
                 broken |= bad
-        elif not success:
+        # With mostly = 1 every broken row is already quarantined; the partition itself fails only
+        # when more rows break an expectation than its mostly allows.
+        if not success and (exp.mostly < 1.0 or not exp.row_level):
             partition_failures.append(
                 f"{exp.type} on {exp.column!r}: {count} of {nonnull} rows broke it (mostly={exp.mostly})"
             )

@@ -7,9 +7,8 @@ import pandas as pd
 import pytest
 
 from aicml.data.demo import corrupt_batch, generate_churn
-from aicml.data.integration import _validation_frame
 from aicml.data.quality import derive_suite, validate_frame
-from aicml.data.rules import check_rows, compile_suite
+from aicml.data.rules import as_numbers_where_parsable, check_rows, compile_suite
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +23,7 @@ def test_compiled_counts_equal_great_expectations(suite: dict, kind: str) -> Non
         batch = corrupt_batch(batch, seed=5)
     compiled = compile_suite(suite)
     assert not compiled.uncompiled  # every derived expectation type has a compiled form
-    ours = check_rows(_validation_frame(batch, compiled.numeric_columns), compiled).outcomes
+    ours = check_rows(as_numbers_where_parsable(batch, compiled.numeric_columns), compiled).outcomes
     theirs = validate_frame(batch, suite).outcomes
     key = lambda o: (o.expectation, o.column or "")  # noqa: E731
     assert {key(o): (o.success, o.unexpected_count) for o in ours} == {
