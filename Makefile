@@ -7,7 +7,11 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test test-fast lint fmt up down status bench clean
+TOOLS := .tools
+TOOLS_STAMP := $(TOOLS)/.installed
+export AIC_CHECKOV := $(CURDIR)/$(TOOLS)/bin/checkov
+
+.PHONY: help venv tools system-deps demo test test-fast lint fmt up down status bench clean
 
 help: ## List every target
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -21,6 +25,19 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $(STAMP)
 
 venv: $(STAMP) ## Create .venv and install aic-ml with its dev extra from the pinned constraints
+
+$(TOOLS_STAMP): tools-requirements.txt
+	@test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install -q -r tools-requirements.txt
+	@touch $(TOOLS_STAMP)
+
+tools: $(TOOLS_STAMP) ## Install checkov into its own venv (.tools/): its pins clash with torch's
+
+system-deps: ## Debian packages the tests use (promtool/prometheus, pg_dump); installs only what is missing
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
+	@command -v pg_dump >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-client >/dev/null; }
 
 demo: $(STAMP) ## Start the local stack, run the pipeline as a deployment, show the quality gate and a prediction
 	$(BIN)/aicml demo
@@ -44,10 +61,10 @@ fmt: $(STAMP) ## Format and auto-fix
 	$(BIN)/ruff format flows tasks blocks deployments aicml tests benchmarks
 	$(BIN)/ruff check --fix flows tasks blocks deployments aicml tests benchmarks
 
-test: lint ## Lint, then the whole test suite on real services
+test: lint tools system-deps ## Lint, then the whole test suite on real services
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-fast: $(STAMP) ## The suite without tests marked slow
+test-fast: $(STAMP) tools ## The suite without tests marked slow
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP) ## Run the side-by-side benchmarks; each prints a JSON line last

@@ -204,5 +204,30 @@ def demo(
     typer.echo("  Stop with  : make down   (or .venv/bin/aicml down)")
 
 
+@app.command("metrics-exporter")
+def metrics_exporter(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to serve /metrics on.")] = 9464,
+    directory: Annotated[
+        Path | None, typer.Option("--dir", help="PROMETHEUS_MULTIPROC_DIR to merge (default: the stack's).")
+    ] = None,
+) -> None:
+    """Serve /metrics for every process sharing PROMETHEUS_MULTIPROC_DIR (a sidecar on Kubernetes)."""
+    from aicml.observability.exporter import main as serve_metrics
+
+    serve_metrics(["--host", host, "--port", str(port), "--dir", str(directory or _stack().metrics_dir)])
+
+
+def _register_subcommands() -> None:
+    from aicml.kube.cli import app as kube_app
+    from aicml.stack.backup_cli import backup as backup_command
+    from aicml.stack.backup_cli import restore as restore_command
+
+    app.add_typer(kube_app, name="k8s", help="Render, validate, apply and verify the platform on Kubernetes.")
+    app.command("backup")(backup_command)
+    app.command("restore")(restore_command)
+
+
 def main() -> None:
+    _register_subcommands()
     app()

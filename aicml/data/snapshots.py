@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 
 _NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -27,8 +28,11 @@ class Snapshot:
 
 def dataset_name(source: str) -> str:
     """A filesystem-safe dataset name derived from a source string."""
-    tail = source.rstrip("/").split("#")[-1] if "#" in source else Path(source.rstrip("/")).name
-    stem = tail.split(".")[0] if "*" not in tail else Path(source).parent.name
+    if "#" in source:
+        stem = source.rsplit("#", 1)[1].replace(".", "-")
+    else:
+        tail = Path(source.rstrip("/")).name
+        stem = tail.split(".")[0] if not any(ch in tail for ch in "*?[") else Path(source).parent.name
     return _NAME.sub("-", stem).strip("-").lower() or "dataset"
 
 
@@ -55,7 +59,10 @@ def write_snapshot(frame: pd.DataFrame, dataset: str, root: Path) -> Snapshot:
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".parquet")
         os.close(fd)
         try:
-            frame.to_parquet(tmp, index=False)
+            try:
+                frame.to_parquet(tmp, index=False)
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                frame_as_text(frame).to_parquet(tmp, index=False)
             os.replace(tmp, target)
         finally:
             if os.path.exists(tmp):
@@ -67,6 +74,19 @@ def write_snapshot(frame: pd.DataFrame, dataset: str, root: Path) -> Snapshot:
         rows=len(frame),
         columns=tuple(map(str, frame.columns)),
     )
+
+
+def frame_as_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """Object columns that mix types (numbers and text, say) as text, keeping nulls; Parquet needs one type.
+
+    Nothing is lost: the quality gate parses numbers back out of text where its suite expects numbers.
+    """
+    out = frame.copy()
+    for column in out.columns:
+        if out[column].dtype == object:
+            values = out[column]
+            out[column] = values.where(values.isna(), values.astype(str))
+    return out
 
 
 def load_snapshot(snapshot: Snapshot) -> pd.DataFrame:

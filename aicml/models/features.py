@@ -82,7 +82,10 @@ class TabularPreprocessor:
             else:
                 as_text = values.astype(str)
                 distinct = as_text.nunique()
-                if distinct <= MAX_CATEGORIES or distinct <= len(values) * 0.05:
+                # Few distinct values that repeat: a category (a column of unique values is an identifier).
+                if distinct <= max(2, len(values) // 2) and (
+                    distinct <= MAX_CATEGORIES or distinct <= len(values) * 0.05
+                ):
                     top = as_text.value_counts().head(MAX_CATEGORIES).index.tolist()
                     self.categorical[column] = sorted(map(str, top))
                 elif as_text.str.count(" ").mean() >= 0.5:

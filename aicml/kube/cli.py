@@ -1,0 +1,100 @@
+"""`aicml k8s`: plan (render and validate offline), apply and verify (live cluster)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from aicml.kube.errors import KubeError
+
+app = typer.Typer(
+    name="k8s",
+    help="The AI/ML platform on Kubernetes: render k8s/ overlays, validate them offline, apply and verify.",
+    no_args_is_help=True,
+)
+
+
+class OverlayName(StrEnum):
+    dev = "dev"
+    prod = "prod"
+
+
+OverlayOption = Annotated[OverlayName, typer.Option("--overlay", "-o", help="Which overlay of k8s/overlays.")]
+K8sDirOption = Annotated[
+    Path | None,
+    typer.Option("--k8s-dir", help="The k8s/ directory (default: $AIC_K8S_DIR or the checkout's k8s/)."),
+]
+ContextOption = Annotated[
+    str | None, typer.Option("--context", help="kubectl context (default: the current one).")
+]
+
+
+@app.command()
+def plan(
+    overlay: OverlayOption = OverlayName.dev,
+    k8s_dir: K8sDirOption = None,
+    checkov: Annotated[bool, typer.Option(help="Run checkov (a few seconds).")] = True,
+    output: Annotated[
+        Path | None, typer.Option("--output", help="Also write the rendered manifests here.")
+    ] = None,
+) -> None:
+    """Render an overlay and validate it offline: Kubernetes schemas, our policies, metric names, promtool,
+    checkov. Exits 1 when anything is found."""
+    from aicml.kube.plan import plan_overlay
+
+    try:
+        report = plan_overlay(overlay.value, k8s_dir, checkov=checkov)
+    except KubeError as error:
+        print(f"error: {error}")
+        raise typer.Exit(2) from error
+    if output is not None:
+        output.write_text(report.manifest)
+    kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(report.kinds().items()))
+    print(f"overlay {overlay.value}: {len(report.objects)} objects ({kinds})")
+    for stage, findings in report.findings.items():
+        note = f" ({report.checkov_skipped} documented skips)" if stage == "checkov" else ""
+        print(f"  {stage:<9} {'ok' if not findings else f'{len(findings)} finding(s)'}{note}")
+        for finding in findings:
+            print(f"    - {finding}")
+    for stage, reason in report.skipped_stages.items():
+        print(f"  {stage:<9} NOT RUN: {reason}")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def apply(
+    overlay: OverlayOption = OverlayName.dev,
+    k8s_dir: K8sDirOption = None,
+    context: ContextOption = None,
+) -> None:
+    """Validate the overlay like `plan`, create missing Secrets, then server-side apply it (needs a cluster)."""
+    from aicml.kube.cluster import apply_manifest
+    from aicml.kube.plan import plan_overlay
+
+    try:
+        report = plan_overlay(overlay.value, k8s_dir, checkov=False)
+        report.raise_for_violations()
+        print(apply_manifest(report.manifest, report.objects, context=context), end="")
+    except KubeError as error:
+        print(f"error: {error}")
+        raise typer.Exit(1) from error
+
+
+@app.command()
+def verify(context: ContextOption = None) -> None:
+    """Check every Deployment is available, every claim bound or waiting, the database init Job done."""
+    from aicml.kube.cluster import verify as verify_cluster
+
+    try:
+        statuses = verify_cluster(context=context)
+    except KubeError as error:
+        print(f"error: {error}")
+        raise typer.Exit(1) from error
+    for status in statuses:
+        print(f"{'ok  ' if status.ready else 'FAIL'} {status.ref}: {status.detail}")
+    if not statuses or not all(status.ready for status in statuses):
+        raise typer.Exit(1)

@@ -1,0 +1,144 @@
+"""The Secrets the platform reads, declared once. They are never rendered into manifests: `aicml k8s apply`
+creates the missing ones in the cluster (generated passwords, or values from the environment) and leaves
+existing ones alone, so re-applying never rotates a credential by accident."""
+
+from __future__ import annotations
+
+import secrets as token_source
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from aicml.kube.errors import KubeError
+
+
+@dataclass(frozen=True)
+class SecretKey:
+    """One key of a Secret and where its value comes from, in order: `env`, `default`, `generate`, `copy_from`."""
+
+    name: str
+    env: str | None = None
+    default: str | None = None
+    generate: bool = False
+    copy_from: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class SecretSpec:
+    name: str
+    purpose: str
+    keys: tuple[SecretKey, ...] = field(default_factory=tuple)
+
+    @property
+    def key_names(self) -> tuple[str, ...]:
+        return tuple(key.name for key in self.keys)
+
+
+def _database_secret(name: str, username: str, database: str, purpose: str) -> SecretSpec:
+    return SecretSpec(
+        name=name,
+        purpose=purpose,
+        keys=(
+            SecretKey("username", default=username),
+            SecretKey("password", generate=True),
+            SecretKey("database", default=database),
+        ),
+    )
+
+
+SECRET_SPECS: tuple[SecretSpec, ...] = (
+    _database_secret("agent-orchestration-db", "agent_orchestration", "agent_db", "agent orchestration"),
+    _database_secret("model-training-db", "model_training", "training_db", "model training"),
+    _database_secret("model-tuning-db", "model_tuning", "tuning_db", "model tuning (Optuna study storage)"),
+    _database_secret("model-deployment-db", "model_deployment", "deployment_db", "model deployment"),
+    _database_secret("data-integration-db", "data_integration", "data_integration_db", "data integration"),
+    _database_secret("pipeline-execution-db", "pipeline_execution", "pipeline_db", "the Prefect server"),
+    # The user name is also in the mlflow-auth ConfigMap's database_uri.
+    _database_secret("mlflow-db", "mlflow", "mlflow_db", "MLflow tracking and registry"),
+    SecretSpec(
+        "postgresql-admin",
+        "superuser of the core platform's PostgreSQL, for the init Job and backups",
+        (SecretKey("password", env="AIC_K8S_POSTGRES_ADMIN_PASSWORD"),),
+    ),
+    SecretSpec(
+        "mlflow-admin",
+        "admin account of MLflow's basic-auth app (never MLflow's default)",
+        (
+            SecretKey("username", default="admin"),
+            SecretKey("password", env="AIC_K8S_MLFLOW_ADMIN_PASSWORD", generate=True),
+        ),
+    ),
+    SecretSpec(
+        "mlflow-client",
+        "the MLflow account of training, tuning and serving",
+        (
+            SecretKey("username", env="AIC_K8S_MLFLOW_CLIENT_USERNAME", default="admin"),
+            SecretKey(
+                "password", env="AIC_K8S_MLFLOW_CLIENT_PASSWORD", copy_from=("mlflow-admin", "password")
+            ),
+        ),
+    ),
+    SecretSpec(
+        "mlflow-s3",
+        "object-storage credentials for MLflow's artifact store",
+        (
+            SecretKey("AWS_ACCESS_KEY_ID", env="AIC_K8S_S3_ACCESS_KEY_ID"),
+            SecretKey("AWS_SECRET_ACCESS_KEY", env="AIC_K8S_S3_SECRET_ACCESS_KEY"),
+        ),
+    ),
+)
+
+
+def spec_named(name: str) -> SecretSpec:
+    for spec in SECRET_SPECS:
+        if spec.name == name:
+            return spec
+    raise KubeError(f"No Secret named {name!r} is declared in aicml.kube.secrets.SECRET_SPECS.")
+
+
+def resolve_values(
+    missing: Sequence[SecretSpec], environ: Mapping[str, str], *, token_bytes: int = 24
+) -> dict[str, dict[str, str]]:
+    """Values for the Secrets to create. Generated passwords are hex, so they are safe inside URLs.
+
+    Raises KubeError naming every environment variable that must be set, before anything is created.
+    """
+    values: dict[str, dict[str, str]] = {}
+    needed: list[str] = []
+    for spec in missing:
+        resolved: dict[str, str] = {}
+        for key in spec.keys:
+            if key.env and environ.get(key.env):
+                resolved[key.name] = environ[key.env]
+            elif key.default is not None:
+                resolved[key.name] = key.default
+            elif key.generate:
+                resolved[key.name] = token_source.token_hex(token_bytes)
+            elif key.copy_from and key.copy_from[0] in values:
+                resolved[key.name] = values[key.copy_from[0]][key.copy_from[1]]
+            else:
+                needed.append(f"{key.env} (Secret {spec.name}, key {key.name}: {spec.purpose})")
+        values[spec.name] = resolved
+    if needed:
+        raise KubeError(
+            "These Secrets do not exist yet and have no value to create them from; set the environment "
+            "variables and rerun:\n" + "\n".join(f"  - {item}" for item in needed)
+        )
+    return values
+
+
+def secret_manifests(values: Mapping[str, Mapping[str, str]], namespace: str) -> list[dict[str, object]]:
+    """Secret objects for `kubectl create -f -` (sent on stdin, never written to disk or logged)."""
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": {"app.kubernetes.io/part-of": "aic-ml", "app.kubernetes.io/managed-by": "aicml"},
+            },
+            "stringData": dict(data),
+        }
+        for name, data in values.items()
+    ]

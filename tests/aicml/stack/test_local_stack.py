@@ -1,0 +1,75 @@
+"""`aicml up` is idempotent, `aicml down` stops exactly what it started, `aicml status` tells the truth."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from services import free_port
+from typer.testing import CliRunner
+
+from aicml.cli import app
+from aicml.stack.local import LocalStack
+from aicml.stack.processes import alive
+from blocks.settings import AicSettings
+
+
+def test_up_is_idempotent_and_status_reports_every_service(stack) -> None:
+    before = {s.name: s.pid for s in stack.status()}
+    assert all(before.values()), before
+    after = {s.name: s.pid for s in stack.up()}
+    assert after == before, "a second `up` starts nothing new"
+    assert httpx.get(f"{stack.settings.prefect_url}/health", timeout=5).status_code == 200
+    assert httpx.get(f"{stack.settings.tracking_uri}/health", timeout=5).status_code == 200
+    result = CliRunner().invoke(app, ["status"])
+    assert result.exit_code == 0, result.output
+    for name in ("prefect-server", "mlflow-server", "metrics-exporter", "worker"):
+        assert f"{name}" in result.output
+    assert result.output.count("running") >= 4
+    assert stack.settings.prefect_ui_url in result.output and stack.settings.tracking_uri in result.output
+
+
+def test_down_stops_exactly_what_up_started(tmp_path: Path) -> None:
+    settings = AicSettings(
+        home=tmp_path / "aic", metrics_port=free_port(), prefect_port=free_port(), mlflow_port=free_port()
+    )
+    local = LocalStack(settings)
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        local.up(services=("metrics-exporter",))
+        pid = next(s.pid for s in local.status() if s.name == "metrics-exporter")
+        assert pid is not None and alive(pid)
+        assert (local.run_dir / "metrics-exporter.pid").read_text() == str(pid)
+        # Another process (as a flow run would) records a sample; the exporter serves the merged view.
+        code = (
+            "from aicml.observability.metrics import TRAINING_JOBS as t; t.labels(outcome='success').inc(3)"
+        )
+        subprocess.run([sys.executable, "-c", code], check=True,
+                       env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(local.metrics_dir)})  # fmt: skip
+        body = httpx.get(f"http://127.0.0.1:{settings.metrics_port}/metrics", timeout=5).text
+        assert 'ml_training_jobs_total{outcome="success"} 3.0' in body
+        assert local.down() == ["metrics-exporter"]
+        deadline = time.monotonic() + 5
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not alive(pid)
+        assert not (local.run_dir / "metrics-exporter.pid").exists()
+        assert bystander.poll() is None, "down never touches processes it did not start"
+        assert local.down() == [], "a second down has nothing to stop"
+    finally:
+        bystander.kill()
+        local.down()
+
+
+def test_a_stale_pid_file_is_not_trusted(tmp_path: Path) -> None:
+    local = LocalStack(AicSettings(home=tmp_path / "aic"))
+    local.run_dir.mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (local.run_dir / "worker.pid").write_text(str(dead.pid))
+    assert {s.name: s.pid for s in local.status()}["worker"] is None
+    assert local.down() == []

@@ -1,0 +1,114 @@
+"""The pipeline end to end on the real stack (Prefect server + MLflow server on PostgreSQL)."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from testdata import housing_csv, regression_csv
+
+from aicml.data.demo import write_demo_data
+from aicml.errors import DataQualityError
+from aicml.models.options import TrainerOptions
+from flows.pipeline import PipelineParams, ml_pipeline
+
+FAST = TrainerOptions(max_epochs=2, progress_bar=False, hidden=[32])
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory):
+    return write_demo_data(tmp_path_factory.mktemp("demo"), rows=3000, parts=3)
+
+
+def _versions(name: str) -> list[str]:
+    return [v.version for v in MlflowClient().search_model_versions(f"name='{name}'")]
+
+
+def _params(source: str, name: str, **kw) -> PipelineParams:
+    return PipelineParams(
+        source=source,
+        target=kw.pop("target", "churn"),
+        model_name=name,
+        trainer=kw.pop("trainer", FAST),
+        **kw,
+    )
+
+
+def test_pipeline_end_to_end_then_gate_rejects_bad_batch(stack, demo) -> None:
+    name = f"churn-{uuid.uuid4().hex[:6]}"
+    result = ml_pipeline(_params(demo.clean_glob, name))
+
+    assert result.rows == 3000 and result.labelled_rows == 3000
+    assert result.problem == "classification" and result.metric == "f1_macro"
+    assert set(result.candidates) == {"lightning", "sklearn"}
+    assert 0.55 < result.candidates[result.best] <= 1.0, "the label has real signal"
+    assert result.promoted and result.version == "1"
+    assert len(result.predictions) == 5 and set(result.predictions) <= {"yes", "no"}
+
+    client = MlflowClient()
+    assert client.get_model_version_by_alias(name, "champion").version == "1"
+    assert client.get_model_version_by_alias(name, "challenger").version == "1"
+    parent = client.get_run(result.mlflow_run_id)
+    assert parent.info.status == "FINISHED"
+    artifacts = {a.path for a in client.list_artifacts(result.mlflow_run_id, "validation")}
+    assert "validation/report.json" in artifacts
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{result.mlflow_run_id}'"
+    )
+    assert {r.info.run_name for r in children} == {"lightning", "sklearn"}
+    lightning = next(r for r in children if r.info.run_name == "lightning")
+    history = client.get_metric_history(lightning.info.run_id, "val_loss")
+    assert [m.step for m in history] == [0, 1], "one val_loss per epoch"
+    assert any(a.path == "plots" for a in client.list_artifacts(lightning.info.run_id))
+
+    # The corrupted batch of the same dataset: stopped before training, nothing registered.
+    with pytest.raises(DataQualityError) as caught:
+        ml_pipeline(_params(demo.corrupted, name))
+    failures = {(f.expectation, f.column): f.unexpected_count for f in caught.value.failures}
+    assert failures[("expect_column_values_to_be_in_type_list", "tenure_months")] > 0
+    assert failures[("expect_column_values_to_be_in_set", "contract")] > 0
+    assert failures[("expect_column_values_to_be_between", "monthly_charges")] > 0
+    assert failures[("expect_column_values_to_not_be_null", "churn")] > 0
+    assert "rows broke it" in str(caught.value)
+    assert _versions(name) == ["1"]
+
+
+def test_promotion_keeps_a_better_champion(stack, demo) -> None:
+    name = f"churn-{uuid.uuid4().hex[:6]}"
+    first = ml_pipeline(
+        _params(demo.clean_glob, name, trainer=TrainerOptions(max_epochs=4, progress_bar=False))
+    )
+    assert first.promoted
+    # A deliberately weak challenger: one tiny epoch, no baseline, a learning rate too small to learn.
+    weak = TrainerOptions(max_epochs=1, hidden=[2], learning_rate=1e-6, baseline=False, progress_bar=False)
+    second = ml_pipeline(_params(demo.clean_glob, name, trainer=weak, seed=42))
+    assert not second.promoted
+    assert "champion stays" in second.reason
+    client = MlflowClient()
+    assert client.get_model_version_by_alias(name, "champion").version == first.version
+    assert client.get_model_version_by_alias(name, "challenger").version == second.version
+    assert second.candidates["lightning"] < first.candidates[first.best]
+
+
+def test_any_csv_with_a_label_column(stack, tmp_path: Path) -> None:
+    csv = housing_csv(tmp_path / "listings.csv", missing_labels=12)
+    name = f"listings-{uuid.uuid4().hex[:6]}"
+    result = ml_pipeline(_params(str(csv), name, target="price_band", max_missing_label_fraction=0.05))
+    assert result.problem == "classification"
+    assert result.set_aside == 12 and result.labelled_rows == 600 - 12
+    assert set(result.predictions) <= {"low", "mid", "high"}
+    assert result.candidates[result.best] > 0.5
+
+    reg = regression_csv(tmp_path / "measurements.csv")
+    result = ml_pipeline(_params(str(reg), f"reg-{uuid.uuid4().hex[:6]}", target="y"))
+    assert result.problem == "regression" and result.metric == "r2"
+    assert result.candidates[result.best] > 0.8
+    assert all(isinstance(p, float) for p in result.predictions)
+
+
+def test_sql_source(stack, demo) -> None:
+    name = f"churn-sql-{uuid.uuid4().hex[:6]}"
+    result = ml_pipeline(_params(f"{demo.sqlite_url}#{demo.table}", name))
+    assert result.rows == 3000 and result.promoted
