@@ -113,8 +113,13 @@ def _read_file(path: str) -> pd.DataFrame:
 def read_sql_table(url: str, table: str) -> pd.DataFrame:
     """Read a whole table; the name is validated and reflected, never formatted into SQL text."""
     from aicml.data.connectors import SqlConnector
+    from aicml.data.safety import UnsafeIdentifierError
 
-    connector = SqlConnector(url, table=table)
+    try:
+        connector = SqlConnector(url, table=table)
+    except UnsafeIdentifierError as exc:
+        # Such a name cannot be a plain table; it is never sent to the database.
+        raise SourceError(f"Table {table!r} does not exist: {exc}") from exc
     return connector.read(connector.partitions()[0]).frame
 
 
