@@ -173,6 +173,7 @@ def build_job(params: IngestParams) -> IngestJob:
         records_field=params.records_field,
         next_field=params.next_field,
         page_param=params.page_param,
+        allow_empty=params.incremental,
     )
     sink: ParquetSink | SqlSink
     if params.sink == "sql":

@@ -79,6 +79,8 @@ class FileConnector:
     base_dir: str | None = None
     options: ReadOptions = field(default_factory=ReadOptions)
     storage_options: dict[str, Any] = field(default_factory=dict)
+    # Incremental loads of a landing area: nothing there yet is a normal, empty batch.
+    allow_empty: bool = False
 
     def _is_remote(self) -> bool:
         return "://" in self.path and not self.path.startswith("file://")
@@ -102,6 +104,8 @@ class FileConnector:
             found = sorted(str(p) for p in Path(pattern).rglob("*") if p.is_file() or p.is_symlink())
         else:
             if not os.path.exists(pattern):
+                if self.allow_empty:
+                    return str(root), []
                 raise SourceError(f"Source file {pattern!r} does not exist.")
             found = [pattern]
         files = []
@@ -151,7 +155,7 @@ class FileConnector:
                         values=_hive_values(rel),
                     )
                 )
-        if not out:
+        if not out and not self.allow_empty:
             raise SourceError(f"Source {self.path!r} matched no files.")
         return out
 
@@ -442,6 +446,7 @@ def connector_for(
     records_field: str = "data",
     next_field: str | None = "next",
     page_param: str | None = None,
+    allow_empty: bool = False,
 ) -> Connector:
     """The connector a source string names: a SQLAlchemy URL (table after '#', or ``table=``/
     ``query=``), an http(s) URL of a JSON API, or a path, glob, directory or fsspec URL of files."""
@@ -472,4 +477,5 @@ def connector_for(
         base_dir=base_dir,
         options=read_options or ReadOptions(),
         storage_options=dict(storage_options or {}),
+        allow_empty=allow_empty,
     )

@@ -141,7 +141,8 @@ def process_partition(task: PartitionTask) -> PartitionOutcome:
     rows_in = len(frame) + len(read.rejects)
     reasons = pd.Series(pd.NA, index=frame.index, dtype=object)
     big = oversized_fields(frame, task.max_field_bytes)
-    reasons[big != ""] = big[big != ""]
+    if not big.empty:
+        reasons.loc[big.index] = big
 
     outcomes: list[ExpectationOutcome] = []
     failures: list[str] = []
@@ -164,7 +165,9 @@ def process_partition(task: PartitionTask) -> PartitionOutcome:
         reasons[:] = "partition rejected: " + "; ".join(failures)
     if task.policy == "warn":
         # Rows stay; only what cannot be a record at all (oversized fields) is set aside.
-        reasons = reasons.where(big != "", pd.NA)
+        reasons = pd.Series(pd.NA, index=frame.index, dtype=object)
+        if not big.empty:
+            reasons.loc[big.index] = big
     bad = reasons.notna().to_numpy()
     if task.policy == "fail" and (bad.any() or failures or read.rejects):
         listed = [
@@ -174,13 +177,11 @@ def process_partition(task: PartitionTask) -> PartitionOutcome:
         ]
         if read.rejects:
             listed.append(FailedExpectation("parse", None, len(read.rejects), read.rejects[0].reason))
-        if big.ne("").any():
-            listed.append(
-                FailedExpectation("max_field_bytes", None, int(big.ne("").sum()), str(big[big != ""].iloc[0]))
-            )
+        if not big.empty:
+            listed.append(FailedExpectation("max_field_bytes", None, len(big), str(big.iloc[0])))
         raise DataQualityError(f"{task.load} ({key})", listed, rows_in)
 
-    good = frame.loc[~bad]
+    good = frame.loc[~bad] if bad.any() else frame
     numeric_types = {
         c: "float64"
         for c in (compiled.numeric_columns if compiled else ())

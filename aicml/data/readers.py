@@ -182,7 +182,7 @@ def _csv(data: bytes, name: str, options: ReadOptions) -> ReadResult:
             data = data.decode(encoding).encode("utf-8")
         except (UnicodeDecodeError, LookupError) as exc:
             raise SourceError(f"{name!r} cannot be decoded as {encoding}: {exc}") from exc
-    if not data.strip():
+    if not data[:65536].strip() and not data.strip():  # the bounded check first: no copy of big files
         raise EmptyInputError(f"{name!r} is empty: it has no header and no rows.")
     sample = data[:65536].decode("utf-8", errors="replace")
     delimiter = options.delimiter or detect_delimiter(sample)
@@ -268,14 +268,15 @@ def read_bytes(data: bytes, name: str, options: ReadOptions | None = None) -> Re
 
 
 def oversized_fields(frame: pd.DataFrame, max_field_bytes: int) -> pd.Series:
-    """Per row: the first text column whose value is longer than the cap, or '' when none is."""
-    reasons = pd.Series("", index=frame.index, dtype=object)
+    """For rows with a text field longer than the cap: the reason (index = row labels); else empty."""
+    found: dict[Any, str] = {}
     for column in frame.columns:
         series = frame[column]
         if series.dtype != object and not pd.api.types.is_string_dtype(series):
             continue
-        lengths = series.astype("string").str.len().fillna(0)
-        too_long = (lengths > max_field_bytes) & (reasons == "")
+        lengths = series.astype("string").str.len()
+        too_long = (lengths > max_field_bytes).fillna(False).to_numpy(dtype=bool)
         if too_long.any():
-            reasons[too_long] = f"field {column!r} is longer than {max_field_bytes} bytes"
-    return reasons
+            for label in frame.index[too_long]:
+                found.setdefault(label, f"field {column!r} is longer than {max_field_bytes} bytes")
+    return pd.Series(found, dtype=object)

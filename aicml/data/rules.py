@@ -134,7 +134,7 @@ def _compile_one(exp: dict[str, Any], numeric: set[str]) -> CompiledExpectation 
         def in_set(frame: pd.DataFrame) -> np.ndarray:
             series = frame[column]
             ok = series.isin(allowed).to_numpy(dtype=bool, copy=True)
-            if series.dtype == object or pd.api.types.is_string_dtype(series):
+            if series.dtype == object:  # mixed values: compare their text too (as GE does on str)
                 as_text = series.astype("string").isin([str(v) for v in allowed]).fillna(False)
                 ok |= as_text.to_numpy(dtype=bool)
             return ~ok & _notnull(series)

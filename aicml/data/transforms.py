@@ -54,6 +54,8 @@ def coerce_types(frame: pd.DataFrame, types: dict[str, str]) -> tuple[pd.DataFra
         if column not in out.columns:
             continue
         series = out[column]
+        if _already(series, kind):
+            continue  # the parser already produced the type: nothing to convert or check
         present = series.notna()
         if kind in ("float64", "int64"):
             converted = pd.to_numeric(series, errors="coerce")
@@ -81,6 +83,18 @@ def coerce_types(frame: pd.DataFrame, types: dict[str, str]) -> tuple[pd.DataFra
             ).str.slice(0, 60)
         out[column] = converted
     return out, reasons.dropna()
+
+
+def _already(series: pd.Series, kind: str) -> bool:
+    if kind == "bool":
+        return pd.api.types.is_bool_dtype(series)
+    if kind == "float64":
+        return series.dtype == np.float64
+    if kind == "int64":
+        return series.dtype == np.int64
+    if kind == "datetime":
+        return pd.api.types.is_datetime64_any_dtype(series)
+    return False
 
 
 def deduplicate(frame: pd.DataFrame, key: Sequence[str]) -> tuple[pd.DataFrame, pd.Series]:
