@@ -144,6 +144,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10_000_000, help="Synthetic rows in total.")
     parser.add_argument("--files", type=int, default=8, help="CSV files (partitions).")
     parser.add_argument("--workers", type=int, default=2, help="Dask workers of the LocalCluster.")
+    parser.add_argument(
+        "--cluster", choices=["local", "sync"], default="local", help="Dask LocalCluster, or in-process."
+    )
     parser.add_argument("--pg-rows", type=int, default=1_000_000, help="Rows of the PostgreSQL COPY load.")
     parser.add_argument(
         "--pg-url",
@@ -187,6 +190,7 @@ def main() -> None:
             derived={"total": "amount * qty"},
             output=str(work / "dataset"),
             workers=args.workers,
+            cluster=args.cluster,
             data_docs=not args.no_data_docs,
         )
         # Warm-up on a tiny copy: starts Prefect's ephemeral server and imports everything, which is
@@ -226,6 +230,7 @@ def main() -> None:
                     "pg_rows": min(args.pg_rows, args.rows) if pg else 0,
                     "files": len(paths),
                     "workers": args.workers,
+                    "cluster": args.cluster,
                     "csv_mb": round(size / 1e6),
                     "flow_s": round(flow_s, 2),
                     "pyarrow_s": round(baseline_s, 2),

@@ -28,7 +28,7 @@ NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 
 
 class IngestParams(BaseModel):
-    """Parameters of `ingest`; Prefect builds the deployment form from these."""
+    """Parameters of `ingest-flow`; Prefect builds the deployment form from these."""
 
     load: str = Field(pattern=NAME, description="Name of this load: its suite, state, quarantine and output.")
     source: str = Field(
@@ -204,7 +204,8 @@ def build_job(params: IngestParams) -> IngestJob:
     )
 
 
-@flow(name="ingest", log_prints=False, persist_result=True)
+# The flow name mirrors the function name: `prefect deploy --name ingest-flow/full` matches on it.
+@flow(name="ingest-flow", log_prints=False, persist_result=True)
 def ingest_flow(params: IngestParams) -> IngestResult:
     """Resolve the suite -> process partitions in parallel and commit -> publish quality -> check drift."""
     logger = get_run_logger()
@@ -225,8 +226,8 @@ def ingest_flow(params: IngestParams) -> IngestResult:
         outcome = "success"
     finally:
         elapsed = time.perf_counter() - started
-        PIPELINE_EXECUTIONS_DURATION.labels(flow="ingest", outcome=outcome).observe(elapsed)
-        PIPELINE_EXECUTIONS.labels(flow="ingest", outcome=outcome).inc()
+        PIPELINE_EXECUTIONS_DURATION.labels(flow="ingest-flow", outcome=outcome).observe(elapsed)
+        PIPELINE_EXECUTIONS.labels(flow="ingest-flow", outcome=outcome).inc()
     logger.info("Ingest %s finished in %.1fs", params.load, elapsed)
     return IngestResult(
         load=report.load,

@@ -18,7 +18,7 @@ def watch(
     interval: Annotated[float, typer.Option(help="Seconds between polls.")] = 1.0,
     polls: Annotated[int | None, typer.Option(help="Stop after this many polls (default: forever).")] = None,
 ) -> None:
-    """Emit `aicml.data.file.landed` for each new file once its size is stable (triggers ingest/on-file-landed)."""
+    """Emit `aicml.data.file.landed` for each new file once its size is stable (triggers ingest-flow/on-file-landed)."""
     from aicml.data.landing import LandingWatcher, emit_file_landed
 
     def announce(path: Path) -> None:
@@ -62,3 +62,7 @@ def cluster_spec(
     if problems:
         typer.secho("\n".join(problems), fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    app()

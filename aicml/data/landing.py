@@ -1,5 +1,5 @@
 """Near-real-time ingestion: notice files landing in a directory and announce each as a Prefect
-event (``aicml.data.file.landed``), which the `ingest/on-file-landed` deployment's trigger turns
+event (``aicml.data.file.landed``), which the `ingest-flow/on-file-landed` deployment's trigger turns
 into a flow run for that file.
 
 A file counts as landed once its size and mtime are unchanged between two polls (a writer that is
