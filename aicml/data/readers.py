@@ -193,29 +193,36 @@ def _csv(data: bytes, name: str, options: ReadOptions) -> ReadResult:
         raise SourceError(f"{name!r} has duplicate column names {duplicates}: every header must be unique.")
     if any(not h for h in header):
         raise SourceError(f"{name!r} has an empty column name in its header {header!r}.")
-    rejects: list[Reject] = []
 
-    def invalid_row(row: Any) -> str:
-        text = row.text or ""
-        reason = f"row has {row.actual_columns} fields but the header has {row.expected_columns}"
-        if text.count('"') % 2 == 1:
-            reason += " (an unclosed quote joined the lines after it into this row)"
-        # row.number counts the header as row 1; report 1-based data rows like the rest of quarantine.
-        number = row.number - 1 if row.number is not None else None
-        rejects.append(Reject(row=number, reason=reason, raw=text[:500]))
-        return "skip"
+    def parse(threads: bool) -> tuple[Any, list[Reject]]:
+        rejects: list[Reject] = []
 
-    try:
+        def invalid_row(row: Any) -> str:
+            text = row.text or ""
+            reason = f"row has {row.actual_columns} fields but the header has {row.expected_columns}"
+            if text.count('"') % 2 == 1:
+                reason += " (an unclosed quote joined the lines after it into this row)"
+            # row.number counts the header as row 1; report 1-based data rows like the quarantine does.
+            number = row.number - 1 if row.number is not None else None
+            rejects.append(Reject(row=number, reason=reason, raw=text[:500]))
+            return "skip"
+
         table = pacsv.read_csv(
             io.BytesIO(data),
-            # Single-threaded per file: partitions already run in parallel, and row numbers of
-            # rejected rows are only known to a single-threaded parse.
-            read_options=pacsv.ReadOptions(block_size=BLOCK_SIZE, use_threads=False),
+            read_options=pacsv.ReadOptions(block_size=BLOCK_SIZE, use_threads=threads),
             parse_options=pacsv.ParseOptions(
                 delimiter=delimiter, invalid_row_handler=invalid_row, newlines_in_values=False
             ),
             convert_options=pacsv.ConvertOptions(strings_can_be_null=True),
         )
+        return table, rejects
+
+    try:
+        table, rejects = parse(threads=True)
+        if rejects:
+            # Only a single-threaded parse knows the row numbers of rejected rows: redo the (rare)
+            # file that has any, so each quarantine entry names its row.
+            table, rejects = parse(threads=False)
     except pa.ArrowInvalid as exc:
         message = str(exc)
         if "UTF8" in message or "utf8" in message.lower():
