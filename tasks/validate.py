@@ -1,16 +1,21 @@
-"""Validate task: the quality gate, reported as a Prefect table artifact and an MLflow artifact."""
+"""Validate tasks: the pipeline's quality gate, and the ingest flow's suite, quality report and drift check."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import mlflow
 from prefect import get_run_logger, task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
 
-from aicml.data.gate import GateResult, run_quality_gate
-from aicml.data.quality import SuitePolicy
+from aicml.data.connectors import Connector
+from aicml.data.drift import check_and_roll
+from aicml.data.gate import GateResult, run_quality_gate, suite_location
+from aicml.data.integration import REASON, IngestReport, read_quarantine
+from aicml.data.quality import SuitePolicy, build_data_docs, derive_suite, load_suite, save_suite
 from aicml.data.snapshots import Snapshot
 from aicml.errors import DataQualityError
 from aicml.observability.metrics import DATA_INTEGRATION_RECORDS
@@ -98,3 +103,129 @@ def validate_snapshot(
     DATA_INTEGRATION_RECORDS.labels(source=dataset, outcome="set_aside").inc(result.set_aside)
     logger.info("Quality gate %s", summary)
     return result
+
+
+DATA_DOCS_ROWS = 5000
+
+
+def suite_for_load(
+    connector: Connector,
+    load: str,
+    suite_path: str | None,
+    derive: bool,
+    suites_dir: Path | None = None,
+    key: tuple[str, ...] = (),
+) -> dict[str, Any] | None:
+    """The load's suite: the given file, else the stored one, else (``derive``) one derived from the
+    first partition and stored, so later batches are held to what the first looked like."""
+    if suite_path:
+        return load_suite(Path(suite_path))
+    location = suite_location(suites_dir or data_dir("suites"), f"ingest-{load}")
+    if location.exists():
+        return load_suite(location)
+    if not derive:
+        return None
+    partitions = connector.partitions()
+    if not partitions:
+        return None
+    first = connector.read(partitions[0]).frame
+    suite = derive_suite(first, f"ingest-{load}", target="")
+    # Keys and other all-distinct columns (ids, sequence numbers) grow from batch to batch: a range
+    # learnt from the first partition would reject every later one.
+    growing = set(key) | {str(c) for c in first.columns if len(first) > 1 and first[c].is_unique}
+    suite["expectations"] = [
+        e
+        for e in suite["expectations"]
+        if not (e["type"] == "expect_column_values_to_be_between" and e["kwargs"].get("column") in growing)
+    ]
+    save_suite(suite, location)
+    return suite
+
+
+@task(name="resolve-suite", retries=0, cache_policy=NO_CACHE, persist_result=False)
+def resolve_suite(
+    connector: Connector,
+    load: str,
+    suite_path: str | None = None,
+    derive: bool = True,
+    key: tuple[str, ...] = (),
+) -> dict[str, Any] | None:
+    """Find (or derive on first sight) the Great Expectations suite of a load."""
+    return suite_for_load(connector, load, suite_path, derive, key=key)
+
+
+def _reason_counts(report: IngestReport, top: int = 20) -> list[dict[str, Any]]:
+    quarantine = read_quarantine(report)
+    if quarantine.empty:
+        return []
+    # Group by the reason's kind (the text before the offending value) so the table stays short.
+    kinds = quarantine[REASON].astype(str).str.split(":").str[0].str.slice(0, 120)
+    counts = kinds.value_counts().head(top)
+    return [{"reason": k, "rows": int(v)} for k, v in counts.items()]
+
+
+@task(name="publish-batch-quality", retries=0, cache_policy=NO_CACHE, persist_result=False)
+def publish_batch_quality(
+    report: IngestReport, suite: dict[str, Any] | None, data_docs: bool = True, run_name: str | None = None
+) -> str | None:
+    """A table artifact with counts by expectation, one with quarantine reasons, and (optionally)
+    a Great Expectations Data Docs site for this run; returns the site's index.html."""
+    key = "ingest-" + "".join(ch if ch.isalnum() else "-" for ch in report.load.lower()).strip("-")
+    summary = (
+        f"{report.rows_in} rows in, {report.accepted} accepted, {report.quarantined} quarantined, "
+        f"{report.committed_rows} committed ({report.partitions} partitions, {report.skipped} already loaded)"
+    )
+    rows = report.outcomes or [{"expectation": "(no suite)", "column": "", "unexpected": 0}]
+    create_table_artifact(table=rows, key=f"{key}-quality", description=summary)
+    reasons = _reason_counts(report)
+    if reasons:
+        create_table_artifact(
+            table=reasons, key=f"{key}-quarantine", description=f"Quarantine in {report.quarantine_dir}"
+        )
+    index = None
+    if data_docs and suite is not None and report.raw_sample is not None:
+        name = run_name or report.batch_id[:12]
+        site = data_dir("data-docs") / report.load / name
+        # GE renders from a bounded sample of what arrived: its cost per call does not grow with the batch.
+        sample = report.raw_sample.sample(n=min(DATA_DOCS_ROWS, len(report.raw_sample)), random_state=0)
+        index = build_data_docs(sample, suite, site, name)
+        create_markdown_artifact(
+            markdown=f"Great Expectations Data Docs for batch `{report.batch_id}`: `{index}`\n\n{summary}",
+            key=f"{key}-data-docs",
+        )
+    get_run_logger().info("Batch quality: %s%s", summary, f"; Data Docs at {index}" if index else "")
+    return str(index) if index else None
+
+
+@task(name="check-drift", retries=0, cache_policy=NO_CACHE, persist_result=False)
+def check_drift(report: IngestReport, threshold: float = 0.2) -> list[dict[str, Any]]:
+    """Compare the accepted rows with the last accepted batch; emit ``aicml.data.drift.detected``
+    (a Prefect event automations can act on) when a column drifts beyond ``threshold``."""
+    if report.sample is None or report.sample.empty:
+        return []
+    drift = check_and_roll(report.sample, data_dir("drift") / report.load / "reference.parquet", threshold)
+    if drift is None:
+        return []
+    rows = drift.to_rows()
+    key = "drift-" + "".join(ch if ch.isalnum() else "-" for ch in report.load.lower()).strip("-")
+    create_table_artifact(
+        table=rows,
+        key=key,
+        description=f"Drift vs last accepted batch ({drift.reference_rows} vs {drift.current_rows} sampled rows)",
+    )
+    if drift.drifted:
+        emit_event(
+            event="aicml.data.drift.detected",
+            resource={"prefect.resource.id": f"aicml.dataset.{report.load}", "aicml.load": report.load},
+            payload={
+                "batch_id": report.batch_id,
+                "threshold": threshold,
+                "columns": [c for c in rows if c["drifted"] == "YES"],
+            },
+        )
+        get_run_logger().warning(
+            "Drift beyond %.2f in %s",
+            threshold,
+            ", ".join(f"{c.column} ({c.statistic}={c.value})" for c in drift.drifted),
+        )
+    return rows

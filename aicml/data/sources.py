@@ -10,7 +10,6 @@ import glob
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import pandas as pd
 
@@ -94,36 +93,34 @@ def parse_source(source: str, table: str | None = None) -> SourceSpec:
 
 
 def _read_file(path: str) -> pd.DataFrame:
-    fmt = _format_of(path)
-    compression: Literal["gzip"] | None = "gzip" if path.lower().endswith(".gz") else None
-    try:
-        if fmt == "parquet":
-            return pd.read_parquet(path)
-        if fmt == "jsonl":
-            return pd.read_json(path, lines=True, compression=compression)
-        sep = "\t" if path.lower().removesuffix(".gz").endswith(".tsv") else ","
-        return pd.read_csv(path, sep=sep, compression=compression, low_memory=False)
-    except (ValueError, OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise SourceError(f"Cannot read {fmt} file {path!r}: {exc}") from exc
+    """One file through the ingestion readers (encoding and delimiter detection, gzip caps).
+
+    The pipeline has no quarantine: a row the parser refuses fails the read with its row number.
+    """
+    from aicml.data.connectors import FileConnector, Partition
+
+    _format_of(path)
+    result = FileConnector(path).read(Partition(key=path, identity="", location=path))
+    if result.rejects:
+        first = result.rejects[0]
+        raise SourceError(
+            f"{path!r}: {len(result.rejects)} row(s) cannot be parsed; first, data row {first.row}: "
+            f"{first.reason}. Fix the file, or load it with the ingest flow's quarantine policy."
+        )
+    return result.frame
 
 
 def read_sql_table(url: str, table: str) -> pd.DataFrame:
-    """Read a whole table; the name is reflected by SQLAlchemy, never formatted into SQL text."""
-    import sqlalchemy as sa
+    """Read a whole table; the name is validated and reflected, never formatted into SQL text."""
+    from aicml.data.connectors import SqlConnector
+    from aicml.data.safety import UnsafeIdentifierError
 
-    engine = sa.create_engine(url)
     try:
-        schema, _, name = table.rpartition(".")
-        try:
-            reflected = sa.Table(name, sa.MetaData(), schema=schema or None, autoload_with=engine)
-        except sa.exc.NoSuchTableError as exc:
-            raise SourceError(f"Table {table!r} does not exist at {engine.url!r}.") from exc
-        except sa.exc.OperationalError as exc:
-            raise SourceError(f"Cannot connect to {engine.url!r}: {exc.orig}") from exc
-        with engine.connect() as conn:
-            return pd.read_sql(sa.select(reflected), conn)
-    finally:
-        engine.dispose()
+        connector = SqlConnector(url, table=table)
+    except UnsafeIdentifierError as exc:
+        # Such a name cannot be a plain table; it is never sent to the database.
+        raise SourceError(f"Table {table!r} does not exist: {exc}") from exc
+    return connector.read(connector.partitions()[0]).frame
 
 
 def read_source(spec: SourceSpec) -> pd.DataFrame:

@@ -1,0 +1,385 @@
+"""The ingestion engine: list partitions, process each in parallel (read, validate, quarantine,
+transform, stage), commit the batch to its sink, then advance the load's state.
+
+``process_partition`` is a pure function of a picklable ``PartitionTask`` so Dask can run it on
+any worker; ``run_ingest`` is the whole batch. Nothing here imports Prefect.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+
+from aicml.data.connectors import Connector, Partition, content_identity
+from aicml.data.parallel import ClusterOptions, run_partitions
+from aicml.data.quality import ExpectationOutcome, numeric_columns_of, validate_frame
+from aicml.data.readers import DEFAULT_MAX_FIELD_BYTES, ReadResult, oversized_fields
+from aicml.data.rules import CompiledSuite, as_numbers_where_parsable, check_rows, compile_suite
+from aicml.data.sinks import ParquetSink, SqlSink, StagedPartition, stage_partition, write_parquet_atomic
+from aicml.data.state import CommittedPartition, IngestState
+from aicml.data.transforms import TransformSpec, add_derived, coerce_types, deduplicate
+from aicml.errors import AicError, DataQualityError, FailedExpectation
+
+Policy = Literal["fail", "quarantine", "warn"]
+REASON = "_aic_reason"
+PARTITION = "_aic_partition"
+ROW = "_aic_row"
+RAW = "_aic_raw"
+SAMPLE_ROWS = 20_000
+
+
+@dataclass(frozen=True)
+class PartitionTask:
+    """Everything one worker needs for one partition (picklable; no open connections)."""
+
+    load: str
+    connector: Connector
+    partition: Partition
+    suite: dict[str, Any] | None
+    policy: Policy
+    transform: TransformSpec
+    staging: str
+    partition_by: tuple[str, ...] = ()
+    max_field_bytes: int = DEFAULT_MAX_FIELD_BYTES
+    sample_rows: int = SAMPLE_ROWS
+    row_group_rows: int = 1_000_000
+    on_row_group: Callable[[int], None] | None = None
+
+
+@dataclass
+class PartitionOutcome:
+    """What happened to one partition; the data itself stays in the staged files."""
+
+    key: str
+    identity: str
+    rows_in: int
+    accepted: int
+    quarantined: int
+    staged: StagedPartition | None
+    quarantine: StagedPartition | None
+    outcomes: list[ExpectationOutcome] = field(default_factory=list)
+    partition_failures: list[str] = field(default_factory=list)
+    watermark: str | None = None
+    sample: pd.DataFrame | None = None
+    seconds: float = 0.0
+    raw_sample: pd.DataFrame | None = None
+
+
+@dataclass
+class IngestReport:
+    """The outcome of one batch."""
+
+    load: str
+    batch_id: str
+    partitions: int
+    skipped: int
+    rows_in: int
+    accepted: int
+    quarantined: int
+    committed_rows: int
+    watermark: str | None
+    outcomes: list[dict[str, Any]]
+    partition_failures: list[str]
+    quarantine_dir: str
+    output: str
+    seconds: float
+    sample: pd.DataFrame | None = None
+    raw_sample: pd.DataFrame | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in ("sample", "raw_sample")}
+
+
+def _quarantine_frame(
+    rows: pd.DataFrame, reasons: pd.Series, key: str, read: ReadResult | None = None
+) -> pd.DataFrame:
+    """Rows as text (schemas of bad rows vary), with reason, partition and source row number."""
+    out = rows.astype("string") if not rows.empty else pd.DataFrame(index=rows.index)
+    out[REASON] = reasons.reindex(rows.index).astype("string")
+    out[PARTITION] = key
+    out[ROW] = pd.array(rows.index.to_numpy() + 1, dtype="Int64")  # 1-based data row
+    out[RAW] = pd.array([pd.NA] * len(out), dtype="string")
+    if read is not None and read.rejects:
+        parsed = pd.DataFrame(
+            {
+                REASON: [r.reason for r in read.rejects],
+                PARTITION: key,
+                ROW: pd.array([r.row for r in read.rejects], dtype="Int64"),
+                RAW: [r.raw for r in read.rejects],
+            }
+        ).astype({REASON: "string", PARTITION: "string", RAW: "string"})
+        out = pd.concat([out, parsed], ignore_index=True)
+    return out.reset_index(drop=True)
+
+
+def process_partition(task: PartitionTask) -> PartitionOutcome:
+    """Read, validate, quarantine, transform and stage one partition."""
+    started = time.perf_counter()
+    key = task.partition.key
+    staging = Path(task.staging)
+    try:
+        read = task.connector.read(task.partition)
+    except AicError as exc:
+        if task.policy == "fail":
+            raise
+        # Quarantine and warn keep the batch going: the unreadable input becomes one entry.
+        identity = task.partition.identity or hashlib.sha256(key.encode()).hexdigest()[:16]
+        entry = _quarantine_frame(pd.DataFrame(index=pd.RangeIndex(1)), pd.Series([str(exc)]), key)
+        entry[ROW] = pd.array([pd.NA], dtype="Int64")
+        q = stage_partition(entry, staging / "quarantine", identity)
+        return PartitionOutcome(
+            key, identity, 0, 0, 1, None, q, [], [f"{key}: {exc}"], None, None, time.perf_counter() - started
+        )
+    identity = content_identity(task.partition, read)
+    frame = read.frame.reset_index(drop=True)
+    rows_in = len(frame) + len(read.rejects)
+    reasons = pd.Series(pd.NA, index=frame.index, dtype=object)
+    big = oversized_fields(frame, task.max_field_bytes)
+    if not big.empty:
+        reasons.loc[big.index] = big
+
+    outcomes: list[ExpectationOutcome] = []
+    failures: list[str] = []
+    compiled: CompiledSuite | None = compile_suite(task.suite) if task.suite else None
+    if compiled is not None:
+        checked = as_numbers_where_parsable(frame, compiled.numeric_columns)
+        verdict = check_rows(checked, compiled)
+        outcomes += verdict.outcomes
+        failures += verdict.partition_failures
+        fresh = verdict.reasons.index[reasons.loc[verdict.reasons.index].isna()]
+        reasons.loc[fresh] = verdict.reasons.loc[fresh]
+        if compiled.uncompiled and not failures:
+            # Expectation types without a compiled form: Great Expectations itself judges the partition.
+            assert task.suite is not None
+            sub = {**task.suite, "expectations": list(compiled.uncompiled)}
+            report = validate_frame(frame, sub)
+            outcomes += report.outcomes
+            failures += [f.describe() for f in report.failures]
+    if failures and task.policy == "quarantine":
+        reasons[:] = "partition rejected: " + "; ".join(failures)
+    if task.policy == "warn":
+        # Rows stay; only what cannot be a record at all (oversized fields) is set aside.
+        reasons = pd.Series(pd.NA, index=frame.index, dtype=object)
+        if not big.empty:
+            reasons.loc[big.index] = big
+    bad = reasons.notna().to_numpy()
+    if task.policy == "fail" and (bad.any() or failures or read.rejects):
+        listed = [
+            FailedExpectation(o.expectation, o.column, o.unexpected_count, o.detail)
+            for o in outcomes
+            if not o.success
+        ]
+        if read.rejects:
+            listed.append(FailedExpectation("parse", None, len(read.rejects), read.rejects[0].reason))
+        if not big.empty:
+            listed.append(FailedExpectation("max_field_bytes", None, len(big), str(big.iloc[0])))
+        raise DataQualityError(f"{task.load} ({key})", listed, rows_in)
+
+    good = frame.loc[~bad] if bad.any() else frame
+    numeric_types = {
+        c: "float64"
+        for c in (compiled.numeric_columns if compiled else ())
+        if c in good.columns and good[c].dtype.kind not in "iufb"
+    }
+    good, type_reasons = coerce_types(good, {**numeric_types, **task.transform.types})
+    if not type_reasons.empty:
+        reasons.loc[type_reasons.index] = type_reasons
+        good = good.drop(index=type_reasons.index)
+    good, dup_reasons = deduplicate(good, task.transform.key)
+    if not dup_reasons.empty:
+        reasons.loc[dup_reasons.index] = dup_reasons
+    good = add_derived(good, task.transform.derived).reset_index(drop=True)
+
+    quarantined_rows = reasons.notna()
+    quarantine_frame = _quarantine_frame(
+        frame.loc[quarantined_rows], reasons.loc[quarantined_rows], key, read
+    )
+    staged_data = (
+        stage_partition(
+            good, staging / "data", identity, task.partition_by, task.row_group_rows, task.on_row_group
+        )
+        if len(good)
+        else None
+    )
+    staged_bad = (
+        stage_partition(quarantine_frame, staging / "quarantine", identity) if len(quarantine_frame) else None
+    )
+    sample = good.sample(n=min(task.sample_rows, len(good)), random_state=0) if len(good) else None
+    # What arrived, before quarantine: Great Expectations renders its Data Docs from this.
+    raw_sample = frame.sample(n=min(task.sample_rows, len(frame)), random_state=0) if len(frame) else None
+    return PartitionOutcome(
+        key=key,
+        identity=identity,
+        rows_in=rows_in,
+        accepted=len(good),
+        quarantined=len(quarantine_frame),
+        staged=staged_data,
+        quarantine=staged_bad,
+        outcomes=outcomes,
+        partition_failures=failures,
+        watermark=task.partition.watermark,
+        sample=sample,
+        seconds=time.perf_counter() - started,
+        raw_sample=raw_sample,
+    )
+
+
+def aggregate_outcomes(parts: list[PartitionOutcome]) -> list[dict[str, Any]]:
+    """Counts by expectation over every partition (the artifact's table)."""
+    table: dict[tuple[str, str], dict[str, Any]] = {}
+    for part in parts:
+        for o in part.outcomes:
+            row = table.setdefault(
+                (o.expectation, o.column or ""),
+                {
+                    "expectation": o.expectation,
+                    "column": o.column or "",
+                    "partitions": 0,
+                    "failed_partitions": 0,
+                    "unexpected": 0,
+                    "rows": 0,
+                    "example": "",
+                },
+            )
+            row["partitions"] += 1
+            row["failed_partitions"] += 0 if o.success else 1
+            row["unexpected"] += o.unexpected_count
+            row["rows"] += o.element_count
+            if o.detail and not row["example"]:
+                row["example"] = o.detail
+    return list(table.values())
+
+
+@dataclass(frozen=True)
+class IngestJob:
+    """One load: a source, a suite and a policy, transformations, a sink, and where to stage."""
+
+    load: str
+    connector: Connector
+    sink: ParquetSink | SqlSink
+    work_dir: str
+    suite: dict[str, Any] | None = None
+    policy: Policy = "quarantine"
+    transform: TransformSpec = field(default_factory=TransformSpec)
+    incremental: bool = False
+    cluster: ClusterOptions = field(default_factory=ClusterOptions)
+    max_field_bytes: int = DEFAULT_MAX_FIELD_BYTES
+
+
+def batch_id_of(load: str, identities: list[str]) -> str:
+    return hashlib.sha256("\x1f".join([load, *sorted(identities)]).encode()).hexdigest()[:32]
+
+
+def _max_watermark(marks: list[str | None]) -> str | None:
+    present = [m for m in marks if m is not None]
+    if not present:
+        return None
+    try:
+        return max(present, key=lambda m: float(m))
+    except ValueError:
+        return max(present)
+
+
+def run_ingest(job: IngestJob, state: IngestState | None = None) -> IngestReport:
+    """Run one batch of ``job`` to commit; raises DataQualityError under policy ``fail``."""
+    started = time.perf_counter()
+    since = state.watermark(job.load) if (state is not None and job.incremental) else None
+    listed = job.connector.partitions(since)
+    done: set[str] = set()
+    if state is not None and job.incremental:
+        done |= state.committed(job.load)
+    if isinstance(job.sink, ParquetSink):
+        done |= job.sink.committed_identities()
+    todo = [p for p in listed if not p.identity or p.identity not in done]
+    work = Path(job.work_dir) / job.load
+    staging = work / "staging"
+    partition_by = job.sink.partition_by if isinstance(job.sink, ParquetSink) else ()
+    row_group_rows = job.sink.row_group_rows if isinstance(job.sink, ParquetSink) else 1_000_000
+    on_row_group = job.sink.on_row_group if isinstance(job.sink, ParquetSink) else None
+    tasks = [
+        PartitionTask(
+            job.load,
+            job.connector,
+            p,
+            job.suite,
+            job.policy,
+            job.transform,
+            str(staging),
+            partition_by,
+            job.max_field_bytes,
+            row_group_rows=row_group_rows,
+            on_row_group=on_row_group,
+        )
+        for p in todo
+    ]
+    parts = run_partitions(process_partition, tasks, job.cluster)
+    # Content-identified partitions (HTTP) are only known after reading: skip those already committed.
+    parts = [p for p in parts if p.identity not in done]
+    if job.policy == "fail":
+        failed = [p for p in parts if p.partition_failures]
+        if failed:
+            listed_failures = [
+                FailedExpectation("partition", None, p.rows_in, "; ".join(p.partition_failures))
+                for p in failed
+            ]
+            raise DataQualityError(job.load, listed_failures, sum(p.rows_in for p in parts))
+    batch_id = batch_id_of(job.load, [p.identity for p in parts])
+    # A partition with no accepted rows still commits (an empty manifest), so a rerun skips it.
+    staged = [p.staged or StagedPartition(p.identity, "", 0) for p in parts]
+    quarantine = ParquetSink(str(work / "quarantine"))
+    if isinstance(job.sink, ParquetSink):
+        committed_rows = job.sink.commit(staged)
+        output = job.sink.root
+    else:
+        committed_rows = job.sink.commit(staged, batch_id)
+        output = job.sink.table
+    quarantine.commit([p.quarantine for p in parts if p.quarantine is not None])
+    watermark = _max_watermark([p.watermark for p in parts]) if job.incremental else None
+    if state is not None:
+        state.record(
+            job.load,
+            [CommittedPartition(p.identity, p.key, p.accepted) for p in parts],
+            watermark if job.incremental else None,
+        )
+    for done_part in staged:  # the data now lives in the sink
+        if done_part.path and Path(done_part.path).is_file():
+            Path(done_part.path).unlink()
+    samples = [p.sample for p in parts if p.sample is not None and len(p.sample)]
+    raw = [p.raw_sample for p in parts if p.raw_sample is not None and len(p.raw_sample)]
+    return IngestReport(
+        load=job.load,
+        batch_id=batch_id,
+        partitions=len(parts),
+        skipped=len(listed) - len(todo),
+        rows_in=sum(p.rows_in for p in parts),
+        accepted=sum(p.accepted for p in parts),
+        quarantined=sum(p.quarantined for p in parts),
+        committed_rows=committed_rows,
+        watermark=watermark,
+        outcomes=aggregate_outcomes(parts),
+        partition_failures=[f for p in parts for f in p.partition_failures],
+        quarantine_dir=quarantine.root,
+        output=output,
+        seconds=time.perf_counter() - started,
+        sample=pd.concat(samples, ignore_index=True) if samples else None,
+        raw_sample=pd.concat(raw, ignore_index=True) if raw else None,
+    )
+
+
+def read_quarantine(report: IngestReport) -> pd.DataFrame:
+    return ParquetSink(report.quarantine_dir).read()
+
+
+def numeric_suite_columns(suite: dict[str, Any] | None) -> list[str]:
+    return numeric_columns_of(suite) if suite else []
+
+
+def write_frame(frame: pd.DataFrame, path: Path) -> Path:
+    """Atomically write a small frame (reference samples, reports)."""
+    return write_parquet_atomic(frame, path)

@@ -1,0 +1,81 @@
+"""Near-real-time ingestion: notice files landing in a directory and announce each as a Prefect
+event (``aicml.data.file.landed``), which the `ingest-flow/on-file-landed` deployment's trigger turns
+into a flow run for that file.
+
+A file counts as landed once its size and mtime are unchanged between two polls (a writer that is
+still copying it is not picked up half-way); names starting with '.' or '_' are ignored.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aicml.data.readers import FORMATS
+
+EVENT = "aicml.data.file.landed"
+
+
+def resource_for(path: Path) -> dict[str, str]:
+    resolved = path.resolve()
+    return {
+        "prefect.resource.id": f"aicml.landing.{resolved}",
+        "aicml.path": str(resolved),
+        "aicml.directory": str(resolved.parent),
+    }
+
+
+def emit_file_landed(path: Path) -> Any:
+    """Emit the landing event for ``path`` (through Prefect's event client, to PREFECT_API_URL)."""
+    from prefect.events import emit_event
+
+    stat = path.stat()
+    return emit_event(
+        event=EVENT,
+        resource=resource_for(path),
+        payload={"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "emitted_at": time.time()},
+    )
+
+
+def _is_data(path: Path) -> bool:
+    name = path.name.lower().removesuffix(".gz")
+    return not path.name.startswith((".", "_")) and any(name.endswith(s) for s in FORMATS)
+
+
+@dataclass
+class LandingWatcher:
+    """Poll ``directory`` and call ``on_landed`` once per stable new (or changed) file."""
+
+    directory: Path
+    on_landed: Callable[[Path], Any] = emit_file_landed
+    seen: dict[str, tuple[int, int]] = field(default_factory=dict)
+    pending: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def poll(self) -> list[Path]:
+        landed = []
+        for path in sorted(self.directory.glob("*")):
+            if not path.is_file() or not _is_data(path):
+                continue
+            stat = path.stat()
+            signature = (stat.st_size, stat.st_mtime_ns)
+            key = str(path)
+            if self.seen.get(key) == signature:
+                continue
+            if self.pending.get(key) == signature:
+                self.seen[key] = signature
+                del self.pending[key]
+                self.on_landed(path)
+                landed.append(path)
+            else:
+                self.pending[key] = signature
+        return landed
+
+    def run(self, interval_s: float = 1.0, max_polls: int | None = None) -> None:
+        polls = 0
+        while max_polls is None or polls < max_polls:
+            self.poll()
+            polls += 1
+            time.sleep(interval_s)

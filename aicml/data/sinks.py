@@ -1,0 +1,382 @@
+"""Sinks that make a rerun add nothing and a crash mid-write lose nothing.
+
+Every partition is first staged as a Parquet file (written to a temporary name, then renamed), so
+a staged file is whole or absent. Committing a batch then either renames the staged files into a
+partitioned Parquet dataset, each named by its partition's identity and recorded in a manifest,
+or loads them into a SQL table in one transaction (PostgreSQL: COPY into a temporary table and
+``INSERT .. ON CONFLICT (key) DO UPDATE``), recording the batch in a ledger table in that same
+transaction.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from aicml.data.safety import check_identifier, check_table_name
+from aicml.errors import ConfigurationError, SourceError
+
+LEDGER_TABLE = "aic_ingest_batches"
+
+
+def write_parquet_atomic(
+    frame: pd.DataFrame,
+    target: Path,
+    row_group_rows: int = 1_000_000,
+    on_row_group: Callable[[int], None] | None = None,
+) -> Path:
+    """Write ``frame`` to ``target`` through a temporary file in the same directory, then rename."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".parquet")
+    os.close(fd)
+    try:
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        with pq.ParquetWriter(tmp, table.schema, compression="snappy") as writer:
+            for number, start in enumerate(range(0, max(table.num_rows, 1), row_group_rows)):
+                writer.write_table(table.slice(start, row_group_rows))
+                if on_row_group is not None:
+                    on_row_group(number)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+@dataclass(frozen=True)
+class StagedPartition:
+    """A validated partition on disk, waiting for its batch to commit."""
+
+    identity: str
+    path: str
+    rows: int
+
+
+@dataclass(frozen=True)
+class ParquetSink:
+    """A Parquet dataset under ``root``, hive-partitioned by ``partition_by`` columns when given."""
+
+    root: str
+    partition_by: tuple[str, ...] = ()
+    row_group_rows: int = 1_000_000
+    # Called after each row group a partition stages (progress reporting; tests pause here to kill).
+    on_row_group: Callable[[int], None] | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        for column in self.partition_by:
+            check_identifier(column, "partition column")
+
+    @property
+    def _manifests(self) -> Path:
+        return Path(self.root) / "_manifests"
+
+    def committed(self, identity: str) -> bool:
+        return (self._manifests / f"{identity}.json").exists()
+
+    def committed_identities(self) -> set[str]:
+        if not self._manifests.is_dir():
+            return set()
+        return {p.stem for p in self._manifests.glob("*.json")}
+
+    def _final_files(self, staged: StagedPartition) -> list[tuple[Path, Path]]:
+        if not staged.path:
+            return []
+        src = Path(staged.path)
+        if src.is_file():
+            return [(src, Path(self.root) / f"part-{staged.identity}.parquet")]
+        pairs = []
+        for file in sorted(src.rglob("*.parquet")):
+            rel = file.relative_to(src)
+            pairs.append((file, Path(self.root) / rel.parent / f"part-{staged.identity}.parquet"))
+        return pairs
+
+    def commit(self, staged: Sequence[StagedPartition]) -> int:
+        """Move each staged partition into the dataset, then write its manifest; returns rows added."""
+        added = 0
+        for part in staged:
+            if self.committed(part.identity):
+                continue
+            files = []
+            for src, dst in self._final_files(part):
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                if src.exists():
+                    os.replace(src, dst)  # same name on a rerun: replaces, never duplicates
+                files.append(str(dst.relative_to(self.root)))
+            manifest = {
+                "identity": part.identity,
+                "rows": part.rows,
+                "files": files,
+                "committed_at": time.time(),
+            }
+            self._manifests.mkdir(parents=True, exist_ok=True)
+            tmp = self._manifests / f".tmp-{part.identity}.json"
+            tmp.write_text(json.dumps(manifest))
+            os.replace(tmp, self._manifests / f"{part.identity}.json")
+            added += part.rows
+        return added
+
+    def read(self) -> pd.DataFrame:
+        """The committed rows (files of uncommitted or crashed batches are never listed)."""
+        import pyarrow.dataset as ds
+
+        files = []
+        for manifest in sorted(self._manifests.glob("*.json")) if self._manifests.is_dir() else []:
+            files += [str(Path(self.root) / f) for f in json.loads(manifest.read_text())["files"]]
+        if not files:
+            return pd.DataFrame()
+        partitioning = "hive" if self.partition_by else None
+        return ds.dataset(files, format="parquet", partitioning=partitioning).to_table().to_pandas()
+
+
+def stage_partition(
+    frame: pd.DataFrame,
+    staging: Path,
+    identity: str,
+    partition_by: Sequence[str] = (),
+    row_group_rows: int = 1_000_000,
+    on_row_group: Callable[[int], None] | None = None,
+) -> StagedPartition:
+    """Write one validated partition under ``staging`` (atomically per file)."""
+    if not partition_by:
+        path = write_parquet_atomic(frame, staging / f"{identity}.parquet", row_group_rows, on_row_group)
+        return StagedPartition(identity, str(path), len(frame))
+    missing = [c for c in partition_by if c not in frame.columns]
+    if missing:
+        raise ConfigurationError(f"Partition column(s) {missing} are not in the data.")
+    directory = staging / identity
+    if directory.exists():
+        shutil.rmtree(directory)  # a half-staged partition from a crashed run
+    tmpdir = staging / f".tmp-{identity}"
+    if tmpdir.exists():
+        shutil.rmtree(tmpdir)
+    for values, group in frame.groupby(list(partition_by), dropna=False, sort=True):
+        parts = values if isinstance(values, tuple) else (values,)
+        rel = Path(*[f"{c}={_partition_value(v)}" for c, v in zip(partition_by, parts, strict=True)])
+        write_parquet_atomic(
+            group.drop(columns=list(partition_by)), tmpdir / rel / "data.parquet", row_group_rows
+        )
+    tmpdir.mkdir(parents=True, exist_ok=True)
+    os.replace(tmpdir, directory)
+    return StagedPartition(identity, str(directory), len(frame))
+
+
+def _partition_value(value: Any) -> str:
+    text = "__null__" if pd.isna(value) else str(value)
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
+    return safe.strip(".") or "_"
+
+
+@dataclass(frozen=True)
+class SqlSink:
+    """A SQL table: created from the first batch when missing, upserted on ``key``.
+
+    One transaction per batch; the batch id goes into ``aic_ingest_batches`` in the same
+    transaction, so a batch that committed is skipped on rerun and one that did not left nothing.
+    """
+
+    url: str
+    table: str
+    key: tuple[str, ...] = ()
+    copy_chunk_bytes: int = 8 * 1024**2
+    on_chunk: Callable[[int], None] | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        check_table_name(self.table)
+        for column in self.key:
+            check_identifier(column, "key column")
+
+    def _tables(self, frame: pd.DataFrame, metadata: Any) -> Any:
+        import sqlalchemy as sa
+
+        schema, name = check_table_name(self.table)
+        for column in frame.columns:
+            check_identifier(str(column), "column name")
+        columns = [
+            sa.Column(
+                str(c), _sql_type(frame[c]), primary_key=str(c) in self.key, nullable=str(c) not in self.key
+            )
+            for c in frame.columns
+        ]
+        return sa.Table(name, metadata, *columns, schema=schema)
+
+    def _ledger(self, metadata: Any) -> Any:
+        import sqlalchemy as sa
+
+        return sa.Table(
+            LEDGER_TABLE,
+            metadata,
+            sa.Column("batch_id", sa.String(64), primary_key=True),
+            sa.Column("target", sa.String(200), nullable=False),
+            sa.Column("rows", sa.BigInteger, nullable=False),
+            sa.Column("committed_at", sa.Float, nullable=False),
+        )
+
+    def committed(self, batch_id: str) -> bool:
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(self.url)
+        try:
+            ledger = self._ledger(sa.MetaData())
+            if not sa.inspect(engine).has_table(LEDGER_TABLE):
+                return False
+            with engine.connect() as conn:
+                return (
+                    conn.execute(sa.select(ledger.c.batch_id).where(ledger.c.batch_id == batch_id)).first()
+                    is not None
+                )
+        finally:
+            engine.dispose()
+
+    def commit(self, staged: Sequence[StagedPartition], batch_id: str) -> int:
+        """Load every staged partition in one transaction; returns rows written (0 when already done)."""
+        import pyarrow.dataset as ds
+        import sqlalchemy as sa
+
+        files = [p for s in staged for p in _files_of(s.path)]
+        if not files:
+            return 0
+        table_data = ds.dataset(files, format="parquet").to_table()
+        frame = table_data.slice(0, 0).to_pandas()
+        engine = sa.create_engine(self.url)
+        try:
+            metadata = sa.MetaData()
+            target = self._tables(frame, metadata)
+            ledger = self._ledger(metadata)
+            with engine.begin() as conn:
+                metadata.create_all(conn, checkfirst=True)
+                done = conn.execute(sa.select(ledger.c.batch_id).where(ledger.c.batch_id == batch_id)).first()
+                if done is not None:
+                    return 0
+                existing = sa.Table(target.name, sa.MetaData(), schema=target.schema, autoload_with=conn)
+                unknown = [c for c in frame.columns if c not in existing.c]
+                if unknown:
+                    raise SourceError(
+                        f"Columns {unknown} are not in table {self.table!r}; add them or map them first."
+                    )
+                if engine.dialect.name == "postgresql":
+                    self._copy_upsert(conn, existing, table_data)
+                else:
+                    self._insert_upsert(conn, existing, table_data.to_pandas())
+                conn.execute(
+                    sa.insert(ledger).values(
+                        batch_id=batch_id,
+                        target=self.table,
+                        rows=table_data.num_rows,
+                        committed_at=time.time(),
+                    )
+                )
+            return int(table_data.num_rows)
+        except sa.exc.SQLAlchemyError as exc:
+            raise SourceError(f"Loading into {self.table!r} failed: {getattr(exc, 'orig', exc)}") from exc
+        finally:
+            engine.dispose()
+
+    def _copy_upsert(self, conn: Any, target: Any, data: Any) -> None:
+        import pyarrow.csv as pacsv
+        import sqlalchemy as sa
+        from psycopg import sql
+        from sqlalchemy.dialects.postgresql import insert
+
+        columns = [str(c) for c in data.column_names]
+        staging = sa.Table(
+            f"aic_stage_{os.getpid()}_{int(time.time() * 1000) % 10**9}",
+            sa.MetaData(),
+            *[sa.Column(c.name, c.type) for c in target.c if c.name in columns],
+            prefixes=["TEMPORARY"],
+            postgresql_on_commit="DROP",
+        )
+        staging.create(conn)
+        buffer = io.BytesIO()
+        pacsv.write_csv(data, buffer, pacsv.WriteOptions(include_header=False, quoting_style="needed"))
+        payload = buffer.getbuffer()
+        raw = conn.connection.driver_connection
+        statement = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv)").format(
+            sql.Identifier(staging.name), sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+        )
+        with raw.cursor() as cursor, cursor.copy(statement) as copy:
+            for number, start in enumerate(range(0, len(payload), self.copy_chunk_bytes)):
+                copy.write(payload[start : start + self.copy_chunk_bytes])
+                if self.on_chunk is not None:
+                    self.on_chunk(number)
+        chosen = [staging.c[c] for c in columns]
+        statement_insert = insert(target).from_select(columns, sa.select(*chosen))
+        if self.key:
+            updates = {c: statement_insert.excluded[c] for c in columns if c not in self.key}
+            statement_insert = (
+                statement_insert.on_conflict_do_update(index_elements=list(self.key), set_=updates)
+                if updates
+                else statement_insert.on_conflict_do_nothing(index_elements=list(self.key))
+            )
+        conn.execute(statement_insert)
+
+    def _insert_upsert(self, conn: Any, target: Any, frame: pd.DataFrame) -> None:
+        import sqlalchemy as sa
+
+        records = frame.astype(object).where(frame.notna(), None).to_dict("records")
+        if conn.dialect.name == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+            statement = sqlite_insert(target)
+            if self.key:
+                updates = {c: statement.excluded[c] for c in frame.columns if c not in self.key}
+                statement = (
+                    statement.on_conflict_do_update(index_elements=list(self.key), set_=updates)
+                    if updates
+                    else statement.on_conflict_do_nothing(index_elements=list(self.key))
+                )
+            for start in range(0, len(records), 50_000):
+                conn.execute(statement, records[start : start + 50_000])
+        else:
+            if self.key:
+                raise ConfigurationError(
+                    f"Upsert on a key is supported on PostgreSQL and SQLite, not {conn.dialect.name}."
+                )
+            conn.execute(sa.insert(target), records)
+
+    def count(self) -> int:
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(self.url)
+        try:
+            schema, name = check_table_name(self.table)
+            if not sa.inspect(engine).has_table(name, schema=schema):
+                return 0
+            table = sa.Table(name, sa.MetaData(), schema=schema, autoload_with=engine)
+            with engine.connect() as conn:
+                return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
+        finally:
+            engine.dispose()
+
+
+def _files_of(path: str) -> list[str]:
+    if not path:
+        return []
+    p = Path(path)
+    return [str(p)] if p.is_file() else sorted(str(f) for f in p.rglob("*.parquet"))
+
+
+def _sql_type(series: pd.Series) -> Any:
+    import sqlalchemy as sa
+
+    if pd.api.types.is_bool_dtype(series):
+        return sa.Boolean()
+    if pd.api.types.is_integer_dtype(series):
+        return sa.BigInteger()
+    if pd.api.types.is_float_dtype(series):
+        return sa.Float(precision=53)
+    if pd.api.types.is_datetime64_any_dtype(series):
+        return sa.DateTime(timezone=getattr(series.dt, "tz", None) is not None)
+    return sa.Text()

@@ -1,0 +1,126 @@
+"""Transformations written once and applied per partition: type coercion to the suite's schema,
+de-duplication on a key, and derived columns from arithmetic expressions.
+
+Each returns the rows it could not keep with a reason, so the engine quarantines them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from aicml.data.safety import check_identifier
+from aicml.errors import ConfigurationError
+
+TYPES = {"float64", "int64", "string", "bool", "datetime"}
+# Derived columns are arithmetic on columns and numbers: no attribute access, calls or strings,
+# so an expression from a deployment parameter can never run code.
+_EXPRESSION = re.compile(r"^[A-Za-z0-9_+\-*/%().<>=!&| ]+$")
+_FORBIDDEN = ("__", "@", "import", "lambda")
+
+
+@dataclass(frozen=True)
+class TransformSpec:
+    """What every partition goes through after validation."""
+
+    types: dict[str, str] = field(default_factory=dict)
+    key: tuple[str, ...] = ()
+    derived: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for column, kind in self.types.items():
+            check_identifier(column, "column name")
+            if kind not in TYPES:
+                raise ConfigurationError(f"Type {kind!r} of column {column!r} is not one of {sorted(TYPES)}.")
+        for column in self.key:
+            check_identifier(column, "key column")
+        for column, expression in self.derived.items():
+            check_identifier(column, "derived column")
+            if not _EXPRESSION.match(expression) or any(bad in expression for bad in _FORBIDDEN):
+                raise ConfigurationError(
+                    f"Derived column {column!r} = {expression!r} is not plain arithmetic on columns."
+                )
+
+
+def coerce_types(frame: pd.DataFrame, types: dict[str, str]) -> tuple[pd.DataFrame, pd.Series]:
+    """Cast columns; rows where a present value does not convert get a reason (and keep NaN)."""
+    out = frame.copy() if types else frame
+    reasons = pd.Series(pd.NA, index=frame.index, dtype=object)
+    for column, kind in types.items():
+        if column not in out.columns:
+            continue
+        series = out[column]
+        if _already(series, kind):
+            continue  # the parser already produced the type: nothing to convert or check
+        present = series.notna()
+        if kind in ("float64", "int64"):
+            converted = pd.to_numeric(series, errors="coerce")
+            if kind == "int64":
+                whole = converted.isna() | (np.floor(converted) == converted)
+                converted = converted.where(whole)
+                converted = converted.astype("Int64") if converted.isna().any() else converted.astype("int64")
+            else:
+                converted = converted.astype("float64")
+        elif kind == "datetime":
+            converted = pd.to_datetime(series, errors="coerce", utc=False)
+        elif kind == "bool":
+            lowered = series.astype("string").str.strip().str.lower()
+            converted = lowered.map(
+                {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+            )
+            converted = converted.astype("boolean")
+        else:
+            converted = series.astype("string")
+        failed = present & converted.isna()
+        if failed.any():
+            fresh = failed & reasons.isna()
+            reasons.loc[fresh] = f"column {column!r}: cannot convert to {kind}: " + series.loc[fresh].astype(
+                str
+            ).str.slice(0, 60)
+        out[column] = converted
+    return out, reasons.dropna()
+
+
+def _already(series: pd.Series, kind: str) -> bool:
+    if kind == "bool":
+        return pd.api.types.is_bool_dtype(series)
+    if kind == "float64":
+        return series.dtype == np.float64
+    if kind == "int64":
+        return series.dtype == np.int64
+    if kind == "datetime":
+        return pd.api.types.is_datetime64_any_dtype(series)
+    return False
+
+
+def deduplicate(frame: pd.DataFrame, key: Sequence[str]) -> tuple[pd.DataFrame, pd.Series]:
+    """Keep the last row per key (the latest wins, as in an upsert); the others get a reason."""
+    if not key or frame.empty:
+        return frame, pd.Series(dtype=object)
+    missing = [k for k in key if k not in frame.columns]
+    if missing:
+        raise ConfigurationError(
+            f"Key column(s) {missing} are not in the data; columns are {list(frame.columns)}."
+        )
+    dropped = frame.duplicated(subset=list(key), keep="last")
+    if not dropped.any():
+        return frame, pd.Series(dtype=object)
+    shown = frame.loc[dropped, list(key)].astype(str).agg("/".join, axis=1)
+    reasons = "duplicate key " + shown + f" on {list(key)}: a later row with the same key was kept"
+    return frame.loc[~dropped], reasons
+
+
+def add_derived(frame: pd.DataFrame, derived: dict[str, str]) -> pd.DataFrame:
+    if not derived or frame.empty:
+        return frame
+    out = frame.copy()
+    for column, expression in derived.items():
+        try:
+            out[column] = out.eval(expression, engine="python", local_dict={}, global_dict={})
+        except Exception as exc:  # pandas raises many types for a bad expression
+            raise ConfigurationError(f"Derived column {column!r} = {expression!r} failed: {exc}") from exc
+    return out

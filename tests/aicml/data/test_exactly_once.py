@@ -1,0 +1,189 @@
+"""Exactly once: a rerun adds nothing, and a process killed (SIGKILL) mid-write leaves the previous
+output intact while the next run completes the load. Files and PostgreSQL, with real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from aicml.data.connectors import FileConnector
+from aicml.data.integration import IngestJob, run_ingest
+from aicml.data.parallel import ClusterOptions
+from aicml.data.sinks import ParquetSink, SqlSink
+from aicml.data.state import IngestState
+from aicml.data.transforms import TransformSpec
+
+REPO = Path(__file__).resolve().parents[3]
+BIG = 200_000
+
+
+def write_rows(path: Path, start: int, count: int) -> None:
+    rng = np.random.default_rng(start)
+    pd.DataFrame(
+        {"id": np.arange(start, start + count), "score": rng.uniform(0, 100, count).round(3), "tag": "t"}
+    ).to_csv(path, index=False)
+
+
+def job_for(src: Path, sink: ParquetSink | SqlSink, work: Path, incremental: bool = False) -> IngestJob:
+    return IngestJob(
+        "orders",
+        FileConnector(str(src / "*.csv")),
+        sink,
+        str(work),
+        transform=TransformSpec(key=("id",)),
+        cluster=ClusterOptions(kind="sync"),
+        incremental=incremental,
+    )
+
+
+CHILD = textwrap.dedent(
+    """
+    import sys, time
+    sys.path.insert(0, {repo!r})
+    from pathlib import Path
+    from aicml.data.connectors import FileConnector
+    from aicml.data.integration import IngestJob, run_ingest
+    from aicml.data.parallel import ClusterOptions
+    from aicml.data.sinks import ParquetSink, SqlSink
+    from aicml.data.transforms import TransformSpec
+
+    def pause(number):
+        print("progress", number, flush=True)
+        if number == 2:
+            print("MID-WRITE", flush=True)
+            time.sleep(120)
+
+    kind, src, work, target = sys.argv[1:5]
+    if kind == "files":
+        sink = ParquetSink(target, row_group_rows=10_000, on_row_group=pause)
+    else:
+        sink = SqlSink(target, "orders", key=("id",), copy_chunk_bytes=64 * 1024, on_chunk=pause)
+    job = IngestJob("orders", FileConnector(src + "/*.csv"), sink, work,
+                    transform=TransformSpec(key=("id",)), cluster=ClusterOptions(kind="sync"))
+    run_ingest(job)
+    print("DONE", flush=True)
+    """
+)
+
+
+def kill_mid_write(kind: str, src: Path, work: Path, target: str) -> None:
+    """Run the load in a child process and SIGKILL it once it is inside the write."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD.format(repo=str(REPO)), kind, str(src), str(work), target],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        assert proc.stdout is not None
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if line.startswith("MID-WRITE"):
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+            assert time.monotonic() < deadline, "child never reached the write"
+        else:
+            pytest.fail("child ended without reaching the write: " + "".join(seen[-20:]))
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_parquet_rerun_adds_nothing_and_sigkill_mid_write_loses_nothing(tmp_path: Path) -> None:
+    src, work, out = tmp_path / "src", tmp_path / "work", tmp_path / "out"
+    src.mkdir()
+    write_rows(src / "a.csv", 0, 1000)
+    sink = ParquetSink(str(out))
+    first = run_ingest(job_for(src, sink, work))
+    assert first.committed_rows == 1000
+
+    write_rows(src / "b.csv", 1000, BIG)
+    kill_mid_write("files", src, work, str(out))
+    assert len(sink.read()) == 1000  # the previous output, intact
+    assert list((work / "orders" / "staging" / "data").glob(".tmp-*")), "the kill did not land mid-write"
+
+    second = run_ingest(job_for(src, sink, work))
+    assert second.committed_rows == BIG and second.skipped == 1
+    data = sink.read()
+    assert len(data) == 1000 + BIG and data["id"].is_unique
+
+    third = run_ingest(job_for(src, sink, work))
+    assert third.committed_rows == 0 and third.partitions == 0
+    assert len(sink.read()) == 1000 + BIG
+
+
+@pytest.fixture
+def pg_url(postgres: object) -> Iterator[str]:
+    if postgres is None:
+        pytest.skip("no PostgreSQL here")
+    name = postgres.create_database("aic_ingest")  # type: ignore[attr-defined]
+    try:
+        yield postgres.url(name)  # type: ignore[attr-defined]
+    finally:
+        postgres.drop_database(name)  # type: ignore[attr-defined]
+
+
+def test_postgres_copy_upsert_is_one_transaction_per_batch(tmp_path: Path, pg_url: str) -> None:
+    src, work = tmp_path / "src", tmp_path / "work"
+    src.mkdir()
+    write_rows(src / "a.csv", 0, 1000)
+    sink = SqlSink(pg_url, "orders", key=("id",))
+    assert run_ingest(job_for(src, sink, work)).committed_rows == 1000
+
+    write_rows(src / "b.csv", 1000, BIG)
+    kill_mid_write("sql", src, work, pg_url)
+    assert sink.count() == 1000  # the killed transaction left nothing behind
+
+    state = IngestState(f"sqlite:///{tmp_path / 'state.db'}")
+    report = run_ingest(job_for(src, sink, work, incremental=True), state)
+    assert sink.count() == 1000 + BIG
+    assert report.committed_rows == 1000 + BIG  # a new batch: a.csv is upserted, not duplicated
+    again = run_ingest(job_for(src, sink, work, incremental=True), state)
+    assert again.partitions == 0 and sink.count() == 1000 + BIG
+
+    # The same batch id again (a rerun after a crash between commit and state): the ledger skips it.
+    rerun = run_ingest(job_for(src, sink, work))
+    assert rerun.committed_rows == 0 and sink.count() == 1000 + BIG
+
+
+def test_upsert_replaces_rows_with_the_same_key(tmp_path: Path, pg_url: str) -> None:
+    src, work = tmp_path / "src", tmp_path / "work"
+    src.mkdir()
+    pd.DataFrame({"id": [1, 2], "score": [1.0, 2.0], "tag": ["a", "b"]}).to_csv(src / "a.csv", index=False)
+    sink = SqlSink(pg_url, "orders", key=("id",))
+    run_ingest(job_for(src, sink, work))
+    pd.DataFrame({"id": [2, 3], "score": [20.0, 3.0], "tag": ["B", "c"]}).to_csv(src / "b.csv", index=False)
+    (src / "a.csv").unlink()
+    run_ingest(job_for(src, sink, work))
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(pg_url)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT id, score, tag FROM orders ORDER BY id")).all()
+    engine.dispose()
+    assert [tuple(r) for r in rows] == [(1, 1.0, "a"), (2, 20.0, "B"), (3, 3.0, "c")]
+
+
+def test_sqlite_sink_upserts_too(tmp_path: Path) -> None:
+    src, work = tmp_path / "src", tmp_path / "work"
+    src.mkdir()
+    write_rows(src / "a.csv", 0, 500)
+    sink = SqlSink(f"sqlite:///{tmp_path / 'out.db'}", "orders", key=("id",))
+    run_ingest(job_for(src, sink, work))
+    run_ingest(job_for(src, sink, work))
+    assert sink.count() == 500

@@ -1,0 +1,78 @@
+"""Dask: the Kubernetes cluster spec renders and validates offline; LocalCluster runs partitions in
+parallel processes. Landing: a file is announced once, when its size is stable."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from aicml.data.cli import app
+from aicml.data.landing import LandingWatcher, resource_for
+from aicml.data.parallel import (
+    ClusterOptions,
+    render_kubernetes_spec,
+    run_partitions,
+    validate_kubernetes_spec,
+)
+
+
+def test_kubernetes_cluster_spec_is_valid_against_the_operator_crd() -> None:
+    spec = render_kubernetes_spec(ClusterOptions(kind="kubernetes", workers=6, env={"AIC_HOME": "/data"}))
+    assert validate_kubernetes_spec(spec) == []
+    assert spec["kind"] == "DaskCluster" and spec["metadata"]["namespace"] == "aic-ai-ml"
+    worker = spec["spec"]["worker"]
+    assert worker["replicas"] == 6
+    container = worker["spec"]["containers"][0]
+    assert container["resources"]["limits"] == {"cpu": "1", "memory": "4Gi"}
+    assert {"name": "AIC_HOME", "value": "/data"} in container["env"]
+
+
+def test_invalid_cluster_specs_are_caught_offline() -> None:
+    spec = render_kubernetes_spec(ClusterOptions(kind="kubernetes", image="ghcr.io/dask/dask:latest"))
+    spec["spec"]["worker"]["replicas"] = "many"
+    problems = validate_kubernetes_spec(spec)
+    assert any("replicas" in p for p in problems)
+    assert any("not pinned" in p for p in problems)
+
+
+def test_cluster_spec_command_prints_a_valid_spec() -> None:
+    result = CliRunner().invoke(app, ["cluster-spec", "--workers", "3"])
+    assert result.exit_code == 0, result.output
+    assert '"replicas": 3' in result.output
+
+
+def _pid(_: int) -> int:
+    return os.getpid()
+
+
+def test_local_cluster_runs_partitions_in_worker_processes() -> None:
+    pids = run_partitions(_pid, list(range(4)), ClusterOptions(kind="local", workers=2))
+    assert len(pids) == 4 and os.getpid() not in pids
+
+
+def test_landing_watcher_announces_a_file_once_it_is_stable(tmp_path: Path) -> None:
+    landed: list[Path] = []
+    watcher = LandingWatcher(tmp_path, landed.append)
+    (tmp_path / "a.csv").write_text("id\n1\n")
+    (tmp_path / ".partial.csv").write_text("id\n")
+    (tmp_path / "notes.bin").write_text("x")
+    assert watcher.poll() == []  # first sight: maybe still being written
+    assert watcher.poll() == [tmp_path / "a.csv"]
+    assert watcher.poll() == []  # announced once
+    with (tmp_path / "a.csv").open("a") as handle:
+        handle.write("2\n")
+    watcher.poll()
+    assert watcher.poll() == [tmp_path / "a.csv"]  # changed, then stable again
+    assert landed == [tmp_path / "a.csv", tmp_path / "a.csv"]
+    assert resource_for(tmp_path / "a.csv")["prefect.resource.id"].startswith("aicml.landing.")
+
+
+@pytest.mark.parametrize("kind", ["bogus"])
+def test_unknown_cluster_kind_is_refused(kind: str) -> None:
+    from aicml.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError):
+        run_partitions(_pid, [1, 2], ClusterOptions(kind=kind))  # type: ignore[arg-type]
