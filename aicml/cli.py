@@ -71,8 +71,8 @@ def status(
             )
 
 
-@app.command()
-def data(
+@app.command("demo-data")
+def demo_data(
     out: Annotated[Path, typer.Option(help="Directory to write the demo data to.")] = Path(".aic/demo"),
     rows: Annotated[int, typer.Option(min=100, help="Rows of the clean dataset.")] = 50_000,
 ) -> None:
@@ -264,11 +264,15 @@ def metrics_exporter(
 
 
 def _register_subcommands() -> None:
+    from aicml.data.cli import app as data_app
     from aicml.kube.cli import app as kube_app
     from aicml.stack.backup_cli import backup as backup_command
     from aicml.stack.backup_cli import restore as restore_command
 
     app.add_typer(kube_app, name="k8s", help="Render, validate, apply and verify the platform on Kubernetes.")
+    app.add_typer(
+        data_app, name="data", help="Data integration: watch a landing folder, render the Dask spec."
+    )
     app.command("backup")(backup_command)
     app.command("restore")(restore_command)
 

@@ -35,10 +35,10 @@ def register_deployments(stack: LocalStack, project_dir: Path, pool: str | None 
         command += ["--name", name]
     env = {**os.environ, **stack.client_env(), "AIC_PROJECT_DIR": str(project_dir.resolve())}
     done = subprocess.run(command, cwd=project_dir, env=env, capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        raise StackError(
-            f"`prefect deploy` failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-        )
+    output = done.stdout + done.stderr
+    # `prefect deploy` exits 0 even when it skips a deployment it cannot match; never accept that silently.
+    if done.returncode != 0 or "will not be deployed" in output:
+        raise StackError(f"`prefect deploy` failed ({done.returncode}):\n{output[-4000:]}")
     return names
 
 
