@@ -58,7 +58,7 @@ AGENT_ORCHESTRATION_REQUESTS = Counter(
 )
 DATA_INTEGRATION_RECORDS = Counter(
     "ml_data_integration_records_processed",
-    "Records processed by data integration, by source and outcome (accepted, quarantined, rejected).",
+    "Records processed by data integration, by source and outcome (ingested, accepted, set_aside, quarantined, rejected).",
     ["source", "outcome"],
     registry=REGISTRY,
 )
