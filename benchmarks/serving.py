@@ -192,6 +192,8 @@ def main() -> None:
         }
     )
     env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    # mlflow models serve runs `uvicorn` by name: the venv's bin must be on PATH.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     processes: list[subprocess.Popen[bytes]] = []
     try:
         import mlflow

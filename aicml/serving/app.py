@@ -183,6 +183,10 @@ class ModelServer:
         route = path
         status = 500
         try:
+            if path == "/router/freeze" and method == "POST":
+                route = path
+                status = await self._freeze(scope, receive, send)
+                return
             if path == "/invocations" or (path.startswith("/v2/models/") and path.endswith("/infer")):
                 route = "/invocations" if path == "/invocations" else "/v2/models/{name}/infer"
                 if method != "POST":
@@ -285,6 +289,29 @@ class ModelServer:
             self._openapi = orjson.dumps(openapi_document(self.name, schema, self.auth.enabled))
             self._openapi_version = version
         return self._openapi
+
+    async def _freeze(self, scope: Scope, receive: Receive, send: Send) -> int:
+        """Stop sending traffic to the challenger once the controller has decided (body: {"action": ...})."""
+        if not self.auth.allows(self._header(scope, b"authorization"), self._expected_auth):
+            return await self._error(
+                send, InputError(401, "Missing or wrong bearer token.", code="UNAUTHENTICATED")
+            )
+        try:
+            payload = parse_json(await self._body(scope, receive))
+        except _TooLarge:
+            return await self._error(send, InputError(413, "Body too large.", field="body"))
+        except InputError as exc:
+            return await self._error(send, exc)
+        action = payload.get("action") if isinstance(payload, dict) else None
+        if action not in ("promote", "rollback", "hold"):
+            return await self._error(
+                send, InputError(400, "'action' must be promote, rollback or hold.", field="action")
+            )
+        if self.router is None:
+            return await self._error(send, InputError(404, "This server has no challenger.", field="router"))
+        self.router.freeze(action)
+        await self._send(send, 200, orjson.dumps(self.router_status()))
+        return 200
 
     async def _error(self, send: Send, error: InputError) -> int:
         headers = list(_JSON)

@@ -74,6 +74,11 @@ class ServedModel:
     direct: bool = False  # True: inputs are validated here, so call the flavor's predict directly
     takes_params: bool = False
 
+    def __post_init__(self) -> None:
+        kinds = {c.kind for c in self.schema.columns}
+        self.uniform_dtype = len(kinds) == 1 and kinds <= {"double", "float", "long", "integer"}
+        self.column_names = [c.name for c in self.schema.columns]
+
     @classmethod
     def from_pyfunc(cls, name: str, version: str, pyfunc: Any, max_rows: int) -> ServedModel:
         meta = pyfunc.metadata
@@ -114,7 +119,11 @@ class ServedModel:
 
                 data = infer_and_parse_data(batch.raw, self.pyfunc.metadata.get_input_schema())
                 return self.pyfunc.predict(data, batch.params)
-            frame = pd.DataFrame(batch.columns, copy=False)
+            if self.uniform_dtype:
+                # One 2-D block builds in half the time of one block per column, and sklearn reads it as is.
+                frame = pd.DataFrame(np.column_stack(list(batch.columns.values())), columns=self.column_names)
+            else:
+                frame = pd.DataFrame(batch.columns, copy=False)
             if self.direct:
                 return (
                     self.pyfunc._predict_fn(frame, params=None)
@@ -143,9 +152,13 @@ class _Pending:
 class MicroBatcher:
     """Merges requests that wait at the same time into one predict call on a single worker thread."""
 
-    def __init__(self, model: ServedModel, max_batch_rows: int = 2048) -> None:
+    def __init__(self, model: ServedModel, max_batch_rows: int = 2048, threaded: bool = False) -> None:
         self.model = model
         self.max_batch_rows = max_batch_rows
+        # Inline (default): predict runs on the event loop. For millisecond models this beats a thread
+        # hand-off twice per batch, and batching still happens: requests that arrive during a predict
+        # wait in the socket buffers and are merged into the next call. Threaded suits slow models.
+        self.threaded = threaded
         self.queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"predict-{model.name}")
         self.task: asyncio.Task[None] | None = None
@@ -192,6 +205,9 @@ class MicroBatcher:
             first = await self.queue.get()
             self.busy = True
             try:
+                if not self.threaded and self.queue.empty():
+                    # Let handlers already runnable in this loop turn enqueue too, so they join this call.
+                    await asyncio.sleep(0)
                 await self._take_and_predict(loop, first)
             finally:
                 self.busy = False
@@ -219,7 +235,10 @@ class MicroBatcher:
                 sum(p.batch.rows for p in group),
             )
         try:
-            predictions = await loop.run_in_executor(self.executor, self.model.predict, merged)
+            if self.threaded:
+                predictions = await loop.run_in_executor(self.executor, self.model.predict, merged)
+            else:
+                predictions = self.model.predict(merged)
         except Exception as exc:
             if len(group) > 1 and isinstance(exc, InputError | PredictionError):
                 # One bad request must not fail its neighbours: answer each on its own.
@@ -267,7 +286,9 @@ class ModelHost:
         max_rows: int = 10_000,
         max_batch_rows: int = 2048,
         poll_seconds: float = 10.0,
+        threaded: bool = False,
     ) -> None:
+        self.threaded = threaded
         self.ref = ref
         self.cache_dir = cache_dir
         self.max_rows = max_rows
@@ -293,7 +314,7 @@ class ModelHost:
         """Make ``model`` current; its batcher starts on the running loop."""
         old = self.batcher
         self.model = model
-        self.batcher = MicroBatcher(model, self.max_batch_rows)
+        self.batcher = MicroBatcher(model, self.max_batch_rows, self.threaded)
         self.batcher.start()
         if old is not None:
             self.swaps += 1
