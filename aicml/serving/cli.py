@@ -31,6 +31,9 @@ def serve(
         str, typer.Option(help="A/B: header that pins a caller to an arm.")
     ] = "x-request-key",
     shadow_fraction: Annotated[float, typer.Option(help="Shadow: share of requests mirrored.")] = 0.1,
+    slow_after_ms: Annotated[
+        float, typer.Option(help="Latency objective: slower requests count against an arm.")
+    ] = 50.0,
     token_file: Annotated[
         Path | None, typer.Option(help="File holding the bearer token (a mounted Secret).")
     ] = None,
@@ -85,6 +88,7 @@ def serve(
             port=port,
             challenger_uri=challenger,
             rollout=plan,
+            slow_after_s=slow_after_ms / 1000,
             token_file=token_file,
             token_block=token_block,
             no_auth=no_auth,
