@@ -190,7 +190,8 @@ class ModelServer:
             if path == "/invocations" or (path.startswith("/v2/models/") and path.endswith("/infer")):
                 route = "/invocations" if path == "/invocations" else "/v2/models/{name}/infer"
                 if method != "POST":
-                    status = await self._error(send, InputError(405, "Use POST.", code="METHOD_NOT_ALLOWED"))
+                    status = 405
+                    await self._send(send, 405, _USE_POST, [*_JSON, (b"allow", b"POST")])
                     return
                 status = await self._predict_endpoint(scope, receive, send, v2=route != "/invocations")
                 return
@@ -212,8 +213,8 @@ class ModelServer:
     ) -> tuple[int, bytes, list[tuple[bytes, bytes]] | None]:
         if method not in ("GET", "HEAD"):
             if path in _GET_ROUTES or path.startswith("/v2"):
-                return 405, orjson.dumps({"error_code": "METHOD_NOT_ALLOWED", "message": "Use GET."}), None
-            return 404, orjson.dumps({"error_code": "NOT_FOUND", "message": f"No route {path}."}), None
+                return 405, _USE_GET, [*_JSON, (b"allow", b"GET, HEAD")]
+            return 404, _not_found(f"No route {path}."), None
         ready = self.champion.ready
         if path in ("/ping", "/health", "/v2/health/live"):
             return 200, b"{}" if path.startswith("/v2") else b"\n", None
@@ -239,7 +240,7 @@ class ModelServer:
             if name != self.name:
                 return (
                     404,
-                    orjson.dumps({"error": f"Unknown model {name!r}; this server serves {self.name!r}."}),
+                    _not_found(f"Unknown model {name!r}; this server serves {self.name!r}."),
                     None,
                 )
             model = self.champion.model
@@ -247,7 +248,7 @@ class ModelServer:
                 if model is None or rest[2] != model.version:
                     return (
                         404,
-                        orjson.dumps({"error": f"Version {rest[2]!r} of {name!r} is not served here."}),
+                        _not_found(f"Version {rest[2]!r} of {name!r} is not served here."),
                         None,
                     )
                 rest = [name, *rest[3:]]
@@ -255,7 +256,7 @@ class ModelServer:
                 return (200 if ready else 503), orjson.dumps({"name": name, "ready": ready}), None
             if rest[1:] == [] and model is not None:
                 return 200, orjson.dumps(self.model_metadata(model)), None
-        return 404, orjson.dumps({"error_code": "NOT_FOUND", "message": f"No route {path}."}), None
+        return 404, _not_found(f"No route {path}."), None
 
     def model_metadata(self, model: ServedModel) -> dict[str, Any]:
         from aicml.serving.inputs import V2_NATIVE
@@ -468,7 +469,13 @@ class ModelServer:
             log.info("Shadow disagreement on %d rows", batch.rows)
 
 
+def _not_found(message: str) -> bytes:
+    return orjson.dumps({"error_code": "NOT_FOUND", "message": message})
+
+
 _UNAUTHORIZED = orjson.dumps({"error_code": "UNAUTHENTICATED", "message": "Missing or wrong bearer token."})
+_USE_POST = orjson.dumps({"error_code": "METHOD_NOT_ALLOWED", "message": "Use POST."})
+_USE_GET = orjson.dumps({"error_code": "METHOD_NOT_ALLOWED", "message": "Use GET."})
 _GET_ROUTES = {"/ping", "/health", "/version", "/metrics", "/openapi.json", "/router"}
 
 

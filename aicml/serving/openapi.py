@@ -9,7 +9,7 @@ from aicml.serving.inputs import V2_NATIVE, InputSchema
 _JSON_TYPES: dict[str, dict[str, Any]] = {
     "double": {"type": "number"},
     "float": {"type": "number"},
-    "long": {"type": "integer"},
+    "long": {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1},
     "integer": {"type": "integer", "minimum": -(2**31), "maximum": 2**31 - 1},
     "boolean": {"type": "boolean"},
     "string": {"type": "string"},
@@ -55,6 +55,7 @@ def openapi_document(name: str, schema: InputSchema | None, auth: bool) -> dict[
                             "data": {"type": "array", "items": {"type": "array"}, "minItems": 1},
                         },
                         "required": ["columns", "data"],
+                        "additionalProperties": False,
                     }
                 },
                 "required": ["dataframe_split"],
@@ -84,9 +85,14 @@ def openapi_document(name: str, schema: InputSchema | None, auth: bool) -> dict[
         "type": "object",
         "properties": {
             "name": {"type": "string", "enum": [c.name for c in columns]} if columns else {"type": "string"},
-            "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+            "shape": {
+                "type": "array",
+                "items": {"type": "integer", "minimum": 1},
+                "minItems": 1,
+                "maxItems": 2,
+            },
             "datatype": {"type": "string", "enum": sorted({V2_NATIVE[c.kind] for c in columns}) or ["FP64"]},
-            "data": {"type": "array"},
+            "data": {"type": "array", "minItems": 1},
         },
         "required": ["name", "shape", "datatype", "data"],
     }

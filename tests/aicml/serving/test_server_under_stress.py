@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -63,8 +64,11 @@ def test_schemathesis_finds_no_server_error(stressed: RunningServer, tmp_path: P
     result = subprocess.run(
         [
             str(Path(sys.executable).parent / "st"), "run", f"{stressed.url}/openapi.json",
-            "--checks", "not_a_server_error",
-            "--max-examples", "40",
+            # Every check but the two that need constraints JSON Schema cannot state (a tensor's shape
+            # against its data length; the row limit answered with 413 rather than 400).
+            "--exclude-checks", "positive_data_acceptance,negative_data_rejection",
+            "--max-examples", "30",
+            "--wait-for-schema", "30",
             "--generation-deterministic",
             "-H", f"Authorization: Bearer {stressed.token}",
             "--phases", "examples,coverage,fuzzing",
@@ -72,5 +76,6 @@ def test_schemathesis_finds_no_server_error(stressed: RunningServer, tmp_path: P
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert "not_a_server_error" in result.stdout
+    summary = re.search(r"(\d+) generated, (\d+) passed", result.stdout)
+    assert summary is not None and int(summary.group(1)) > 100, result.stdout[-2000:]
     assert stressed.process.poll() is None
