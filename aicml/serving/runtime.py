@@ -77,7 +77,8 @@ class ServedModel:
     def __post_init__(self) -> None:
         kinds = {c.kind for c in self.schema.columns}
         self.uniform_dtype = len(kinds) == 1 and kinds <= {"double", "float", "long", "integer"}
-        self.column_names = [c.name for c in self.schema.columns]
+        # Built once: pandas 3 would otherwise turn the names into a new Arrow string index per request.
+        self.column_names = pd.Index([c.name for c in self.schema.columns])
 
     @classmethod
     def from_pyfunc(cls, name: str, version: str, pyfunc: Any, max_rows: int) -> ServedModel:
@@ -123,7 +124,7 @@ class ServedModel:
                 # One 2-D block builds in half the time of one block per column, and sklearn reads it as is.
                 frame = pd.DataFrame(np.column_stack(list(batch.columns.values())), columns=self.column_names)
             else:
-                frame = pd.DataFrame(batch.columns, copy=False)
+                frame = pd.DataFrame(batch.columns, columns=self.column_names, copy=False)
             if self.direct:
                 return (
                     self.pyfunc._predict_fn(frame, params=None)

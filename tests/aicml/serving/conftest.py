@@ -31,7 +31,7 @@ def registered(stack: object) -> Registered:
     return Registered(name, frame.head(8), v1, v2, expected_v1, expected_v2)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(registered: Registered, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     running = start_server(
         f"models:/{registered.name}@champion", tmp_path_factory.mktemp("serve"), "--poll-seconds", "0.5"
