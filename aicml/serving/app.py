@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -65,6 +67,7 @@ class ModelServer:
     options: ServerOptions = field(default_factory=ServerOptions)
     challenger: ModelHost | None = None
     router: TrafficRouter | None = None
+    cleanup_dir: Path | None = None  # a private download cache to remove at shutdown
 
     def __post_init__(self) -> None:
         self.name = self.champion.ref.name
@@ -92,6 +95,8 @@ class ModelServer:
         await self.champion.stop()
         if self.challenger is not None:
             await self.challenger.stop()
+        if self.cleanup_dir is not None:
+            shutil.rmtree(self.cleanup_dir, ignore_errors=True)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

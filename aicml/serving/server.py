@@ -68,7 +68,12 @@ def run_server(config: ServeConfig) -> None:
     if owned:  # a private download cache, removed when the server stops
         config.cache_dir = Path(tempfile.mkdtemp(prefix="aic-serve-"))
     try:
-        _run(uvicorn, build_server(config), config)
+        server = build_server(config)
+        if owned:
+            # Removed in the lifespan shutdown: uvicorn re-raises SIGTERM after it, so a `finally` here
+            # would never run when the server is stopped by signal.
+            server.cleanup_dir = config.cache_dir
+        _run(uvicorn, server, config)
     finally:
         if owned and config.cache_dir is not None:
             shutil.rmtree(config.cache_dir, ignore_errors=True)
