@@ -60,17 +60,12 @@ def serve(
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aicml").setLevel(logging.INFO)
+    from aicml.registry.checksums import parse_model_uri
     from aicml.serving.app import ServerOptions
+    from aicml.serving.auth import resolve_auth
     from aicml.serving.router import RolloutPlan
     from aicml.serving.server import ServeConfig, run_server
 
-    if tracking_uri is None and not os.environ.get("MLFLOW_TRACKING_URI"):
-        from blocks.settings import AicSettings
-
-        tracking_uri = AicSettings().tracking_uri
-    if tracking_uri is not None:
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
     try:
         plan = None
         if challenger is not None:
@@ -82,6 +77,16 @@ def serve(
                 sticky_header=sticky_header.lower(),
                 shadow_fraction=shadow_fraction,
             )
+        # Refuse a bad URI or a missing token before touching MLflow's process-wide settings.
+        parse_model_uri(model_uri)
+        resolve_auth(token_file, secret_block=token_block, disabled=no_auth)
+        if tracking_uri is None and not os.environ.get("MLFLOW_TRACKING_URI"):
+            from blocks.settings import AicSettings
+
+            tracking_uri = AicSettings().tracking_uri
+        if tracking_uri is not None:
+            mlflow.set_tracking_uri(tracking_uri)
+            mlflow.set_registry_uri(tracking_uri)
         config = ServeConfig(
             model_uri,
             host=host,

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from typer.testing import CliRunner
 
 from aicml.serving.cli import app
+
+
+@pytest.fixture(autouse=True)
+def keep_mlflow_settings() -> Iterator[None]:
+    """The command sets MLflow's process-wide URIs; later tests in this process must not see them."""
+    import mlflow
+
+    tracking, registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    yield
+    mlflow.set_tracking_uri(tracking)
+    mlflow.set_registry_uri(registry)
 
 
 def test_non_registry_uri_is_refused() -> None:
