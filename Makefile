@@ -69,6 +69,8 @@ test-fast: $(STAMP) tools ## The suite without tests marked slow
 
 bench: $(STAMP) ## Run the side-by-side benchmarks; each prints a JSON line last
 	$(BIN)/python benchmarks/pipeline_overhead.py
+	$(BIN)/python benchmarks/ingest.py --rows 2000000
+	$(BIN)/python benchmarks/serving.py
 
 clean: ## Remove the venv and the local stack's state
 	-$(BIN)/aicml down

@@ -266,6 +266,7 @@ def metrics_exporter(
 def _register_subcommands() -> None:
     from aicml.data.cli import app as data_app
     from aicml.kube.cli import app as kube_app
+    from aicml.serving.cli import serve as serve_command
     from aicml.stack.backup_cli import backup as backup_command
     from aicml.stack.backup_cli import restore as restore_command
 
@@ -273,6 +274,7 @@ def _register_subcommands() -> None:
     app.add_typer(
         data_app, name="data", help="Data integration: watch a landing folder, render the Dask spec."
     )
+    app.command("serve")(serve_command)
     app.command("backup")(backup_command)
     app.command("restore")(restore_command)
 

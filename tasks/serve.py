@@ -1,7 +1,9 @@
-"""Serve tasks: load the champion by alias and predict held-out rows (the pipeline's smoke test)."""
+"""Serve tasks: the pipeline's smoke test of the champion, and the rollout of a version through a live
+model server (start it, watch the evidence, move the aliases, record the decision) or onto Kubernetes."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -10,6 +12,9 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
+from aicml.serving.decision import Decision, Objectives
+from aicml.serving.kubernetes import KubeServingSpec
+from aicml.serving.local import LocalServer
 from aicml.serving.smoke import predict_rows
 from tasks.context import settings
 from tasks.policies import fail_if_injected
@@ -38,3 +43,137 @@ def smoke_serve(model_name: str, test_path: str, target: str, rows: int = 5) -> 
     result = smoke(model_name, test_path, target, rows)
     get_run_logger().info("Champion predicts %s for truth %s", result["predictions"], result["truth"])
     return result
+
+
+# --- deployment: rollout of a registered version through challenger, canary and champion ---------------
+
+
+def _use_registry() -> None:
+    mlflow.set_tracking_uri(settings().tracking_uri)
+    mlflow.set_registry_uri(settings().tracking_uri)
+
+
+@task(name="prepare-rollout", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE, timeout_seconds=300)
+def prepare_rollout(model_name: str, version: str | None) -> str:
+    """Point ``challenger`` at ``version`` (or take the version it points at); stamp its checksum if missing."""
+    from mlflow import MlflowClient
+
+    from aicml.registry.checksums import CHECKSUM_TAG, ModelRef, resolve_version, stamp_checksum
+    from aicml.registry.promotion import CHALLENGER
+
+    _use_registry()
+    client = MlflowClient()
+    if version is None:
+        version = resolve_version(ModelRef(model_name, None, CHALLENGER))
+    else:
+        client.set_registered_model_alias(model_name, CHALLENGER, version)
+    if CHECKSUM_TAG not in (client.get_model_version(model_name, version).tags or {}):
+        stamp_checksum(model_name, version)
+    get_run_logger().info("Rolling out %s version %s as challenger", model_name, version)
+    return version
+
+
+@task(name="start-model-server", retries=0, cache_policy=NO_CACHE, timeout_seconds=300)
+def start_model_server(
+    model_name: str,
+    port: int,
+    token_file: str | None,
+    mode: str,
+    steps: list[float],
+    step_requests: int,
+    slow_after_ms: float,
+    poll_seconds: float,
+) -> LocalServer:
+    """Start `aicml serve` for champion + challenger on this machine; the token stays in a 0600 file."""
+    from aicml.serving.local import ensure_token_file, start_local_server
+
+    s = settings()
+    token = ensure_token_file(
+        Path(token_file) if token_file else s.root / "run" / f"serve-{model_name}.token"
+    )
+    server = start_local_server(
+        model_name, port, s.tracking_uri, s.root, token, True, mode, tuple(steps), step_requests, slow_after_ms,
+        poll_seconds, host=s.host,
+    )  # fmt: skip
+    get_run_logger().info("Model server %s up at %s (pid %s)", server.name, server.url, server.pid)
+    return server
+
+
+@task(name="watch-rollout", retries=0, cache_policy=NO_CACHE)
+def watch_rollout_task(
+    server: LocalServer, objectives: Objectives, poll_seconds: float, timeout_s: float
+) -> Decision:
+    """Read the live evidence until the sequential test decides (or hold at the timeout)."""
+    from aicml.serving.local import watch_rollout
+
+    token = Path(server.token_file).read_text().strip()
+    decision = watch_rollout(server.url, token, objectives, poll_seconds, timeout_s)
+    get_run_logger().info("Rollout decision: %s: %s", decision.action, decision.reason)
+    return decision
+
+
+@task(name="apply-rollout", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE, timeout_seconds=300)
+def apply_rollout(model_name: str, version: str, decision: Decision, actor: str) -> dict[str, Any]:
+    """Move the aliases for the decision; record it as a Prefect event, an artifact and an audit line."""
+    from prefect.artifacts import create_markdown_artifact
+    from prefect.events import emit_event
+
+    from aicml.registry.rollout import apply_decision
+
+    _use_registry()
+    record = apply_decision(
+        model_name, version, decision.action, decision.reason, decision.evidence(), actor,
+        settings().root / "audit" / "deployments.jsonl",
+    )  # fmt: skip
+    emit_event(
+        event=f"aicml.deployment.{decision.action}",
+        resource={
+            "prefect.resource.id": f"mlflow.model-version.{model_name}.{version}",
+            "prefect.resource.name": model_name,
+        },
+        payload=record.as_dict(),
+    )
+    create_markdown_artifact(
+        key=f"rollout-{model_name.lower().replace('_', '-')}",
+        markdown=(
+            f"## Rollout of `{model_name}` version {version}: **{decision.action}**\n\n{decision.reason}\n\n"
+            f"Champion before: {record.previous_champion}; after: {record.champion_after}. "
+            f"Requests: champion {decision.champion_requests}, challenger {decision.challenger_requests}. "
+            f"Decided by {actor} at {record.at}."
+        ),
+        description=f"{decision.action}: version {version}",
+    )
+    return record.as_dict()
+
+
+@task(name="stop-model-server", retries=0, cache_policy=NO_CACHE, timeout_seconds=60)
+def stop_model_server(server: LocalServer) -> bool:
+    from aicml.serving.local import stop_local_server
+
+    return stop_local_server(server)
+
+
+@task(name="render-kubernetes", retries=0, cache_policy=NO_CACHE, timeout_seconds=60)
+def render_kubernetes(spec: KubeServingSpec, include_rbac: bool) -> list[dict[str, Any]]:
+    """Render the deployment's objects and validate them against the Kubernetes schemas."""
+    from aicml.serving.kubernetes import render_deployer_rbac, render_manifests, validate_manifests
+
+    manifests = render_manifests(spec) + (render_deployer_rbac(spec) if include_rbac else [])
+    validate_manifests(manifests)
+    return manifests
+
+
+@task(
+    name="apply-kubernetes",
+    retries=2,
+    retry_delay_seconds=[5, 30],
+    cache_policy=NO_CACHE,
+    timeout_seconds=600,
+)
+def apply_kubernetes(manifests: list[dict[str, Any]]) -> list[str]:
+    """Apply with the Kubernetes client under the deployer's namespaced Role."""
+    from aicml.serving.kubernetes import apply_manifests
+
+    applied = apply_manifests(manifests)
+    get_run_logger().info("Applied %s", ", ".join(applied))
+    return applied

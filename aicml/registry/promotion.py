@@ -10,6 +10,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from aicml.errors import RegistryError
+from aicml.registry.checksums import stamp_checksum
 
 CHALLENGER = "challenger"
 CHAMPION = "champion"
@@ -63,6 +64,8 @@ def register_challenger(
     client = MlflowClient()
     try:
         version = mlflow.register_model(model_uri, name, tags={metric: str(value), **(tags or {})})
+        # Servers load only versions whose files match the digest recorded here.
+        stamp_checksum(name, str(version.version))
         client.set_registered_model_alias(name, CHALLENGER, version.version)
     except MlflowException as exc:
         raise RegistryError(f"Cannot register {model_uri!r} as {name!r}: {exc.message}") from exc

@@ -1,0 +1,115 @@
+"""Apply a rollout decision to the MLflow aliases, and keep an audit record of who decided what, when, why.
+
+``promote`` moves ``champion`` to the challenger's version (the old champion keeps alias ``previous``, so
+a promotion can be undone); ``rollback`` removes the ``challenger`` alias; ``hold`` moves nothing. Every
+decision is appended to a JSON-lines audit log and written as tags on the version it concerns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aicml.errors import RegistryError
+from aicml.registry.promotion import CHALLENGER, CHAMPION, champion_version
+
+PREVIOUS = "previous"
+ROLLOUT_TAG = "aicml.rollout"
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One decision: what happened to which version, who decided, when, and on what evidence."""
+
+    model: str
+    version: str
+    action: str
+    reason: str
+    actor: str
+    evidence: dict[str, Any]
+    previous_champion: str | None
+    champion_after: str | None
+    at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def append_audit(path: Path, record: AuditRecord) -> None:
+    """Append one JSON line; a single write of a line under PIPE_BUF-sized records keeps lines whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(record.as_dict(), sort_keys=True, default=str) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_audit(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def apply_decision(
+    name: str,
+    version: str,
+    action: str,
+    reason: str,
+    evidence: dict[str, Any],
+    actor: str,
+    audit_path: Path,
+) -> AuditRecord:
+    """Move aliases for ``action`` (promote, rollback, hold) on version ``version`` of ``name``."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    if action not in ("promote", "rollback", "hold"):
+        raise RegistryError(f"Unknown rollout action {action!r}; use promote, rollback or hold.")
+    client = MlflowClient()
+    before = champion_version(name)
+    try:
+        if action == "promote":
+            if before is not None and before != version:
+                client.set_registered_model_alias(name, PREVIOUS, before)
+            client.set_registered_model_alias(name, CHAMPION, version)
+            _drop_alias_if_on(client, name, CHALLENGER, version)
+        elif action == "rollback":
+            _drop_alias_if_on(client, name, CHALLENGER, version)
+        client.set_model_version_tag(name, version, ROLLOUT_TAG, action)
+    except MlflowException as exc:
+        raise RegistryError(f"Cannot apply {action} to {name!r} version {version}: {exc.message}") from exc
+    record = AuditRecord(
+        model=name,
+        version=version,
+        action=action,
+        reason=reason,
+        actor=actor,
+        evidence=evidence,
+        previous_champion=before,
+        champion_after=champion_version(name),
+    )
+    client.set_model_version_tag(
+        name, version, f"{ROLLOUT_TAG}.{record.id}", json.dumps(record.as_dict(), default=str)[:4900]
+    )
+    append_audit(audit_path, record)
+    return record
+
+
+def _drop_alias_if_on(client: Any, name: str, alias: str, version: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        current = str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return
+    if current == version:
+        client.delete_registered_model_alias(name, alias)

@@ -1,0 +1,79 @@
+"""Bearer-token authentication of the predict endpoints.
+
+The token comes from a Kubernetes Secret (mounted as a file, or exposed as an environment variable) or
+from a Prefect Secret block, read once at startup. Authentication is off only when the operator says
+so explicitly (``--no-auth``, for local use); a server with neither a token nor that flag refuses to start.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
+
+from aicml.errors import ConfigurationError
+
+TOKEN_ENV = "AIC_SERVE_TOKEN"
+
+
+@dataclass(frozen=True)
+class BearerAuth:
+    """Checks ``Authorization: Bearer <token>``; ``token=None`` means authentication is disabled."""
+
+    token: SecretStr | None
+
+    @property
+    def enabled(self) -> bool:
+        return self.token is not None
+
+    def expected_header(self) -> bytes | None:
+        return None if self.token is None else b"Bearer " + self.token.get_secret_value().encode()
+
+    def allows(self, header: bytes | None, expected: bytes | None) -> bool:
+        if expected is None:
+            return True
+        # Constant-time comparison: the time to refuse must not tell how much of the token was right.
+        return header is not None and hmac.compare_digest(header, expected)
+
+
+def resolve_auth(
+    token_file: Path | None = None,
+    token_env: str = TOKEN_ENV,
+    secret_block: str | None = None,
+    disabled: bool = False,
+) -> BearerAuth:
+    """The server's authentication from, in order: a file, an environment variable, a Prefect Secret block."""
+    if disabled:
+        return BearerAuth(None)
+    token: str | None = None
+    if token_file is not None:
+        try:
+            token = token_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigurationError(f"Cannot read the serving token file {token_file}: {exc}.") from exc
+    elif os.environ.get(token_env):
+        token = os.environ[token_env].strip()
+    elif secret_block is not None:
+        from prefect.blocks.system import Secret
+
+        try:
+            block: Any = Secret.load(secret_block)
+            token = str(block.get()).strip()
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"Cannot load the Prefect Secret block {secret_block!r}: {exc}. Create it with "
+                f"`Secret(value=...).save({secret_block!r})`."
+            ) from exc
+    if not token:
+        raise ConfigurationError(
+            "The model server needs a bearer token: mount a Kubernetes Secret and pass --token-file, set "
+            f"{token_env}, or name a Prefect Secret block with --token-block. Pass --no-auth only for "
+            "local use."
+        )
+    if len(token) < 16:
+        raise ConfigurationError("The serving token is shorter than 16 characters; use a random one.")
+    return BearerAuth(SecretStr(token))

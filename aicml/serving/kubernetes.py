@@ -1,0 +1,261 @@
+"""Kubernetes objects of a model deployment: render, validate against the API schemas, apply.
+
+Rendered: the server's Deployment, Service, HorizontalPodAutoscaler (CPU 70 %, 2 to 10 replicas, as the
+seed specifies), PodDisruptionBudget and ServiceAccount, plus the namespaced least-privilege Role (and its
+binding) that the deploying identity needs and nothing more. The bearer token stays in a Kubernetes
+Secret that the pod mounts; no manifest carries it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from aicml.errors import ConfigurationError
+
+SERVER_PORT = 8080
+TOKEN_DIR = "/var/run/aicml/token"
+
+
+@dataclass(frozen=True)
+class KubeServingSpec:
+    """What to deploy and where."""
+
+    model_name: str
+    namespace: str = "aic-ai-ml"
+    image: str = "ghcr.io/aic/aic-ml:0.1.0"
+    tracking_uri: str = "http://mlflow.aic-ai-ml.svc:5000"
+    token_secret: str = "aicml-serve-token"
+    alias: str = "champion"
+    challenger_alias: str | None = None
+    mode: str = "canary"
+    min_replicas: int = 2
+    max_replicas: int = 10
+    cpu_target_percent: int = 70
+    cpu_request: str = "500m"
+    cpu_limit: str = "2"
+    memory_request: str = "512Mi"
+    memory_limit: str = "2Gi"
+    deployer_service_account: str = "aicml-deployer"
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_replicas <= self.max_replicas:
+            raise ConfigurationError("Replicas need 1 <= min_replicas <= max_replicas.")
+
+    @property
+    def app_name(self) -> str:
+        slug = re.sub(r"[^a-z0-9-]+", "-", self.model_name.lower()).strip("-")[:40] or "model"
+        return f"aicml-serve-{slug}"
+
+
+def _meta(spec: KubeServingSpec, name: str) -> dict[str, Any]:
+    labels = {
+        "app.kubernetes.io/name": spec.app_name,
+        "app.kubernetes.io/component": "model-server",
+        "app.kubernetes.io/part-of": "aic-ml",
+        "app.kubernetes.io/managed-by": "aicml",
+        **spec.labels,
+    }
+    return {"name": name, "namespace": spec.namespace, "labels": labels}
+
+
+def render_manifests(spec: KubeServingSpec) -> list[dict[str, Any]]:
+    """All objects of one model deployment, in the order they should be applied."""
+    name = spec.app_name
+    selector = {"app.kubernetes.io/name": name}
+    args = [
+        "serve",
+        f"models:/{spec.model_name}@{spec.alias}",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(SERVER_PORT),
+        "--token-file",
+        f"{TOKEN_DIR}/token",
+        "--tracking-uri",
+        spec.tracking_uri,
+    ]
+    if spec.challenger_alias:
+        args += ["--challenger", f"models:/{spec.model_name}@{spec.challenger_alias}", "--mode", spec.mode]
+    probe = {
+        "httpGet": {"path": "/v2/health/ready", "port": "http"},
+        "periodSeconds": 5,
+        "failureThreshold": 3,
+    }
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(spec, name),
+        "spec": {
+            "replicas": spec.min_replicas,
+            "selector": {"matchLabels": selector},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {
+                "metadata": {
+                    "labels": {**_meta(spec, name)["labels"]},
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(SERVER_PORT),
+                        "prometheus.io/path": "/metrics",
+                    },
+                },
+                "spec": {
+                    "serviceAccountName": name,
+                    "automountServiceAccountToken": False,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": 10001,
+                        "fsGroup": 10001,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [
+                        {
+                            "name": "server",
+                            "image": spec.image,
+                            "command": ["aicml"],
+                            "args": args,
+                            "ports": [{"name": "http", "containerPort": SERVER_PORT, "protocol": "TCP"}],
+                            "env": [
+                                {"name": "TMPDIR", "value": "/tmp"},
+                                {"name": "MLFLOW_ENABLE_TELEMETRY", "value": "false"},
+                            ],
+                            "resources": {
+                                "requests": {"cpu": spec.cpu_request, "memory": spec.memory_request},
+                                "limits": {"cpu": spec.cpu_limit, "memory": spec.memory_limit},
+                            },
+                            "readinessProbe": probe,
+                            "livenessProbe": {
+                                "httpGet": {"path": "/v2/health/live", "port": "http"},
+                                "periodSeconds": 10,
+                                "initialDelaySeconds": 30,
+                            },
+                            "startupProbe": {**probe, "failureThreshold": 60},
+                            "securityContext": {
+                                "allowPrivilegeEscalation": False,
+                                "readOnlyRootFilesystem": True,
+                                "capabilities": {"drop": ["ALL"]},
+                            },
+                            "volumeMounts": [
+                                {"name": "token", "mountPath": TOKEN_DIR, "readOnly": True},
+                                {"name": "tmp", "mountPath": "/tmp"},
+                            ],
+                        }
+                    ],
+                    "volumes": [
+                        {"name": "token", "secret": {"secretName": spec.token_secret, "defaultMode": 0o400}},
+                        {"name": "tmp", "emptyDir": {"sizeLimit": "2Gi"}},
+                    ],
+                },
+            },
+        },
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(spec, name),
+        "spec": {
+            "selector": selector,
+            "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+    hpa = {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _meta(spec, name),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "minReplicas": spec.min_replicas,
+            "maxReplicas": spec.max_replicas,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {"type": "Utilization", "averageUtilization": spec.cpu_target_percent},
+                    },
+                }
+            ],
+        },
+    }
+    pdb = {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _meta(spec, name),
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": selector}},
+    }
+    service_account = {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _meta(spec, name),
+        "automountServiceAccountToken": False,
+    }
+    return [service_account, deployment, service, hpa, pdb]
+
+
+def render_deployer_rbac(spec: KubeServingSpec) -> list[dict[str, Any]]:
+    """The Role (and binding) the deploying identity needs: these kinds, in this namespace, nothing else."""
+    role_name = f"{spec.deployer_service_account}"
+    verbs = ["get", "list", "create", "patch"]
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": role_name, "namespace": spec.namespace},
+        "rules": [
+            {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": verbs},
+            {"apiGroups": [""], "resources": ["services", "serviceaccounts"], "verbs": verbs},
+            {"apiGroups": ["autoscaling"], "resources": ["horizontalpodautoscalers"], "verbs": verbs},
+            {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": verbs},
+        ],
+    }
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": role_name, "namespace": spec.namespace},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role_name},
+        "subjects": [
+            {"kind": "ServiceAccount", "name": spec.deployer_service_account, "namespace": spec.namespace}
+        ],
+    }
+    return [role, binding]
+
+
+def validate_manifests(manifests: list[dict[str, Any]], kubernetes_version: str = "1.30.0") -> None:
+    """Validate each object against the Kubernetes OpenAPI schemas (offline, strict: unknown fields fail)."""
+    import kubernetes_validate
+
+    for manifest in manifests:
+        try:
+            kubernetes_validate.validate(manifest, kubernetes_version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            where = f"{manifest.get('kind')}/{manifest.get('metadata', {}).get('name')}"
+            raise ConfigurationError(
+                f"Rendered {where} is not a valid Kubernetes object: {exc.message}"
+            ) from exc
+
+
+def apply_manifests(manifests: list[dict[str, Any]], api_client: Any | None = None) -> list[str]:
+    """Create or server-side-apply each object with the Kubernetes Python client; returns kind/name."""
+    from kubernetes import client, config, dynamic
+
+    if api_client is None:
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
+        api_client = client.ApiClient()
+    dyn = dynamic.DynamicClient(api_client)
+    applied = []
+    for manifest in manifests:
+        resource = dyn.resources.get(api_version=manifest["apiVersion"], kind=manifest["kind"])
+        meta = manifest["metadata"]
+        resource.server_side_apply(
+            body=manifest,
+            name=meta["name"],
+            namespace=meta.get("namespace"),
+            field_manager="aicml",
+            force_conflicts=True,
+        )
+        applied.append(f"{manifest['kind']}/{meta['name']}")
+    return applied

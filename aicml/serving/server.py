@@ -1,0 +1,94 @@
+"""Build and run the model server under uvicorn (uvloop and httptools when installed)."""
+
+from __future__ import annotations
+
+import importlib.util
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aicml.registry.checksums import parse_model_uri
+from aicml.serving.app import ModelServer, ServerOptions
+from aicml.serving.auth import resolve_auth
+from aicml.serving.router import RolloutPlan, TrafficRouter
+from aicml.serving.runtime import ModelHost
+
+
+@dataclass
+class ServeConfig:
+    """Everything `aicml serve` takes."""
+
+    model_uri: str
+    host: str = "127.0.0.1"
+    port: int = 8080
+    challenger_uri: str | None = None
+    rollout: RolloutPlan | None = None
+    slow_after_s: float = 0.05
+    token_file: Path | None = None
+    token_block: str | None = None
+    no_auth: bool = False
+    cache_dir: Path | None = None
+    poll_seconds: float = 10.0
+    max_rows: int = 10_000
+    max_batch_rows: int = 2048
+    options: ServerOptions = field(default_factory=ServerOptions)
+    # Connections uvicorn accepts before answering 503 itself; the app's in-flight limit sheds first.
+    limit_concurrency: int = 1024
+
+
+def build_server(config: ServeConfig) -> ModelServer:
+    """The ASGI app for ``config``; models load in its lifespan startup, before it accepts requests."""
+    cache = config.cache_dir or Path(tempfile.mkdtemp(prefix="aic-serve-"))
+    champion = ModelHost(
+        parse_model_uri(config.model_uri), cache, config.max_rows, config.max_batch_rows, config.poll_seconds
+    )
+    challenger = None
+    router = None
+    if config.challenger_uri is not None:
+        challenger = ModelHost(
+            parse_model_uri(config.challenger_uri),
+            cache,
+            config.max_rows,
+            config.max_batch_rows,
+            config.poll_seconds,
+        )
+        router = TrafficRouter(config.rollout or RolloutPlan(), slow_after_s=config.slow_after_s)
+    auth = resolve_auth(config.token_file, secret_block=config.token_block, disabled=config.no_auth)
+    return ModelServer(champion, auth, config.options, challenger, router)
+
+
+def run_server(config: ServeConfig) -> None:
+    """Serve until interrupted."""
+    import shutil
+
+    import uvicorn
+
+    owned = config.cache_dir is None
+    if owned:  # a private download cache, removed when the server stops
+        config.cache_dir = Path(tempfile.mkdtemp(prefix="aic-serve-"))
+    try:
+        server = build_server(config)
+        if owned:
+            # Removed in the lifespan shutdown: uvicorn re-raises SIGTERM after it, so a `finally` here
+            # would never run when the server is stopped by signal.
+            server.cleanup_dir = config.cache_dir
+        _run(uvicorn, server, config)
+    finally:
+        if owned and config.cache_dir is not None:
+            shutil.rmtree(config.cache_dir, ignore_errors=True)
+
+
+def _run(uvicorn: Any, server: ModelServer, config: ServeConfig) -> None:
+    uvicorn.run(
+        server,
+        host=config.host,
+        port=config.port,
+        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+        limit_concurrency=config.limit_concurrency,
+        timeout_keep_alive=30,
+    )

@@ -1,0 +1,122 @@
+"""The ASGI app in process with two local models: canary split, shadow mirroring, evidence and freeze."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import mlflow.pyfunc
+import mlflow.sklearn
+import pytest
+from mlflow.models import infer_signature
+from serving_support import training_frame
+from sklearn.linear_model import LogisticRegression
+
+from aicml.registry.checksums import ModelRef
+from aicml.serving.app import ModelServer
+from aicml.serving.auth import BearerAuth
+from aicml.serving.router import RolloutPlan, TrafficRouter
+from aicml.serving.runtime import ModelHost, ServedModel
+
+
+def local_host(tmp: Path, name: str, version: str, flip: bool) -> ModelHost:
+    frame, label = training_frame()
+    frame = frame.drop(columns=["opt"])
+    model = LogisticRegression().fit(frame, 1 - label if flip else label)
+    path = tmp / f"{name}-{version}"
+    mlflow.sklearn.save_model(
+        model,
+        str(path),
+        signature=infer_signature(frame, model.predict(frame)),
+        pip_requirements=["scikit-learn"],
+    )
+    host = ModelHost(ModelRef(name, version, None), tmp, poll_seconds=0)
+    host.model = ServedModel.from_pyfunc(name, version, mlflow.pyfunc.load_model(str(path)), 10_000)
+    return host
+
+
+@pytest.fixture
+def rows() -> list[dict[str, object]]:
+    frame, _ = training_frame(rows=50, seed=3)
+    return frame.drop(columns=["opt"]).to_dict(orient="records")
+
+
+def run(server: ModelServer, scenario):  # type: ignore[no-untyped-def]
+    async def main():  # type: ignore[no-untyped-def]
+        await server.startup()
+        try:
+            transport = httpx.ASGITransport(app=server)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                return await scenario(client)
+        finally:
+            await server.shutdown()
+
+    return asyncio.run(main())
+
+
+def test_direct_predict_path_matches_mlflow_predict(tmp_path: Path, rows: list[dict[str, object]]) -> None:
+    host = local_host(tmp_path, "m", "1", flip=False)
+    assert host.model is not None and host.model.direct
+    batch = host.model.schema.parse_mlflow({"dataframe_records": rows})
+    import pandas as pd
+
+    expected = host.model.pyfunc.predict(pd.DataFrame(rows)).tolist()
+    assert host.model.predict(batch).tolist() == expected
+
+
+def test_canary_splits_and_freeze_stops_the_challenger(tmp_path: Path, rows: list[dict[str, object]]) -> None:
+    champion, challenger = local_host(tmp_path, "m", "1", False), local_host(tmp_path, "m", "2", True)
+    router = TrafficRouter(RolloutPlan(steps=(0.5,), seed=1))
+    server = ModelServer(champion, BearerAuth(None), challenger=challenger, router=router)
+
+    async def scenario(client: httpx.AsyncClient) -> tuple[list[int], dict[str, object], list[int]]:
+        before = [
+            (await client.post("/invocations", json={"dataframe_records": [rows[0]]})).json()["predictions"][
+                0
+            ]
+            for _ in range(100)
+        ]
+        status = (await client.get("/router")).json()
+        frozen = await client.post("/router/freeze", json={"action": "rollback"})
+        assert frozen.status_code == 200
+        after = [
+            (await client.post("/invocations", json={"dataframe_records": [rows[0]]})).json()["predictions"][
+                0
+            ]
+            for _ in range(30)
+        ]
+        return before, status, after
+
+    before, status, after = run(server, scenario)
+    assert len(set(before)) == 2  # both arms answered (they disagree by construction)
+    arms = status["router"]["arms"]  # type: ignore[index]
+    assert arms["champion"]["requests"] + arms["challenger"]["requests"] == 100
+    assert 25 < arms["challenger"]["requests"] < 75
+    assert len(set(after)) == 1  # frozen: only the champion answers
+
+
+def test_shadow_never_changes_the_answer_and_counts_disagreements(
+    tmp_path: Path, rows: list[dict[str, object]]
+) -> None:
+    champion, challenger = local_host(tmp_path, "m", "1", False), local_host(tmp_path, "m", "2", True)
+    router = TrafficRouter(RolloutPlan(mode="shadow", shadow_fraction=0.5, seed=2))
+    server = ModelServer(champion, BearerAuth(None), challenger=challenger, router=router)
+    import pandas as pd
+
+    assert champion.model is not None
+    expected = champion.model.pyfunc.predict(pd.DataFrame(rows[:5])).tolist()
+
+    async def scenario(client: httpx.AsyncClient) -> tuple[list[list[int]], dict[str, object]]:
+        answers = [
+            (await client.post("/invocations", json={"dataframe_records": rows[:5]})).json()["predictions"]
+            for _ in range(60)
+        ]
+        await asyncio.sleep(0.2)  # let mirrored requests finish
+        return answers, (await client.get("/router")).json()
+
+    answers, status = run(server, scenario)
+    assert all(answer == expected for answer in answers)
+    shadow = status["router"]["shadow"]  # type: ignore[index]
+    assert 15 < shadow["compared"] < 45
+    assert shadow["disagreements"] == shadow["compared"]  # the flipped challenger disagrees every time
