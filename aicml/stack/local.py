@@ -202,8 +202,13 @@ class LocalStack:
         )
 
     def down(self) -> list[str]:
-        """Stop, by pid, exactly what `up` started (worker first); return the names stopped."""
-        return [name for name in reversed(SERVICES) if stop(self.run_dir, name)]
+        """Stop, by pid, what `up` started (worker first) and the model servers the stack's flows started.
+
+        Only processes named by pid files under this stack's `run/` are touched; returns the names stopped.
+        """
+        stopped = [name for name in reversed(SERVICES) if stop(self.run_dir, name)]
+        others = sorted(p.stem for p in self.run_dir.glob("*.pid") if p.stem not in SERVICES)
+        return stopped + [name for name in others if stop(self.run_dir, name)]
 
     def status(self) -> list[ServiceStatus]:
         out = []

@@ -72,7 +72,7 @@ def wait_until(check: Callable[[], bool], timeout: float, interval: float = 0.25
     return check()
 
 
-def start(spec: ServiceSpec, run_dir: Path, log_dir: Path, timeout: float = 120.0) -> tuple[int, bool]:
+def start(spec: ServiceSpec, run_dir: Path, log_dir: Path, timeout: float = 300.0) -> tuple[int, bool]:
     """Start ``spec`` unless its pid file names a live process; return (pid, started_now)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     log_dir.mkdir(parents=True, exist_ok=True)
