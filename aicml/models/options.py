@@ -18,6 +18,14 @@ class TrainerOptions(BaseModel):
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = Field(
         default="auto", description="Lightning accelerator; `auto` takes a GPU when one is present."
     )
+    devices: int = Field(
+        default=1, ge=1, le=64, description="Devices (GPUs, or CPU processes under DDP) per node."
+    )
+    num_nodes: int = Field(default=1, ge=1, le=256, description="Nodes taking part in distributed training.")
+    strategy: Literal["auto", "ddp", "ddp_spawn"] = Field(
+        default="auto",
+        description="Lightning strategy; `ddp` for several devices or nodes (gloo on CPU, NCCL on GPU).",
+    )
     baseline: bool = Field(
         default=True, description="Also train a scikit-learn baseline and keep the better."
     )

@@ -1,0 +1,158 @@
+"""Framework pieces shared by every Lightning model family: tensor batches, the DataModule, the
+supervised LightningModule and the per-epoch callback.
+
+The network (an ``nn.Module``) is passed in, so the same training logic serves the tabular MLP and
+the digits CNN. Batches are sliced from tensors held in memory (one permutation per epoch, no
+per-row Python); under DDP each rank takes its own equal-sized share of every permutation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+
+
+class TensorBatches:
+    """An iterable of (x, y) batches sliced from in-memory tensors; reshuffled each epoch.
+
+    ``rank``/``world_size`` shard every epoch's permutation so that DDP ranks see disjoint rows and
+    the same number of batches (a rank with one batch more would hang the others at the all-reduce).
+    """
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        self.x, self.y, self.batch_size, self.shuffle = x, y, batch_size, shuffle
+        self.rank, self.world_size = rank, world_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def _rows(self) -> int:
+        return len(self.x) // self.world_size if self.world_size > 1 else len(self.x)
+
+    def __len__(self) -> int:
+        return (self._rows() + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.x)
+        if self.world_size > 1:
+            # Every rank draws the same permutation (same seed) and takes every world_size-th row.
+            order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+            order = order[: self._rows() * self.world_size][self.rank :: self.world_size]
+            x, y = self.x[order], self.y[order]
+        elif self.shuffle:
+            order = torch.randperm(n, generator=self.generator)
+            x, y = self.x[order], self.y[order]
+        else:
+            x, y = self.x, self.y
+        for start in range(0, len(x), self.batch_size):
+            yield x[start : start + self.batch_size], y[start : start + self.batch_size]
+
+
+class TensorDataModule(L.LightningDataModule):
+    """Train and validation arrays as tensor batches; pinned memory when a GPU trains."""
+
+    def __init__(
+        self,
+        x_train: np.ndarray,
+        y_train: np.ndarray,
+        x_val: np.ndarray,
+        y_val: np.ndarray,
+        batch_size: int = 512,
+        seed: int = 0,
+        pin_memory: bool = False,
+    ):
+        super().__init__()
+        self.batch_size, self.seed = batch_size, seed
+        self.train = self._tensors(x_train, y_train, pin_memory)
+        self.val = self._tensors(x_val, y_val, pin_memory)
+
+    @staticmethod
+    def _tensors(x: np.ndarray, y: np.ndarray, pin: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        tx, ty = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y))
+        return (tx.pin_memory(), ty.pin_memory()) if pin else (tx, ty)
+
+    def _shard(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 1
+        return int(trainer.global_rank), int(trainer.world_size)
+
+    def train_dataloader(self) -> TensorBatches:
+        rank, world = self._shard()
+        return TensorBatches(
+            *self.train, batch_size=self.batch_size, shuffle=True, seed=self.seed, rank=rank, world_size=world
+        )
+
+    def val_dataloader(self) -> TensorBatches:
+        # Every rank validates on all rows: the metric is then identical everywhere, no gather needed.
+        return TensorBatches(*self.val, batch_size=max(self.batch_size, 4096), shuffle=False)
+
+
+class SupervisedModule(L.LightningModule):
+    """Training logic for any network: loss, optimiser, epoch-level metrics (no per-step logging)."""
+
+    def __init__(self, network: nn.Module, problem: str, lr: float = 2e-3, weight_decay: float = 1e-4):
+        super().__init__()
+        self.network, self.problem, self.lr, self.weight_decay = network, problem, lr, weight_decay
+        self.loss: nn.Module = nn.CrossEntropyLoss() if problem == "classification" else nn.MSELoss()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.network(x)
+        return out if self.problem == "classification" else out.squeeze(-1)
+
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = batch
+        out = self(x)
+        return self.loss(out, y), out
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, _ = self._step(batch)
+        # on_step=False: Lightning accumulates on device and syncs once per epoch, keeping the hot loop lean.
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(batch[0]))
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        loss, out = self._step(batch)
+        self.log("val_loss", loss, on_step=False, on_epoch=True, batch_size=len(batch[0]))
+        if self.problem == "classification":
+            accuracy = (out.argmax(-1) == batch[1]).float().mean()
+            self.log("val_accuracy", accuracy, on_step=False, on_epoch=True, batch_size=len(batch[0]))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+
+class EpochCallback(L.Callback):
+    """Calls ``hook(epoch, max_epochs, metrics)`` once per epoch, after validation, on rank 0 only."""
+
+    def __init__(self, hook: Callable[[int, int, dict[str, float]], None]):
+        super().__init__()
+        self.hook = hook
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        self.hook(trainer.current_epoch, trainer.max_epochs or 0, metrics)
+
+
+def predict_array(network: nn.Module, x: np.ndarray, problem: str, batch_size: int = 65536) -> np.ndarray:
+    """Class codes (classification) or scaled values (regression) for ``x``, in eval mode, no grad."""
+    network.eval()
+    outputs = []
+    with torch.inference_mode():
+        for start in range(0, len(x), batch_size):
+            out = network(torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size])))
+            outputs.append(out.argmax(-1).numpy() if problem == "classification" else out.squeeze(-1).numpy())
+    return np.concatenate(outputs) if outputs else np.zeros(0)
