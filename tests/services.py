@@ -39,10 +39,7 @@ class Postgres:
     kind: str  # "local server", "throwaway cluster"
 
     def url(self, database: str, driver: str = "psycopg") -> str:
-        return (
-            self.admin_url.rsplit("/", 1)[0].replace("postgresql://", f"postgresql+{driver}://")
-            + f"/{database}"
-        )
+        return self.admin_url.rsplit("/", 1)[0].replace("postgresql://", f"postgresql+{driver}://") + f"/{database}"
 
     def create_database(self, prefix: str) -> str:
         import psycopg
@@ -79,19 +76,9 @@ def postgres_server() -> Iterator[Postgres | None]:
     port = free_port()
     user = "postgres"
     subprocess.run(
-        [f"{bindir}/initdb", "-D", datadir, "-U", user, "--auth=trust", "-E", "UTF8"],
-        check=True,
-        capture_output=True,
+        [f"{bindir}/initdb", "-D", datadir, "-U", user, "--auth=trust", "-E", "UTF8"], check=True, capture_output=True
     )
-    ctl = [
-        f"{bindir}/pg_ctl",
-        "-D",
-        datadir,
-        "-o",
-        f"-p {port} -k {datadir} -h 127.0.0.1",
-        "-l",
-        f"{datadir}/log",
-    ]
+    ctl = [f"{bindir}/pg_ctl", "-D", datadir, "-o", f"-p {port} -k {datadir} -h 127.0.0.1", "-l", f"{datadir}/log"]
     subprocess.run([*ctl, "start", "-w"], check=True, capture_output=True)
     try:
         deadline = time.monotonic() + 30
