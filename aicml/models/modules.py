@@ -99,8 +99,14 @@ class TensorDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> TensorBatches:
         rank, world = self._shard()
+        # batch_size is the global batch: DDP splits it, so N ranks take the same steps as one process.
         return TensorBatches(
-            *self.train, batch_size=self.batch_size, shuffle=True, seed=self.seed, rank=rank, world_size=world
+            *self.train,
+            batch_size=max(1, self.batch_size // world),
+            shuffle=True,
+            seed=self.seed,
+            rank=rank,
+            world_size=world,
         )
 
     def val_dataloader(self) -> TensorBatches:

@@ -11,7 +11,12 @@ class TrainerOptions(BaseModel):
     """Options of the Lightning tabular trainer and its scikit-learn baseline."""
 
     max_epochs: int = Field(default=8, ge=1, le=1000, description="Epochs of the Lightning model.")
-    batch_size: int = Field(default=512, ge=1, le=1_000_000, description="Mini-batch size.")
+    batch_size: int = Field(
+        default=512,
+        ge=1,
+        le=1_000_000,
+        description="Global mini-batch size; DDP ranks each take an equal share.",
+    )
     learning_rate: float = Field(default=2e-3, gt=0, le=1.0, description="AdamW learning rate.")
     hidden: list[int] = Field(default=[128, 64], min_length=1, description="Hidden layer widths of the MLP.")
     dropout: float = Field(default=0.1, ge=0, lt=1, description="Dropout between hidden layers.")
