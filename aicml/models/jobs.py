@@ -98,7 +98,7 @@ def make_trainer(spec: TrainingJobSpec) -> Any:
         return LightningTabularTrainer(spec.options)
     if spec.framework == "sklearn":
         return SklearnTrainer()
-    from aicml.models.keras import KerasTrainer
+    from aicml.models.keras_trainer import KerasTrainer
 
     return KerasTrainer(spec.options)
 
