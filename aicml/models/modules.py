@@ -48,10 +48,10 @@ class TensorBatches:
         if self.world_size > 1:
             # Every rank draws the same permutation (same seed) and takes every world_size-th row.
             order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-            order = order[: self._rows() * self.world_size][self.rank :: self.world_size]
+            order = order[: self._rows() * self.world_size][self.rank :: self.world_size].to(self.x.device)
             x, y = self.x[order], self.y[order]
         elif self.shuffle:
-            order = torch.randperm(n, generator=self.generator)
+            order = torch.randperm(n, generator=self.generator).to(self.x.device)
             x, y = self.x[order], self.y[order]
         else:
             x, y = self.x, self.y
@@ -71,11 +71,27 @@ class TensorDataModule(L.LightningDataModule):
         batch_size: int = 512,
         seed: int = 0,
         pin_memory: bool = False,
+        device_resident_bytes: int = 2 << 30,
     ):
         super().__init__()
         self.batch_size, self.seed = batch_size, seed
         self.train = self._tensors(x_train, y_train, pin_memory)
         self.val = self._tensors(x_val, y_val, pin_memory)
+        # Data this small lives on the GPU for the whole fit: batches are then sliced on the device and
+        # the GPU never waits for a host copy. Larger data stays in pinned host memory, copied per batch.
+        self.device_resident_bytes = device_resident_bytes
+        self._resident = False
+
+    def _move_to_device(self) -> None:
+        trainer = getattr(self, "trainer", None)
+        if self._resident or trainer is None:
+            return
+        device = trainer.strategy.root_device
+        size = sum(t.element_size() * t.nelement() for t in (*self.train, *self.val))
+        if device.type == "cuda" and size <= self.device_resident_bytes:
+            self.train = tuple(t.to(device) for t in self.train)  # type: ignore[assignment]
+            self.val = tuple(t.to(device) for t in self.val)  # type: ignore[assignment]
+        self._resident = True
 
     @staticmethod
     def _tensors(x: np.ndarray, y: np.ndarray, pin: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,6 +114,7 @@ class TensorDataModule(L.LightningDataModule):
         return int(trainer.global_rank), int(trainer.world_size)
 
     def train_dataloader(self) -> TensorBatches:
+        self._move_to_device()
         rank, world = self._shard()
         # batch_size is the global batch: DDP splits it, so N ranks take the same steps as one process.
         return TensorBatches(
@@ -111,6 +128,7 @@ class TensorDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> TensorBatches:
         # Every rank validates on all rows: the metric is then identical everywhere, no gather needed.
+        self._move_to_device()
         return TensorBatches(*self.val, batch_size=max(self.batch_size, 4096), shuffle=False)
 
 
