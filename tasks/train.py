@@ -4,6 +4,7 @@ job in its own process, and training run as a deployment on another work pool (e
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, cast
 from uuid import UUID
@@ -22,6 +23,8 @@ from aicml.models.training import ProgressHook, TrainingOutcome
 from aicml.observability.metrics import TRAINING_JOBS
 from aicml.registry.tracking import use_tracking
 from tasks.context import data_dir, settings
+
+OUTCOME_ARTIFACT = "training/outcome.json"
 
 
 def train(
@@ -150,6 +153,9 @@ def train_validated(
         frame, target, problem, options, seed, experiment, parent_run_id, validated_path=source
     )
     get_run_logger().info("Candidates: %s", {c.name: c.metrics for c in outcome.candidates})
+    if parent_run_id:
+        # The caller may run on other infrastructure: MLflow is the store both sides reach.
+        mlflow.MlflowClient().log_dict(parent_run_id, dataclasses.asdict(outcome), OUTCOME_ARTIFACT)
     return outcome
 
 
@@ -221,20 +227,13 @@ def train_job(spec: TrainingJobSpec, isolate: bool = True) -> TrainingJobResult:
     return result
 
 
-def outcome_from_flow_result(result: Any) -> TrainingOutcome:
-    """The pipeline's TrainingOutcome from what `train-flow` returned (the object, or its JSON form)."""
+def load_outcome(parent_run_id: str) -> TrainingOutcome:
+    """The candidates a `train-flow` run logged to the pipeline's MLflow run."""
     from pydantic import TypeAdapter
 
-    outcome = getattr(result, "outcome", None)
-    if outcome is None and isinstance(result, dict):
-        outcome = result.get("outcome")
-    if outcome is None:
-        from aicml.errors import TrainingError
-
-        raise TrainingError(
-            "The training deployment returned no candidates: run it with `pipeline_candidates` set."
-        )
-    return TypeAdapter(TrainingOutcome).validate_python(outcome)
+    mlflow.set_tracking_uri(settings().tracking_uri)
+    raw = mlflow.artifacts.load_dict(f"runs:/{parent_run_id}/{OUTCOME_ARTIFACT}")
+    return TypeAdapter(TrainingOutcome).validate_python(raw)
 
 
 @task(name="train-on-deployment", retries=0, cache_policy=NO_CACHE, persist_result=False)
@@ -251,8 +250,8 @@ def train_on_deployment(
 ) -> TrainingOutcome:
     """Train the pipeline's candidates as a run of ``deployment`` (e.g. `train-flow/k8s-gpu`) and wait.
 
-    The validated rows must be readable there: on Kubernetes both pools mount the training-data volume
-    at the same path, and results need shared result storage (both are set in the job templates).
+    The validated rows must be readable there (on Kubernetes both pools mount the training-data volume
+    at /mnt/data; point AIC_HOME there). The candidates come back through the parent MLflow run.
     """
     from prefect.deployments import run_deployment
 
@@ -280,4 +279,7 @@ def train_on_deployment(
             f"Training deployment {deployment!r} ended as {getattr(state, 'name', 'unknown')}: "
             "see that flow run's logs in the Prefect UI."
         )
-    return outcome_from_flow_result(state.result())
+    if parent_run_id:
+        return load_outcome(parent_run_id)
+    result = state.result()
+    return cast(TrainingOutcome, result.outcome)
