@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from aicml.models.jobs import TrainingJobSpec, run_training_process
 from aicml.models.options import TrainerOptions
 
@@ -16,6 +18,7 @@ TOLERANCE = 0.03
 EPOCHS = 5
 
 
+@pytest.mark.slow  # three training processes (1 + 2 DDP ranks): over a minute on 2 cores
 def test_ddp_two_cpu_processes_match_one(stack: object, tmp_path: Path) -> None:
     import mlflow
 

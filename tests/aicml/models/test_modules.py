@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from sklearn.linear_model import LogisticRegression
 
 from aicml.errors import TrainingError
 from aicml.models.digits import load_digits_split
@@ -35,7 +36,7 @@ def test_ddp_shards_are_disjoint_equal_and_cover_the_rows() -> None:
 def test_every_trainer_follows_the_protocol_on_digits(tmp_path: Path) -> None:
     data, test_x, test_y = load_digits_split(seed=1)
     epochs: list[int] = []
-    trainers: list[Trainer] = [LightningImageTrainer(FAST), SklearnTrainer(max_iter=20)]
+    trainers: list[Trainer] = [LightningImageTrainer(FAST), SklearnTrainer(LogisticRegression(max_iter=300))]
     for trainer in trainers:
         fitted = trainer.fit(
             data,
@@ -55,8 +56,6 @@ def test_a_trainer_refuses_data_of_another_family() -> None:
 
 
 def test_sklearn_estimator_goes_through_the_protocol_on_images() -> None:
-    from sklearn.linear_model import LogisticRegression
-
     data, test_x, test_y = load_digits_split(seed=2)
     fitted = SklearnTrainer(LogisticRegression(max_iter=300)).fit(data)
     assert np.mean(fitted.predict(test_x) == test_y) > 0.9
