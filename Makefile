@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, alone, so pip takes the CPU build pinned in constraints.txt
 	$(BIN)/pip install -q -c constraints.txt torch
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,tensorflow]'
 	@touch $(STAMP)
 
 venv: $(STAMP) ## Create .venv and install aic-ml with its dev extra from the pinned constraints
@@ -71,6 +71,8 @@ bench: $(STAMP) ## Run the side-by-side benchmarks; each prints a JSON line last
 	$(BIN)/python benchmarks/pipeline_overhead.py
 	$(BIN)/python benchmarks/ingest.py --rows 2000000
 	$(BIN)/python benchmarks/serving.py
+	$(BIN)/python benchmarks/training.py
+	$(BIN)/python benchmarks/gpu_utilisation.py
 
 clean: ## Remove the venv and the local stack's state
 	-$(BIN)/aicml down

@@ -19,7 +19,7 @@ from tasks.policies import SourceFiles
 from tasks.registry import promote_model, register_best
 from tasks.serve import smoke_serve
 from tasks.tracking import finish_pipeline_run, start_pipeline_run
-from tasks.train import train_models
+from tasks.train import train_models, train_on_deployment
 from tasks.validate import validate_snapshot
 
 # Persisted stage results are reused for a week; after that a rerun recomputes them.
@@ -64,6 +64,13 @@ class PipelineParams(BaseModel):
         default=5, ge=1, le=1000, description="Held-out rows the champion predicts at the end."
     )
     experiment: str | None = Field(default=None, description="MLflow experiment; `aic-ml` by default.")
+    training_deployment: str | None = Field(
+        default=None,
+        description=(
+            "Run the train stage as this deployment (e.g. 'train-flow/k8s-gpu', on GPU nodes) instead of in "
+            "the pipeline's own process; the other stages stay where the pipeline runs."
+        ),
+    )
     reuse_results: bool = Field(
         default=True,
         description=(
@@ -120,10 +127,23 @@ def ml_pipeline(params: PipelineParams) -> PipelineResult:
         gate = validate_snapshot.with_options(cache_policy=INPUTS - "parent_run_id" + TASK_SOURCE, **reuse)(
             snapshot, params.target, dataset, params.suite_path, params.max_missing_label_fraction, parent
         )
-        # `training-slot` is a concurrency limit (4, the namespace's GPU quota) that `aicml up` creates.
-        outcome = train_models.with_options(
-            cache_policy=INPUTS - "parent_run_id" + TASK_SOURCE, tags={"training-slot"}, **reuse
-        )(gate, params.target, params.problem, params.trainer, params.seed, experiment, parent)
+        if params.training_deployment:
+            # Per-stage infrastructure: training runs as its own deployment (GPU nodes, say).
+            outcome = train_on_deployment(
+                gate,
+                params.target,
+                params.problem,
+                params.trainer,
+                params.seed,
+                experiment,
+                parent,
+                params.training_deployment,
+            )
+        else:
+            # `training-slot` is a concurrency limit (4, the namespace's GPU quota) that `aicml up` creates.
+            outcome = train_models.with_options(
+                cache_policy=INPUTS - "parent_run_id" + TASK_SOURCE, tags={"training-slot"}, **reuse
+            )(gate, params.target, params.problem, params.trainer, params.seed, experiment, parent)
         # Register, decide, move the alias and prove the champion serves, as one transaction: if any
         # step fails, the rollback hooks put `challenger` and `champion` back where they were.
         with transaction():

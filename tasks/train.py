@@ -1,22 +1,30 @@
-"""Train task: a Lightning model and a scikit-learn baseline, tracked in MLflow, progress shown in Prefect."""
+"""Train tasks: the pipeline's candidates (Lightning + scikit-learn baseline), one resumable training
+job in its own process, and training run as a deployment on another work pool (e.g. `k8s-gpu`).
+"""
 
 from __future__ import annotations
 
-from typing import cast
+import dataclasses
+from pathlib import Path
+from typing import Any, cast
 from uuid import UUID
 
 import mlflow
+import pandas as pd
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
 from aicml.data.gate import GateResult, load_validated
 from aicml.models.features import Problem
+from aicml.models.jobs import TrainingInterrupted, TrainingJobResult, TrainingJobSpec
 from aicml.models.options import TrainerOptions
 from aicml.models.training import ProgressHook, TrainingOutcome
 from aicml.observability.metrics import TRAINING_JOBS
 from aicml.registry.tracking import use_tracking
 from tasks.context import data_dir, settings
+
+OUTCOME_ARTIFACT = "training/outcome.json"
 
 
 def train(
@@ -30,6 +38,23 @@ def train(
     progress: ProgressHook | None = None,
 ) -> TrainingOutcome:
     """The task's body as a plain function (used by the benchmark and tests)."""
+    return train_frame(
+        load_validated(gate), target, problem, options, seed, experiment, parent_run_id, progress, gate.path
+    )
+
+
+def train_frame(
+    frame: pd.DataFrame,
+    target: str,
+    problem: Problem | None,
+    options: TrainerOptions,
+    seed: int,
+    experiment: str,
+    parent_run_id: str | None = None,
+    progress: ProgressHook | None = None,
+    validated_path: str = "",
+) -> TrainingOutcome:
+    """Train the pipeline's candidates on a validated frame (also what `train-flow` runs for the pipeline)."""
     from aicml.models.trainers import LightningTabularTrainer, SklearnTrainer, Trainer
     from aicml.models.training import train_candidates
 
@@ -37,7 +62,6 @@ def train(
     if options.baseline:
         trainers.append(SklearnTrainer())
     use_tracking(settings().tracking_uri, experiment)
-    frame = load_validated(gate)
     try:
         with (
             mlflow.start_run(run_id=parent_run_id) if parent_run_id else mlflow.start_run(run_name="training")
@@ -49,7 +73,7 @@ def train(
                 trainers,
                 seed,
                 data_dir("splits"),
-                tags={"aicml.validated": gate.path},
+                tags={"aicml.validated": validated_path},
                 progress=progress,
             )
     except Exception:
@@ -102,3 +126,160 @@ def train_models(
         {c.name: round(c.metrics[outcome.primary_metric], 4) for c in outcome.candidates},
     )
     return outcome
+
+
+@task(
+    name="train-validated", retries=0, cache_policy=NO_CACHE, persist_result=False, timeout_seconds=6 * 3600
+)
+def train_validated(
+    source: str | None,
+    target: str | None,
+    problem: Problem | None,
+    options: TrainerOptions,
+    seed: int,
+    experiment: str,
+    parent_run_id: str | None = None,
+) -> TrainingOutcome:
+    """The pipeline's candidates on validated rows at ``source`` (the pipeline's train stage, run remotely)."""
+    from aicml.data.sources import parse_source, read_source
+    from aicml.errors import ConfigurationError
+
+    if not source or not target:
+        raise ConfigurationError(
+            "Training the pipeline's candidates needs `source` (validated rows) and `target`."
+        )
+    frame = read_source(parse_source(source))
+    outcome = train_frame(
+        frame, target, problem, options, seed, experiment, parent_run_id, validated_path=source
+    )
+    get_run_logger().info("Candidates: %s", {c.name: c.metrics for c in outcome.candidates})
+    if parent_run_id:
+        # The caller may run on other infrastructure: MLflow is the store both sides reach.
+        mlflow.MlflowClient().log_dict(parent_run_id, dataclasses.asdict(outcome), OUTCOME_ARTIFACT)
+    return outcome
+
+
+def retry_if_interrupted(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry a training job only when its process was killed: the retry resumes from the last checkpoint.
+
+    Bad data or settings (other AicErrors) do not heal by retrying, so those are not retried.
+    """
+    try:
+        state.result()
+    except TrainingInterrupted:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+def run_job(spec: TrainingJobSpec, isolate: bool, workdir: Path) -> TrainingJobResult:
+    """The job task's body: in a child process (``isolate``) or in this one; counts the job's outcome."""
+    from aicml.models.jobs import run_training_job, run_training_process
+
+    try:
+        if isolate:
+            result = run_training_process(spec, workdir)
+        else:
+            in_process = run_training_job(spec)
+            if in_process is None:  # only a DDP rank > 0 gets None, and those never run this task
+                raise TrainingInterrupted(f"Job {spec.job_id!r} ran on a rank other than 0.")
+            result = in_process
+    except TrainingInterrupted:
+        TRAINING_JOBS.labels(outcome="interrupted").inc()
+        raise
+    except Exception:
+        TRAINING_JOBS.labels(outcome="failure").inc()
+        raise
+    TRAINING_JOBS.labels(outcome="success").inc()
+    return result
+
+
+# The job id names the checkpoint directory, so a retry resumes where the killed process stopped.
+@task(
+    name="train-job",
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_if_interrupted,
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    timeout_seconds=24 * 3600,
+)
+def train_job(spec: TrainingJobSpec, isolate: bool = True) -> TrainingJobResult:
+    """Run one training job (checkpoint per epoch, one MLflow run); a retry resumes from the last epoch."""
+    logger = get_run_logger()
+    logger.info(
+        "Training job %s: %s on %s, checkpoints under %s",
+        spec.job_id,
+        spec.framework,
+        spec.family,
+        spec.checkpoint_root,
+    )
+    result = run_job(spec, isolate, data_dir("training-jobs"))
+    logger.info(
+        "Job %s finished after %d epochs (resumed from %s): %s, MLflow run %s",
+        result.job_id,
+        result.epochs,
+        result.resumed_from_epoch,
+        {k: round(v, 4) for k, v in result.metrics.items()},
+        result.run_id,
+    )
+    return result
+
+
+def load_outcome(parent_run_id: str) -> TrainingOutcome:
+    """The candidates a `train-flow` run logged to the pipeline's MLflow run."""
+    from pydantic import TypeAdapter
+
+    mlflow.set_tracking_uri(settings().tracking_uri)
+    raw = mlflow.artifacts.load_dict(f"runs:/{parent_run_id}/{OUTCOME_ARTIFACT}")
+    return TypeAdapter(TrainingOutcome).validate_python(raw)
+
+
+@task(name="train-on-deployment", retries=0, cache_policy=NO_CACHE, persist_result=False)
+def train_on_deployment(
+    gate: GateResult,
+    target: str,
+    problem: Problem | None,
+    options: TrainerOptions,
+    seed: int,
+    experiment: str,
+    parent_run_id: str | None,
+    deployment: str,
+    timeout_s: float = 6 * 3600,
+) -> TrainingOutcome:
+    """Train the pipeline's candidates as a run of ``deployment`` (e.g. `train-flow/k8s-gpu`) and wait.
+
+    The validated rows must be readable there (on Kubernetes both pools mount the training-data volume
+    at /mnt/data; point AIC_HOME there). The candidates come back through the parent MLflow run.
+    """
+    from prefect.deployments import run_deployment
+
+    from aicml.errors import TrainingError
+
+    logger = get_run_logger()
+    parameters = {
+        "params": {
+            "family": "tabular",
+            "source": gate.path,
+            "target": target,
+            "problem": problem,
+            "trainer": options.model_dump(),
+            "seed": seed,
+            "experiment": experiment,
+            "pipeline_candidates": True,
+            "parent_run_id": parent_run_id,
+        }
+    }
+    logger.info("Training on deployment %s", deployment)
+    flow_run = run_deployment(deployment, parameters=parameters, timeout=timeout_s, as_subflow=True)
+    state = getattr(flow_run, "state", None)
+    if state is None or not state.is_completed():
+        raise TrainingError(
+            f"Training deployment {deployment!r} ended as {getattr(state, 'name', 'unknown')}: "
+            "see that flow run's logs in the Prefect UI."
+        )
+    if parent_run_id:
+        return load_outcome(parent_run_id)
+    result = state.result()
+    return cast(TrainingOutcome, result.outcome)

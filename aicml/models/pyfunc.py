@@ -35,3 +35,26 @@ class TabularNetModel(PythonModel):  # type: ignore[misc]
 
         x = self.preprocessor.transform(model_input)
         return np.asarray(self.codec.decode(predict_array(self.network, x, self.codec.problem)))
+
+
+class ImageNetModel(PythonModel):  # type: ignore[misc]
+    """Serves a bundle written by ``aicml.models.trainers.LightningImageTrainer``: raw images in, labels out."""
+
+    def load_context(self, context: Any) -> None:
+        import torch
+
+        from aicml.models.vision import SmallCNN
+
+        bundle = torch.load(context.artifacts["bundle"], weights_only=False, map_location="cpu")
+        self.classes = list(bundle["classes"])
+        self.scale = float(bundle["scale"])
+        self.network = SmallCNN(len(self.classes), tuple(bundle["channels"]), 0.0)
+        self.network.load_state_dict(bundle["state_dict"])
+        self.network.eval()
+
+    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:
+        from aicml.models.modules import predict_array
+        from aicml.models.trainers import prepare_images
+
+        images = prepare_images(np.asarray(model_input), self.scale)
+        return np.asarray(self.classes)[predict_array(self.network, images, "classification")]

@@ -1,37 +1,64 @@
-"""One trainer protocol for every framework, and its Lightning and scikit-learn implementations.
+"""One trainer protocol for every framework, and its Lightning, scikit-learn (and, optionally, Keras)
+implementations.
 
-A trainer takes prepared arrays and returns a fitted model that predicts from a raw DataFrame and
-knows how to log itself to MLflow as a pyfunc model.
+A trainer takes prepared arrays (``TrainingData``: the tabular ``PreparedData`` or the image
+``ImageData``) and returns a ``FittedModel`` that predicts from raw input (a DataFrame for tables,
+an array of images for the image family) and logs itself to MLflow with a signature. Trainers
+with epochs write a checkpoint per epoch when given a ``Checkpointing`` and resume from the last one.
 """
 
 from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 import numpy as np
 import pandas as pd
 
-from aicml.models.features import LabelCodec, TabularPreprocessor
+from aicml.errors import TrainingError
+from aicml.models.features import LabelCodec, Problem, TabularPreprocessor
 from aicml.models.options import TrainerOptions
 
+if TYPE_CHECKING:
+    from torch import nn
+
 EpochHook = Callable[[int, int, dict[str, float]], None]
+DataKind = Literal["tabular", "image"]
 SKOPS_TRUSTED_TYPES = [
     "aicml.models.features.TabularPreprocessor",
     "aicml.models.features.LabelCodec",
     "aicml.models.trainers.PreprocessorStep",
+    "aicml.models.trainers.FlattenImages",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
 ]
 PIP_REQUIREMENTS = ["mlflow", "pandas", "numpy", "scikit-learn", "torch", "lightning", "aic-ml"]
+
+
+class TrainingData(Protocol):
+    """What a trainer needs from any dataset: encoded arrays, the problem, the number of outputs."""
+
+    kind: ClassVar[DataKind]
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    seed: int
+
+    @property
+    def problem(self) -> Problem: ...
+
+    @property
+    def n_outputs(self) -> int: ...
 
 
 @dataclass
 class PreparedData:
     """Features already transformed by a fitted preprocessor, plus the raw frames for logging."""
 
+    kind: ClassVar[DataKind] = "tabular"
     preprocessor: TabularPreprocessor
     codec: LabelCodec
     x_train: np.ndarray
@@ -41,13 +68,86 @@ class PreparedData:
     raw_train: pd.DataFrame
     seed: int
 
+    @property
+    def problem(self) -> Problem:
+        return self.codec.problem
+
+    @property
+    def n_outputs(self) -> int:
+        return len(self.codec.classes) if self.codec.problem == "classification" else 1
+
+
+@dataclass
+class ImageData:
+    """One-channel images (N, 1, H, W) scaled to [0, 1], integer class codes, and the class labels.
+
+    ``scale`` is what raw pixel values are divided by, so serving applies the training scaling.
+    """
+
+    kind: ClassVar[DataKind] = "image"
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    classes: list[Any]
+    seed: int
+    scale: float = 1.0
+
+    @property
+    def problem(self) -> Problem:
+        return "classification"
+
+    @property
+    def n_outputs(self) -> int:
+        return len(self.classes)
+
+    def to_model_input(self, raw: np.ndarray) -> np.ndarray:
+        """Raw images (N, H, W) or (N, 1, H, W) in pixel units -> the float32 (N, 1, H, W) the network takes."""
+        return prepare_images(raw, self.scale)
+
+
+def prepare_images(raw: Any, scale: float) -> np.ndarray:
+    """(N, H, W) or (N, 1, H, W) pixels -> float32 (N, 1, H, W) divided by ``scale``."""
+    images = np.asarray(raw, dtype=np.float32)
+    if images.ndim == 3:
+        images = images[:, None]
+    if images.ndim != 4 or images.shape[1] != 1:
+        from aicml.errors import SchemaError
+
+        raise SchemaError(f"Images must have shape (N, H, W) or (N, 1, H, W); got {images.shape}.")
+    return np.ascontiguousarray(images / np.float32(scale))
+
+
+@dataclass(frozen=True)
+class Checkpointing:
+    """Where a trainer writes its per-epoch checkpoints, and whether it resumes from the last one."""
+
+    directory: Path
+    resume: bool = True
+
+    @property
+    def last(self) -> Path:
+        return self.directory / "last.ckpt"
+
+
+@dataclass(frozen=True)
+class FitReport:
+    """What happened during fit: epochs done in total, where it resumed, the best checkpoint, the rank."""
+
+    epochs: int = 0
+    resumed_from_epoch: int | None = None
+    best_checkpoint: str | None = None
+    global_rank: int = 0
+
 
 class FittedModel(Protocol):
     """What every trainer returns."""
 
-    def predict(self, frame: pd.DataFrame) -> np.ndarray: ...
+    report: FitReport
 
-    def log_to_mlflow(self, name: str, input_example: pd.DataFrame) -> str: ...
+    def predict(self, inputs: Any) -> np.ndarray: ...
+
+    def log_to_mlflow(self, name: str, input_example: Any) -> str: ...
 
 
 class Trainer(Protocol):
@@ -57,10 +157,15 @@ class Trainer(Protocol):
 
     def params(self) -> dict[str, Any]: ...
 
-    def fit(self, data: PreparedData, on_epoch: EpochHook | None = None) -> FittedModel: ...
+    def fit(
+        self,
+        data: TrainingData,
+        on_epoch: EpochHook | None = None,
+        checkpoints: Checkpointing | None = None,
+    ) -> FittedModel: ...
 
 
-def _signature(model: FittedModel, example: pd.DataFrame) -> Any:
+def _signature(model: FittedModel, example: Any) -> Any:
     from mlflow.models import infer_signature
 
     return infer_signature(example, model.predict(example))
@@ -72,11 +177,12 @@ class FittedNet:
     preprocessor: TabularPreprocessor
     codec: LabelCodec
     hidden: list[int]
+    report: FitReport = field(default_factory=FitReport)
 
-    def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        from aicml.models.tabular import predict_array
+    def predict(self, inputs: pd.DataFrame) -> np.ndarray:
+        from aicml.models.modules import predict_array
 
-        codes = predict_array(self.network, self.preprocessor.transform(frame), self.codec.problem)
+        codes = predict_array(self.network, self.preprocessor.transform(inputs), self.codec.problem)
         return np.asarray(self.codec.decode(codes))
 
     def log_to_mlflow(self, name: str, input_example: pd.DataFrame) -> str:
@@ -110,65 +216,227 @@ class FittedNet:
         return str(info.model_uri)
 
 
-class LightningTabularTrainer:
-    """The tabular MLP trained with Lightning (CPU or GPU by ``accelerator``)."""
+@dataclass
+class FittedImageNet:
+    """The CNN with its class labels and pixel scale; predicts labels from raw (N, H, W) images."""
+
+    network: Any
+    classes: list[Any]
+    scale: float
+    channels: tuple[int, int]
+    report: FitReport = field(default_factory=FitReport)
+
+    def predict(self, inputs: np.ndarray) -> np.ndarray:
+        from aicml.models.modules import predict_array
+
+        codes = predict_array(self.network, prepare_images(inputs, self.scale), "classification")
+        return np.asarray(self.classes)[codes]
+
+    def log_to_mlflow(self, name: str, input_example: np.ndarray) -> str:
+        import mlflow
+        import torch
+
+        from aicml.models.pyfunc import ImageNetModel
+
+        with tempfile.TemporaryDirectory() as tmp:
+            bundle = Path(tmp) / "bundle.pt"
+            torch.save(
+                {
+                    "state_dict": {k: v.detach().cpu() for k, v in self.network.state_dict().items()},
+                    "classes": list(self.classes),
+                    "scale": self.scale,
+                    "channels": list(self.channels),
+                },
+                bundle,
+            )
+            info = mlflow.pyfunc.log_model(
+                name=name,
+                python_model=ImageNetModel(),
+                artifacts={"bundle": str(bundle)},
+                signature=_signature(self, np.asarray(input_example, dtype=np.float32)),
+                input_example=np.asarray(input_example, dtype=np.float32),
+                pip_requirements=PIP_REQUIREMENTS,
+            )
+        return str(info.model_uri)
+
+
+def _last_epoch(checkpoint: Path) -> int:
+    """The 0-based epoch a Lightning checkpoint was written after."""
+    import torch
+
+    # Our own file, written by Lightning in this job's directory; it holds more than tensors.
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    return int(state["epoch"])
+
+
+class LightningTrainer:
+    """Shared Lightning fit for every network family: checkpoints per epoch, resume, DDP, best weights.
+
+    Subclasses say which ``nn.Module`` and which ``LightningDataModule`` the data needs, and how the
+    fitted network is wrapped for prediction and MLflow.
+    """
 
     name = "lightning"
+    family: ClassVar[DataKind] = "tabular"
 
     def __init__(self, options: TrainerOptions):
         self.options = options
 
     def params(self) -> dict[str, Any]:
-        return {"framework": "lightning", **self.options.model_dump(exclude={"progress_bar", "baseline"})}
+        return {
+            "framework": "lightning",
+            "family": self.family,
+            **self.options.model_dump(exclude={"progress_bar", "baseline"}),
+        }
 
-    def fit(self, data: PreparedData, on_epoch: EpochHook | None = None) -> FittedNet:
+    def build_network(self, data: Any) -> nn.Module:
+        raise NotImplementedError
+
+    def build_datamodule(self, data: Any, pin_memory: bool) -> Any:
+        raise NotImplementedError
+
+    def wrap(self, network: nn.Module, data: Any, report: FitReport) -> FittedModel:
+        raise NotImplementedError
+
+    def fit(
+        self,
+        data: TrainingData,
+        on_epoch: EpochHook | None = None,
+        checkpoints: Checkpointing | None = None,
+    ) -> FittedModel:
         import lightning as L
         import torch
 
-        from aicml.models.tabular import EpochCallback, TabularDataModule, TabularMLP, TabularModule
+        from aicml.models.modules import EpochCallback, SupervisedModule
 
+        if data.kind != self.family:
+            raise TrainingError(
+                f"Trainer {type(self).__name__} trains {self.family} data, not {data.kind}: "
+                "pick the trainer of the data's family."
+            )
         L.seed_everything(data.seed, workers=True, verbose=False)
-        problem = data.codec.problem
-        n_out = len(data.codec.classes) if problem == "classification" else 1
-        network = TabularMLP(data.x_train.shape[1], n_out, self.options.hidden, self.options.dropout)
-        module = TabularModule(network, problem, lr=self.options.learning_rate)
+        network = self.build_network(data)
+        module = SupervisedModule(network, data.problem, lr=self.options.learning_rate)
         gpu = self.options.accelerator in ("gpu", "cuda") or (
             self.options.accelerator == "auto" and torch.cuda.is_available()
         )
-        datamodule = TabularDataModule(
-            data.x_train,
-            data.y_train,
-            data.x_val,
-            data.y_val,
-            self.options.batch_size,
-            data.seed,
-            pin_memory=gpu,
-        )
+        datamodule = self.build_datamodule(data, pin_memory=gpu)
         callbacks: list[L.Callback] = [EpochCallback(on_epoch)] if on_epoch else []
+        saver = None
+        resume_from: str | None = None
+        resumed: int | None = None
+        if checkpoints is not None:
+            from lightning.pytorch.callbacks import ModelCheckpoint
+
+            checkpoints.directory.mkdir(parents=True, exist_ok=True)
+            saver = ModelCheckpoint(
+                dirpath=checkpoints.directory,
+                filename="best-{epoch:03d}",
+                monitor="val_loss",
+                mode="min",
+                save_top_k=1,
+                save_last=True,
+                every_n_epochs=1,
+            )
+            callbacks.append(saver)
+            if checkpoints.resume and checkpoints.last.exists():
+                resume_from = str(checkpoints.last)
+                resumed = _last_epoch(checkpoints.last) + 1
         trainer = L.Trainer(
             max_epochs=self.options.max_epochs,
             accelerator=self.options.accelerator,
-            devices=1,
+            devices=self.options.devices,
+            num_nodes=self.options.num_nodes,
+            strategy=self.options.strategy,
             logger=False,
-            enable_checkpointing=False,
+            enable_checkpointing=saver is not None,
             enable_model_summary=False,
             enable_progress_bar=self.options.progress_bar,
             callbacks=callbacks,
             deterministic=True,
             num_sanity_val_steps=0,
         )
-        trainer.fit(module, datamodule=datamodule)
-        return FittedNet(network.cpu(), data.preprocessor, data.codec, list(self.options.hidden))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+        best = saver.best_model_path if saver is not None and saver.best_model_path else None
+        if best:
+            # Serve the best epoch's weights (the checkpoint is our own file; it holds more than tensors).
+            state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+            module.load_state_dict(state)
+        report = FitReport(
+            epochs=int(trainer.current_epoch),
+            resumed_from_epoch=resumed,
+            best_checkpoint=best,
+            global_rank=int(trainer.global_rank),
+        )
+        return self.wrap(network.cpu(), data, report)
+
+
+class LightningTabularTrainer(LightningTrainer):
+    """The tabular MLP trained with Lightning (CPU or GPU by ``accelerator``)."""
+
+    name = "lightning"
+    family: ClassVar[DataKind] = "tabular"
+
+    def build_network(self, data: PreparedData) -> nn.Module:
+        from aicml.models.tabular import TabularMLP
+
+        return TabularMLP(data.x_train.shape[1], data.n_outputs, self.options.hidden, self.options.dropout)
+
+    def build_datamodule(self, data: PreparedData, pin_memory: bool) -> Any:
+        from aicml.models.tabular import TabularDataModule
+
+        return TabularDataModule(
+            data.x_train,
+            data.y_train,
+            data.x_val,
+            data.y_val,
+            self.options.batch_size,
+            data.seed,
+            pin_memory=pin_memory,
+        )
+
+    def wrap(self, network: nn.Module, data: PreparedData, report: FitReport) -> FittedNet:
+        return FittedNet(network, data.preprocessor, data.codec, list(self.options.hidden), report)
+
+
+class LightningImageTrainer(LightningTrainer):
+    """The small CNN for one-channel images (scikit-learn's 8x8 digits by default)."""
+
+    name = "lightning-cnn"
+    family: ClassVar[DataKind] = "image"
+    channels = (16, 32)
+
+    def build_network(self, data: ImageData) -> nn.Module:
+        from aicml.models.vision import SmallCNN
+
+        return SmallCNN(data.n_outputs, self.channels, self.options.dropout)
+
+    def build_datamodule(self, data: ImageData, pin_memory: bool) -> Any:
+        from aicml.models.vision import ImageDataModule
+
+        return ImageDataModule(
+            data.x_train,
+            data.y_train,
+            data.x_val,
+            data.y_val,
+            self.options.batch_size,
+            data.seed,
+            pin_memory=pin_memory,
+        )
+
+    def wrap(self, network: nn.Module, data: ImageData, report: FitReport) -> FittedImageNet:
+        return FittedImageNet(network, list(data.classes), data.scale, self.channels, report)
 
 
 @dataclass
 class FittedSklearn:
     pipeline: Any
+    report: FitReport = field(default_factory=FitReport)
 
-    def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        return np.asarray(self.pipeline.predict(frame))
+    def predict(self, inputs: Any) -> np.ndarray:
+        return np.asarray(self.pipeline.predict(inputs))
 
-    def log_to_mlflow(self, name: str, input_example: pd.DataFrame) -> str:
+    def log_to_mlflow(self, name: str, input_example: Any) -> str:
         import mlflow.sklearn
 
         info = mlflow.sklearn.log_model(
@@ -196,8 +464,26 @@ class PreprocessorStep:
         return self.preprocessor.transform(frame)
 
 
+class FlattenImages:
+    """Raw images (N, H, W) -> scaled pixel rows (N, H*W), so any scikit-learn estimator can take them."""
+
+    def __init__(self, scale: float = 1.0):
+        self.scale = scale
+
+    def fit(self, images: Any, y: Any = None) -> FlattenImages:
+        return self
+
+    def transform(self, images: Any) -> np.ndarray:
+        flat = prepare_images(images, self.scale)
+        return flat.reshape(len(flat), -1)
+
+
 class SklearnTrainer:
-    """A scikit-learn estimator behind the same protocol (histogram gradient boosting by default)."""
+    """A scikit-learn estimator behind the same protocol (histogram gradient boosting by default).
+
+    Tables go through the fitted preprocessor, images through ``FlattenImages``; the logged pipeline
+    takes the same raw input as the Lightning model of that family.
+    """
 
     name = "sklearn"
 
@@ -211,18 +497,32 @@ class SklearnTrainer:
             "max_iter": self.max_iter,
         }
 
-    def fit(self, data: PreparedData, on_epoch: EpochHook | None = None) -> FittedSklearn:
+    def fit(
+        self,
+        data: TrainingData,
+        on_epoch: EpochHook | None = None,
+        checkpoints: Checkpointing | None = None,
+    ) -> FittedSklearn:
+        # scikit-learn fits in one call: no epochs to report or checkpoint.
         from sklearn.base import clone
         from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
         from sklearn.pipeline import Pipeline
 
-        problem = data.codec.problem
+        problem = data.problem
         if self.estimator is not None:
             estimator = clone(self.estimator)
         elif problem == "classification":
             estimator = HistGradientBoostingClassifier(max_iter=self.max_iter, random_state=data.seed)
         else:
             estimator = HistGradientBoostingRegressor(max_iter=self.max_iter, random_state=data.seed)
-        estimator.fit(data.x_train, data.codec.decode(data.y_train))
-        pipeline = Pipeline([("features", PreprocessorStep(data.preprocessor)), ("model", estimator)])
+        if isinstance(data, PreparedData):
+            estimator.fit(data.x_train, data.codec.decode(data.y_train))
+            pipeline = Pipeline([("features", PreprocessorStep(data.preprocessor)), ("model", estimator)])
+        elif isinstance(data, ImageData):
+            labels = np.asarray(data.classes)[data.y_train]
+            estimator.fit(data.x_train.reshape(len(data.x_train), -1), labels)
+            # The pipeline takes raw pixels; x_train is already scaled, so only the pipeline scales.
+            pipeline = Pipeline([("pixels", FlattenImages(data.scale)), ("model", estimator)])
+        else:
+            raise TrainingError(f"SklearnTrainer cannot train {data.kind} data.")
         return FittedSklearn(pipeline)

@@ -18,7 +18,7 @@ import pandas as pd
 from aicml.errors import SchemaError, TrainingError
 from aicml.models.evaluation import PRIMARY_METRIC, diagnostic_figure, score
 from aicml.models.features import LabelCodec, Problem, TabularPreprocessor, infer_problem
-from aicml.models.trainers import EpochHook, PreparedData, Trainer
+from aicml.models.trainers import PreparedData, Trainer
 
 ProgressHook = Callable[[str, int, int, dict[str, float]], None]
 
@@ -139,15 +139,12 @@ def train_candidates(
                 }
             )
             mlflow.log_dict(data.preprocessor.describe(), "features.json")
-            hook: EpochHook | None = None
-            if progress is not None or trainer.name == "lightning":
 
-                def hook(
-                    epoch: int, total: int, metrics: dict[str, float], _name: str = trainer.name
-                ) -> None:
-                    mlflow.log_metrics(metrics, step=epoch)
-                    if progress is not None:
-                        progress(_name, epoch + 1, total, metrics)
+            # Trainers without epochs (scikit-learn) never call it.
+            def hook(epoch: int, total: int, metrics: dict[str, float], _name: str = trainer.name) -> None:
+                mlflow.log_metrics(metrics, step=epoch)
+                if progress is not None:
+                    progress(_name, epoch + 1, total, metrics)
 
             try:
                 fitted = trainer.fit(data, on_epoch=hook)

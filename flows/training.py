@@ -1,0 +1,132 @@
+"""The training flow: one resumable training job (tabular or digits, Lightning, scikit-learn or Keras),
+or the pipeline's candidates when the pipeline runs its train stage on another work pool.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from prefect import flow, get_run_logger
+from pydantic import BaseModel, Field
+
+from aicml.models.jobs import TrainingJobSpec, derive_job_id
+from aicml.models.options import TrainerOptions
+from aicml.models.training import TrainingOutcome
+from blocks.training import TrainingSettings
+from tasks.context import settings
+from tasks.train import train_job, train_validated
+
+
+class TrainParams(BaseModel):
+    """Parameters of `train-flow`; Prefect builds the deployment form from these."""
+
+    family: Literal["tabular", "digits"] = Field(
+        default="digits",
+        description="`tabular`: a table with a label column (`source`, `target`); `digits`: scikit-learn's 8x8 digit images.",
+    )
+    framework: Literal["lightning", "sklearn", "keras"] = Field(
+        default="lightning",
+        description="Trainer: Lightning, a scikit-learn estimator, or Keras (extra `tensorflow`).",
+    )
+    source: str | None = Field(
+        default=None,
+        description="Tabular data: path, glob or URL of CSV/Parquet/JSON-lines files, or SQL URL#table.",
+    )
+    target: str | None = Field(default=None, description="Tabular data: the label column.")
+    problem: Literal["classification", "regression"] | None = Field(
+        default=None, description="Tabular data: kind of problem; inferred from the label column when empty."
+    )
+    trainer: TrainerOptions = Field(default_factory=TrainerOptions, description="Training options.")
+    seed: int = Field(default=42, description="Seed of the split and the model.")
+    job_id: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$",
+        description="Names the job's checkpoints; derived from the other parameters when empty, so a rerun resumes.",
+    )
+    checkpoint_dir: str | None = Field(
+        default=None,
+        description="Persistent checkpoint directory (a PVC mount on Kubernetes); AIC_TRAINING_CHECKPOINT_DIR or <AIC_HOME>/checkpoints when empty.",
+    )
+    experiment: str | None = Field(default=None, description="MLflow experiment; `aic-ml` by default.")
+    isolate: bool = Field(
+        default=True,
+        description="Train in a child process, so a killed training process fails only the task, whose retry resumes.",
+    )
+    system_metrics: bool = Field(default=True, description="Log MLflow system metrics (CPU, memory, GPU).")
+    pipeline_candidates: bool = Field(
+        default=False,
+        description="Train the pipeline's candidates (Lightning + baseline) on validated `source` rows and return them.",
+    )
+    parent_run_id: str | None = Field(
+        default=None, description="With `pipeline_candidates`: the pipeline's MLflow run to nest under."
+    )
+
+
+class TrainResult(BaseModel):
+    """What `train-flow` produced: a job's run and model, or the pipeline's candidates."""
+
+    job_id: str | None = None
+    mlflow_run_id: str
+    model_uri: str | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    epochs: int | None = None
+    resumed_from_epoch: int | None = None
+    best_checkpoint_artifact: str | None = None
+    outcome: TrainingOutcome | None = None
+
+
+def job_spec(params: TrainParams) -> TrainingJobSpec:
+    """The TrainingJobSpec of ``params`` (job id derived from what defines the job)."""
+    s, ts = settings(), TrainingSettings()
+    job_id = params.job_id or derive_job_id(
+        f"{params.family}-{params.framework}",
+        source=params.source,
+        target=params.target,
+        problem=params.problem,
+        trainer=params.trainer.model_dump(exclude={"progress_bar"}),
+        seed=params.seed,
+    )
+    root = params.checkpoint_dir or str(ts.checkpoint_dir or (s.root / "checkpoints"))
+    return TrainingJobSpec(
+        job_id=job_id,
+        family=params.family,
+        framework=params.framework,
+        source=params.source,
+        target=params.target,
+        problem=params.problem,
+        options=params.trainer,
+        seed=params.seed,
+        checkpoint_root=root,
+        tracking_uri=s.tracking_uri,
+        experiment=params.experiment or s.experiment,
+        system_metrics=params.system_metrics,
+        system_metrics_interval=ts.system_metrics_interval,
+    )
+
+
+@flow(name="train-flow", log_prints=False, persist_result=True)
+def train_flow(params: TrainParams) -> TrainResult:
+    """Train one model as a resumable job tracked in one MLflow run (or the pipeline's candidates)."""
+    logger = get_run_logger()
+    if params.pipeline_candidates:
+        outcome = train_validated(
+            params.source,
+            params.target,
+            params.problem,
+            params.trainer,
+            params.seed,
+            params.experiment or settings().experiment,
+            params.parent_run_id,
+        )
+        logger.info("Candidates: %s", {c.name: c.metrics for c in outcome.candidates})
+        return TrainResult(mlflow_run_id=params.parent_run_id or "", outcome=outcome)
+    result = train_job(job_spec(params), isolate=params.isolate)
+    return TrainResult(
+        job_id=result.job_id,
+        mlflow_run_id=result.run_id,
+        model_uri=result.model_uri,
+        metrics=result.metrics,
+        epochs=result.epochs,
+        resumed_from_epoch=result.resumed_from_epoch,
+        best_checkpoint_artifact=result.best_checkpoint_artifact,
+    )

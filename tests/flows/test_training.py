@@ -1,0 +1,95 @@
+"""train_flow against the real local stack: one MLflow run with params, per-epoch and system metrics,
+the model with signature and input example, the best checkpoint; and the training-jobs counter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from aicml.models.options import TrainerOptions
+from aicml.observability.metrics import REGISTRY
+from flows.training import TrainParams, job_spec, train_flow
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _jobs(outcome: str) -> float:
+    return REGISTRY.get_sample_value("ml_training_jobs_total", {"outcome": outcome}) or 0.0
+
+
+def test_train_flow_logs_one_complete_run(stack: object, tmp_path: Path) -> None:
+    import mlflow
+    from mlflow.models import get_model_info
+
+    before = _jobs("success")
+    params = TrainParams(
+        family="digits",
+        trainer=TrainerOptions(max_epochs=3, batch_size=64, accelerator="cpu", progress_bar=False),
+        checkpoint_dir=str(tmp_path),
+        experiment="test-train-flow",
+        seed=5,
+    )
+    result = train_flow(params)
+
+    assert result.epochs == 3 and result.resumed_from_epoch is None
+    assert result.metrics["accuracy"] > 0.85
+    assert _jobs("success") == before + 1
+    client = mlflow.MlflowClient(stack.settings.tracking_uri)  # type: ignore[attr-defined]
+    runs = client.search_runs(
+        [client.get_experiment_by_name("test-train-flow").experiment_id],
+        filter_string=f"tags.`aicml.job_id` = '{result.job_id}'",
+    )
+    assert [r.info.run_id for r in runs] == [result.mlflow_run_id]
+    run = runs[0]
+    assert run.data.params["framework"] == "lightning" and run.data.params["max_epochs"] == "3"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [0, 1, 2]
+    assert any(key.startswith("system/cpu_utilization") for key in run.data.metrics), run.data.metrics.keys()
+    assert any(key.startswith("system/system_memory") for key in run.data.metrics)
+    info = get_model_info(result.model_uri)
+    assert info.signature is not None and info.signature.inputs is not None
+    assert info.saved_input_example_info is not None
+    artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")]
+    assert result.best_checkpoint_artifact in artifacts
+
+
+def test_train_flow_sklearn_on_a_table(stack: object, tmp_path: Path) -> None:
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"a": rng.normal(size=300), "b": rng.choice(["x", "y"], size=300)})
+    frame["label"] = np.where(frame["a"] + (frame["b"] == "x") > 0.5, "yes", "no")
+    source = tmp_path / "table.csv"
+    frame.to_csv(source, index=False)
+    params = TrainParams(
+        family="tabular",
+        framework="sklearn",
+        source=str(source),
+        target="label",
+        checkpoint_dir=str(tmp_path / "ckpt"),
+        experiment="test-train-flow",
+        isolate=False,
+        system_metrics=False,
+    )
+    result = train_flow(params)
+    assert result.metrics["accuracy"] > 0.85 and result.epochs == 0
+
+
+def test_job_id_is_stable_and_changes_with_the_job() -> None:
+    a = job_spec(TrainParams(family="digits", seed=1)).job_id
+    assert a == job_spec(TrainParams(family="digits", seed=1)).job_id
+    assert a != job_spec(TrainParams(family="digits", seed=2)).job_id
+    assert job_spec(TrainParams(job_id="mine")).job_id == "mine"
+
+
+@pytest.mark.parametrize("name", ["local", "k8s-gpu"])
+def test_prefect_yaml_presets_validate(name: str) -> None:
+    config = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    entry = next(
+        d
+        for d in config["deployments"]
+        if d["entrypoint"] == "flows/training.py:train_flow" and d["name"] == name
+    )
+    TrainParams.model_validate(entry["parameters"]["params"])
