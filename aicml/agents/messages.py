@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from contextvars import ContextVar
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -18,6 +19,11 @@ PROTOCOL: Literal["aic.agents/v1"] = "aic.agents/v1"
 
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+# The coordination being run in this task: (correlation id, local monotonic deadline or None). Agents that
+# forward work elsewhere (HTTP agents) read it to pass the same correlation id and the remaining budget on.
+CURRENT_COORDINATION: ContextVar[tuple[str, float | None]] = ContextVar("aic_agents_coordination")
 
 
 class AgentMessage(BaseModel):

@@ -26,7 +26,7 @@ from aicml.agents.errors import (
     MessageError,
 )
 from aicml.agents.graph import Blackboard, Coordination, FanOut, Pipeline, Step, Supervisor
-from aicml.agents.messages import AgentMessage, AgentReply, CallRecord, Outcome
+from aicml.agents.messages import CURRENT_COORDINATION, AgentMessage, AgentReply, CallRecord, Outcome
 from aicml.agents.runtime import LoadedAgent, load_agent
 from aicml.agents.spec import AgentSpec, LifecycleState
 
@@ -195,6 +195,7 @@ class Router:
         run = _Run(message, None if timeout_ms is None else started + timeout_ms / 1000.0, started)
         graph = coordination.graph
         payload: dict[str, Any] = {}
+        context = CURRENT_COORDINATION.set((message.correlation_id, run.deadline))
         try:
             if isinstance(self.catalog, StoreCatalog) and self.catalog.refresh_if_stale():
                 await asyncio.to_thread(self.catalog.refresh)
@@ -217,6 +218,8 @@ class Router:
             outcome = Outcome.FAILURE
             if str(exc) not in run.errors:
                 run.errors.append(str(exc))
+        finally:
+            CURRENT_COORDINATION.reset(context)
         reply = AgentReply(
             correlation_id=message.correlation_id,
             in_reply_to=message.id,

@@ -93,17 +93,19 @@ def test_activation_needs_a_passing_health_check(agent_db_url: str) -> None:
 
 
 def test_canary_rollout_shifts_traffic_and_audits_the_swap(agent_db_url: str) -> None:
-    service = AgentService.from_url(agent_db_url, catalog_ttl_s=0)
+    service = AgentService.from_url(agent_db_url, catalog_ttl_s=600)  # service refreshes on change
     try:
         service.register(spec("1", 1), "alice")
         service.transition("answer", "1", A, "alice")
         service.register(spec("2", 2), "alice")
 
         def share_of_v2() -> float:
-            replies = [
-                asyncio.run(service.invoke("answer", AgentMessage(correlation_id=f"k{i}")))
-                for i in range(200)
-            ]
+            async def many() -> list:
+                return [
+                    await service.invoke("answer", AgentMessage(correlation_id=f"k{i}")) for i in range(200)
+                ]
+
+            replies = asyncio.run(many())
             assert all(r.outcome == Outcome.SUCCESS for r in replies)
             return sum(r.payload["v"] == 2 for r in replies) / len(replies)
 
@@ -125,7 +127,7 @@ def test_canary_rollout_shifts_traffic_and_audits_the_swap(agent_db_url: str) ->
 
 
 def test_rollback_sends_everything_back_and_pauses_the_canary(agent_db_url: str) -> None:
-    service = AgentService.from_url(agent_db_url, catalog_ttl_s=0)
+    service = AgentService.from_url(agent_db_url, catalog_ttl_s=600)  # service refreshes on change
     try:
         service.register(spec("1", 1), "alice")
         service.transition("answer", "1", A, "alice")
