@@ -43,3 +43,21 @@ def wrong_shape(payload: dict[str, Any]) -> dict[str, Any]:
 
 def double(payload: dict[str, Any]) -> dict[str, Any]:
     return {"value": payload["value"] * 2}
+
+
+_inside = 0
+peak_inside = 0
+
+
+def counted(payload: dict[str, Any], delay: float = 0.05) -> dict[str, Any]:
+    """Counts how many calls run at once (``peak_inside``), to check concurrency leases."""
+    global _inside, peak_inside
+    with _lock:
+        _inside += 1
+        peak_inside = max(peak_inside, _inside)
+    try:
+        time.sleep(delay)
+    finally:
+        with _lock:
+            _inside -= 1
+    return {"done": True}

@@ -10,6 +10,7 @@ blocking the queue. Token budgets are leases that are not returned: they lapse a
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import random
 import time
@@ -41,16 +42,20 @@ class LeaseManager:
             raise AgentConfigurationError(
                 f"Resource {name!r} needs a capacity of at least 1, got {capacity}."
             )
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        # An upsert: many router replicas may declare the same resource at the same moment.
+        insert = postgresql.insert if self.store.is_postgres else sqlite.insert
+        statement = insert(ResourceRow).values(name=name, capacity=capacity, window_s=window_s)
+        statement = statement.on_conflict_do_update(
+            index_elements=[ResourceRow.name], set_={"capacity": capacity, "window_s": window_s}
+        )
         with self.store.transaction() as s:
-            row = s.get(ResourceRow, name, with_for_update=True)
-            if row is None:
-                s.add(ResourceRow(name=name, capacity=capacity, window_s=window_s))
-            else:
-                row.capacity, row.window_s = capacity, window_s
+            s.execute(statement)
 
     def in_use(self, resource: str) -> int:
         """Units currently held (live leases)."""
-        with self.store.sessions() as s:
+        with self.store.transaction() as s:
             return int(
                 s.scalar(
                     select(func.coalesce(func.sum(LeaseRow.units), 0)).where(
@@ -76,16 +81,45 @@ class LeaseManager:
                     ticket = None
                     return lease_id
                 if time.monotonic() >= deadline:
-                    raise LeaseTimeout(
-                        f"No {units} unit(s) of resource {resource!r} for {holder} within {wait_s:.1f}s; "
-                        "raise its capacity or the wait, or lower the load."
-                    )
+                    raise _timeout(resource, holder, units, wait_s)
                 # Jitter keeps pollers from waking in lockstep and queueing on the row lock together.
                 time.sleep(self.poll_s * (0.5 + random.random()))
         finally:
             if ticket is not None:  # gave up (timeout or error): leave the queue
-                with self.store.transaction() as s:
-                    s.execute(delete(WaiterRow).where(WaiterRow.id == ticket))
+                self._leave_queue(ticket)
+
+    async def acquire_async(
+        self, resource: str, holder: str, units: int = 1, wait_s: float = 30.0, ttl_s: float | None = None
+    ) -> str:
+        """``acquire`` for the router: each try is one short transaction in a thread; waiting holds no thread."""
+        deadline = time.monotonic() + wait_s
+        ticket: int | None = None
+        lease_id = uuid.uuid4().hex
+        ttl = ttl_s or self.default_ttl_s
+        try:
+            while True:
+                granted, ticket = await asyncio.to_thread(
+                    self._try_once, resource, holder, units, ticket, lease_id, ttl
+                )
+                if granted:
+                    ticket = None
+                    return lease_id
+                if time.monotonic() >= deadline:
+                    raise _timeout(resource, holder, units, wait_s)
+                await asyncio.sleep(self.poll_s * (0.5 + random.random()))
+        finally:
+            if ticket is not None:
+                await asyncio.to_thread(self._leave_queue, ticket)
+
+    def _try_once(
+        self, resource: str, holder: str, units: int, ticket: int | None, lease_id: str, ttl: float
+    ) -> tuple[bool, int | None]:
+        with self.store.transaction() as s:
+            return self._try_grant(s, resource, holder, units, ticket, lease_id, ttl)
+
+    def _leave_queue(self, ticket: int) -> None:
+        with self.store.transaction() as s:
+            s.execute(delete(WaiterRow).where(WaiterRow.id == ticket))
 
     def _try_grant(
         self,
@@ -155,8 +189,25 @@ class LeaseManager:
             )
 
     # --- what an agent call needs --------------------------------------------------------------------
-    def acquire_for(self, spec: AgentSpec, holder: str, wait_s: float) -> list[str]:
-        """Every lease ``spec`` declares, taken in resource-name order (no deadlock between callers)."""
+    async def acquire_for(self, spec: AgentSpec, holder: str, wait_s: float) -> list[str]:
+        """Every lease ``spec`` declares, in one global order (no deadlock between callers): budgets first,
+        so a caller out of budget never sits on a GPU or call slot while it waits, then GPU, then calls."""
+        wanted, ttl = await asyncio.to_thread(self._needs, spec)
+        deadline = time.monotonic() + wait_s
+        taken: list[str] = []
+        try:
+            for resource, units in sorted(wanted, key=_lease_order):
+                left = max(0.0, deadline - time.monotonic())
+                taken.append(await self.acquire_async(resource, holder, units, wait_s=left, ttl_s=ttl))
+        except BaseException:
+            await asyncio.to_thread(self.release, taken)
+            raise
+        return taken
+
+    async def release_async(self, lease_ids: list[str]) -> None:
+        await asyncio.to_thread(self.release, lease_ids)
+
+    def _needs(self, spec: AgentSpec) -> tuple[list[tuple[str, int]], float]:
         needs = spec.resources
         wanted: list[tuple[str, int]] = []
         if needs.gpu_slots:
@@ -169,19 +220,22 @@ class LeaseManager:
             name = f"tokens:{spec.name}"
             self._ensure_once(name, needs.token_budget, needs.budget_window_s)
             wanted.append((name, needs.tokens_per_call))
-        ttl = spec.policy.timeout_s * (1 + spec.policy.retries) + 30.0
-        deadline = time.monotonic() + wait_s
-        taken: list[str] = []
-        try:
-            for resource, units in sorted(wanted):
-                left = max(0.0, deadline - time.monotonic())
-                taken.append(self.acquire(resource, holder, units, wait_s=left, ttl_s=ttl))
-        except BaseException:
-            self.release(taken)
-            raise
-        return taken
+        return wanted, spec.policy.timeout_s * (1 + spec.policy.retries) + 30.0
 
     def _ensure_once(self, name: str, capacity: int, window_s: float | None) -> None:
         if self._declared.get(name) != (capacity, window_s):
             self.ensure_resource(name, capacity, window_s)
             self._declared[name] = (capacity, window_s)
+
+
+def _timeout(resource: str, holder: str, units: int, wait_s: float) -> LeaseTimeout:
+    return LeaseTimeout(
+        f"No {units} unit(s) of resource {resource!r} for {holder} within {wait_s:.1f}s; "
+        "raise its capacity or the wait, or lower the load."
+    )
+
+
+def _lease_order(item: tuple[str, int]) -> tuple[int, str]:
+    name = item[0]
+    rank = 0 if name.startswith("tokens:") else 1 if name == GPU_RESOURCE else 2
+    return rank, name

@@ -141,9 +141,9 @@ class StoreCatalog:
 class Leases(Protocol):
     """Resource leases the router takes around a call (``aicml.agents.leases.LeaseManager``)."""
 
-    def acquire_for(self, spec: AgentSpec, holder: str, wait_s: float) -> list[str]: ...
+    async def acquire_for(self, spec: AgentSpec, holder: str, wait_s: float) -> list[str]: ...
 
-    def release(self, lease_ids: list[str]) -> None: ...
+    async def release_async(self, lease_ids: list[str]) -> None: ...
 
 
 @dataclass
@@ -256,10 +256,11 @@ class Router:
             if self.leases is not None and spec.resources.leased:
                 wait = run.remaining()
                 try:
-                    lease_ids = await asyncio.to_thread(
-                        self.leases.acquire_for, spec, f"{run.message.correlation_id}:{spec.key}",
+                    lease_ids = await self.leases.acquire_for(
+                        spec,
+                        f"{run.message.correlation_id}:{spec.key}",
                         timeout if wait is None else max(0.0, wait),
-                    )  # fmt: skip
+                    )
                 except LeaseTimeout as exc:
                     last_error = str(exc)
                     raise
@@ -299,7 +300,7 @@ class Router:
             raise
         finally:
             if lease_ids and self.leases is not None:
-                await asyncio.to_thread(self.leases.release, lease_ids)
+                await self.leases.release_async(lease_ids)
         self._record(run, spec, began, attempt, last_error)
         raise AgentCallError(spec.key, f"{last_error} (after {attempt} attempt(s))")
 

@@ -6,8 +6,10 @@ laptop (every transaction ``BEGIN IMMEDIATE``, so writers serialise the same way
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import itertools
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -263,6 +265,11 @@ class AgentStore:
         self.engine = make_engine(url, pool_size=pool_size)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.is_postgres = self.engine.dialect.name == "postgresql"
+        # SQLite's busy handler retries with sleeps and can starve a thread for its whole timeout; one
+        # in-process lock queues this process's transactions instead (other processes still use the handler).
+        self._local_lock: threading.Lock | contextlib.nullcontext[None] = (
+            contextlib.nullcontext() if self.is_postgres else threading.Lock()
+        )
         if create:
             Base.metadata.create_all(self.engine)
 
@@ -271,7 +278,7 @@ class AgentStore:
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        with self.sessions() as session, session.begin():
+        with self._local_lock, self.sessions() as session, session.begin():
             yield session
 
     # --- agents -----------------------------------------------------------------------------------------
@@ -301,7 +308,7 @@ class AgentStore:
             return _record(new)
 
     def get(self, name: str, version: str) -> AgentRecord:
-        with self.sessions() as s:
+        with self.transaction() as s:
             row = s.scalars(
                 select(AgentRow).where(AgentRow.name == name, AgentRow.version == version)
             ).first()
@@ -310,14 +317,14 @@ class AgentStore:
             return _record(row)
 
     def versions(self, name: str) -> list[AgentRecord]:
-        with self.sessions() as s:
+        with self.transaction() as s:
             rows = s.scalars(select(AgentRow).where(AgentRow.name == name).order_by(AgentRow.id)).all()
         if not rows:
             raise AgentNotFound(f"No agent named {name!r}; register it with POST /v1/agents.")
         return [_record(r) for r in rows]
 
     def list_agents(self, state: LifecycleState | None = None, skill: str | None = None) -> list[AgentRecord]:
-        with self.sessions() as s:
+        with self.transaction() as s:
             query = select(AgentRow).order_by(AgentRow.name, AgentRow.id)
             if state is not None:
                 query = query.where(AgentRow.state == state.value)
@@ -357,7 +364,7 @@ class AgentStore:
         return _record(row)
 
     def transitions(self, name: str, version: str | None = None) -> list[Transition]:
-        with self.sessions() as s:
+        with self.transaction() as s:
             query = select(TransitionRow).where(TransitionRow.name == name).order_by(TransitionRow.id)
             if version is not None:
                 query = query.where(TransitionRow.version == version)
@@ -377,7 +384,7 @@ class AgentStore:
 
     # --- rollouts ---------------------------------------------------------------------------------------
     def active_rollouts(self) -> dict[str, Rollout]:
-        with self.sessions() as s:
+        with self.transaction() as s:
             rows = s.scalars(select(RolloutRow).where(RolloutRow.status == "running")).all()
             return {r.agent: _rollout(r) for r in rows}
 
@@ -459,7 +466,7 @@ class AgentStore:
                 row.graph, row.updated_at = body, utcnow()
 
     def graph(self, name: str) -> Coordination:
-        with self.sessions() as s:
+        with self.transaction() as s:
             row = s.get(GraphRow, name)
             if row is None:
                 raise AgentNotFound(
@@ -468,5 +475,5 @@ class AgentStore:
             return Coordination.model_validate(row.graph)
 
     def graphs(self) -> list[Coordination]:
-        with self.sessions() as s:
+        with self.transaction() as s:
             return [Coordination.model_validate(r.graph) for r in s.scalars(select(GraphRow)).all()]
