@@ -78,7 +78,7 @@ def llm_agent(impl: LlmImpl) -> AsyncFn:
     if impl.block:
         from blocks.llm import LlmEndpoint
 
-        block = LlmEndpoint.load(impl.block, _sync=True)  # type: ignore[call-arg]
+        block: Any = LlmEndpoint.load(impl.block, _sync=True)  # type: ignore[call-arg]
         base_url = block.base_url
         model = impl.model or block.model
         api_key = block.api_key.get_secret_value() if block.api_key else None

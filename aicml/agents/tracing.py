@@ -41,7 +41,10 @@ class MlflowTraceExporter:
         self, coordination: Coordination, message: AgentMessage, reply: AgentReply, wall_ns: int
     ) -> None:
         if not self.background:
+            import mlflow
+
             reply.trace_id = self.export(coordination, message, reply, wall_ns)
+            mlflow.flush_trace_async_logging()  # readable as soon as the reply is
             return
         try:
             self._queue.put_nowait((coordination, message, reply, wall_ns))
