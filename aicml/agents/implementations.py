@@ -63,6 +63,7 @@ def retrieval_agent(impl: RetrievalImpl) -> SyncFn:
         scores = corpus @ vector
         order = np.argsort(-scores)[: impl.top_k]
         return {
+            "document": impl.documents[order[0]],
             "documents": [impl.documents[i] for i in order],
             "scores": [round(float(scores[i]), 6) for i in order],
         }

@@ -9,6 +9,7 @@ outcome in ``ml_agent_orchestration_requests``. No Prefect flow run is ever on t
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -80,9 +81,10 @@ class StaticCatalog:
 class StoreCatalog:
     """Active agents and running rollouts from agent_db, cached for ``ttl_s`` seconds."""
 
-    def __init__(self, store: Any, ttl_s: float = 2.0) -> None:
+    def __init__(self, store: Any, ttl_s: float = 2.0, preload: bool = False) -> None:
         self.store = store
         self.ttl_s = ttl_s
+        self.preload = preload
         self._loaded: dict[tuple[str, str], LoadedAgent] = {}
         self._active: dict[tuple[str, str], AgentSpec] = {}
         self._skills: dict[str, list[str]] = {}
@@ -111,6 +113,14 @@ class StoreCatalog:
         for name, version in latest.items():
             rollout = rollouts.get(name)
             versions.set_weights(name, rollout.weights() if rollout else {version: 100.0})
+        for key, spec in active.items() if self.preload else ():
+            # A server loads new versions here, off the event loop (refresh runs in a worker thread), so a request
+            # never waits for a model to load; one that fails to load is retried, and reported, by resolve.
+            if key not in self._loaded:
+                try:
+                    self._loaded[key] = load_agent(spec)
+                except Exception:  # resolve() raises the same error where a caller sees it
+                    continue
         self._active, self._skills, self._versions = active, skills, versions
         self._fetched_at = time.monotonic()
 
@@ -363,12 +373,12 @@ class Router:
                 merged = self._merge(merged, step, out)
             return merged
         field_name = graph.vote_field or ""
-        votes = Counter(repr(out.get(field_name)) for _, out in ok if field_name in out)
+        votes = Counter(_vote_key(out.get(field_name)) for _, out in ok if field_name in out)
         if not votes:
             raise AgentCallError("fanout", f"no branch answered the vote field {field_name!r}")
         # Ties go to the value the earliest branch gave: deterministic, and branch order is the priority.
         best = max(votes.values())
-        winner = next(out[field_name] for _, out in ok if votes.get(repr(out.get(field_name))) == best)
+        winner = next(out[field_name] for _, out in ok if votes.get(_vote_key(out.get(field_name))) == best)
         return {
             field_name: winner,
             "votes": {k: v for k, v in votes.items()},
@@ -430,3 +440,8 @@ class Router:
         raise AgentCallError(
             "blackboard", f"goal keys {missing} still missing after the agents stopped contributing"
         )
+
+
+def _vote_key(value: Any) -> str:
+    # Strings vote as themselves; anything else by its JSON text, so 1 and "1" stay different answers.
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)

@@ -25,7 +25,10 @@ def build_service(settings: AgentSettings, tracking_uri: str | None = None) -> A
     elif settings.tracing:
         log.info("No MLflow tracking server configured: coordinations are not traced.")
     return AgentService(
-        AgentStore(settings.resolved_database_url()), catalog_ttl_s=settings.catalog_ttl_s, on_complete=hook
+        AgentStore(settings.resolved_database_url()),
+        catalog_ttl_s=settings.catalog_ttl_s,
+        on_complete=hook,
+        preload=True,
     )
 
 

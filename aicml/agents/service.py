@@ -23,10 +23,16 @@ class AgentService:
     """Owns one ``AgentStore``, a cached ``StoreCatalog``, a ``LeaseManager`` and a ``Router``."""
 
     def __init__(
-        self, store: AgentStore, *, catalog_ttl_s: float = 2.0, on_complete: CompletionHook | None = None
+        self,
+        store: AgentStore,
+        *,
+        catalog_ttl_s: float = 2.0,
+        on_complete: CompletionHook | None = None,
+        preload: bool = False,
     ) -> None:
+        """``preload``: load every active agent when the catalog refreshes (a server), not on first use."""
         self.store = store
-        self.catalog = StoreCatalog(store, ttl_s=catalog_ttl_s)
+        self.catalog = StoreCatalog(store, ttl_s=catalog_ttl_s, preload=preload)
         self.leases = LeaseManager(store)
         self.router = Router(self.catalog, leases=self.leases, on_complete=on_complete)
 
