@@ -150,3 +150,14 @@ def test_each_coordination_is_an_mlflow_trace_with_a_span_per_agent_call(stack) 
         return_type="list",
     )
     assert len(found) == 1 and len(found[0].data.spans) == 4
+
+
+def test_bearer_token_from_a_prefect_secret_block(stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect.blocks.system import Secret
+
+    from aicml.agents.settings import AgentSettings
+
+    monkeypatch.delenv("AIC_AGENTS_TOKEN", raising=False)
+    name = f"agents-token-{uuid.uuid4().hex[:6]}"
+    Secret(value="from-the-block").save(name, overwrite=True)
+    assert AgentSettings(token_secret_block=name).bearer_token() == "from-the-block"

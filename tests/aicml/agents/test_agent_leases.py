@@ -135,3 +135,54 @@ def test_router_limits_concurrent_calls_and_spends_token_budgets(agent_db_url: s
         assert all("tokens:llm" in r.errors[0] for r in late), [r.errors for r in late]
     finally:
         service.close()
+
+
+def _process_client(url: str, holders, peak, lock, grants, seconds: float) -> None:  # runs in a child process
+    store = AgentStore(url, create=False, pool_size=4)
+    manager = LeaseManager(store, poll_s=0.005)
+    stop = time.monotonic() + seconds
+
+    def worker() -> None:
+        while time.monotonic() < stop:
+            lease = manager.acquire("gpu", "proc", wait_s=60)
+            with lock:
+                holders.value += 1
+                peak.value = max(peak.value, holders.value)
+            time.sleep(0.01)
+            with lock:
+                holders.value -= 1
+            manager.release([lease])
+            with lock:
+                grants.value += 1
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    store.close()
+
+
+def test_router_replicas_in_separate_processes_share_capacity(pg_agent_db: str) -> None:
+    """Four processes (as four router replicas) with four clients each on one 3-slot resource."""
+    import multiprocessing
+
+    store = AgentStore(pg_agent_db)
+    LeaseManager(store).ensure_resource("gpu", capacity=3)
+    context = multiprocessing.get_context("spawn")
+    holders, peak, grants = context.Value("i", 0), context.Value("i", 0), context.Value("i", 0)
+    lock = context.Lock()
+    processes = [
+        context.Process(target=_process_client, args=(pg_agent_db, holders, peak, lock, grants, 3.0))
+        for _ in range(4)
+    ]
+    for p in processes:
+        p.start()
+    for p in processes:
+        p.join(120)
+    try:
+        assert [p.exitcode for p in processes] == [0, 0, 0, 0]
+        assert peak.value == 3 and grants.value > 20, (peak.value, grants.value)
+        assert LeaseManager(store).in_use("gpu") == 0
+    finally:
+        store.close()
