@@ -177,8 +177,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="aic-agents-bench-") as tmp:
         http_lat, http_rate = bench_http(args.n, Path(tmp))
     base = quantile(direct, 0.5)
-    print(f"direct call      p50 {quantile(direct, 0.5) * 1000:8.2f} us  p99 {quantile(direct, 0.99) * 1000:8.2f} us")
-    print(f"in-process       p50 {quantile(inproc, 0.5):8.3f} ms  p99 {quantile(inproc, 0.99):8.3f} ms  {rate:8.0f}/s")
+    print(
+        f"direct call      p50 {quantile(direct, 0.5) * 1000:8.2f} us  p99 {quantile(direct, 0.99) * 1000:8.2f} us"
+    )
+    print(
+        f"in-process       p50 {quantile(inproc, 0.5):8.3f} ms  p99 {quantile(inproc, 0.99):8.3f} ms  {rate:8.0f}/s"
+    )
     print(f"in-process 3-step p50 {quantile(three, 0.5):7.3f} ms  p99 {quantile(three, 0.99):8.3f} ms")
     print(
         f"loopback HTTP    p50 {quantile(http_lat, 0.5):8.3f} ms  p99 {quantile(http_lat, 0.99):8.3f} ms  "

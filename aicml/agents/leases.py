@@ -3,7 +3,8 @@
 Never double-allocated: every grant happens in a transaction that first locks the resource's row
 (``SELECT ... FOR UPDATE`` on PostgreSQL; ``BEGIN IMMEDIATE`` on SQLite), then counts the live leases.
 Fair under contention: a client that cannot be served at once takes a ticket (``agent_lease_waiters``,
-an autoincrement id) and is served strictly in ticket order, so no client starves behind luckier pollers.
+an autoincrement id); a grant needs free units for the client *and* for everyone queued before it, so
+no client starves behind luckier pollers or bigger requests.
 Leases expire (``ttl_s``) so a crashed holder frees its units; a waiter that stops polling stops
 blocking the queue. Token budgets are leases that are not returned: they lapse after the window.
 """
@@ -149,11 +150,16 @@ class LeaseManager:
             )
             or 0
         )
-        ahead_query = select(func.count()).where(WaiterRow.resource == resource, WaiterRow.alive_until > now)
+        # First come, first served without idling: a client may go ahead while the units still free cover
+        # every earlier waiter too, so nobody queued before it is ever deprived (strict FIFO would leave a
+        # freed slot idle until the head of the queue happens to poll).
+        ahead_query = select(func.coalesce(func.sum(WaiterRow.units), 0)).where(
+            WaiterRow.resource == resource, WaiterRow.alive_until > now
+        )
         if ticket is not None:
             ahead_query = ahead_query.where(WaiterRow.id < ticket)
         ahead = int(s.scalar(ahead_query) or 0)
-        if ahead == 0 and used + units <= row.capacity:
+        if used + ahead + units <= row.capacity:
             expires = now + dt.timedelta(seconds=row.window_s if row.window_s else ttl)
             s.add(LeaseRow(id=lease_id, resource=resource, holder=holder[:128], units=units,
                            acquired_at=now, expires_at=expires))  # fmt: skip

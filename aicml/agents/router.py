@@ -90,9 +90,17 @@ class StoreCatalog:
         self._skills: dict[str, list[str]] = {}
         self._versions = WeightedVersionRouter()
         self._fetched_at = -1e18
+        self._background: asyncio.Task[None] | None = None
 
     def refresh_if_stale(self) -> bool:
         return time.monotonic() - self._fetched_at > self.ttl_s
+
+    async def refresh_async(self) -> None:
+        """Before the first snapshot: wait for it. After: refresh in the background, serve the old snapshot."""
+        if self._fetched_at < 0:
+            await asyncio.to_thread(self.refresh)
+        elif self._background is None or self._background.done():
+            self._background = asyncio.ensure_future(asyncio.to_thread(self.refresh))
 
     def refresh(self) -> None:
         """Read active versions and rollouts; the latest activated version takes traffic outside a rollout."""
@@ -125,7 +133,7 @@ class StoreCatalog:
         self._fetched_at = time.monotonic()
 
     def resolve(self, agent: str, version: str | None, key: str) -> LoadedAgent:
-        if self.refresh_if_stale():
+        if self._fetched_at < 0:  # used outside the router (sync callers): the router refreshes for itself
             self.refresh()
         chosen = version or self._versions.choose(agent, key)
         spec = self._active.get((agent, chosen or ""))
@@ -140,7 +148,7 @@ class StoreCatalog:
         return loaded
 
     def with_skill(self, skill: str) -> list[str]:
-        if self.refresh_if_stale():
+        if self._fetched_at < 0:
             self.refresh()
         return list(self._skills.get(skill, []))
 
@@ -208,7 +216,7 @@ class Router:
         context = CURRENT_COORDINATION.set((message.correlation_id, run.deadline))
         try:
             if isinstance(self.catalog, StoreCatalog) and self.catalog.refresh_if_stale():
-                await asyncio.to_thread(self.catalog.refresh)
+                await self.catalog.refresh_async()
             if isinstance(graph, Pipeline):
                 payload = await self._pipeline(graph, run)
             elif isinstance(graph, FanOut):

@@ -24,12 +24,15 @@ def build_service(settings: AgentSettings, tracking_uri: str | None = None) -> A
         hook = MlflowTraceExporter(uri, settings.experiment, background=True)
     elif settings.tracing:
         log.info("No MLflow tracking server configured: coordinations are not traced.")
-    return AgentService(
+    service = AgentService(
         AgentStore(settings.resolved_database_url()),
         catalog_ttl_s=settings.catalog_ttl_s,
         on_complete=hook,
         preload=True,
     )
+    # Warm up before the first request: active agents (and their models) load now, not on a request's clock.
+    service.catalog.refresh()
+    return service
 
 
 def build_app(settings: AgentSettings | None = None, tracking_uri: str | None = None) -> Any:
