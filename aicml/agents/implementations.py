@@ -7,8 +7,10 @@ happen inside the factories, never at module import.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,6 +20,21 @@ from aicml.agents.spec import HttpImpl, LlmImpl, MlflowImpl, RetrievalImpl
 
 SyncFn = Callable[[dict[str, Any]], dict[str, Any]]
 AsyncFn = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+def _per_loop(factory: Callable[[], Any]) -> Callable[[], Any]:
+    """One HTTP client per event loop: an httpx.AsyncClient must not outlive the loop it was used on
+    (each ``asyncio.run`` of a batch task or CLI call has its own loop; the server has one)."""
+    clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
+
+    def get() -> Any:
+        loop = asyncio.get_running_loop()
+        client = clients.get(loop)
+        if client is None:
+            client = clients[loop] = factory()
+        return client
+
+    return get
 
 
 def mlflow_agent(impl: MlflowImpl) -> SyncFn:
@@ -90,7 +107,9 @@ def llm_agent(impl: LlmImpl) -> AsyncFn:
             "or give `base_url` and `model`."
         )
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    client = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout)
+    client = _per_loop(
+        lambda: httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout)
+    )
 
     async def run(payload: dict[str, Any]) -> dict[str, Any]:
         text = payload.get(impl.prompt_field)
@@ -104,7 +123,7 @@ def llm_agent(impl: LlmImpl) -> AsyncFn:
             ],
             "max_tokens": impl.max_tokens,
         }
-        response = await client.post("/chat/completions", json=body)
+        response = await client().post("/chat/completions", json=body)
         if response.status_code >= 400:
             raise AgentCallError("llm", f"endpoint answered {response.status_code}: {response.text[:300]}")
         data = response.json()
@@ -125,7 +144,7 @@ def http_agent(impl: HttpImpl, name: str) -> AsyncFn:
     if impl.token_env and not token:
         raise AgentConfigurationError(f"Agent {name!r} needs its token in ${impl.token_env}, which is empty.")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    client = httpx.AsyncClient(headers=headers, timeout=None)  # the router's wait_for bounds each call
+    client = _per_loop(lambda: httpx.AsyncClient(headers=headers, timeout=None))  # wait_for bounds each call
 
     async def run(payload: dict[str, Any]) -> dict[str, Any]:
         correlation_id, deadline = CURRENT_COORDINATION.get((new_id(), None))
@@ -133,7 +152,7 @@ def http_agent(impl: HttpImpl, name: str) -> AsyncFn:
         message = AgentMessage(
             sender=f"router:{name}", correlation_id=correlation_id, timeout_ms=remaining_ms, payload=payload
         )
-        response = await client.post(impl.url, content=message.model_dump_json())
+        response = await client().post(impl.url, content=message.model_dump_json())
         try:
             body = response.json()
         except ValueError:

@@ -77,6 +77,8 @@ def test_llm_agent_through_a_block_and_an_openai_compatible_server(stack) -> Non
         assert reply.outcome == Outcome.SUCCESS, reply.errors
         assert reply.payload["answer"] == "Draft reply: Customer asks about a refund"
         assert reply.payload["model"] == "stub-1" and reply.payload["usage"]["total_tokens"] > 0
+        again = _run(router, coordination, {"text": "Second call"})  # a new event loop, same loaded agent
+        assert again.payload["answer"] == "Draft reply: Second call"
         # A wrong key is the endpoint's 401, reported as the agent's failure.
         wrong = AgentSpec(
             name="wrong", version="1", implementation={"kind": "llm", "base_url": base_url, "model": "m"}
