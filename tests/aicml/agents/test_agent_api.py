@@ -162,3 +162,55 @@ def test_serve_refuses_to_run_open_by_accident(monkeypatch: pytest.MonkeyPatch, 
     result = CliRunner().invoke(app, ["serve", "--database-url", f"sqlite:///{tmp_path / 'x.db'}"])
     assert result.exit_code == 1
     assert "AIC_AGENTS_AUTH_DISABLED=true" in result.output
+
+
+def test_canary_rollout_over_http(client: httpx.Client) -> None:
+    if client.get("/v1/agents/classify").status_code == 404:
+        test_register_transition_invoke_and_audit(client)
+    v2 = {**CLASSIFY, "version": "2"}
+    v2["implementation"] = {**CLASSIFY["implementation"], "config": {**CLASSIFY["implementation"]["config"],
+                            "default": "other"}}  # fmt: skip
+    assert client.post("/v1/agents", json=v2).status_code == 201
+    started = client.post("/v1/agents/classify/rollout", json={"canary": "2", "steps": [50, 100]})
+    assert started.status_code == 200, started.text
+    assert started.json()["weights"] == {"1": 50.0, "2": 50.0}
+    assert client.post("/v1/agents/classify/rollout", json={"canary": "2"}).status_code == 409
+    versions = {
+        client.post(
+            "/v1/agents/classify/invoke", json={"correlation_id": f"r{i}", "payload": {"text": "x"}}
+        ).json()["calls"][0]["version"]
+        for i in range(30)
+    }
+    assert versions == {"1", "2"}
+    back = client.post("/v1/agents/classify/rollout/rollback", headers={"X-Actor": "oncall"})
+    assert back.status_code == 200 and back.json()["status"] == "rolled_back"
+    state = client.get("/v1/agents/classify/versions/2").json()
+    assert state["state"] == "paused"
+    assert client.post("/v1/agents/classify/rollout/advance").status_code == 404
+
+
+def test_load_command_registers_and_activates_from_yaml(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import yaml
+
+    db = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    monkeypatch.setenv("AIC_AGENTS_DATABASE_URL", db)
+    document = {
+        "agents": [CLASSIFY],
+        "coordinations": [
+            {"name": "one", "graph": {"pattern": "pipeline", "steps": [{"agent": "classify"}]}}
+        ],
+    }
+    (tmp_path / "agents.yaml").write_text(yaml.safe_dump(document))
+    result = CliRunner().invoke(app, ["load", str(tmp_path / "agents.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "agent classify@1: active" in result.output and "coordination one: pipeline" in result.output
+    from aicml.agents.store import AgentStore
+
+    store = AgentStore(db)
+    try:
+        assert store.get("classify", "1").state.value == "active"
+        assert store.graph("one").graph.pattern == "pipeline"
+    finally:
+        store.close()
