@@ -71,6 +71,7 @@ bench: $(STAMP) ## Run the side-by-side benchmarks; each prints a JSON line last
 	$(BIN)/python benchmarks/pipeline_overhead.py
 	$(BIN)/python benchmarks/ingest.py --rows 2000000
 	$(BIN)/python benchmarks/serving.py
+	$(BIN)/python benchmarks/agents.py
 	$(BIN)/python benchmarks/training.py
 	$(BIN)/python benchmarks/gpu_utilisation.py
 

@@ -264,6 +264,7 @@ def metrics_exporter(
 
 
 def _register_subcommands() -> None:
+    from aicml.agents.cli import app as agents_app
     from aicml.data.cli import app as data_app
     from aicml.kube.cli import app as kube_app
     from aicml.serving.cli import serve as serve_command
@@ -274,6 +275,7 @@ def _register_subcommands() -> None:
     app.add_typer(
         data_app, name="data", help="Data integration: watch a landing folder, render the Dask spec."
     )
+    app.add_typer(agents_app, name="agents", help="Agent orchestration: registry, lifecycle, coordination.")
     app.command("serve")(serve_command)
     app.command("backup")(backup_command)
     app.command("restore")(restore_command)

@@ -1,0 +1,292 @@
+"""REST API of the agent service (ASGI, Starlette): ``/v1/agents``, ``/v1/coordinations``, ``/healthz``, ``/metrics``.
+
+Every ``/v1`` route needs ``Authorization: Bearer <token>`` unless auth was disabled on purpose;
+``/healthz`` and ``/metrics`` stay open for probes and Prometheus. Invoke routes are async and never
+block the event loop on the database except through the catalog's cached refresh (in a thread).
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, Field, ValidationError
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from aicml.agents.errors import (
+    AgentConflict,
+    AgentError,
+    AgentNotFound,
+    AgentUnavailable,
+    LifecycleError,
+    MessageError,
+)
+from aicml.agents.graph import Coordination
+from aicml.agents.messages import AgentMessage, AgentReply, Outcome
+from aicml.agents.service import AgentService
+from aicml.agents.spec import AgentSpec, LifecycleState
+
+Scope = MutableMapping[str, Any]
+ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
+
+STATUS_OF_OUTCOME = {
+    Outcome.SUCCESS: 200,
+    Outcome.PARTIAL: 200,
+    Outcome.REJECTED: 422,
+    Outcome.TIMEOUT: 504,
+    Outcome.FAILURE: 502,
+}
+
+
+class TransitionRequest(BaseModel):
+    to: LifecycleState = Field(description="Target state.")
+    reason: str = Field(default="", max_length=2000)
+    actor: str | None = Field(default=None, max_length=128, description="Who; default the X-Actor header.")
+    force: bool = Field(default=False, description="Activate even if the health check fails.")
+
+
+class RolloutRequest(BaseModel):
+    canary: str = Field(description="Version to roll out.")
+    steps: list[int] | None = Field(default=None, description="Canary percentages, ending at 100.")
+    actor: str | None = None
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def _error(status: int, message: str) -> Response:
+    return _json({"error": message}, status)
+
+
+def _reply(reply: AgentReply) -> Response:
+    return Response(
+        reply.model_dump_json().encode(),
+        status_code=STATUS_OF_OUTCOME[reply.outcome],
+        media_type="application/json",
+    )
+
+
+class BearerAuth:
+    """Pure ASGI middleware (no per-request task, unlike BaseHTTPMiddleware): constant-time token check."""
+
+    def __init__(
+        self, app: ASGIApp, token: str | None, open_paths: tuple[str, ...] = ("/healthz", "/metrics")
+    ):
+        self.app = app
+        self.expected = f"Bearer {token}".encode() if token else None
+        self.open_paths = open_paths
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if self.expected is not None and scope["type"] == "http" and scope["path"] not in self.open_paths:
+            given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+            if not hmac.compare_digest(given, self.expected):
+                body = b'{"error":"missing or wrong bearer token: send Authorization: Bearer <token>"}'
+                await send({"type": "http.response.start", "status": 401, "headers": [
+                    (b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]})  # fmt: skip
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
+def create_app(service: AgentService, token: str | None) -> ASGIApp:
+    """The ASGI app; ``token=None`` serves /v1 without auth (the caller decided that on purpose)."""
+
+    def actor_of(request: Request, given: str | None = None) -> str:
+        return given or request.headers.get("x-actor") or "api"
+
+    async def parse(request: Request, model: type[BaseModel]) -> Any:
+        return model.model_validate_json(await request.body())
+
+    async def guarded(fn: Callable[[], Awaitable[Response]]) -> Response:
+        try:
+            return await fn()
+        except ValidationError as exc:
+            return _json(
+                {"error": "invalid request body", "detail": orjson.loads(exc.json(include_url=False))}, 422
+            )
+        except AgentNotFound as exc:
+            return _error(404, str(exc))
+        except (AgentConflict, LifecycleError) as exc:
+            return _error(409, str(exc))
+        except AgentUnavailable as exc:
+            return _error(409, str(exc))
+        except (MessageError, ValueError) as exc:
+            return _error(422, str(exc))
+        except AgentError as exc:
+            return _error(400, str(exc))
+
+    async def healthz(request: Request) -> Response:
+        return _json({"status": "ok"})
+
+    async def metrics(request: Request) -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        from aicml.observability.metrics import exposition
+
+        return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    async def register(request: Request) -> Response:
+        async def go() -> Response:
+            spec = await parse(request, AgentSpec)
+            record = await run_in_threadpool(service.register, spec, actor_of(request))
+            return _json(record.summary(), 201)
+
+        return await guarded(go)
+
+    async def list_agents(request: Request) -> Response:
+        async def go() -> Response:
+            state = request.query_params.get("state")
+            records = await run_in_threadpool(
+                service.store.list_agents,
+                LifecycleState(state) if state else None,
+                request.query_params.get("skill"),
+            )
+            return _json({"agents": [r.summary() for r in records]})
+
+        return await guarded(go)
+
+    async def get_agent(request: Request) -> Response:
+        async def go() -> Response:
+            name = request.path_params["name"]
+            records = await run_in_threadpool(service.store.versions, name)
+            await run_in_threadpool(service.catalog.refresh)
+            return _json(
+                {
+                    "name": name,
+                    "versions": [r.summary() for r in records],
+                    "weights": service.catalog.weights(name),
+                }
+            )
+
+        return await guarded(go)
+
+    async def get_version(request: Request) -> Response:
+        async def go() -> Response:
+            record = await run_in_threadpool(
+                service.store.get, request.path_params["name"], request.path_params["version"]
+            )
+            return _json({**record.summary(), "spec": record.spec.model_dump(mode="json")})
+
+        return await guarded(go)
+
+    async def invoke(request: Request) -> Response:
+        async def go() -> Response:
+            message = AgentMessage.model_validate_json(await request.body())
+            return _reply(await service.invoke(request.path_params["name"], message))
+
+        return await guarded(go)
+
+    async def transition(request: Request) -> Response:
+        async def go() -> Response:
+            body = await parse(request, TransitionRequest)
+            p = request.path_params
+            record = await run_in_threadpool(
+                service.transition, p["name"], p["version"], body.to, actor_of(request, body.actor), body.reason,
+                body.force,
+            )  # fmt: skip
+            return _json(record.summary())
+
+        return await guarded(go)
+
+    async def transitions(request: Request) -> Response:
+        async def go() -> Response:
+            p = request.path_params
+            rows = await run_in_threadpool(service.store.transitions, p["name"], p.get("version"))
+            return _json({"transitions": [t.as_dict() for t in rows]})
+
+        return await guarded(go)
+
+    async def health(request: Request) -> Response:
+        async def go() -> Response:
+            p = request.path_params
+            healthy, detail = await run_in_threadpool(service.check_health, p["name"], p["version"])
+            return _json({"healthy": healthy, "detail": detail}, 200 if healthy else 503)
+
+        return await guarded(go)
+
+    async def rollout(request: Request) -> Response:
+        async def go() -> Response:
+            name, action = request.path_params["name"], request.path_params.get("action")
+            actor = actor_of(request)
+            if action is None:
+                body = await parse(request, RolloutRequest)
+                done = await run_in_threadpool(service.start_rollout, name, body.canary, actor_of(request, body.actor),
+                                               body.steps)  # fmt: skip
+            elif action == "advance":
+                done = await run_in_threadpool(service.advance_rollout, name, actor)
+            elif action == "rollback":
+                done = await run_in_threadpool(service.rollback_rollout, name, actor)
+            else:
+                return _error(404, f"Unknown rollout action {action!r}; use advance or rollback.")
+            return _json({**done.__dict__, "weights": done.weights()})
+
+        return await guarded(go)
+
+    async def put_graph(request: Request) -> Response:
+        async def go() -> Response:
+            body = orjson.loads(await request.body())
+            coordination = Coordination.model_validate({**body, "name": request.path_params["name"]})
+            await run_in_threadpool(service.store.save_graph, coordination)
+            return _json({"name": coordination.name, "edges": coordination.edges()}, 200)
+
+        return await guarded(go)
+
+    async def list_graphs(request: Request) -> Response:
+        async def go() -> Response:
+            graphs = await run_in_threadpool(service.store.graphs)
+            return _json({"coordinations": [g.model_dump(mode="json") for g in graphs]})
+
+        return await guarded(go)
+
+    graph_cache: dict[str, Coordination] = {}
+
+    async def invoke_graph(request: Request) -> Response:
+        async def go() -> Response:
+            name = request.path_params["name"]
+            message = AgentMessage.model_validate_json(await request.body())
+            coordination = graph_cache.get(name)
+            if coordination is None or service.catalog.refresh_if_stale():
+                coordination = graph_cache[name] = await run_in_threadpool(service.store.graph, name)
+            return _reply(await service.coordinate(coordination, message))
+
+        return await guarded(go)
+
+    async def run_graph(request: Request) -> Response:
+        """An ad-hoc graph in the body: ``{"coordination": {...}, "message": {...}}``."""
+
+        async def go() -> Response:
+            body = orjson.loads(await request.body())
+            coordination = Coordination.model_validate(body.get("coordination"))
+            message = AgentMessage.model_validate(body.get("message") or {})
+            return _reply(await service.coordinate(coordination, message))
+
+        return await guarded(go)
+
+    routes = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/v1/agents", register, methods=["POST"]),
+        Route("/v1/agents", list_agents, methods=["GET"]),
+        Route("/v1/agents/{name}", get_agent, methods=["GET"]),
+        Route("/v1/agents/{name}/invoke", invoke, methods=["POST"]),
+        Route("/v1/agents/{name}/transitions", transitions, methods=["GET"]),
+        Route("/v1/agents/{name}/rollout", rollout, methods=["POST"]),
+        Route("/v1/agents/{name}/rollout/{action}", rollout, methods=["POST"]),
+        Route("/v1/agents/{name}/versions/{version}", get_version, methods=["GET"]),
+        Route("/v1/agents/{name}/versions/{version}/transition", transition, methods=["POST"]),
+        Route("/v1/agents/{name}/versions/{version}/transitions", transitions, methods=["GET"]),
+        Route("/v1/agents/{name}/versions/{version}/health", health, methods=["POST"]),
+        Route("/v1/coordinations", list_graphs, methods=["GET"]),
+        Route("/v1/coordinations", run_graph, methods=["POST"]),
+        Route("/v1/coordinations/{name}", put_graph, methods=["PUT"]),
+        Route("/v1/coordinations/{name}/invoke", invoke_graph, methods=["POST"]),
+    ]
+    app = Starlette(routes=routes)
+    return BearerAuth(app, token)

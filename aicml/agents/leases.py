@@ -1,0 +1,247 @@
+"""Leases on scarce resources in agent_db: GPU slots, concurrent calls per agent, token budgets.
+
+Never double-allocated: every grant happens in a transaction that first locks the resource's row
+(``SELECT ... FOR UPDATE`` on PostgreSQL; ``BEGIN IMMEDIATE`` on SQLite), then counts the live leases.
+Fair under contention: a client that cannot be served at once takes a ticket (``agent_lease_waiters``,
+an autoincrement id); a grant needs free units for the client *and* for everyone queued before it, so
+no client starves behind luckier pollers or bigger requests.
+Leases expire (``ttl_s``) so a crashed holder frees its units; a waiter that stops polling stops
+blocking the queue. Token budgets are leases that are not returned: they lapse after the window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import random
+import time
+import uuid
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from aicml.agents.errors import AgentConfigurationError, LeaseTimeout
+from aicml.agents.spec import AgentSpec
+from aicml.agents.store import AgentStore, LeaseRow, ResourceRow, WaiterRow, utcnow
+
+GPU_RESOURCE = "gpu"
+
+
+class LeaseManager:
+    """Acquire and release leases; safe to use from many threads, processes and hosts at once."""
+
+    def __init__(self, store: AgentStore, poll_s: float = 0.01, default_ttl_s: float = 300.0) -> None:
+        self.store = store
+        self.poll_s = poll_s
+        self.default_ttl_s = default_ttl_s
+        # Resources declared by this process (and their capacity), so the hot path does not write each call.
+        self._declared: dict[str, tuple[int, float | None]] = {}
+
+    def ensure_resource(self, name: str, capacity: int, window_s: float | None = None) -> None:
+        """Create ``name`` with ``capacity`` units, or set its capacity (and budget window)."""
+        if capacity < 1:
+            raise AgentConfigurationError(
+                f"Resource {name!r} needs a capacity of at least 1, got {capacity}."
+            )
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        # An upsert: many router replicas may declare the same resource at the same moment.
+        insert = postgresql.insert if self.store.is_postgres else sqlite.insert
+        statement = insert(ResourceRow).values(name=name, capacity=capacity, window_s=window_s)
+        statement = statement.on_conflict_do_update(
+            index_elements=[ResourceRow.name], set_={"capacity": capacity, "window_s": window_s}
+        )
+        with self.store.transaction() as s:
+            s.execute(statement)
+
+    def in_use(self, resource: str) -> int:
+        """Units currently held (live leases)."""
+        with self.store.transaction() as s:
+            return int(
+                s.scalar(
+                    select(func.coalesce(func.sum(LeaseRow.units), 0)).where(
+                        LeaseRow.resource == resource, LeaseRow.expires_at > utcnow()
+                    )
+                )
+                or 0
+            )
+
+    def acquire(
+        self, resource: str, holder: str, units: int = 1, wait_s: float = 30.0, ttl_s: float | None = None
+    ) -> str:
+        """Block until ``units`` of ``resource`` are granted (in ticket order); return the lease id."""
+        deadline = time.monotonic() + wait_s
+        ticket: int | None = None
+        lease_id = uuid.uuid4().hex
+        ttl = ttl_s or self.default_ttl_s
+        try:
+            while True:
+                with self.store.transaction() as s:
+                    granted, ticket = self._try_grant(s, resource, holder, units, ticket, lease_id, ttl)
+                if granted:
+                    ticket = None
+                    return lease_id
+                if time.monotonic() >= deadline:
+                    raise _timeout(resource, holder, units, wait_s)
+                # Jitter keeps pollers from waking in lockstep and queueing on the row lock together.
+                time.sleep(self.poll_s * (0.5 + random.random()))
+        finally:
+            if ticket is not None:  # gave up (timeout or error): leave the queue
+                self._leave_queue(ticket)
+
+    async def acquire_async(
+        self, resource: str, holder: str, units: int = 1, wait_s: float = 30.0, ttl_s: float | None = None
+    ) -> str:
+        """``acquire`` for the router: each try is one short transaction in a thread; waiting holds no thread."""
+        deadline = time.monotonic() + wait_s
+        ticket: int | None = None
+        lease_id = uuid.uuid4().hex
+        ttl = ttl_s or self.default_ttl_s
+        try:
+            while True:
+                granted, ticket = await asyncio.to_thread(
+                    self._try_once, resource, holder, units, ticket, lease_id, ttl
+                )
+                if granted:
+                    ticket = None
+                    return lease_id
+                if time.monotonic() >= deadline:
+                    raise _timeout(resource, holder, units, wait_s)
+                await asyncio.sleep(self.poll_s * (0.5 + random.random()))
+        finally:
+            if ticket is not None:
+                await asyncio.to_thread(self._leave_queue, ticket)
+
+    def _try_once(
+        self, resource: str, holder: str, units: int, ticket: int | None, lease_id: str, ttl: float
+    ) -> tuple[bool, int | None]:
+        with self.store.transaction() as s:
+            return self._try_grant(s, resource, holder, units, ticket, lease_id, ttl)
+
+    def _leave_queue(self, ticket: int) -> None:
+        with self.store.transaction() as s:
+            s.execute(delete(WaiterRow).where(WaiterRow.id == ticket))
+
+    def _try_grant(
+        self,
+        s: Session,
+        resource: str,
+        holder: str,
+        units: int,
+        ticket: int | None,
+        lease_id: str,
+        ttl: float,
+    ) -> tuple[bool, int | None]:
+        row = s.get(ResourceRow, resource, with_for_update=True)  # the lock every allocator queues on
+        if row is None:
+            raise AgentConfigurationError(
+                f"Resource {resource!r} is not declared; declare it with LeaseManager.ensure_resource()."
+            )
+        if units > row.capacity:
+            raise AgentConfigurationError(
+                f"{holder} asks for {units} unit(s) of {resource!r}, which has only {row.capacity}."
+            )
+        now = utcnow()
+        used = int(
+            s.scalar(
+                select(func.coalesce(func.sum(LeaseRow.units), 0)).where(
+                    LeaseRow.resource == resource, LeaseRow.expires_at > now
+                )
+            )
+            or 0
+        )
+        # First come, first served without idling: a client may go ahead while the units still free cover
+        # every earlier waiter too, so nobody queued before it is ever deprived (strict FIFO would leave a
+        # freed slot idle until the head of the queue happens to poll).
+        ahead_query = select(func.coalesce(func.sum(WaiterRow.units), 0)).where(
+            WaiterRow.resource == resource, WaiterRow.alive_until > now
+        )
+        if ticket is not None:
+            ahead_query = ahead_query.where(WaiterRow.id < ticket)
+        ahead = int(s.scalar(ahead_query) or 0)
+        if used + ahead + units <= row.capacity:
+            expires = now + dt.timedelta(seconds=row.window_s if row.window_s else ttl)
+            s.add(LeaseRow(id=lease_id, resource=resource, holder=holder[:128], units=units,
+                           acquired_at=now, expires_at=expires))  # fmt: skip
+            if ticket is not None:
+                s.execute(delete(WaiterRow).where(WaiterRow.id == ticket))
+            # Expired leases and dead waiters are swept by whoever holds the lock anyway.
+            s.execute(delete(LeaseRow).where(LeaseRow.resource == resource, LeaseRow.expires_at <= now))
+            s.execute(delete(WaiterRow).where(WaiterRow.resource == resource, WaiterRow.alive_until <= now))
+            return True, ticket
+        alive = now + dt.timedelta(seconds=max(2.0, 50 * self.poll_s))
+        if ticket is None:
+            waiter = WaiterRow(resource=resource, holder=holder[:128], units=units, alive_until=alive)
+            s.add(waiter)
+            s.flush()
+            return False, waiter.id
+        waiter_row = s.get(WaiterRow, ticket)
+        if waiter_row is None:  # swept while we slept too long: queue again at the back
+            waiter = WaiterRow(resource=resource, holder=holder[:128], units=units, alive_until=alive)
+            s.add(waiter)
+            s.flush()
+            return False, waiter.id
+        waiter_row.alive_until = alive
+        return False, ticket
+
+    def release(self, lease_ids: list[str]) -> None:
+        """Give units back; budget leases stay until their window lapses (that is what a budget is)."""
+        if not lease_ids:
+            return
+        with self.store.transaction() as s:
+            budgets = select(ResourceRow.name).where(ResourceRow.window_s.is_not(None))
+            s.execute(
+                delete(LeaseRow).where(LeaseRow.id.in_(lease_ids), LeaseRow.resource.not_in(budgets)),
+            )
+
+    # --- what an agent call needs --------------------------------------------------------------------
+    async def acquire_for(self, spec: AgentSpec, holder: str, wait_s: float) -> list[str]:
+        """Every lease ``spec`` declares, in one global order (no deadlock between callers): budgets first,
+        so a caller out of budget never sits on a GPU or call slot while it waits, then GPU, then calls."""
+        wanted, ttl = await asyncio.to_thread(self._needs, spec)
+        deadline = time.monotonic() + wait_s
+        taken: list[str] = []
+        try:
+            for resource, units in sorted(wanted, key=_lease_order):
+                left = max(0.0, deadline - time.monotonic())
+                taken.append(await self.acquire_async(resource, holder, units, wait_s=left, ttl_s=ttl))
+        except BaseException:
+            await asyncio.to_thread(self.release, taken)
+            raise
+        return taken
+
+    async def release_async(self, lease_ids: list[str]) -> None:
+        await asyncio.to_thread(self.release, lease_ids)
+
+    def _needs(self, spec: AgentSpec) -> tuple[list[tuple[str, int]], float]:
+        needs = spec.resources
+        wanted: list[tuple[str, int]] = []
+        if needs.gpu_slots:
+            wanted.append((GPU_RESOURCE, needs.gpu_slots))
+        if needs.max_concurrency:
+            name = f"calls:{spec.name}"
+            self._ensure_once(name, needs.max_concurrency, None)
+            wanted.append((name, 1))
+        if needs.token_budget and needs.tokens_per_call:
+            name = f"tokens:{spec.name}"
+            self._ensure_once(name, needs.token_budget, needs.budget_window_s)
+            wanted.append((name, needs.tokens_per_call))
+        return wanted, spec.policy.timeout_s * (1 + spec.policy.retries) + 30.0
+
+    def _ensure_once(self, name: str, capacity: int, window_s: float | None) -> None:
+        if self._declared.get(name) != (capacity, window_s):
+            self.ensure_resource(name, capacity, window_s)
+            self._declared[name] = (capacity, window_s)
+
+
+def _timeout(resource: str, holder: str, units: int, wait_s: float) -> LeaseTimeout:
+    return LeaseTimeout(
+        f"No {units} unit(s) of resource {resource!r} for {holder} within {wait_s:.1f}s; "
+        "raise its capacity or the wait, or lower the load."
+    )
+
+
+def _lease_order(item: tuple[str, int]) -> tuple[int, str]:
+    name = item[0]
+    rank = 0 if name.startswith("tokens:") else 1 if name == GPU_RESOURCE else 2
+    return rank, name

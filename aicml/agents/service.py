@@ -1,0 +1,105 @@
+"""The agent service: registry + lifecycle with health checks + canary rollouts + the router, in one object.
+
+The REST API, the CLI, the Prefect tasks and the demo all go through ``AgentService`` so the rules
+(activate only a healthy version, audit every change) hold whichever door is used.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aicml.agents.errors import AgentUnavailable
+from aicml.agents.graph import Coordination
+from aicml.agents.leases import LeaseManager
+from aicml.agents.messages import AgentMessage, AgentReply
+from aicml.agents.router import CompletionHook, Router, StoreCatalog
+from aicml.agents.runtime import load_agent
+from aicml.agents.spec import AgentSpec, LifecycleState
+from aicml.agents.store import AgentRecord, AgentStore, Rollout
+
+
+class AgentService:
+    """Owns one ``AgentStore``, a cached ``StoreCatalog``, a ``LeaseManager`` and a ``Router``."""
+
+    def __init__(
+        self,
+        store: AgentStore,
+        *,
+        catalog_ttl_s: float = 2.0,
+        on_complete: CompletionHook | None = None,
+        preload: bool = False,
+    ) -> None:
+        """``preload``: load every active agent when the catalog refreshes (a server), not on first use."""
+        self.store = store
+        self.catalog = StoreCatalog(store, ttl_s=catalog_ttl_s, preload=preload)
+        self.leases = LeaseManager(store)
+        self.router = Router(self.catalog, leases=self.leases, on_complete=on_complete)
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> AgentService:
+        return cls(AgentStore(url), **kwargs)
+
+    def close(self) -> None:
+        self.store.close()
+
+    # --- registry and lifecycle ---------------------------------------------------------------------
+    def register(self, spec: AgentSpec, actor: str) -> AgentRecord:
+        return self.store.register(spec, actor)
+
+    def check_health(self, name: str, version: str) -> tuple[bool, str]:
+        """Load the version and, if it declares ``health_input``, call it and check its output schema."""
+        spec = self.store.get(name, version).spec
+        started = time.perf_counter()
+        try:
+            agent = load_agent(spec)
+            if spec.health_input is not None:
+                if agent.check_input is not None:
+                    agent.check_input(spec.health_input)
+                out = agent.call_sync(dict(spec.health_input))
+                if agent.check_output is not None:
+                    agent.check_output(out)
+            healthy, detail = True, f"ok in {(time.perf_counter() - started) * 1000:.1f} ms"
+        except Exception as exc:  # any failure makes it unhealthy; the detail says which
+            healthy, detail = False, f"{type(exc).__name__}: {exc}"
+        self.store.record_health(name, version, healthy, detail)
+        return healthy, detail
+
+    def transition(
+        self, name: str, version: str, to: LifecycleState, actor: str, reason: str = "", force: bool = False
+    ) -> AgentRecord:
+        """Change state (audited). Activation runs the health check first and refuses an unhealthy agent."""
+        if to == LifecycleState.ACTIVE and not force:
+            healthy, detail = self.check_health(name, version)
+            if not healthy:
+                raise AgentUnavailable(
+                    f"{name}@{version} failed its health check ({detail}); fix it, or pass force=true."
+                )
+        record = self.store.transition(name, version, to, actor, reason)
+        self.catalog.refresh()
+        return record
+
+    def start_rollout(self, name: str, canary: str, actor: str, steps: list[int] | None = None) -> Rollout:
+        healthy, detail = self.check_health(name, canary)
+        if not healthy:
+            raise AgentUnavailable(f"Canary {name}@{canary} failed its health check ({detail}).")
+        rollout = self.store.start_rollout(name, canary, actor, *([steps] if steps else []))
+        self.catalog.refresh()
+        return rollout
+
+    def advance_rollout(self, name: str, actor: str) -> Rollout:
+        rollout = self.store.advance_rollout(name, actor)
+        self.catalog.refresh()
+        return rollout
+
+    def rollback_rollout(self, name: str, actor: str, reason: str = "rolled back") -> Rollout:
+        rollout = self.store.rollback_rollout(name, actor, reason)
+        self.catalog.refresh()
+        return rollout
+
+    # --- coordination --------------------------------------------------------------------------------
+    async def invoke(self, name: str, message: AgentMessage) -> AgentReply:
+        return await self.router.invoke_agent(name, message)
+
+    async def coordinate(self, coordination: Coordination, message: AgentMessage) -> AgentReply:
+        return await self.router.run(coordination, message)

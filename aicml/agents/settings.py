@@ -1,0 +1,73 @@
+"""Settings of the agent service (prefix ``AIC_AGENTS_``): where ``agent_db`` is, and how callers authenticate.
+
+Kept here rather than in ``blocks/settings.py`` so the agent service owns its configuration. On Kubernetes
+the manifests give ``PGHOST``/``PGPORT`` (config map), ``AGENT_DB_USER``/``AGENT_DB_NAME`` and ``PGPASSWORD``
+(secret); those build the PostgreSQL URL when ``AIC_AGENTS_DATABASE_URL`` is unset. psycopg reads
+``PGPASSWORD`` itself, so the password never enters a URL or a log line.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from aicml.agents.errors import AgentConfigurationError
+
+
+class AgentSettings(BaseSettings):
+    """Every field can be set as ``AIC_AGENTS_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="AIC_AGENTS_", env_file=".env", extra="ignore")
+
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="SQLAlchemy URL of agent_db, e.g. postgresql+psycopg://postgres@127.0.0.1:5432/agent_db.",
+    )
+    token: SecretStr | None = Field(default=None, description="Bearer token callers of /v1 must send.")
+    token_secret_block: str | None = Field(
+        default=None, description="Name of a Prefect Secret block holding the bearer token."
+    )
+    auth_disabled: bool = Field(
+        default=False, description="Serve /v1 without auth; only on purpose (a laptop, a benchmark)."
+    )
+    catalog_ttl_s: float = Field(
+        default=2.0, ge=0, description="How long the router caches the active agents and rollouts."
+    )
+    tracing: bool = Field(default=True, description="Export each coordination as an MLflow trace.")
+    experiment: str = Field(default="aic-agents", description="MLflow experiment the traces go to.")
+
+    def resolved_database_url(self) -> str:
+        """agent_db's URL: the setting, else PostgreSQL from the Kubernetes env, else SQLite under AIC_HOME."""
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
+        name, host = os.environ.get("AGENT_DB_NAME"), os.environ.get("PGHOST")
+        if name and host:
+            user = os.environ.get("AGENT_DB_USER", "postgres")
+            port = os.environ.get("PGPORT", "5432")
+            return f"postgresql+psycopg://{user}@{host}:{port}/{name}"
+        home = Path(os.environ.get("AIC_HOME", ".aic")).resolve()
+        home.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{home / 'agent_db.sqlite'}"
+
+    def bearer_token(self) -> str | None:
+        """The token /v1 requires, or None when auth is disabled on purpose; refuses to run open by accident."""
+        if self.auth_disabled:
+            return None
+        if self.token is not None and self.token.get_secret_value():
+            return self.token.get_secret_value()
+        if self.token_secret_block:
+            from prefect.blocks.system import Secret
+
+            value = Secret.load(self.token_secret_block, _sync=True).get()  # type: ignore[union-attr,call-arg]
+            if not isinstance(value, str) or not value:
+                raise AgentConfigurationError(
+                    f"Prefect Secret block {self.token_secret_block!r} holds no token string; save one."
+                )
+            return value
+        raise AgentConfigurationError(
+            "The agent API needs a bearer token: set AIC_AGENTS_TOKEN, or AIC_AGENTS_TOKEN_SECRET_BLOCK to the "
+            "name of a Prefect Secret block, or AIC_AGENTS_AUTH_DISABLED=true to serve without auth on purpose."
+        )

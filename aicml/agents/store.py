@@ -1,0 +1,479 @@
+"""``agent_db``: agents and their versions, audited lifecycle transitions, health, rollouts, stored graphs.
+
+SQLAlchemy 2 on PostgreSQL in the stack (row locks with ``SELECT ... FOR UPDATE``) and on SQLite on a
+laptop (every transaction ``BEGIN IMMEDIATE``, so writers serialise the same way).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import itertools
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Engine,
+    Float,
+    ForeignKeyConstraint,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    create_engine,
+    event,
+    select,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from aicml.agents.errors import AgentConflict, AgentNotFound, LifecycleError
+from aicml.agents.graph import Coordination
+from aicml.agents.spec import AgentSpec, LifecycleState
+
+ALLOWED_TRANSITIONS: dict[LifecycleState, frozenset[LifecycleState]] = {
+    LifecycleState.DRAFT: frozenset({LifecycleState.ACTIVE, LifecycleState.RETIRED}),
+    LifecycleState.ACTIVE: frozenset({LifecycleState.PAUSED, LifecycleState.RETIRED}),
+    LifecycleState.PAUSED: frozenset({LifecycleState.ACTIVE, LifecycleState.RETIRED}),
+    LifecycleState.RETIRED: frozenset(),
+}
+DEFAULT_CANARY_STEPS = (5, 25, 50, 100)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class UtcDateTime(TypeDecorator[dt.datetime]):
+    """Timezone-aware UTC on every backend (SQLite stores naive text; hand back aware UTC anyway)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(dt.UTC)
+            if dialect.name == "sqlite":
+                value = value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)
+        return value
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class AgentRow(Base):
+    __tablename__ = "agents"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_agents_name_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), index=True)
+    version: Mapped[str] = mapped_column(String(32))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16), default=LifecycleState.DRAFT.value)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    healthy: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    health_detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+    health_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+
+
+class TransitionRow(Base):
+    """The audit trail: every lifecycle change, who made it, when, from what, to what, and why."""
+
+    __tablename__ = "agent_transitions"
+    __table_args__ = (
+        ForeignKeyConstraint(["name", "version"], ["agents.name", "agents.version"], ondelete="CASCADE"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), index=True)
+    version: Mapped[str] = mapped_column(String(32))
+    from_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    to_state: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class RolloutRow(Base):
+    """A canary rollout of a new version: its weight steps and how far it has gone."""
+
+    __tablename__ = "agent_rollouts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    agent: Mapped[str] = mapped_column(String(64), index=True)
+    stable: Mapped[str] = mapped_column(String(32))
+    canary: Mapped[str] = mapped_column(String(32))
+    steps: Mapped[list[int]] = mapped_column(JSON)
+    step_index: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[str] = mapped_column(String(16), default="running")  # running, completed, rolled_back
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class GraphRow(Base):
+    __tablename__ = "agent_graphs"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    graph: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class ResourceRow(Base):
+    """A leasable resource: GPU slots, an agent's concurrent calls, an agent's token budget."""
+
+    __tablename__ = "agent_resources"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    capacity: Mapped[int] = mapped_column(Integer)
+    # Budgets are not given back on release: their leases lapse `window_s` after they were taken.
+    window_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class LeaseRow(Base):
+    __tablename__ = "agent_leases"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    resource: Mapped[str] = mapped_column(String(128), index=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    units: Mapped[int] = mapped_column(Integer)
+    acquired_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    expires_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), index=True)
+
+
+class WaiterRow(Base):
+    """A client waiting for a lease; grants go strictly in arrival order (ticket = autoincrement id)."""
+
+    __tablename__ = "agent_lease_waiters"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    resource: Mapped[str] = mapped_column(String(128), index=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    units: Mapped[int] = mapped_column(Integer)
+    # A waiter that stops polling (crashed client) stops blocking the queue once this passes.
+    alive_until: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+
+
+def make_engine(url: str, pool_size: int = 10) -> Engine:
+    """An engine for agent_db; SQLite transactions begin IMMEDIATE so concurrent writers serialise."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _no_pysqlite_begin(dbapi_connection: Any, _record: Any) -> None:
+            # pysqlite would start transactions lazily and DEFERRED; take over so BEGIN IMMEDIATE is used.
+            dbapi_connection.isolation_level = None
+
+        @event.listens_for(engine, "begin")
+        def _begin_immediate(connection: Any) -> None:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    if url.startswith("postgresql://"):
+        url = url.replace("postgresql://", "postgresql+psycopg://", 1)
+    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+
+
+@dataclass(frozen=True)
+class AgentRecord:
+    """An agent version as stored: its spec, lifecycle state and last health check."""
+
+    spec: AgentSpec
+    state: LifecycleState
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    healthy: bool | None
+    health_detail: str | None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "name": self.spec.name,
+            "version": self.spec.version,
+            "state": self.state.value,
+            "skills": self.spec.skills,
+            "kind": self.spec.implementation.kind,
+            "healthy": self.healthy,
+            "health_detail": self.health_detail,
+            "updated_at": self.updated_at.isoformat(),
+        }
+
+
+@dataclass(frozen=True)
+class Transition:
+    name: str
+    version: str
+    from_state: str | None
+    to_state: str
+    actor: str
+    reason: str
+    at: dt.datetime
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "at": self.at.isoformat()}
+
+
+@dataclass(frozen=True)
+class Rollout:
+    agent: str
+    stable: str
+    canary: str
+    steps: list[int]
+    step_index: int
+    status: str
+
+    @property
+    def canary_percent(self) -> int:
+        return self.steps[self.step_index]
+
+    def weights(self) -> dict[str, float]:
+        """Traffic weights per version for the router."""
+        share = float(self.canary_percent)
+        return {self.stable: 100.0 - share, self.canary: share} if share < 100 else {self.canary: 100.0}
+
+
+def _record(row: AgentRow) -> AgentRecord:
+    return AgentRecord(
+        spec=AgentSpec.model_validate(row.spec),
+        state=LifecycleState(row.state),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        healthy=row.healthy,
+        health_detail=row.health_detail,
+    )
+
+
+def _rollout(row: RolloutRow) -> Rollout:
+    return Rollout(row.agent, row.stable, row.canary, list(row.steps), row.step_index, row.status)
+
+
+class AgentStore:
+    """The agent registry in agent_db."""
+
+    def __init__(self, url: str, *, create: bool = True, pool_size: int = 10) -> None:
+        self.url = url
+        self.engine = make_engine(url, pool_size=pool_size)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.is_postgres = self.engine.dialect.name == "postgresql"
+        # SQLite's busy handler retries with sleeps and can starve a thread for its whole timeout; one
+        # in-process lock queues this process's transactions instead (other processes still use the handler).
+        self._local_lock: threading.Lock | contextlib.nullcontext[None] = (
+            contextlib.nullcontext() if self.is_postgres else threading.Lock()
+        )
+        if create:
+            Base.metadata.create_all(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        with self._local_lock, self.sessions() as session, session.begin():
+            yield session
+
+    # --- agents -----------------------------------------------------------------------------------------
+    def register(self, spec: AgentSpec, actor: str) -> AgentRecord:
+        """Add a version in state draft; registering the identical spec again is a no-op (idempotent)."""
+        body = spec.model_dump(mode="json")
+        with self.transaction() as s:
+            row = s.scalars(
+                select(AgentRow).where(AgentRow.name == spec.name, AgentRow.version == spec.version)
+            )
+            existing = row.first()
+            if existing is not None:
+                if existing.spec != body:
+                    raise AgentConflict(
+                        f"Agent {spec.key} is already registered with a different definition; "
+                        "register a new version instead of changing this one."
+                    )
+                return _record(existing)
+            now = utcnow()
+            new = AgentRow(
+                name=spec.name, version=spec.version, spec=body, state="draft", created_at=now, updated_at=now
+            )
+            s.add(new)
+            s.flush()
+            s.add(TransitionRow(name=spec.name, version=spec.version, from_state=None, to_state="draft",
+                                actor=actor, reason="registered", at=now))  # fmt: skip
+            return _record(new)
+
+    def get(self, name: str, version: str) -> AgentRecord:
+        with self.transaction() as s:
+            row = s.scalars(
+                select(AgentRow).where(AgentRow.name == name, AgentRow.version == version)
+            ).first()
+            if row is None:
+                raise AgentNotFound(f"No agent {name}@{version}; list versions with GET /v1/agents/{name}.")
+            return _record(row)
+
+    def versions(self, name: str) -> list[AgentRecord]:
+        with self.transaction() as s:
+            rows = s.scalars(select(AgentRow).where(AgentRow.name == name).order_by(AgentRow.id)).all()
+        if not rows:
+            raise AgentNotFound(f"No agent named {name!r}; register it with POST /v1/agents.")
+        return [_record(r) for r in rows]
+
+    def list_agents(self, state: LifecycleState | None = None, skill: str | None = None) -> list[AgentRecord]:
+        with self.transaction() as s:
+            query = select(AgentRow).order_by(AgentRow.name, AgentRow.id)
+            if state is not None:
+                query = query.where(AgentRow.state == state.value)
+            records = [_record(r) for r in s.scalars(query).all()]
+        return [r for r in records if skill is None or skill in r.spec.skills]
+
+    def transition(
+        self,
+        name: str,
+        version: str,
+        to: LifecycleState,
+        actor: str,
+        reason: str = "",
+        session: Session | None = None,
+    ) -> AgentRecord:
+        """Move a version to ``to`` if the state machine allows it; audited in the same transaction."""
+        if session is None:
+            with self.transaction() as s:
+                return self.transition(name, version, to, actor, reason, session=s)
+        row = session.scalars(
+            select(AgentRow).where(AgentRow.name == name, AgentRow.version == version).with_for_update()
+        ).first()
+        if row is None:
+            raise AgentNotFound(f"No agent {name}@{version} to transition.")
+        current = LifecycleState(row.state)
+        if to == current:
+            return _record(row)
+        if to not in ALLOWED_TRANSITIONS[current]:
+            allowed = ", ".join(sorted(s.value for s in ALLOWED_TRANSITIONS[current])) or "nothing (terminal)"
+            raise LifecycleError(
+                f"{name}@{version} is {current.value}; it can move to {allowed}, not {to.value}."
+            )
+        now = utcnow()
+        row.state, row.updated_at = to.value, now
+        session.add(TransitionRow(name=name, version=version, from_state=current.value, to_state=to.value,
+                                  actor=actor, reason=reason, at=now))  # fmt: skip
+        return _record(row)
+
+    def transitions(self, name: str, version: str | None = None) -> list[Transition]:
+        with self.transaction() as s:
+            query = select(TransitionRow).where(TransitionRow.name == name).order_by(TransitionRow.id)
+            if version is not None:
+                query = query.where(TransitionRow.version == version)
+            return [
+                Transition(t.name, t.version, t.from_state, t.to_state, t.actor, t.reason, t.at)
+                for t in s.scalars(query).all()
+            ]
+
+    def record_health(self, name: str, version: str, healthy: bool, detail: str) -> None:
+        with self.transaction() as s:
+            row = s.scalars(
+                select(AgentRow).where(AgentRow.name == name, AgentRow.version == version)
+            ).first()
+            if row is None:
+                raise AgentNotFound(f"No agent {name}@{version} to record health for.")
+            row.healthy, row.health_detail, row.health_at = healthy, detail[:2000], utcnow()
+
+    # --- rollouts ---------------------------------------------------------------------------------------
+    def active_rollouts(self) -> dict[str, Rollout]:
+        with self.transaction() as s:
+            rows = s.scalars(select(RolloutRow).where(RolloutRow.status == "running")).all()
+            return {r.agent: _rollout(r) for r in rows}
+
+    def start_rollout(
+        self, name: str, canary: str, actor: str, steps: tuple[int, ...] | list[int] = DEFAULT_CANARY_STEPS
+    ) -> Rollout:
+        """Start sending ``steps[0]`` percent of ``name``'s traffic to version ``canary`` (activated, audited)."""
+        steps = [int(x) for x in steps]
+        if not steps or steps[-1] != 100 or any(b <= a for a, b in itertools.pairwise(steps)):
+            raise ValueError(f"canary steps must rise strictly and end at 100, got {steps}")
+        with self.transaction() as s:
+            running = s.scalars(
+                select(RolloutRow)
+                .where(RolloutRow.agent == name, RolloutRow.status == "running")
+                .with_for_update()
+            ).first()
+            if running is not None:
+                raise AgentConflict(
+                    f"{name} already rolls out version {running.canary}; advance or roll it back."
+                )
+            actives = s.scalars(
+                select(AgentRow)
+                .where(AgentRow.name == name, AgentRow.state == "active")
+                .order_by(AgentRow.id.desc())
+            ).all()
+            stable = next((a.version for a in actives if a.version != canary), None)
+            if stable is None:
+                raise LifecycleError(f"{name} has no active version to roll out from; activate one first.")
+            self.transition(
+                name, canary, LifecycleState.ACTIVE, actor, f"canary rollout from {stable}", session=s
+            )
+            row = RolloutRow(agent=name, stable=stable, canary=canary, steps=steps, step_index=0,
+                             status="running", updated_at=utcnow())  # fmt: skip
+            s.add(row)
+            s.flush()
+            return _rollout(row)
+
+    def advance_rollout(self, name: str, actor: str) -> Rollout:
+        """Next canary step; at 100 % the canary is the version and the old stable one is retired (audited)."""
+        with self.transaction() as s:
+            row = self._running(s, name)
+            row.step_index = min(row.step_index + 1, len(row.steps) - 1)
+            row.updated_at = utcnow()
+            if row.steps[row.step_index] >= 100:
+                row.status = "completed"
+                self.transition(
+                    name, row.stable, LifecycleState.RETIRED, actor, f"replaced by {row.canary}", session=s
+                )
+            return _rollout(row)
+
+    def rollback_rollout(self, name: str, actor: str, reason: str = "rolled back") -> Rollout:
+        """All traffic back to the stable version; the canary is paused (audited)."""
+        with self.transaction() as s:
+            row = self._running(s, name)
+            row.status, row.updated_at = "rolled_back", utcnow()
+            self.transition(name, row.canary, LifecycleState.PAUSED, actor, reason, session=s)
+            return _rollout(row)
+
+    def _running(self, s: Session, name: str) -> RolloutRow:
+        row = s.scalars(
+            select(RolloutRow)
+            .where(RolloutRow.agent == name, RolloutRow.status == "running")
+            .with_for_update()
+        ).first()
+        if row is None:
+            raise AgentNotFound(
+                f"{name} has no running rollout; start one with POST /v1/agents/{name}/rollout."
+            )
+        return row
+
+    # --- graphs -----------------------------------------------------------------------------------------
+    def save_graph(self, coordination: Coordination) -> None:
+        with self.transaction() as s:
+            row = s.get(GraphRow, coordination.name, with_for_update=True)
+            body = coordination.model_dump(mode="json")
+            if row is None:
+                s.add(GraphRow(name=coordination.name, graph=body, updated_at=utcnow()))
+            else:
+                row.graph, row.updated_at = body, utcnow()
+
+    def graph(self, name: str) -> Coordination:
+        with self.transaction() as s:
+            row = s.get(GraphRow, name)
+            if row is None:
+                raise AgentNotFound(
+                    f"No coordination graph {name!r}; save it with PUT /v1/coordinations/{name}."
+                )
+            return Coordination.model_validate(row.graph)
+
+    def graphs(self) -> list[Coordination]:
+        with self.transaction() as s:
+            return [Coordination.model_validate(r.graph) for r in s.scalars(select(GraphRow)).all()]

@@ -1,0 +1,93 @@
+"""Agent tasks: load a coordination graph from agent_db and run it over a chunk of inputs (batch work).
+
+Coarse on purpose: one task per chunk of hundreds of inputs, never per request. The request/response
+path is the router behind ``aicml agents serve``; it never goes through a flow run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel
+
+from aicml.agents.batch import coordinate_many, write_replies
+from aicml.agents.graph import Coordination
+from aicml.agents.service import AgentService
+from tasks.policies import retry_unless_aic_error
+
+
+class ChunkResult(BaseModel):
+    """Where a chunk's replies were written and how they ended."""
+
+    path: str
+    rows: int
+    outcomes: dict[str, int]
+
+
+def load(database_url: str, name: str) -> Coordination:
+    service = AgentService.from_url(database_url)
+    try:
+        return service.store.graph(name)
+    finally:
+        service.close()
+
+
+def run_chunk(
+    database_url: str,
+    coordination: Coordination,
+    payloads: list[dict[str, Any]],
+    out_path: str,
+    id_prefix: str,
+    offset: int,
+    concurrency: int,
+    timeout_ms: float | None,
+) -> ChunkResult:
+    """The task's body as a plain function: its own service (connections opened and closed here)."""
+    service = AgentService.from_url(database_url)
+    try:
+        replies = asyncio.run(
+            coordinate_many(
+                service.router,
+                coordination,
+                payloads,
+                id_prefix=id_prefix,
+                offset=offset,
+                concurrency=concurrency,
+                timeout_ms=timeout_ms,
+            )
+        )
+    finally:
+        service.close()
+    outcomes = write_replies(replies, Path(out_path))
+    return ChunkResult(path=out_path, rows=len(replies), outcomes=outcomes)
+
+
+@task(name="load-coordination", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_unless_aic_error,
+      cache_policy=NO_CACHE, timeout_seconds=120)  # fmt: skip
+def load_coordination(database_url: str, name: str) -> Coordination:
+    """The stored graph ``name`` from agent_db."""
+    return load(database_url, name)
+
+
+@task(name="coordinate-chunk", retries=1, retry_delay_seconds=[5], retry_condition_fn=retry_unless_aic_error,
+      cache_policy=NO_CACHE, persist_result=False, timeout_seconds=3600)  # fmt: skip
+def coordinate_chunk(
+    database_url: str,
+    coordination: Coordination,
+    payloads: list[dict[str, Any]],
+    out_path: str,
+    id_prefix: str,
+    offset: int,
+    concurrency: int = 32,
+    timeout_ms: float | None = None,
+) -> ChunkResult:
+    """Run ``coordination`` over ``payloads`` and write the replies to ``out_path`` (atomic, idempotent)."""
+    result = run_chunk(
+        database_url, coordination, payloads, out_path, id_prefix, offset, concurrency, timeout_ms
+    )
+    get_run_logger().info("Chunk at %d: %d rows -> %s %s", offset, result.rows, out_path, result.outcomes)
+    return result

@@ -1,0 +1,44 @@
+"""Where agent_db is and how the API authenticates, from the environment the k8s manifests give."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from aicml.agents.errors import AgentConfigurationError
+from aicml.agents.settings import AgentSettings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in ("AIC_AGENTS_DATABASE_URL", "AIC_AGENTS_TOKEN", "AIC_AGENTS_TOKEN_SECRET_BLOCK",
+                 "AIC_AGENTS_AUTH_DISABLED", "AGENT_DB_NAME", "AGENT_DB_USER", "PGHOST", "PGPORT"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AIC_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+
+
+def test_database_url_from_setting_then_k8s_env_then_sqlite(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    assert AgentSettings().resolved_database_url() == f"sqlite:///{tmp_path / 'home' / 'agent_db.sqlite'}"
+    monkeypatch.setenv("PGHOST", "postgresql-service")
+    monkeypatch.setenv("AGENT_DB_NAME", "agent_db")
+    monkeypatch.setenv("AGENT_DB_USER", "agents")
+    monkeypatch.setenv("PGPASSWORD", "s3cret")
+    url = AgentSettings().resolved_database_url()
+    assert url == "postgresql+psycopg://agents@postgresql-service:5432/agent_db"
+    assert "s3cret" not in url  # psycopg reads PGPASSWORD itself
+    monkeypatch.setenv("AIC_AGENTS_DATABASE_URL", "sqlite:///x.db")
+    assert AgentSettings().resolved_database_url() == "sqlite:///x.db"
+
+
+def test_token_is_required_unless_auth_is_disabled_explicitly(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(AgentConfigurationError, match="AIC_AGENTS_TOKEN"):
+        AgentSettings().bearer_token()
+    monkeypatch.setenv("AIC_AGENTS_TOKEN", "abc")
+    assert AgentSettings().bearer_token() == "abc"
+    assert "abc" not in repr(AgentSettings())
+    monkeypatch.setenv("AIC_AGENTS_AUTH_DISABLED", "true")
+    assert AgentSettings().bearer_token() is None
