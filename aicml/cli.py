@@ -228,6 +228,42 @@ def demo(
     typer.echo("  Stop with  : make down   (or .venv/bin/aicml down)")
 
 
+pools_app = typer.Typer(help="Work pools: create or update them from the templates in deployments/.")
+app.add_typer(pools_app, name="pools")
+
+
+@pools_app.command("apply")
+def pools_apply() -> None:
+    """Create or update pools `local` (process), `k8s-cpu` and `k8s-gpu` (Kubernetes, with their base job templates)."""
+    from deployments.pools import apply_pools
+
+    s = _stack().settings
+    for pool, what in apply_pools(s.prefect_url, s.work_pool, s.pool_concurrency):
+        typer.echo(f"  {pool:<8} {what}")
+
+
+@app.command()
+def plan(
+    show: Annotated[bool, typer.Option(help="Print each rendered Job as YAML.")] = False,
+) -> None:
+    """Render the final Kubernetes Job of every deployment and lint it; exit 1 on any finding."""
+    import yaml
+
+    from deployments.plan import plan as plan_jobs
+
+    findings = 0
+    for job in plan_jobs(Path.cwd()):
+        verdict = "ok" if not job.findings else f"{len(job.findings)} finding(s)"
+        typer.echo(f"  {job.deployment:<28} pool {job.pool:<8} {verdict}")
+        for finding in job.findings:
+            typer.secho(f"      [{finding.rule}] {finding.detail}", fg=typer.colors.RED)
+        if show:
+            typer.echo(yaml.safe_dump(job.manifest, sort_keys=False))
+        findings += len(job.findings)
+    if findings:
+        raise typer.Exit(1)
+
+
 @app.command()
 def resume(
     flow_run_id: Annotated[str, typer.Argument(help="The failed or crashed flow run to resume.")],
@@ -282,5 +318,10 @@ def _register_subcommands() -> None:
 
 
 def main() -> None:
+    import os
+
+    # The command is a process entry point: keep third-party phone-home off unless the user turned it on.
+    for name, value in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("GX_ANALYTICS_ENABLED", "False")):
+        os.environ.setdefault(name, value)
     _register_subcommands()
     app()
