@@ -12,7 +12,7 @@ from uuid import UUID
 import mlflow
 import pandas as pd
 from prefect import get_run_logger, task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
 from aicml.data.gate import GateResult, load_validated
@@ -125,7 +125,28 @@ def train_models(
         best.metrics[outcome.primary_metric],
         {c.name: round(c.metrics[outcome.primary_metric], 4) for c in outcome.candidates},
     )
+    create_markdown_artifact(markdown=training_summary(outcome, settings().tracking_uri, experiment),
+                             description=f"Training: best {best.name}")  # fmt: skip
     return outcome
+
+
+def training_summary(outcome: TrainingOutcome, tracking_uri: str, experiment: str) -> str:
+    """A markdown table of the candidates with links to their MLflow runs, for the Prefect UI."""
+    metric = outcome.primary_metric
+    experiment_id = mlflow.get_experiment_by_name(experiment)
+    base = f"{tracking_uri}/#/experiments/{experiment_id.experiment_id if experiment_id else '0'}/runs"
+    rows = "\n".join(
+        f"| {'**' + c.name + '**' if c is outcome.best else c.name} | {c.metrics[metric]:.4f} | "
+        f"{c.seconds:.1f}s | [{c.run_id[:8]}]({base}/{c.run_id}) |"
+        for c in outcome.candidates
+    )
+    return (
+        f"## Training summary ({outcome.problem})\n\n| candidate | test {metric} | time | MLflow run |\n"
+        f"|---|---|---|---|\n{rows}\n\nThe best candidate (bold) goes on to registration. "
+        f"Features: {len(outcome.features.get('numeric', []))} numeric, "
+        f"{len(outcome.features.get('categorical', []))} categorical, {len(outcome.features.get('dates', []))} "
+        f"date-like, {len(outcome.features.get('text', []))} text; dropped {list(outcome.features.get('dropped', {}))}.\n"
+    )
 
 
 @task(

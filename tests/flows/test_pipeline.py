@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+from prefect.client.orchestration import get_client
 from testdata import housing_csv, regression_csv
 
 from aicml.data.demo import write_demo_data
@@ -62,6 +64,19 @@ def test_pipeline_end_to_end_then_gate_rejects_bad_batch(stack, demo) -> None:
     history = client.get_metric_history(lightning.info.run_id, "val_loss")
     assert [m.step for m in history] == [0, 1], "one val_loss per epoch"
     assert any(a.path == "plots" for a in client.list_artifacts(lightning.info.run_id))
+
+    # What a person sees in the Prefect UI: the quality table, the training summary with MLflow links,
+    # and the promotion note.
+    async def artifacts() -> dict[str, str]:
+        async with get_client() as prefect:
+            found = await prefect.read_artifacts(limit=200)
+        return {str(a.key or a.description): str(a.data) for a in found}
+
+    seen = asyncio.run(artifacts())
+    assert any(k.startswith("quality-") for k in seen)
+    summary = next(v for k, v in seen.items() if "Training: best" in k)
+    assert lightning.info.run_id in summary and "| candidate | test f1_macro |" in summary
+    assert "promoted to `champion`" in seen[f"promotion-{name}"]
 
     # The corrupted batch of the same dataset: stopped before training, nothing registered.
     with pytest.raises(DataQualityError) as caught:
