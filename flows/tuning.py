@@ -10,7 +10,7 @@ import time
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from aicml.models.options import TrainerOptions
 from aicml.tuning.space import Budget, ModelKind, PruningOptions, SamplerName, SearchSpace, default_space
@@ -61,12 +61,16 @@ class SearchOptions(BaseModel):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$",
         description="Study to create or resume; defaults to '<model_name or dataset>-<model>'.",
     )
-    storage_url: SecretStr | None = Field(
+    storage_url: str | None = Field(
         default=None,
         description=(
-            "SQLAlchemy URL of the Optuna storage shared by all machines, e.g. "
-            "postgresql+psycopg://user:pw@db:5432/tuning_db; empty uses SQLite under the stack's home."
+            "SQLAlchemy URL of the Optuna storage shared by all machines, without a password, e.g. "
+            "postgresql+psycopg://tuner@db:5432/tuning_db; empty uses SQLite under the stack's home."
         ),
+    )
+    storage_secret: str | None = Field(
+        default=None,
+        description="Name of a Prefect Secret block holding the storage URL when it needs a password.",
     )
     heartbeat_s: int = Field(
         default=30, ge=1, description="Trial heartbeat; a dead worker is noticed after 3x."
@@ -79,6 +83,11 @@ class SearchOptions(BaseModel):
 
     @model_validator(mode="after")
     def _grid_is_enumerable(self) -> SearchOptions:
+        if self.storage_url and _has_password(self.storage_url):
+            raise ValueError(
+                "storage_url must not contain a password (it would show in the UI and logs): "
+                "put the URL in a Prefect Secret block and pass its name as storage_secret"
+            )
         if self.sampler == "grid":
             from aicml.tuning.space import grid_size
 
@@ -87,6 +96,25 @@ class SearchOptions(BaseModel):
 
     def resolved_space(self) -> SearchSpace:
         return self.space or default_space(self.model)
+
+
+def _has_password(url: str) -> bool:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).password is not None
+    except Exception:
+        return False
+
+
+def storage_url_of(options: SearchOptions) -> str:
+    """The storage URL: from the Secret block, the parameter, or the local SQLite default."""
+    if options.storage_secret:
+        from prefect.blocks.system import Secret
+
+        secret: Any = Secret.load(options.storage_secret)
+        return str(secret.get())
+    return options.storage_url or default_storage_url()
 
 
 class TuneParams(SearchOptions):
@@ -217,7 +245,7 @@ def tune_flow(params: TuneParams) -> TuneResult:
         params.study_name
         or f"{params.model_name or dataset}-{'custom' if params.objective else params.model}"
     )
-    storage_url = params.storage_url.get_secret_value() if params.storage_url else default_storage_url()
+    storage_url = storage_url_of(params)
     snapshot = ingest_source(params.source, params.table, dataset)
     gate = validate_snapshot(snapshot, params.target, dataset, None, 0.1, None)
     logged = {

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 import time
 import traceback
 import warnings
@@ -85,6 +87,7 @@ class TrialResult:
     error: str | None = None
     mlflow_run_id: str | None = None
     stopped_on_plateau: bool = False
+    worker: str = ""
 
 
 def evaluate_trial(job: TrialJob) -> TrialResult:
@@ -142,6 +145,7 @@ def evaluate_trial(job: TrialJob) -> TrialResult:
         seconds=time.perf_counter() - started,
         error=error,
         stopped_on_plateau=plateau,
+        worker=f"{socket.gethostname()}:{os.getpid()}",
     )
     if job.tracking is not None:
         from aicml.tuning.reporting import log_trial_run

@@ -202,7 +202,18 @@ def _val_loss(model: Any, problem: str, x: np.ndarray, y: np.ndarray, classes: n
 
 
 def sklearn_objective(kind: str, ctx: TrialContext) -> float:
-    """An iterative scikit-learn estimator, one ``val_loss`` per epoch (partial_fit or warm start)."""
+    """An iterative scikit-learn estimator, one ``val_loss`` per epoch (partial_fit or warm start).
+
+    Single-threaded on purpose: parallelism comes from running trials side by side, and OpenMP
+    threads of several trials would only fight over the same cores.
+    """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        return _sklearn_epochs(kind, ctx)
+
+
+def _sklearn_epochs(kind: str, ctx: TrialContext) -> float:
     data = ctx.data
     problem = data.codec.problem
     model = sklearn_estimator(kind, problem, ctx.params, data.seed, ctx.max_epochs)

@@ -35,6 +35,7 @@ def log_trial_run(tracking: TrackingRef, result: TrialResult) -> TrialResult:
         "optuna.state": result.state,
         "optuna.pruned": str(result.state == "PRUNED").lower(),
         "optuna.stopped_on_plateau": str(result.stopped_on_plateau).lower(),
+        "aicml.worker": result.worker,
     }
     run = client.create_run(tracking.experiment_id, run_name=f"trial-{result.number}", tags=tags)
     now = int(time.time() * 1000)

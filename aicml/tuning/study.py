@@ -7,7 +7,9 @@ trial whose process died is failed and re-queued with the same parameters by the
 from __future__ import annotations
 
 import contextlib
+import random
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -109,19 +111,25 @@ def open_storage(url: str, heartbeat_s: int = 30, grace_s: int | None = None) ->
     engine_kwargs: dict[str, Any] = (
         {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     )
-    try:
-        with warnings.catch_warnings():
-            # Heartbeats and their retry callback are marked experimental; they are what resume needs.
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(
-                url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=heartbeat_s,
-                grace_period=grace_s or heartbeat_s * 3,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES),
-            )
-    except Exception as exc:
-        raise TuningError(f"Cannot open the study storage {redact(url)}: {exc}") from exc
+    last: Exception | None = None
+    # Workers starting together race to create the schema (PostgreSQL answers with a unique-violation
+    # on its catalog); the loser retries and finds the tables made.
+    for attempt in range(6):
+        try:
+            with warnings.catch_warnings():
+                # Heartbeats and their retry callback are marked experimental; they are what resume needs.
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=heartbeat_s,
+                    grace_period=grace_s or heartbeat_s * 3,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES),
+                )
+        except Exception as exc:
+            last = exc
+            time.sleep(0.2 * (attempt + 1) + random.random() * 0.3)
+    raise TuningError(f"Cannot open the study storage {redact(url)}: {last}") from last
 
 
 def open_study(
@@ -132,14 +140,22 @@ def open_study(
     pruner: optuna.pruners.BasePruner | None = None,
 ) -> optuna.Study:
     """Create the study, or load it when it exists (a resumed run, or another machine's)."""
-    study = optuna.create_study(
-        study_name=name,
-        storage=storage,
-        direction=direction,  # type: ignore[arg-type]
-        sampler=sampler,
-        pruner=pruner,
-        load_if_exists=True,
-    )
+    for attempt in range(5):
+        try:
+            study = optuna.create_study(
+                study_name=name,
+                storage=storage,
+                direction=direction,  # type: ignore[arg-type]
+                sampler=sampler,
+                pruner=pruner,
+                load_if_exists=True,
+            )
+            break
+        except Exception:
+            # Two workers creating the same study at once: one wins, the other loads it on retry.
+            if attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1) + random.random() * 0.3)
     if study.direction.name.lower() != direction:
         raise TuningError(
             f"Study {name!r} exists with direction {study.direction.name.lower()}, not {direction}: "

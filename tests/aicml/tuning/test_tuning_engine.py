@@ -101,8 +101,8 @@ def test_iterative_sklearn_models_report_every_epoch_and_prune(tmp_path: Path, m
 
     pruning = PruningOptions(pruner="median", startup_trials=2, warmup_epochs=1, plateau_patience=3)
     study, outcome = run_inline(
-        _url(tmp_path), model, default_space(model), model, Budget(n_trials=5), sampler="random",
-        pruning=pruning, max_epochs=6, data=data,
+        _url(tmp_path), model, default_space(model), model, Budget(n_trials=4), sampler="random",
+        pruning=pruning, max_epochs=4, data=data,
     )  # fmt: skip
     assert {r.state for r in outcome.results} <= {"COMPLETE", "PRUNED"}
     assert all(r.epochs >= 1 and list(r.intermediate) == list(range(r.epochs)) for r in outcome.results)
