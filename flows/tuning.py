@@ -179,7 +179,10 @@ def search(
         make_sampler(options.sampler, space, options.seed),
         make_pruner(options.pruning, options.max_epochs),
     )
-    tracking = TrackingRef(ref.tracking_uri, ref.experiment_id, ref.parent_run_id)
+    # No tracking URI (the benchmark): trials are only recorded in the study.
+    tracking = (
+        TrackingRef(ref.tracking_uri, ref.experiment_id, ref.parent_run_id) if ref.tracking_uri else None
+    )
     base = options.trainer.model_dump()
 
     def make_job(trial: Any) -> TrialJob:

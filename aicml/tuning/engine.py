@@ -243,6 +243,9 @@ def drive(
     started = time.monotonic()
     limit = min(budget.n_trials, max_trials or budget.n_trials)
     pending: list[Any] = []
+    claimed: dict[int, int] = {}  # id(handle) -> trial id, for the driver's heartbeats
+    interval = float(getattr(study._storage, "get_heartbeat_interval", lambda: None)() or 0)
+    last_beat = 0.0
     results: list[TrialResult] = []
     failures = 0
     reason = "budget"
@@ -250,6 +253,7 @@ def drive(
         if pending:
             done, pending = executor.wait(pending, timeout=poll_s)
             for handle in done:
+                claimed.pop(id(handle), None)
                 result = executor.result(handle)
                 results.append(result)
                 if result.state == "FAIL":
@@ -269,7 +273,18 @@ def drive(
             trial = claim_trial(study, limit, space)
             if trial is None:
                 break
-            pending.append(executor.submit(make_job(trial)))
+            if interval:
+                study._storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
+            handle = executor.submit(make_job(trial))
+            claimed[id(handle)] = trial._trial_id
+            pending.append(handle)
+        if pending and interval and time.monotonic() - last_beat >= interval:
+            # The driver keeps its claimed trials alive while they queue for a worker (the worker
+            # beats too once it runs them); if this process dies, they go stale and are retried.
+            last_beat = time.monotonic()
+            for trial_id in claimed.values():
+                with contextlib.suppress(Exception):
+                    study._storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
         if pending:
             continue
         if stop is not None:
