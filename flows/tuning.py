@@ -234,6 +234,47 @@ def run_search(options: SearchOptions, ref: StudyRef, data_ref: Any) -> tuple[st
     return search_flow.with_options(task_runner=task_runner_for(options))(options, ref, data_ref)
 
 
+def tune_before_training(
+    options: SearchOptions,
+    validated_path: str,
+    target: str,
+    problem: str | None,
+    experiment: str,
+    study_name: str,
+    trainer: TrainerOptions,
+) -> TrainerOptions:
+    """The pipeline's tune switch: search the Lightning model's options, return the best as TrainerOptions.
+
+    Runs inside the calling flow (the pipeline): the study's parent MLflow run, the trials on Dask,
+    the plots and the leaderboard, exactly as in `tune`; the final training stays the pipeline's.
+    """
+    from aicml.tuning.errors import TuningError
+    from aicml.tuning.objectives import DataRef, lightning_options
+    from aicml.tuning.study import redact
+
+    if options.model != "lightning" or options.objective:
+        raise TuningError(
+            f"The pipeline's tune switch tunes the Lightning model's options; got model={options.model!r} "
+            f"objective={options.objective!r}. Use the `tune` flow for other models."
+        )
+    storage_url = storage_url_of(options)
+    ref = open_study_task(
+        study_name, storage_url, options.direction, experiment, {"aicml.study": study_name},
+        {"study": study_name, "storage": redact(storage_url), "sampler": options.sampler,
+         "pruner": options.pruning.pruner, "n_trials": options.budget.n_trials},
+    )  # fmt: skip
+    status = "FAILED"
+    try:
+        tuned = options.model_copy(update={"trainer": trainer})
+        stop_reason, _ = run_search(tuned, ref, DataRef(validated_path, target, problem, options.seed))
+        report = report_study_task(ref, stop_reason)
+        status = "FINISHED"
+    finally:
+        finish_study_run_task(ref, status)
+    best = lightning_options(trainer.model_dump(), report.best_params, max(report.best_epochs, 1))
+    return TrainerOptions(**{**best, "baseline": trainer.baseline})
+
+
 @flow(name="tune", log_prints=False, persist_result=True)
 def tune_flow(params: TuneParams) -> TuneResult:
     """Ingest -> validate -> parallel pruned trials -> plots + leaderboard -> best model -> promotion."""
