@@ -33,6 +33,9 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
 SEED = 42
+STORAGE: str | None = (
+    None  # --storage-url: the Dask parts on this storage (e.g. PostgreSQL) instead of SQLite
+)
 MODEL = "mlp"
 
 
@@ -47,6 +50,7 @@ def prepare_data(workdir: Path, rows: int) -> object:
     from aicml.data.demo import write_demo_data
     from aicml.tuning.objectives import DataRef
 
+    workdir.mkdir(parents=True, exist_ok=True)
     files = write_demo_data(workdir / "demo", rows=rows, parts=1, seed=7)
     frame = pd.concat(pd.read_csv(p) for p in sorted((workdir / "demo").glob("churn-part-*.csv")))
     path = workdir / "churn.parquet"
@@ -92,11 +96,11 @@ def run_pruning(workdir: Path, data: object, n_trials: int, epochs: int) -> dict
 
 def run_on_dask(workdir: Path, data: object, name: str, objective: str, workers: int, n_trials: int,
                 epochs: int) -> float:  # fmt: skip
-    """Wall time of the search phase of the tune flow (trials as Prefect tasks on Dask)."""
+    """Wall time of driving the trials in the tune flow's search phase (Prefect tasks on a started Dask cluster)."""
     from flows.tuning import SearchOptions, run_search
     from tasks.tune import StudyRef
 
-    url = f"sqlite:///{workdir / 'dask.db'}"
+    url = STORAGE or f"sqlite:///{workdir / 'dask.db'}"
     options = SearchOptions(
         model=MODEL, objective=objective if objective != MODEL else None, sampler="random", seed=SEED,
         pruning={"pruner": "none", "plateau_patience": None}, budget={"n_trials": n_trials},
@@ -106,9 +110,7 @@ def run_on_dask(workdir: Path, data: object, name: str, objective: str, workers:
 
     open_study(name, open_storage(url), "minimize")
     ref = StudyRef(name, url, "minimize", "", "", "", False, 0)
-    started = time.perf_counter()
-    run_search(options, ref, data)
-    return time.perf_counter() - started
+    return run_search(options, ref, data).seconds
 
 
 def plain_optimize(workdir: Path, n_trials: int) -> float:
@@ -138,19 +140,32 @@ def plain_optimize(workdir: Path, n_trials: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=4000)
+    parser.add_argument("--parallel-rows", type=int, default=16000)
     parser.add_argument("--trials", type=int, default=24)
     parser.add_argument("--epochs", type=int, default=18)
     parser.add_argument("--parallel-trials", type=int, default=8)
     parser.add_argument("--overhead-trials", type=int, default=40)
+    parser.add_argument(
+        "--storage-url", default=None, help="Optuna storage of the Dask runs (default SQLite)."
+    )
+    parser.add_argument("--skip-pruning", action="store_true", help="Only the parallel and overhead parts.")
     args = parser.parse_args()
+    global STORAGE
+    STORAGE = args.storage_url
     print("load before:", os.getloadavg(), flush=True)
     with tempfile.TemporaryDirectory(prefix="aic-bench-tuning-") as tmp:
         workdir = Path(tmp)
         data = prepare_data(workdir, args.rows)
-        figures = run_pruning(workdir, data, args.trials, args.epochs)
+        figures = (
+            run_pruning(workdir, data, args.trials, args.epochs)
+            if not args.skip_pruning
+            else {"pruned_epochs": 1.0, "unpruned_epochs": 1.0, "best_pruned": 1.0, "best_unpruned": 1.0}
+        )
 
-        one = run_on_dask(workdir, data, "w1", MODEL, 1, args.parallel_trials, args.epochs)
-        two = run_on_dask(workdir, data, "w2", MODEL, 2, args.parallel_trials, args.epochs)
+        # Longer trials for the parallel comparison, so that the work, not the per-trial overhead, is timed.
+        big = prepare_data(workdir / "big", args.parallel_rows)
+        one = run_on_dask(workdir, big, "w1", MODEL, 1, args.parallel_trials, args.epochs)
+        two = run_on_dask(workdir, big, "w2", MODEL, 2, args.parallel_trials, args.epochs)
         print(f"{args.parallel_trials} trials: 1 worker {one:.1f}s, 2 workers {two:.1f}s", flush=True)
 
         plain = plain_optimize(workdir, args.overhead_trials)

@@ -162,10 +162,18 @@ class TuneResult(BaseModel):
     seconds: float
 
 
+class SearchOutcome(BaseModel):
+    """How the search phase ended."""
+
+    stop_reason: str
+    trials: int
+    seconds: float = Field(description="Wall time of driving the trials (the cluster already up).")
+
+
 def search(
     options: SearchOptions, ref: StudyRef, data_ref: Any, max_trials: int | None = None
-) -> tuple[str, int]:
-    """Drive the study from this flow with trials as Prefect tasks; return (stop reason, trials run here)."""
+) -> SearchOutcome:
+    """Drive the study from this flow with trials as Prefect tasks."""
     from aicml.tuning.engine import TrackingRef, TrialJob, drive
     from aicml.tuning.study import make_pruner, make_sampler, open_storage, open_study
     from tasks.tune import PrefectExecutor
@@ -209,7 +217,9 @@ def search(
         max_grid = grid_size(space)
     limit = min(x for x in (max_trials, max_grid) if x is not None) if (max_trials or max_grid) else None
     outcome = drive(study, space, options.budget, make_job, PrefectExecutor(), options.parallel, limit)
-    return outcome.stop_reason, len(outcome.results)
+    return SearchOutcome(
+        stop_reason=outcome.stop_reason, trials=len(outcome.results), seconds=outcome.seconds
+    )
 
 
 def task_runner_for(options: SearchOptions) -> Any:
@@ -225,13 +235,16 @@ def task_runner_for(options: SearchOptions) -> Any:
 
 
 @flow(name="tuning-search", log_prints=False, persist_result=False)
-def search_flow(options: SearchOptions, ref: StudyRef, data_ref: Any) -> tuple[str, int]:
+def search_flow(options: SearchOptions, ref: StudyRef, data_ref: Any) -> SearchOutcome:
     """The trials of one study on the task runner chosen by the caller (see `task_runner_for`)."""
     return search(options, ref, data_ref)
 
 
-def run_search(options: SearchOptions, ref: StudyRef, data_ref: Any) -> tuple[str, int]:
-    return search_flow.with_options(task_runner=task_runner_for(options))(options, ref, data_ref)
+def run_search(options: SearchOptions, ref: StudyRef, data_ref: Any) -> SearchOutcome:
+    outcome: SearchOutcome = search_flow.with_options(task_runner=task_runner_for(options))(
+        options, ref, data_ref
+    )
+    return outcome
 
 
 def tune_before_training(
@@ -266,8 +279,8 @@ def tune_before_training(
     status = "FAILED"
     try:
         tuned = options.model_copy(update={"trainer": trainer})
-        stop_reason, _ = run_search(tuned, ref, DataRef(validated_path, target, problem, options.seed))
-        report = report_study_task(ref, stop_reason)
+        searched = run_search(tuned, ref, DataRef(validated_path, target, problem, options.seed))
+        report = report_study_task(ref, searched.stop_reason)
         status = "FINISHED"
     finally:
         finish_study_run_task(ref, status)
@@ -318,7 +331,8 @@ def tune_flow(params: TuneParams) -> TuneResult:
     status = "FAILED"
     try:
         data_ref = DataRef(gate.path, params.target, params.problem, params.seed)
-        stop_reason, ran = run_search(params, ref, data_ref)
+        searched = run_search(params, ref, data_ref)
+        stop_reason, ran = searched.stop_reason, searched.trials
         report: StudyReport = report_study_task(ref, stop_reason)
         version = decision = outcome = None
         if params.model_name:

@@ -6,6 +6,7 @@ submitted to the flow's task runner (a Dask ``LocalCluster`` by default), so n t
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -127,8 +128,21 @@ class PrefectExecutor:
         return evaluate_trial_task.submit(job)
 
     def wait(self, handles: Sequence[Any], timeout: float) -> tuple[list[Any], list[Any]]:
-        done = wait(list(handles), timeout=timeout).done
-        return [h for h in handles if h in done], [h for h in handles if h not in done]
+        wrapped = [getattr(h, "wrapped_future", None) for h in handles]
+        if handles and all(hasattr(w, "done") for w in wrapped):
+            # Dask futures: return as soon as the first trial finishes (Prefect's wait waits for all);
+            # `done()` is a local flag, so polling it is cheap.
+            deadline = time.monotonic() + timeout
+            flags = [bool(w.done()) for w in wrapped]  # type: ignore[union-attr]
+            while not any(flags) and time.monotonic() < deadline:
+                time.sleep(0.01)
+                flags = [bool(w.done()) for w in wrapped]  # type: ignore[union-attr]
+        else:
+            done = wait(list(handles), timeout=timeout).done
+            flags = [h in done for h in handles]
+        return [h for h, f in zip(handles, flags, strict=True) if f], [
+            h for h, f in zip(handles, flags, strict=True) if not f
+        ]
 
     def result(self, handle: Any) -> TrialResult:
         result: TrialResult = handle.result()

@@ -10,6 +10,7 @@ against the study so that exactly ``n_trials`` trials finish, however many drive
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -90,10 +91,16 @@ class TrialResult:
     worker: str = ""
 
 
+@functools.lru_cache(maxsize=8)
+def _worker_storage(url: str, heartbeat_s: int, grace_s: int | None) -> Any:
+    """One storage (engine, connection pool, schema check) per worker process, reused by its trials."""
+    return open_storage(url, heartbeat_s, grace_s)
+
+
 def evaluate_trial(job: TrialJob) -> TrialResult:
     """Run the objective for one claimed trial and record its outcome in the study (worker side)."""
     started = time.perf_counter()
-    storage = open_storage(job.storage_url, job.heartbeat_s, job.grace_s)
+    storage = _worker_storage(job.storage_url, job.heartbeat_s, job.grace_s)
     # The worker never samples (the driver did); its study only needs the pruner.
     study = optuna.load_study(
         study_name=job.study_name,
