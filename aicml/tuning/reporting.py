@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -108,7 +109,9 @@ def log_study_plots(study: optuna.Study, tracking_uri: str, run_id: str) -> list
     logged = []
     for path, plot in plots.items():
         try:
-            axes = plot(study)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                axes = plot(study)
             figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
             figure.set_size_inches(8, 5)
             client.log_figure(run_id, figure, path)

@@ -180,3 +180,32 @@ def test_sigkilled_study_resumes_keeping_finished_trials(
     complete = {t.number for t in study.trials if t.state == TrialState.COMPLETE}
     assert all(evaluated[n] == 1 for n in complete), "each finished trial ran exactly once"
     assert set(evaluated) - complete <= {killed.number}, "nothing else ran but the interrupted trial"
+
+
+def test_pipeline_tune_switch_returns_the_best_trainer_options(stack, tmp_path: Path) -> None:
+    import pandas as pd
+    from prefect import flow
+
+    from aicml.models.options import TrainerOptions
+    from flows.tuning import SearchOptions, tune_before_training
+
+    parquet = tmp_path / "validated.parquet"
+    pd.read_csv(regression_csv(tmp_path / "data.csv", rows=300)).to_parquet(parquet)
+    options = SearchOptions(
+        space={"learning_rate": {"kind": "float", "low": 1e-3, "high": 1e-2, "log": True},
+               "hidden_width": {"kind": "int", "low": 8, "high": 16}},
+        sampler="random", pruning={"pruner": "none", "plateau_patience": None}, budget={"n_trials": 2},
+        max_epochs=2, parallel=1, storage_url=f"sqlite:///{tmp_path / 'optuna.db'}",
+    )  # fmt: skip
+
+    @flow(name="pipeline-like")
+    def pipeline_like() -> TrainerOptions:
+        base = TrainerOptions(progress_bar=False, hidden=[4, 4, 4], batch_size=64)
+        return tune_before_training(
+            options, str(parquet), "y", None, "aic-ml", f"switch-{uuid.uuid4().hex[:6]}", base
+        )
+
+    tuned = pipeline_like()
+    assert 1e-3 <= tuned.learning_rate <= 1e-2
+    assert len(tuned.hidden) == 1 and 8 <= tuned.hidden[0] <= 16, "sampled width replaces the base layers"
+    assert tuned.batch_size == 64 and tuned.max_epochs == 2 and tuned.baseline, "the rest is kept"
