@@ -73,6 +73,7 @@ bench: $(STAMP) ## Run the side-by-side benchmarks; each prints a JSON line last
 	$(BIN)/python benchmarks/serving.py
 	$(BIN)/python benchmarks/agents.py
 	$(BIN)/python benchmarks/training.py
+	$(BIN)/python benchmarks/tuning.py
 	$(BIN)/python benchmarks/gpu_utilisation.py
 
 clean: ## Remove the venv and the local stack's state

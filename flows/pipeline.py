@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 
 from aicml.models.options import TrainerOptions
 from aicml.observability.metrics import PIPELINE_EXECUTIONS, PIPELINE_EXECUTIONS_DURATION
+from flows.tuning import SearchOptions, tune_before_training
 from tasks.context import settings
 from tasks.ingest import ingest_source
 from tasks.policies import SourceFiles
@@ -71,6 +72,10 @@ class PipelineParams(BaseModel):
             "the pipeline's own process; the other stages stay where the pipeline runs."
         ),
     )
+    tune: SearchOptions | None = Field(
+        default=None,
+        description="Tune the Lightning model's options before the final training; empty trains with `trainer` as given.",
+    )
     reuse_results: bool = Field(
         default=True,
         description=(
@@ -127,13 +132,24 @@ def ml_pipeline(params: PipelineParams) -> PipelineResult:
         gate = validate_snapshot.with_options(cache_policy=INPUTS - "parent_run_id" + TASK_SOURCE, **reuse)(
             snapshot, params.target, dataset, params.suite_path, params.max_missing_label_fraction, parent
         )
+        trainer = params.trainer
+        if params.tune is not None:
+            trainer = tune_before_training(
+                params.tune,
+                gate.path,
+                params.target,
+                params.problem,
+                experiment,
+                params.tune.study_name or f"{params.model_name}-pipeline",
+                params.trainer,
+            )
         if params.training_deployment:
             # Per-stage infrastructure: training runs as its own deployment (GPU nodes, say).
             outcome = train_on_deployment(
                 gate,
                 params.target,
                 params.problem,
-                params.trainer,
+                trainer,
                 params.seed,
                 experiment,
                 parent,
@@ -143,7 +159,7 @@ def ml_pipeline(params: PipelineParams) -> PipelineResult:
             # `training-slot` is a concurrency limit (4, the namespace's GPU quota) that `aicml up` creates.
             outcome = train_models.with_options(
                 cache_policy=INPUTS - "parent_run_id" + TASK_SOURCE, tags={"training-slot"}, **reuse
-            )(gate, params.target, params.problem, params.trainer, params.seed, experiment, parent)
+            )(gate, params.target, params.problem, trainer, params.seed, experiment, parent)
         # Register, decide, move the alias and prove the champion serves, as one transaction: if any
         # step fails, the rollback hooks put `challenger` and `champion` back where they were.
         with transaction():

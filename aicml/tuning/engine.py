@@ -1,0 +1,306 @@
+"""The tuning engine: a driver that claims trials from a shared study, and a worker that evaluates one.
+
+The driver samples every parameter (``study.ask``) where the sampler's state lives, keeps up to
+``parallel`` trials in flight on an executor (Prefect tasks on Dask, or inline), and stops on the
+budget. Workers report per-epoch values, prune, and ``tell`` the result themselves, so a result
+survives its driver. Several drivers on several machines may share one RDB study: claims are checked
+against the study so that exactly ``n_trials`` trials finish, however many drivers run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import socket
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import optuna
+from optuna.trial import TrialState
+
+from aicml.tuning.errors import TuningError
+from aicml.tuning.objectives import DataRef, PlateauStop, TrialContext, resolve_objective
+from aicml.tuning.space import Budget, PruningOptions, SearchSpace
+from aicml.tuning.study import distributions, heartbeat, make_pruner, open_storage
+
+log = logging.getLogger(__name__)
+
+LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+SURPLUS_ATTR = "aicml_surplus"
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence Optuna's notes that heartbeats are experimental and meant for ``optimize``: we drive them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage")
+        yield
+
+
+@dataclass(frozen=True)
+class TrackingRef:
+    """Where trial runs are logged: an MLflow server, experiment and the study's parent run."""
+
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+
+
+@dataclass(frozen=True)
+class TrialJob:
+    """Everything a worker needs to evaluate one claimed trial (plain values: it crosses processes)."""
+
+    study_name: str
+    storage_url: str
+    trial_id: int
+    number: int
+    params: dict[str, Any]
+    objective: str
+    direction: str
+    max_epochs: int
+    pruning: PruningOptions
+    data: DataRef | None = None
+    base_options: dict[str, Any] = field(default_factory=dict)
+    tracking: TrackingRef | None = None
+    heartbeat_s: int = 30
+    grace_s: int | None = None
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """What one trial did."""
+
+    number: int
+    state: str  # COMPLETE, PRUNED or FAIL
+    value: float | None
+    params: dict[str, Any]
+    epochs: int
+    intermediate: dict[int, float]
+    seconds: float
+    error: str | None = None
+    mlflow_run_id: str | None = None
+    stopped_on_plateau: bool = False
+    worker: str = ""
+
+
+@functools.lru_cache(maxsize=8)
+def _worker_storage(url: str, heartbeat_s: int, grace_s: int | None) -> Any:
+    """One storage (engine, connection pool, schema check) per worker process, reused by its trials."""
+    return open_storage(url, heartbeat_s, grace_s)
+
+
+def evaluate_trial(job: TrialJob) -> TrialResult:
+    """Run the objective for one claimed trial and record its outcome in the study (worker side)."""
+    started = time.perf_counter()
+    storage = _worker_storage(job.storage_url, job.heartbeat_s, job.grace_s)
+    # The worker never samples (the driver did); its study only needs the pruner.
+    study = optuna.load_study(
+        study_name=job.study_name,
+        storage=storage,
+        sampler=optuna.samplers.RandomSampler(),
+        pruner=make_pruner(job.pruning, job.max_epochs),
+    )
+    with _quiet():
+        trial = optuna.trial.Trial(study, job.trial_id)
+    ctx = TrialContext(
+        trial=trial,
+        params=dict(job.params),
+        direction=job.direction,
+        max_epochs=job.max_epochs,
+        pruning=job.pruning,
+        data_ref=job.data,
+        base_options=dict(job.base_options),
+    )
+    state, value, error, plateau = TrialState.COMPLETE, None, None, False
+    with heartbeat(storage, job.trial_id, job.heartbeat_s):
+        try:
+            value = float(resolve_objective(job.objective)(ctx))
+        except optuna.TrialPruned:
+            state = TrialState.PRUNED
+        except PlateauStop:
+            state, value, plateau = TrialState.COMPLETE, ctx.best, True
+        except Exception as exc:
+            state, error = TrialState.FAIL, f"{type(exc).__name__}: {exc}"
+            log.warning("Trial %d failed: %s", job.number, "".join(traceback.format_exception(exc))[-2000:])
+        if state == TrialState.COMPLETE and value is None:
+            state, error = TrialState.FAIL, "the objective returned no value"
+        try:
+            if state == TrialState.COMPLETE:
+                study.tell(trial, value)
+            else:
+                study.tell(trial, state=state)
+        except Exception as exc:  # e.g. failed as stale meanwhile: the study already holds its fate
+            error = f"could not record the result: {exc}"
+            state = TrialState.FAIL
+    if state == TrialState.PRUNED and ctx.intermediate:
+        value = ctx.intermediate[max(ctx.intermediate)]
+    result = TrialResult(
+        number=job.number,
+        state=state.name,
+        value=value,
+        params=dict(job.params),
+        epochs=ctx.epochs,
+        intermediate=dict(ctx.intermediate),
+        seconds=time.perf_counter() - started,
+        error=error,
+        stopped_on_plateau=plateau,
+        worker=f"{socket.gethostname()}:{os.getpid()}",
+    )
+    if job.tracking is not None:
+        from aicml.tuning.reporting import log_trial_run
+
+        result = log_trial_run(job.tracking, result)
+    return result
+
+
+class Executor(Protocol):
+    """Runs jobs somewhere: ``submit`` returns a handle, ``wait`` splits handles into done and pending."""
+
+    def submit(self, job: TrialJob) -> Any: ...
+
+    def wait(self, handles: Sequence[Any], timeout: float) -> tuple[list[Any], list[Any]]: ...
+
+    def result(self, handle: Any) -> TrialResult: ...
+
+
+class InlineExecutor:
+    """Evaluates each job at once in this process (one trial at a time)."""
+
+    def submit(self, job: TrialJob) -> TrialResult:
+        return evaluate_trial(job)
+
+    def wait(self, handles: Sequence[Any], timeout: float) -> tuple[list[Any], list[Any]]:
+        return list(handles), []
+
+    def result(self, handle: Any) -> TrialResult:
+        return handle  # type: ignore[no-any-return]
+
+
+@dataclass
+class DriveOutcome:
+    """What this driver ran and why it stopped."""
+
+    results: list[TrialResult]
+    stop_reason: str
+    seconds: float
+
+
+def _best_after_patience(study: optuna.Study, patience: int) -> bool:
+    """True when the last ``patience`` finished trials (by finish time) did not improve the best value."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+    if len(done) <= patience:
+        return False
+    done.sort(key=lambda t: (t.datetime_complete or 0, t.number))
+    sign = 1.0 if study.direction == optuna.study.StudyDirection.MINIMIZE else -1.0
+    best_index = min(range(len(done)), key=lambda i: (sign * float(done[i].value or 0.0), i))
+    return len(done) - 1 - best_index >= patience
+
+
+def _stop_reason(study: optuna.Study, budget: Budget, started: float, max_trials: int) -> str | None:
+    if budget.timeout_s is not None and time.monotonic() - started >= budget.timeout_s:
+        return f"timeout of {budget.timeout_s:g}s"
+    if budget.patience is not None and _best_after_patience(study, budget.patience):
+        return f"{budget.patience} finished trials without improvement"
+    if len(study.get_trials(deepcopy=False, states=FINISHED)) >= max_trials:
+        return f"{max_trials} trials finished"
+    return None
+
+
+def claim_trial(study: optuna.Study, max_trials: int, space: SearchSpace) -> optuna.trial.Trial | None:
+    """Ask for a trial unless the budget is taken; a claim that lost a race to another driver is released.
+
+    Trials are numbered in creation order, so counting the live trials numbered below ours tells,
+    with no lock, whether ours is within the first ``max_trials``.
+    """
+    live = study.get_trials(deepcopy=False, states=LIVE)
+    waiting = any(t.state == TrialState.WAITING for t in live)
+    if len(live) >= max_trials and not waiting:
+        return None
+    with _quiet():
+        trial = study.ask(distributions(space))
+    ahead = sum(1 for t in study.get_trials(deepcopy=False, states=LIVE) if t.number < trial.number)
+    if ahead >= max_trials:
+        trial.set_user_attr(SURPLUS_ATTR, True)
+        study.tell(trial, state=TrialState.FAIL)
+        return None
+    return trial
+
+
+def drive(
+    study: optuna.Study,
+    space: SearchSpace,
+    budget: Budget,
+    make_job: Callable[[optuna.trial.Trial], TrialJob],
+    executor: Executor,
+    parallel: int = 1,
+    max_trials: int | None = None,
+    on_result: Callable[[TrialResult], None] | None = None,
+    poll_s: float = 0.5,
+    max_failures: int = 3,
+) -> DriveOutcome:
+    """Keep ``parallel`` trials in flight until the budget says stop; wait for other drivers' trials."""
+    started = time.monotonic()
+    limit = min(budget.n_trials, max_trials or budget.n_trials)
+    pending: list[Any] = []
+    claimed: dict[int, int] = {}  # id(handle) -> trial id, for the driver's heartbeats
+    interval = float(getattr(study._storage, "get_heartbeat_interval", lambda: None)() or 0)
+    last_beat = 0.0
+    results: list[TrialResult] = []
+    failures = 0
+    reason = "budget"
+    while True:
+        if pending:
+            done, pending = executor.wait(pending, timeout=poll_s)
+            for handle in done:
+                claimed.pop(id(handle), None)
+                result = executor.result(handle)
+                results.append(result)
+                if result.state == "FAIL":
+                    failures += 1
+                if on_result is not None:
+                    on_result(result)
+            if failures >= max_failures and not any(r.state != "FAIL" for r in results):
+                raise TuningError(
+                    f"The first {failures} trials of study {study.study_name!r} failed; the last error: "
+                    f"{results[-1].error}. Fix the objective or the search space."
+                )
+        # A trial whose worker died is failed here and re-queued with the same parameters.
+        with _quiet():
+            optuna.storages.fail_stale_trials(study)
+        stop = _stop_reason(study, budget, started, limit)
+        while stop is None and len(pending) < parallel:
+            trial = claim_trial(study, limit, space)
+            if trial is None:
+                break
+            if interval:
+                study._storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
+            handle = executor.submit(make_job(trial))
+            claimed[id(handle)] = trial._trial_id
+            pending.append(handle)
+        if pending and interval and time.monotonic() - last_beat >= interval:
+            # The driver keeps its claimed trials alive while they queue for a worker (the worker
+            # beats too once it runs them); if this process dies, they go stale and are retried.
+            last_beat = time.monotonic()
+            for trial_id in claimed.values():
+                with contextlib.suppress(Exception):
+                    study._storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
+        if pending:
+            continue
+        if stop is not None:
+            reason = stop
+            break
+        others = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+        if not others:
+            reason = "no trial left to run"
+            break
+        # Trials of other drivers (or of a dead one, until its heartbeat expires) hold the last slots.
+        time.sleep(poll_s)
+    return DriveOutcome(results=results, stop_reason=reason, seconds=time.monotonic() - started)

@@ -1,0 +1,258 @@
+"""Tuning tasks: open the study and its parent MLflow run, evaluate one trial, report, train the best.
+
+The driver loop (``aicml.tuning.engine.drive``) runs in the flow; each trial is one Prefect task
+submitted to the flow's task runner (a Dask ``LocalCluster`` by default), so n trials run at once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture, wait
+
+from aicml.models.training import TrainingOutcome
+from aicml.tuning.engine import TrialJob, TrialResult
+from tasks.context import data_dir, settings
+
+
+@dataclass(frozen=True)
+class StudyRef:
+    """How every process finds the study and its MLflow parent run (the storage URL may hold a password)."""
+
+    study_name: str
+    storage_url: str
+    direction: str
+    experiment_id: str
+    parent_run_id: str
+    tracking_uri: str
+    resumed: bool
+    finished_before: int
+
+
+@dataclass(frozen=True)
+class StudyReport:
+    """The outcome of a study: its best trial, its counts and where the plots went."""
+
+    study_name: str
+    best_number: int
+    best_value: float
+    best_params: dict[str, Any]
+    best_epochs: int
+    counts: dict[str, int]
+    leaderboard: list[dict[str, Any]]
+    plots: list[str]
+
+
+def default_storage_url() -> str:
+    from aicml.tuning.study import local_storage_url
+
+    return local_storage_url(data_dir("tuning"))
+
+
+@task(name="open-study", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE, persist_result=False)
+def open_study_task(
+    study_name: str,
+    storage_url: str,
+    direction: str,
+    experiment: str,
+    tags: dict[str, str],
+    params_to_log: dict[str, Any],
+) -> StudyRef:
+    """Create or load the study, and create (or, on resume, reopen) its parent MLflow run."""
+    from mlflow import MlflowClient
+
+    from aicml.registry.tracking import use_tracking
+    from aicml.tuning.engine import FINISHED
+    from aicml.tuning.reporting import STUDY_RUN_ATTR
+    from aicml.tuning.study import open_storage, open_study
+
+    storage = open_storage(storage_url)
+    study = open_study(study_name, storage, direction)
+    uri = settings().tracking_uri
+    experiment_id = use_tracking(uri, experiment)
+    client = MlflowClient(uri)
+    parent = study.user_attrs.get(STUDY_RUN_ATTR)
+    resumed = parent is not None
+    if parent is None:
+        run = client.create_run(experiment_id, run_name=f"study-{study_name}", tags=tags)
+        parent = run.info.run_id
+        study.set_user_attr(STUDY_RUN_ATTR, parent)
+        client.log_batch(parent, params=[_param(k, v) for k, v in params_to_log.items()])
+    else:
+        client.update_run(parent, status="RUNNING")
+    finished = len(study.get_trials(deepcopy=False, states=FINISHED))
+    get_run_logger().info(
+        "Study %s %s (%d trials finished before); MLflow parent run %s",
+        study_name,
+        "resumed" if resumed else "created",
+        finished,
+        parent,
+    )
+    return StudyRef(study_name, storage_url, direction, experiment_id, str(parent), uri, resumed, finished)
+
+
+def _param(key: str, value: Any) -> Any:
+    from mlflow.entities import Param
+
+    return Param(key, str(value)[:6000])
+
+
+# A trial is never retried by Prefect: the study re-queues trials whose worker died.
+@task(name="trial", retries=0, cache_policy=NO_CACHE, persist_result=False)
+def evaluate_trial_task(job: TrialJob) -> TrialResult:
+    """Evaluate one trial (on a Dask worker by default) and record it in the study and MLflow."""
+    from aicml.tuning.engine import evaluate_trial
+
+    result = evaluate_trial(job)
+    get_run_logger().info(
+        "Trial %d %s value=%s epochs=%d%s",
+        result.number,
+        result.state,
+        None if result.value is None else round(result.value, 5),
+        result.epochs,
+        f" ({result.error})" if result.error else "",
+    )
+    return result
+
+
+class PrefectExecutor:
+    """The engine's executor as Prefect task submissions on the flow's task runner."""
+
+    def submit(self, job: TrialJob) -> PrefectFuture[TrialResult]:
+        return evaluate_trial_task.submit(job)
+
+    def wait(self, handles: Sequence[Any], timeout: float) -> tuple[list[Any], list[Any]]:
+        wrapped = [getattr(h, "wrapped_future", None) for h in handles]
+        if handles and all(hasattr(w, "done") for w in wrapped):
+            # Dask futures: return as soon as the first trial finishes (Prefect's wait waits for all);
+            # `done()` is a local flag, so polling it is cheap.
+            deadline = time.monotonic() + timeout
+            flags = [bool(w.done()) for w in wrapped]  # type: ignore[union-attr]
+            while not any(flags) and time.monotonic() < deadline:
+                time.sleep(0.01)
+                flags = [bool(w.done()) for w in wrapped]  # type: ignore[union-attr]
+        else:
+            done = wait(list(handles), timeout=timeout).done
+            flags = [h in done for h in handles]
+        return [h for h, f in zip(handles, flags, strict=True) if f], [
+            h for h, f in zip(handles, flags, strict=True) if not f
+        ]
+
+    def result(self, handle: Any) -> TrialResult:
+        result: TrialResult = handle.result()
+        return result
+
+
+@task(name="report-study", retries=1, cache_policy=NO_CACHE, persist_result=False)
+def report_study_task(ref: StudyRef, stop_reason: str) -> StudyReport:
+    """Plots to the parent MLflow run and a leaderboard Prefect table artifact; the best trial."""
+    from mlflow import MlflowClient
+
+    from aicml.tuning.errors import TuningError
+    from aicml.tuning.reporting import leaderboard, log_study_plots, study_counts
+    from aicml.tuning.study import open_storage, open_study
+
+    study = open_study(ref.study_name, open_storage(ref.storage_url), ref.direction)
+    counts = study_counts(study)
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    if not complete:
+        raise TuningError(
+            f"Study {ref.study_name!r} has no completed trial ({counts}); widen the space or the budget."
+        )
+    best = study.best_trial
+    board = leaderboard(study)
+    plots = log_study_plots(study, ref.tracking_uri, ref.parent_run_id)
+    client = MlflowClient(ref.tracking_uri)
+    client.log_batch(
+        ref.parent_run_id,
+        params=[_param(f"best_{k}", v) for k, v in best.params.items() if not ref.resumed],
+    )
+    client.log_metric(ref.parent_run_id, "best_value", float(best.value or 0.0))
+    for state, count in counts.items():
+        client.log_metric(ref.parent_run_id, f"trials_{state.lower()}", count)
+    client.set_tag(ref.parent_run_id, "aicml.stop_reason", stop_reason)
+    client.set_tag(ref.parent_run_id, "aicml.best_trial", str(best.number))
+    key = "tuning-" + "".join(ch if ch.isalnum() else "-" for ch in ref.study_name.lower()).strip("-")
+    create_table_artifact(
+        table=board,
+        key=key[:100],
+        description=f"Leaderboard of study {ref.study_name}: best trial {best.number} = {best.value:.5f}",
+    )
+    get_run_logger().info("Study %s: %s; best trial %d = %.5f %s", ref.study_name, counts, best.number,
+                          best.value or 0.0, best.params)  # fmt: skip
+    return StudyReport(
+        study_name=ref.study_name,
+        best_number=best.number,
+        best_value=float(best.value or 0.0),
+        best_params=dict(best.params),
+        best_epochs=len(best.intermediate_values),
+        counts=counts,
+        leaderboard=board,
+        plots=plots,
+    )
+
+
+@task(name="finish-study-run", cache_policy=NO_CACHE, persist_result=False)
+def finish_study_run_task(ref: StudyRef, status: str) -> None:
+    from mlflow import MlflowClient
+
+    MlflowClient(ref.tracking_uri).set_terminated(ref.parent_run_id, status=status)
+
+
+@task(name="train-best", retries=0, cache_policy=NO_CACHE, persist_result=False, timeout_seconds=6 * 3600)
+def train_best_task(
+    ref: StudyRef,
+    report: StudyReport,
+    validated_path: str,
+    target: str,
+    problem: str | None,
+    model: str,
+    base_options: dict[str, Any],
+    seed: int,
+) -> TrainingOutcome:
+    """Train the final model with the best parameters as a nested run of the study's parent run."""
+    import mlflow
+    import pandas as pd
+
+    from aicml.models.features import infer_problem
+    from aicml.models.options import TrainerOptions
+    from aicml.models.trainers import LightningTabularTrainer, SklearnTrainer, Trainer
+    from aicml.models.training import train_candidates
+    from aicml.tuning.objectives import lightning_options, sklearn_estimator
+
+    frame = pd.read_parquet(validated_path)
+    resolved = problem or infer_problem(frame[target])
+    epochs = max(report.best_epochs, 1)
+    trainer: Trainer
+    if model == "lightning":
+        trainer = LightningTabularTrainer(
+            TrainerOptions(**lightning_options(base_options, report.best_params, epochs))
+        )
+    else:
+        trainer = SklearnTrainer(
+            estimator=sklearn_estimator(model, resolved, report.best_params, seed, epochs)
+        )
+    mlflow.set_tracking_uri(ref.tracking_uri)
+    with mlflow.start_run(run_id=ref.parent_run_id):
+        outcome = train_candidates(
+            frame,
+            target,
+            resolved,  # type: ignore[arg-type]
+            [trainer],
+            seed,
+            data_dir("splits"),
+            tags={"aicml.study": ref.study_name, "aicml.best_trial": str(report.best_number)},
+        )
+    get_run_logger().info(
+        "Final %s model: test %s=%.4f",
+        model,
+        outcome.primary_metric,
+        outcome.best.metrics[outcome.primary_metric],
+    )
+    return outcome
