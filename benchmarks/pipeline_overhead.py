@@ -66,7 +66,10 @@ def run(stack, home: Path, args: argparse.Namespace) -> None:  # type: ignore[no
 
     files = write_demo_data(home / "demo", rows=args.rows)
     options = TrainerOptions(max_epochs=args.epochs, progress_bar=False)
-    params = PipelineParams(source=files.clean_glob, target="churn", model_name="bench", trainer=options)
+    # reuse_results=False: the flow must do the same work as the plain path, not serve cached stages.
+    params = PipelineParams(
+        source=files.clean_glob, target="churn", model_name="bench", trainer=options, reuse_results=False
+    )
 
     def plain() -> None:
         experiment = stack.settings.experiment

@@ -19,9 +19,14 @@ def _jobs(outcome: str) -> float:
     return REGISTRY.get_sample_value("ml_training_jobs_total", {"outcome": outcome}) or 0.0
 
 
-def test_train_flow_logs_one_complete_run(stack: object, tmp_path: Path) -> None:
+def test_train_flow_logs_one_complete_run(
+    stack: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import mlflow
     from mlflow.models import get_model_info
+
+    # Sample system metrics every half second: on an idle machine the three epochs take only seconds.
+    monkeypatch.setenv("AIC_TRAINING_SYSTEM_METRICS_INTERVAL", "0.5")
 
     before = _jobs("success")
     params = TrainParams(
