@@ -20,6 +20,11 @@ class TrainerOptions(BaseModel):
     learning_rate: float = Field(default=2e-3, gt=0, le=1.0, description="AdamW learning rate.")
     hidden: list[int] = Field(default=[128, 64], min_length=1, description="Hidden layer widths of the MLP.")
     dropout: float = Field(default=0.1, ge=0, lt=1, description="Dropout between hidden layers.")
+    cpu_threads: int = Field(
+        default=1,
+        ge=0,
+        description="torch intra-op threads when training on CPU; 0 keeps torch's default (one per core).",
+    )
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = Field(
         default="auto", description="Lightning accelerator; `auto` takes a GPU when one is present."
     )
