@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.sorting import ArtifactSort
 from testdata import housing_csv, regression_csv
 
 from aicml.data.demo import write_demo_data
@@ -69,8 +70,9 @@ def test_pipeline_end_to_end_then_gate_rejects_bad_batch(stack, demo) -> None:
     # and the promotion note.
     async def artifacts() -> dict[str, str]:
         async with get_client() as prefect:
-            found = await prefect.read_artifacts(limit=200)
-        return {str(a.key or a.description): str(a.data) for a in found}
+            # Newest first: the suite has made many artifacts before this run.
+            found = await prefect.read_artifacts(sort=ArtifactSort.CREATED_DESC, limit=50)
+        return {str(a.key or a.description): str(a.data) for a in reversed(found)}
 
     seen = asyncio.run(artifacts())
     assert any(k.startswith("quality-") for k in seen)
