@@ -68,17 +68,21 @@ def test_pipeline_end_to_end_then_gate_rejects_bad_batch(stack, demo) -> None:
 
     # What a person sees in the Prefect UI: the quality table, the training summary with MLflow links,
     # and the promotion note.
-    async def artifacts() -> dict[str, str]:
+    async def artifacts() -> list[tuple[str, str]]:
         async with get_client() as prefect:
             # Newest first: the suite has made many artifacts before this run.
-            found = await prefect.read_artifacts(sort=ArtifactSort.CREATED_DESC, limit=50)
-        return {str(a.key or a.description): str(a.data) for a in reversed(found)}
+            found = await prefect.read_artifacts(sort=ArtifactSort.CREATED_DESC, limit=100)
+        return [(str(a.key or a.description), str(a.data)) for a in found]
 
     seen = asyncio.run(artifacts())
-    assert any(k.startswith("quality-") for k in seen)
-    summary = next(v for k, v in seen.items() if "Training: best" in k)
-    assert lightning.info.run_id in summary and "| candidate | test f1_macro |" in summary
-    assert "promoted to `champion`" in seen[f"promotion-{name}"]
+    assert any(label.startswith("quality-") for label, _ in seen)
+    assert any(
+        label.startswith("Training: best")
+        and lightning.info.run_id in data
+        and "| candidate | test f1_macro |" in data
+        for label, data in seen
+    ), "a training summary linking this run's MLflow runs"
+    assert any(label == f"promotion-{name}" and "promoted to `champion`" in data for label, data in seen)
 
     # The corrupted batch of the same dataset: stopped before training, nothing registered.
     with pytest.raises(DataQualityError) as caught:
