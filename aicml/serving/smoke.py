@@ -15,12 +15,14 @@ def align_to_signature(model: Any, frame: pd.DataFrame) -> pd.DataFrame:
         return frame
     out = frame.copy()
     for name, kind in zip(schema.input_names(), schema.input_types(), strict=False):
-        if (
-            name in out.columns
-            and getattr(kind, "name", str(kind)) in ("double", "float")
-            and pd.api.types.is_integer_dtype(out[name])
-        ):
+        wanted = getattr(kind, "name", str(kind))
+        if name not in out.columns:
+            continue
+        if wanted in ("double", "float") and pd.api.types.is_integer_dtype(out[name]):
             out[name] = out[name].astype("float64")
+        elif wanted == "datetime" and not pd.api.types.is_datetime64_any_dtype(out[name]):
+            # Text dates (a CSV read without parse_dates) for a model trained on parsed dates.
+            out[name] = pd.to_datetime(out[name], errors="coerce", format="mixed")
     return out
 
 
