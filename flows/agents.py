@@ -6,11 +6,12 @@ from collections import Counter
 from pathlib import Path
 
 from prefect import flow, get_run_logger
+from prefect.futures import PrefectFuture, wait
 from pydantic import BaseModel, Field
 
 from aicml.agents.batch import batch_fingerprint, read_payloads
 from aicml.agents.settings import AgentSettings
-from tasks.agents import coordinate_chunk, load_coordination
+from tasks.agents import ChunkResult, coordinate_chunk, load_coordination
 from tasks.context import settings
 
 
@@ -49,8 +50,11 @@ def agent_batch(params: AgentBatchParams) -> AgentBatchResult:
     fingerprint = batch_fingerprint(coordination, payloads)
     out = Path(params.output_dir) if params.output_dir else settings().root / "agents" / "batches"
     out = out / f"{coordination.name}-{fingerprint}"
-    futures = [
-        coordinate_chunk.submit(
+    starts = range(0, len(payloads), params.chunk_size)
+
+    def submit(start: int, refresh: bool = False) -> PrefectFuture[ChunkResult]:
+        task = coordinate_chunk.with_options(refresh_cache=True) if refresh else coordinate_chunk
+        return task.submit(
             database_url,
             coordination,
             payloads[start : start + params.chunk_size],
@@ -60,9 +64,16 @@ def agent_batch(params: AgentBatchParams) -> AgentBatchResult:
             params.concurrency,
             params.timeout_ms,
         )
-        for start in range(0, len(payloads), params.chunk_size)
-    ]
+
+    futures = [submit(start) for start in starts]
+    # Let every chunk finish before raising for one that failed: their results persist for a resume.
+    wait(futures)
     results = [f.result() for f in futures]
+    # A chunk whose cached result points at a file that is gone is coordinated again.
+    for i, start in enumerate(starts):
+        if not Path(results[i].path).is_file():
+            logger.warning("Chunk at %d: %s is missing; coordinating it again", start, results[i].path)
+            results[i] = submit(start, refresh=True).result()
     outcomes: Counter[str] = Counter()
     for r in results:
         outcomes.update(r.outcomes)

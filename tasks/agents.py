@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 from pydantic import BaseModel
 
 from aicml.agents.batch import coordinate_many, write_replies
 from aicml.agents.graph import Coordination
 from aicml.agents.service import AgentService
-from tasks.policies import retry_unless_aic_error
+from tasks.policies import fail_if_injected, retry_unless_aic_error
 
 
 class ChunkResult(BaseModel):
@@ -73,8 +73,14 @@ def load_coordination(database_url: str, name: str) -> Coordination:
     return load(database_url, name)
 
 
-@task(name="coordinate-chunk", retries=1, retry_delay_seconds=[5], retry_condition_fn=retry_unless_aic_error,
-      cache_policy=NO_CACHE, persist_result=False, timeout_seconds=3600)  # fmt: skip
+# A chunk's result is persisted under a key from its inputs (graph, payloads, where it writes) and this
+# code: a resumed or re-run batch skips the chunks that finished and runs only the others.
+CHUNK_CACHE = TASK_SOURCE + INPUTS - "database_url" - "concurrency"
+
+
+@task(name="coordinate-chunk", task_run_name="coordinate-chunk-at-{offset}", retries=1, retry_delay_seconds=[5],
+      retry_condition_fn=retry_unless_aic_error, cache_policy=CHUNK_CACHE, persist_result=True,
+      timeout_seconds=3600)  # fmt: skip
 def coordinate_chunk(
     database_url: str,
     coordination: Coordination,
@@ -86,6 +92,7 @@ def coordinate_chunk(
     timeout_ms: float | None = None,
 ) -> ChunkResult:
     """Run ``coordination`` over ``payloads`` and write the replies to ``out_path`` (atomic, idempotent)."""
+    fail_if_injected(f"coordinate-chunk-at-{offset}")
     result = run_chunk(
         database_url, coordination, payloads, out_path, id_prefix, offset, concurrency, timeout_ms
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
 import os
@@ -18,6 +19,7 @@ from pydantic import BaseModel
 from testdata import regression_csv
 
 from aicml.stack.deploy import deployment_names, register_deployments
+from deployments.presets import deployment_params, presets
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = yaml.safe_load((REPO / "prefect.yaml").read_text())
@@ -35,8 +37,15 @@ def test_entrypoint_is_a_flow_and_parameters_validate(deployment: dict) -> None:
     annotation = flow.fn.__annotations__["params"]
     model = getattr(module, annotation) if isinstance(annotation, str) else annotation
     assert issubclass(model, BaseModel)
-    model.model_validate(deployment.get("parameters", {}).get("params", {}) | _required_defaults(model))
+    model.model_validate(deployment_params(deployment) | _required_defaults(model))
     assert deployment["work_pool"]["name"]
+
+
+async def _read_deployment(name: str):
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        return await client.read_deployment_by_name(name)
 
 
 def _required_defaults(model: type[BaseModel]) -> dict:
@@ -52,6 +61,9 @@ def test_deployment_names_read_flow_names_without_importing() -> None:
 def test_prefect_deployment_run_through_the_process_worker(stack, tmp_path: Path) -> None:
     """`prefect deployment run 'ml-pipeline/local'` completes through the stack's worker."""
     assert register_deployments(stack, REPO, "local")
+    # `prefect deploy` resolved the preset of deployments/presets.yaml through the build step.
+    registered = asyncio.run(_read_deployment("ml-pipeline/local"))
+    assert registered.parameters == {"params": presets()["ml-pipeline/local"]}
     name = f"reg-{uuid.uuid4().hex[:6]}"
     csv = regression_csv(tmp_path / "data.csv")
     params = {"params": {"source": str(csv), "target": "y", "model_name": name,

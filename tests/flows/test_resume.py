@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from pathlib import Path
 from uuid import UUID
 
 from mlflow import MlflowClient
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.deployments import run_deployment
+from runs import task_run_states
 from testdata import regression_csv
 
 from aicml.stack.deploy import register_deployments
@@ -21,15 +19,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _task_states(flow_run_id: UUID) -> dict[str, str]:
-    async def read() -> dict[str, str]:
-        async with get_client() as client:
-            runs = await client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-            )
-        # Task run names are "<task>-<suffix>".
-        return {run.name.rsplit("-", 1)[0]: str(run.state_name) for run in runs}
-
-    return asyncio.run(read())
+    # Task run names are "<task>-<suffix>".
+    return {name.rsplit("-", 1)[0]: state for name, state in task_run_states(flow_run_id).items()}
 
 
 def test_failed_run_resumes_from_the_failed_stage(stack, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import yaml
 
 from aicml.models.options import TrainerOptions
 from aicml.observability.metrics import REGISTRY
+from deployments.presets import deployment_params
 from flows.training import TrainParams, job_spec, train_flow
 
 REPO = Path(__file__).resolve().parents[2]
@@ -97,4 +98,4 @@ def test_prefect_yaml_presets_validate(name: str) -> None:
         for d in config["deployments"]
         if d["entrypoint"] == "flows/training.py:train_flow" and d["name"] == name
     )
-    TrainParams.model_validate(entry["parameters"]["params"])
+    TrainParams.model_validate(deployment_params(entry))
