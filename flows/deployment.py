@@ -9,7 +9,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
 
-from aicml.serving.decision import Objectives
+from aicml.registry.canary import Objectives
 from aicml.serving.kubernetes import KubeServingSpec
 from tasks.serve import (
     apply_kubernetes,

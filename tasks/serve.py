@@ -12,7 +12,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from aicml.serving.decision import Decision, Objectives
+from aicml.registry.canary import Decision, Objectives
 from aicml.serving.kubernetes import KubeServingSpec
 from aicml.serving.local import LocalServer
 from aicml.serving.smoke import predict_rows
@@ -116,8 +116,8 @@ def watch_rollout_task(
 def apply_rollout(model_name: str, version: str, decision: Decision, actor: str) -> dict[str, Any]:
     """Move the aliases for the decision; record it as a Prefect event, an artifact and an audit line."""
     from prefect.artifacts import create_markdown_artifact
-    from prefect.events import emit_event
 
+    from aicml.registry.canary import emit_decision_event
     from aicml.registry.rollout import apply_decision
 
     _use_registry()
@@ -125,13 +125,11 @@ def apply_rollout(model_name: str, version: str, decision: Decision, actor: str)
         model_name, version, decision.action, decision.reason, decision.evidence(), actor,
         settings().root / "audit" / "deployments.jsonl",
     )  # fmt: skip
-    emit_event(
-        event=f"aicml.deployment.{decision.action}",
-        resource={
-            "prefect.resource.id": f"mlflow.model-version.{model_name}.{version}",
-            "prefect.resource.name": model_name,
-        },
-        payload=record.as_dict(),
+    emit_decision_event(
+        f"aicml.deployment.{decision.action}",
+        f"mlflow.model-version.{model_name}.{version}",
+        model_name,
+        record,
     )
     create_markdown_artifact(
         key=f"rollout-{model_name.lower().replace('_', '-')}",

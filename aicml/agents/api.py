@@ -54,6 +54,12 @@ class TransitionRequest(BaseModel):
 class RolloutRequest(BaseModel):
     canary: str = Field(description="Version to roll out.")
     steps: list[int] | None = Field(default=None, description="Canary percentages, ending at 100.")
+    step_requests: int | None = Field(
+        default=None, ge=1, description="Calls at a step before the router moves to the next (default 500)."
+    )
+    slow_after_ms: float | None = Field(
+        default=None, gt=0, description="A call slower than this counts against the latency objective."
+    )
     actor: str | None = None
 
 
@@ -217,14 +223,27 @@ def create_app(service: AgentService, token: str | None) -> ASGIApp:
             actor = actor_of(request)
             if action is None:
                 body = await parse(request, RolloutRequest)
-                done = await run_in_threadpool(service.start_rollout, name, body.canary, actor_of(request, body.actor),
-                                               body.steps)  # fmt: skip
+                done = await run_in_threadpool(
+                    lambda: service.start_rollout(
+                        name, body.canary, actor_of(request, body.actor), body.steps,
+                        step_requests=body.step_requests, slow_after_ms=body.slow_after_ms,
+                    )
+                )  # fmt: skip
             elif action == "advance":
                 done = await run_in_threadpool(service.advance_rollout, name, actor)
             elif action == "rollback":
                 done = await run_in_threadpool(service.rollback_rollout, name, actor)
             else:
                 return _error(404, f"Unknown rollout action {action!r}; use advance or rollback.")
+            return _json({**done.__dict__, "weights": done.weights()})
+
+        return await guarded(go)
+
+    async def get_rollout(request: Request) -> Response:
+        """The latest rollout of an agent: step, weights, per-version evidence, and the decision once made."""
+
+        async def go() -> Response:
+            done = await run_in_threadpool(service.store.rollout, request.path_params["name"])
             return _json({**done.__dict__, "weights": done.weights()})
 
         return await guarded(go)
@@ -278,6 +297,7 @@ def create_app(service: AgentService, token: str | None) -> ASGIApp:
         Route("/v1/agents/{name}/invoke", invoke, methods=["POST"]),
         Route("/v1/agents/{name}/transitions", transitions, methods=["GET"]),
         Route("/v1/agents/{name}/rollout", rollout, methods=["POST"]),
+        Route("/v1/agents/{name}/rollout", get_rollout, methods=["GET"]),
         Route("/v1/agents/{name}/rollout/{action}", rollout, methods=["POST"]),
         Route("/v1/agents/{name}/versions/{version}", get_version, methods=["GET"]),
         Route("/v1/agents/{name}/versions/{version}/transition", transition, methods=["POST"]),

@@ -1,6 +1,7 @@
 """The low-latency router: runs a coordination graph for one message, in process, on asyncio.
 
-It resolves each step to an active agent version (canary weights decide when a rollout runs), checks
+It resolves each step to an active agent version (a running rollout's canary split decides, and each call's
+outcome is counted toward that rollout's decision; see ``aicml.agents.versions``), checks
 payloads against the agents' schemas, leases declared resources, enforces per-attempt timeouts,
 retries and the message's deadline, applies each pattern's partial-failure policy, and counts the
 outcome in ``ml_agent_orchestration_requests``. No Prefect flow run is ever on this path.
@@ -10,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from aicml.agents.canary import VersionRouter, WeightedVersionRouter
 from aicml.agents.errors import (
     AgentCallError,
     AgentError,
@@ -30,12 +31,19 @@ from aicml.agents.graph import Blackboard, Coordination, FanOut, Pipeline, Step,
 from aicml.agents.messages import CURRENT_COORDINATION, AgentMessage, AgentReply, CallRecord, Outcome
 from aicml.agents.runtime import LoadedAgent, load_agent
 from aicml.agents.spec import AgentSpec, LifecycleState
+from aicml.agents.versions import CanaryVersionRouter
+
+log = logging.getLogger(__name__)
 
 
 class Catalog(Protocol):
-    """Where the router finds agents: active versions, canary weights, skills."""
+    """Where the router finds agents: active versions, canary splits, skills; where call outcomes go."""
 
     def resolve(self, agent: str, version: str | None, key: str) -> LoadedAgent: ...
+
+    def record(self, agent: str, version: str, error: bool, latency_ms: float) -> None:
+        """The outcome of a call whose version the catalog chose (evidence for a running rollout)."""
+        ...
 
     def with_skill(self, skill: str) -> list[str]: ...
 
@@ -47,9 +55,9 @@ class Catalog(Protocol):
 class StaticCatalog:
     """Agents given in memory, all active (embedding the router in a program, benchmarks)."""
 
-    def __init__(self, specs: Iterable[AgentSpec], versions: VersionRouter | None = None) -> None:
+    def __init__(self, specs: Iterable[AgentSpec], versions: CanaryVersionRouter | None = None) -> None:
         self._loaded: dict[tuple[str, str], LoadedAgent] = {}
-        self._versions = versions or WeightedVersionRouter()
+        self._versions = versions or CanaryVersionRouter()
         by_name: dict[str, list[str]] = {}
         self._skills: dict[str, list[str]] = {}
         for spec in specs:
@@ -60,9 +68,9 @@ class StaticCatalog:
                 if spec.name not in self._skills[skill]:
                     self._skills[skill].append(spec.name)
         for name, versions_of in by_name.items():
-            # Without weights for an agent, its last given version takes all traffic.
+            # Without a route for an agent, its last given version takes all traffic.
             if self._versions.choose(name, "") is None:
-                self._versions.set_weights(name, {versions_of[-1]: 100.0})
+                self._versions.set_version(name, versions_of[-1])
 
     def resolve(self, agent: str, version: str | None, key: str) -> LoadedAgent:
         chosen = version or self._versions.choose(agent, key)
@@ -74,21 +82,34 @@ class StaticCatalog:
     def with_skill(self, skill: str) -> list[str]:
         return list(self._skills.get(skill, []))
 
+    def record(self, agent: str, version: str, error: bool, latency_ms: float) -> None:
+        self._versions.record(agent, version, error, latency_ms)
+
     def refresh_if_stale(self) -> bool:
         return False
 
 
 class StoreCatalog:
-    """Active agents and running rollouts from agent_db, cached for ``ttl_s`` seconds."""
+    """Active agents and running rollouts from agent_db, cached for ``ttl_s`` seconds.
 
-    def __init__(self, store: Any, ttl_s: float = 2.0, preload: bool = False) -> None:
+    Each refresh first hands the calls' outcomes to the running rollouts (``CanaryVersionRouter.sync``), so the
+    evidence reaches agent_db once per ``ttl_s`` per replica, never once per call.
+    """
+
+    def __init__(
+        self,
+        store: Any,
+        ttl_s: float = 2.0,
+        preload: bool = False,
+        versions: CanaryVersionRouter | None = None,
+    ) -> None:
         self.store = store
         self.ttl_s = ttl_s
         self.preload = preload
         self._loaded: dict[tuple[str, str], LoadedAgent] = {}
         self._active: dict[tuple[str, str], AgentSpec] = {}
         self._skills: dict[str, list[str]] = {}
-        self._versions = WeightedVersionRouter()
+        self.versions = versions or CanaryVersionRouter(store)
         self._fetched_at = -1e18
         self._background: asyncio.Task[None] | None = None
 
@@ -103,7 +124,12 @@ class StoreCatalog:
             self._background = asyncio.ensure_future(asyncio.to_thread(self.refresh))
 
     def refresh(self) -> None:
-        """Read active versions and rollouts; the latest activated version takes traffic outside a rollout."""
+        """Send outcomes, then read active versions and rollouts; outside a rollout the latest activated version
+        takes the traffic."""
+        try:
+            self.versions.sync()
+        except Exception:  # the outcomes are kept for the next refresh; serve on with what is known
+            log.exception("Sending rollout outcomes to agent_db failed; retrying at the next refresh")
         records = self.store.list_agents(state=LifecycleState.ACTIVE)
         rollouts = self.store.active_rollouts()
         active: dict[tuple[str, str], AgentSpec] = {}
@@ -117,10 +143,6 @@ class StoreCatalog:
                 skills.setdefault(skill, [])
                 if spec.name not in skills[skill]:
                     skills[skill].append(spec.name)
-        versions = WeightedVersionRouter()
-        for name, version in latest.items():
-            rollout = rollouts.get(name)
-            versions.set_weights(name, rollout.weights() if rollout else {version: 100.0})
         for key, spec in active.items() if self.preload else ():
             # A server loads new versions here, off the event loop (refresh runs in a worker thread), so a request
             # never waits for a model to load; one that fails to load is retried, and reported, by resolve.
@@ -129,13 +151,14 @@ class StoreCatalog:
                     self._loaded[key] = load_agent(spec)
                 except Exception:  # resolve() raises the same error where a caller sees it
                     continue
-        self._active, self._skills, self._versions = active, skills, versions
+        self._active, self._skills = active, skills
+        self.versions.load(latest, rollouts)
         self._fetched_at = time.monotonic()
 
     def resolve(self, agent: str, version: str | None, key: str) -> LoadedAgent:
         if self._fetched_at < 0:  # used outside the router (sync callers): the router refreshes for itself
             self.refresh()
-        chosen = version or self._versions.choose(agent, key)
+        chosen = version or self.versions.choose(agent, key)
         spec = self._active.get((agent, chosen or ""))
         if spec is None:
             raise AgentUnavailable(
@@ -152,8 +175,11 @@ class StoreCatalog:
             self.refresh()
         return list(self._skills.get(skill, []))
 
+    def record(self, agent: str, version: str, error: bool, latency_ms: float) -> None:
+        self.versions.record(agent, version, error, latency_ms)
+
     def weights(self, agent: str) -> dict[str, float]:
-        return self._versions.weights(agent)
+        return self.versions.weights(agent)
 
 
 class Leases(Protocol):
@@ -298,7 +324,7 @@ class Router:
                         raise MessageError(f"returned {type(out).__name__}, not an object")
                     if agent.check_output is not None:
                         agent.check_output(out)
-                    self._record(run, spec, began, attempt, None)
+                    self._record(run, spec, began, attempt, None, routed=step.version is None)
                     return out
                 except TimeoutError:
                     last_error = f"timed out after {limit:.3f}s"
@@ -314,17 +340,23 @@ class Router:
                 if attempt < attempts and spec.policy.backoff_s:
                     await asyncio.sleep(spec.policy.backoff_s)
         except (DeadlineExceeded, LeaseTimeout) as exc:
-            self._record(run, spec, began, attempt, str(exc))
+            # A deadline passed while the version ran counts against it; waiting for a lease does not.
+            routed = step.version is None and isinstance(exc, DeadlineExceeded) and attempt > 0
+            self._record(run, spec, began, attempt, str(exc), routed=routed)
             raise
         finally:
             if lease_ids and self.leases is not None:
                 await self.leases.release_async(lease_ids)
-        self._record(run, spec, began, attempt, last_error)
+        self._record(run, spec, began, attempt, last_error, routed=step.version is None)
         raise AgentCallError(spec.key, f"{last_error} (after {attempt} attempt(s))")
 
-    @staticmethod
-    def _record(run: _Run, spec: AgentSpec, began: float, attempts: int, error: str | None) -> None:
+    def _record(
+        self, run: _Run, spec: AgentSpec, began: float, attempts: int, error: str | None, routed: bool = False
+    ) -> None:
+        """Keep the call in the reply; a call whose version the catalog chose is also rollout evidence."""
         now = time.monotonic()
+        if routed:
+            self.catalog.record(spec.name, spec.version, error is not None, (now - began) * 1000.0)
         run.calls.append(
             CallRecord(
                 agent=spec.name,

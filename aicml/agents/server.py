@@ -10,6 +10,7 @@ from aicml.agents.api import create_app
 from aicml.agents.service import AgentService
 from aicml.agents.settings import AgentSettings
 from aicml.agents.store import AgentStore
+from aicml.agents.versions import decision_audit
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ def build_service(settings: AgentSettings, tracking_uri: str | None = None) -> A
         catalog_ttl_s=settings.catalog_ttl_s,
         on_complete=hook,
         preload=True,
+        on_decision=decision_audit(settings.resolved_audit_path(), emit_events=settings.decision_events),
     )
     # Warm up before the first request: active agents (and their models) load now, not on a request's clock.
     service.catalog.refresh()

@@ -17,6 +17,8 @@ from aicml.agents.router import CompletionHook, Router, StoreCatalog
 from aicml.agents.runtime import load_agent
 from aicml.agents.spec import AgentSpec, LifecycleState
 from aicml.agents.store import AgentRecord, AgentStore, Rollout
+from aicml.agents.versions import CanaryVersionRouter, DecisionHook
+from aicml.registry.canary import Decision, Objectives
 
 
 class AgentService:
@@ -29,10 +31,18 @@ class AgentService:
         catalog_ttl_s: float = 2.0,
         on_complete: CompletionHook | None = None,
         preload: bool = False,
+        on_decision: DecisionHook | None = None,
+        actor: str = "agent-router",
     ) -> None:
-        """``preload``: load every active agent when the catalog refreshes (a server), not on first use."""
+        """``preload``: load every active agent when the catalog refreshes (a server), not on first use.
+
+        ``on_decision`` hears every rollout decision this service makes or is told (audit line, event);
+        ``actor`` is who automatic decisions are recorded as.
+        """
         self.store = store
-        self.catalog = StoreCatalog(store, ttl_s=catalog_ttl_s, preload=preload)
+        self.on_decision = on_decision
+        self.versions = CanaryVersionRouter(store, actor=actor, on_decision=on_decision)
+        self.catalog = StoreCatalog(store, ttl_s=catalog_ttl_s, preload=preload, versions=self.versions)
         self.leases = LeaseManager(store)
         self.router = Router(self.catalog, leases=self.leases, on_complete=on_complete)
 
@@ -79,23 +89,56 @@ class AgentService:
         self.catalog.refresh()
         return record
 
-    def start_rollout(self, name: str, canary: str, actor: str, steps: list[int] | None = None) -> Rollout:
+    def start_rollout(
+        self,
+        name: str,
+        canary: str,
+        actor: str,
+        steps: list[int] | None = None,
+        *,
+        step_requests: int | None = None,
+        slow_after_ms: float | None = None,
+        objectives: Objectives | None = None,
+    ) -> Rollout:
+        """Health-check ``canary`` and start its rollout; the router advances, promotes or rolls it back."""
         healthy, detail = self.check_health(name, canary)
         if not healthy:
             raise AgentUnavailable(f"Canary {name}@{canary} failed its health check ({detail}).")
-        rollout = self.store.start_rollout(name, canary, actor, *([steps] if steps else []))
+        options: dict[str, Any] = {"objectives": objectives}
+        if step_requests is not None:
+            options["step_requests"] = step_requests
+        if slow_after_ms is not None:
+            options["slow_after_ms"] = slow_after_ms
+        rollout = self.store.start_rollout(name, canary, actor, *([steps] if steps else []), **options)
         self.catalog.refresh()
         return rollout
 
     def advance_rollout(self, name: str, actor: str) -> Rollout:
+        """One step by hand; the last one promotes (reported to ``on_decision`` like an automatic promotion)."""
+        self.versions.sync()  # the evidence so far goes with the rollout before it moves
         rollout = self.store.advance_rollout(name, actor)
+        self._report_manual(rollout, "promote" if rollout.status == "completed" else None)
         self.catalog.refresh()
         return rollout
 
     def rollback_rollout(self, name: str, actor: str, reason: str = "rolled back") -> Rollout:
+        self.versions.sync()
         rollout = self.store.rollback_rollout(name, actor, reason)
+        self._report_manual(rollout, "rollback")
         self.catalog.refresh()
         return rollout
+
+    def _report_manual(self, rollout: Rollout, action: str | None) -> None:
+        if action is None or self.on_decision is None:
+            return
+        decision = Decision(
+            action,  # type: ignore[arg-type]  # promote or rollback
+            rollout.reason or action,
+            rollout.arms["champion"].requests,
+            rollout.arms["challenger"].requests,
+            (),
+        )
+        self.versions.report(rollout, decision)
 
     # --- coordination --------------------------------------------------------------------------------
     async def invoke(self, name: str, message: AgentMessage) -> AgentReply:

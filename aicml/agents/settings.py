@@ -36,6 +36,14 @@ class AgentSettings(BaseSettings):
     catalog_ttl_s: float = Field(
         default=2.0, ge=0, description="How long the router caches the active agents and rollouts."
     )
+    audit_path: Path | None = Field(
+        default=None,
+        description="JSON-lines file of rollout decisions (promote, hold, roll back); default "
+        "<AIC_HOME>/audit/agents.jsonl.",
+    )
+    decision_events: bool = Field(
+        default=True, description="Emit each rollout decision as a Prefect event when a Prefect API is set."
+    )
     tracing: bool = Field(default=True, description="Export each coordination as an MLflow trace.")
     experiment: str = Field(default="aic-agents", description="MLflow experiment the traces go to.")
 
@@ -51,6 +59,12 @@ class AgentSettings(BaseSettings):
         home = Path(os.environ.get("AIC_HOME", ".aic")).resolve()
         home.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{home / 'agent_db.sqlite'}"
+
+    def resolved_audit_path(self) -> Path:
+        """Where rollout decisions are appended, beside serving's ``audit/deployments.jsonl``."""
+        if self.audit_path is not None:
+            return self.audit_path
+        return Path(os.environ.get("AIC_HOME", ".aic")).resolve() / "audit" / "agents.jsonl"
 
     def bearer_token(self) -> str | None:
         """The token /v1 requires, or None when auth is disabled on purpose; refuses to run open by accident."""

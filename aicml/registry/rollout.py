@@ -8,55 +8,17 @@ decision is appended to a JSON-lines audit log and written as tags on the versio
 from __future__ import annotations
 
 import json
-import os
-import uuid
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from aicml.errors import RegistryError
+from aicml.registry.canary import AuditRecord, append_audit, read_audit
 from aicml.registry.promotion import CHALLENGER, CHAMPION, champion_version
+
+__all__ = ["PREVIOUS", "ROLLOUT_TAG", "AuditRecord", "append_audit", "apply_decision", "read_audit"]
 
 PREVIOUS = "previous"
 ROLLOUT_TAG = "aicml.rollout"
-
-
-@dataclass(frozen=True)
-class AuditRecord:
-    """One decision: what happened to which version, who decided, when, and on what evidence."""
-
-    model: str
-    version: str
-    action: str
-    reason: str
-    actor: str
-    evidence: dict[str, Any]
-    previous_champion: str | None
-    champion_after: str | None
-    at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
-    id: str = field(default_factory=lambda: uuid.uuid4().hex)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def append_audit(path: Path, record: AuditRecord) -> None:
-    """Append one JSON line; a single write of a line under PIPE_BUF-sized records keeps lines whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = (json.dumps(record.as_dict(), sort_keys=True, default=str) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-    try:
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def read_audit(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def apply_decision(

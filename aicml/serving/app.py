@@ -21,6 +21,7 @@ import numpy as np
 import orjson
 
 from aicml.observability.metrics import exposition
+from aicml.registry.canary import Arm, TrafficRouter
 from aicml.serving.auth import BearerAuth
 from aicml.serving.inputs import InputError, parse_json
 from aicml.serving.metrics import (
@@ -31,7 +32,6 @@ from aicml.serving.metrics import (
     SHADOW_DISAGREEMENTS,
 )
 from aicml.serving.openapi import openapi_document
-from aicml.serving.router import Arm, TrafficRouter
 from aicml.serving.runtime import ModelHost, PredictionError, ServedModel, to_jsonable
 
 log = logging.getLogger(__name__)

@@ -60,10 +60,10 @@ def serve(
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aicml").setLevel(logging.INFO)
+    from aicml.registry.canary import RolloutPlan
     from aicml.registry.checksums import parse_model_uri
     from aicml.serving.app import ServerOptions
     from aicml.serving.auth import resolve_auth
-    from aicml.serving.router import RolloutPlan
     from aicml.serving.server import ServeConfig, run_server
 
     try:

@@ -17,8 +17,7 @@ from pathlib import Path
 import httpx
 
 from aicml.errors import AicError
-from aicml.serving.decision import Decision, Objectives, decide
-from aicml.serving.router import ArmStats
+from aicml.registry.canary import ArmStats, Decision, Objectives, decide
 from aicml.stack.processes import ServiceSpec, start, stop
 
 

@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aicml.registry.canary import RolloutPlan, TrafficRouter
 from aicml.registry.checksums import parse_model_uri
 from aicml.serving.app import ModelServer, ServerOptions
 from aicml.serving.auth import resolve_auth
-from aicml.serving.router import RolloutPlan, TrafficRouter
 from aicml.serving.runtime import ModelHost
 
 

@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from aicml.agents.canary import WeightedVersionRouter
 from aicml.agents.graph import Blackboard, Coordination, FanOut, Pipeline, Step, Supervisor
 from aicml.agents.messages import AgentMessage, Outcome
 from aicml.agents.router import Router, StaticCatalog
 from aicml.agents.spec import AgentSpec
+from aicml.agents.versions import CanaryVersionRouter
 from aicml.observability.metrics import AGENT_ORCHESTRATION_REQUESTS
 
 
@@ -179,14 +179,15 @@ def test_schemas_are_enforced_on_input_and_output() -> None:
 def test_canary_weights_split_traffic_sticky_per_correlation_id() -> None:
     v1 = rule("answer", "constant", {"output": {"v": 1}}, version="1")
     v2 = rule("answer", "constant", {"output": {"v": 2}}, version="2")
-    versions = WeightedVersionRouter({"answer": {"1": 75, "2": 25}})
+    versions = CanaryVersionRouter()
+    versions.set_split("answer", stable="1", canary="2", share=0.25)
     router = Router(StaticCatalog([v1, v2], versions=versions))
     graph = Pipeline(steps=[Step(agent="answer")])
     seen = [run(router, graph, {}, correlation_id=f"c{i}").payload["v"] for i in range(400)]
     assert 60 <= seen.count(2) <= 140  # ~25 % of 400
     again = [run(router, graph, {}, correlation_id=f"c{i}").payload["v"] for i in range(400)]
     assert seen == again
-    versions.set_weights("answer", {"2": 100})
+    versions.set_version("answer", "2")
     assert {run(router, graph, {}, correlation_id=f"c{i}").payload["v"] for i in range(20)} == {2}
 
 

@@ -7,8 +7,7 @@ import random
 import pytest
 
 from aicml.errors import ConfigurationError
-from aicml.serving.decision import Decision, Objectives, decide
-from aicml.serving.router import RolloutPlan, TrafficRouter
+from aicml.registry.canary import Decision, Objectives, RolloutPlan, TrafficRouter, decide
 
 BUDGET = 40_000  # total requests a rollout may take before the test calls it unbounded
 
