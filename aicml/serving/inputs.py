@@ -407,6 +407,7 @@ class InputSchema:
         if parameters is not None and not isinstance(parameters, dict):
             raise InputError(400, "'parameters' must be an object.", field="parameters")
         given: dict[str, list[Any]] = {}
+        shapes: dict[str, tuple[list[int], Any]] = {}
         n: int | None = None
         for index, tensor in enumerate(payload["inputs"]):
             where = f"inputs[{index}]"
@@ -453,14 +454,36 @@ class InputSchema:
                 raise InputError(400, f"Tensor {name!r} has {rows} rows, the others {n}.", field=name)
             n = rows
             given[name] = data
+            shapes[name] = (shape, datatype)
         if n is None:
             raise InputError(400, "'inputs' holds no tensors.", field="inputs")
         self._check_rows(n, "inputs")
         if not self.column_based:
-            frame = {k: v for k, v in given.items()}
-            return Batch({}, n, None, raw={"inputs": frame}), request_id, names_out
+            # A tensor model (images, sequences): each tensor keeps its shape; MLflow's own enforcement
+            # then checks it against the signature's shape and dtype.
+            tensors = {k: _shaped(k, v, *shapes[k]) for k, v in given.items()}
+            value: Any = next(iter(tensors.values())) if len(tensors) == 1 else tensors
+            return Batch({}, n, None, raw={"inputs": value}), request_id, names_out
         columns, rows = self._finish(given, n)
         return Batch(columns, rows, None), request_id, names_out
+
+
+_V2_NUMPY = {"BOOL": "bool", "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64",
+             "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64",
+             "FP16": "float16", "FP32": "float32", "FP64": "float64"}  # fmt: skip
+
+
+def _shaped(name: str, data: list[Any], shape: list[int], datatype: Any) -> Any:
+    """``data`` (flat, row-major) as nested lists of ``shape``; numeric datatypes are checked here."""
+    dtype = _V2_NUMPY.get(datatype) if isinstance(datatype, str) else None
+    if dtype is None:
+        if datatype not in ("BYTES", None):
+            raise InputError(400, f"Tensor {name!r}: unknown datatype {datatype!r}.", field=name)
+        return np.asarray(data, dtype=object).reshape(shape).tolist()
+    try:
+        return np.asarray(data, dtype=dtype).reshape(shape).tolist()
+    except (TypeError, ValueError) as exc:
+        raise InputError(400, f"Tensor {name!r}: data is not {datatype} ({exc}).", field=name) from None
 
 
 def _length(value: Any) -> int:
