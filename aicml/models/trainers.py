@@ -292,8 +292,20 @@ class LightningTrainer:
     def build_network(self, data: Any) -> nn.Module:
         raise NotImplementedError
 
-    def build_datamodule(self, data: Any, pin_memory: bool) -> Any:
+    def datamodule_type(self) -> type:
+        """The ``LightningDataModule`` class of this family (imported lazily: torch stays optional)."""
         raise NotImplementedError
+
+    def build_datamodule(self, data: Any, pin_memory: bool) -> Any:
+        return self.datamodule_type()(
+            data.x_train,
+            data.y_train,
+            data.x_val,
+            data.y_val,
+            self.options.batch_size,
+            data.seed,
+            pin_memory=pin_memory,
+        )
 
     def wrap(self, network: nn.Module, data: Any, report: FitReport) -> FittedModel:
         raise NotImplementedError
@@ -390,18 +402,10 @@ class LightningTabularTrainer(LightningTrainer):
 
         return TabularMLP(data.x_train.shape[1], data.n_outputs, self.options.hidden, self.options.dropout)
 
-    def build_datamodule(self, data: PreparedData, pin_memory: bool) -> Any:
+    def datamodule_type(self) -> type:
         from aicml.models.tabular import TabularDataModule
 
-        return TabularDataModule(
-            data.x_train,
-            data.y_train,
-            data.x_val,
-            data.y_val,
-            self.options.batch_size,
-            data.seed,
-            pin_memory=pin_memory,
-        )
+        return TabularDataModule
 
     def wrap(self, network: nn.Module, data: PreparedData, report: FitReport) -> FittedNet:
         return FittedNet(network, data.preprocessor, data.codec, list(self.options.hidden), report)
@@ -419,18 +423,10 @@ class LightningImageTrainer(LightningTrainer):
 
         return SmallCNN(data.n_outputs, self.channels, self.options.dropout)
 
-    def build_datamodule(self, data: ImageData, pin_memory: bool) -> Any:
+    def datamodule_type(self) -> type:
         from aicml.models.vision import ImageDataModule
 
-        return ImageDataModule(
-            data.x_train,
-            data.y_train,
-            data.x_val,
-            data.y_val,
-            self.options.batch_size,
-            data.seed,
-            pin_memory=pin_memory,
-        )
+        return ImageDataModule
 
     def wrap(self, network: nn.Module, data: ImageData, report: FitReport) -> FittedImageNet:
         return FittedImageNet(network, list(data.classes), data.scale, self.channels, report)
