@@ -1,15 +1,17 @@
-"""The tuning engine: a driver that claims trials from a shared study, and a worker that evaluates one.
+"""The tuning engine: a driver that claims trials from a shared study, and the code that evaluates one.
 
-The driver samples every parameter (``study.ask``) where the sampler's state lives, keeps up to
-``parallel`` trials in flight on an executor (Prefect tasks on Dask, or inline), and stops on the
-budget. Workers report per-epoch values, prune, and ``tell`` the result themselves, so a result
-survives its driver. Several drivers on several machines may share one RDB study: claims are checked
-against the study so that exactly ``n_trials`` trials finish, however many drivers run.
+A driver samples parameters (``study.ask``), keeps up to ``parallel`` trials in flight on an executor,
+and stops on the budget; the evaluation reports per-epoch values, prunes, and ``tell``s the result, so a
+result survives its driver. Several drivers may share one RDB study: claims are checked against the
+study so that exactly ``n_trials`` trials finish, however many drivers run. ``run_worker`` is the
+parallel unit: one long-lived driver per worker process, evaluating its own claims one after another
+(the flow starts one per Dask worker, the same way Optuna spreads ``study.optimize`` over machines).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -89,6 +91,8 @@ class TrialResult:
     mlflow_run_id: str | None = None
     stopped_on_plateau: bool = False
     worker: str = ""
+    # Seconds spent per phase: objective, record (study round trips of this trial), tracking (MLflow).
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 @functools.lru_cache(maxsize=8)
@@ -97,17 +101,24 @@ def _worker_storage(url: str, heartbeat_s: int, grace_s: int | None) -> Any:
     return open_storage(url, heartbeat_s, grace_s)
 
 
-def evaluate_trial(job: TrialJob) -> TrialResult:
-    """Run the objective for one claimed trial and record its outcome in the study (worker side)."""
+def evaluate_trial(job: TrialJob, study: optuna.Study | None = None) -> TrialResult:
+    """Run the objective for one claimed trial and record its outcome in the study (worker side).
+
+    ``study`` is the claiming driver's own study object when it runs here (it carries the pruner);
+    otherwise the study is loaded from the job's storage.
+    """
     started = time.perf_counter()
     storage = _worker_storage(job.storage_url, job.heartbeat_s, job.grace_s)
-    # The worker never samples (the driver did); its study only needs the pruner.
-    study = optuna.load_study(
-        study_name=job.study_name,
-        storage=storage,
-        sampler=optuna.samplers.RandomSampler(),
-        pruner=make_pruner(job.pruning, job.max_epochs),
-    )
+    if study is None:
+        # This process did not sample (the driver did); its study only needs the pruner.
+        study = optuna.load_study(
+            study_name=job.study_name,
+            storage=storage,
+            sampler=optuna.samplers.RandomSampler(),
+            pruner=make_pruner(job.pruning, job.max_epochs),
+        )
+    else:
+        storage = study._storage
     with _quiet():
         trial = optuna.trial.Trial(study, job.trial_id)
     ctx = TrialContext(
@@ -120,7 +131,9 @@ def evaluate_trial(job: TrialJob) -> TrialResult:
         base_options=dict(job.base_options),
     )
     state, value, error, plateau = TrialState.COMPLETE, None, None, False
+    objective_s = 0.0
     with heartbeat(storage, job.trial_id, job.heartbeat_s):
+        objective_started = time.perf_counter()
         try:
             value = float(resolve_objective(job.objective)(ctx))
         except optuna.TrialPruned:
@@ -130,6 +143,7 @@ def evaluate_trial(job: TrialJob) -> TrialResult:
         except Exception as exc:
             state, error = TrialState.FAIL, f"{type(exc).__name__}: {exc}"
             log.warning("Trial %d failed: %s", job.number, "".join(traceback.format_exception(exc))[-2000:])
+        objective_s = time.perf_counter() - objective_started
         if state == TrialState.COMPLETE and value is None:
             state, error = TrialState.FAIL, "the objective returned no value"
         try:
@@ -142,6 +156,7 @@ def evaluate_trial(job: TrialJob) -> TrialResult:
             state = TrialState.FAIL
     if state == TrialState.PRUNED and ctx.intermediate:
         value = ctx.intermediate[max(ctx.intermediate)]
+    seconds = time.perf_counter() - started
     result = TrialResult(
         number=job.number,
         state=state.name,
@@ -149,15 +164,19 @@ def evaluate_trial(job: TrialJob) -> TrialResult:
         params=dict(job.params),
         epochs=ctx.epochs,
         intermediate=dict(ctx.intermediate),
-        seconds=time.perf_counter() - started,
+        seconds=seconds,
         error=error,
         stopped_on_plateau=plateau,
         worker=f"{socket.gethostname()}:{os.getpid()}",
+        # The objective's own reports (trial.report per epoch) count as objective time.
+        timings={"objective": objective_s, "record": seconds - objective_s},
     )
     if job.tracking is not None:
         from aicml.tuning.reporting import log_trial_run
 
+        logging_started = time.perf_counter()
         result = log_trial_run(job.tracking, result)
+        result.timings["tracking"] = time.perf_counter() - logging_started
     return result
 
 
@@ -172,10 +191,13 @@ class Executor(Protocol):
 
 
 class InlineExecutor:
-    """Evaluates each job at once in this process (one trial at a time)."""
+    """Evaluates each job at once in this process (one trial at a time), on ``study`` when given."""
+
+    def __init__(self, study: optuna.Study | None = None) -> None:
+        self.study = study
 
     def submit(self, job: TrialJob) -> TrialResult:
-        return evaluate_trial(job)
+        return evaluate_trial(job, self.study)
 
     def wait(self, handles: Sequence[Any], timeout: float) -> tuple[list[Any], list[Any]]:
         return list(handles), []
@@ -304,3 +326,123 @@ def drive(
         # Trials of other drivers (or of a dead one, until its heartbeat expires) hold the last slots.
         time.sleep(poll_s)
     return DriveOutcome(results=results, stop_reason=reason, seconds=time.monotonic() - started)
+
+
+@dataclass(frozen=True)
+class WorkerJob:
+    """One long-lived worker: the study, how this worker samples, and the template of its trial jobs."""
+
+    index: int
+    space: SearchSpace
+    sampler: str
+    seed: int
+    budget: Budget
+    trial: TrialJob  # every field but trial_id, number and params, which each claim fills in
+    max_trials: int | None = None
+
+
+@dataclass(frozen=True)
+class WorkerReport:
+    """What one worker ran, and where its time went (wall and CPU seconds of its loop)."""
+
+    index: int
+    worker: str
+    results: list[TrialResult]
+    stop_reason: str
+    started_at: float  # time.time() when the loop began, to measure the wait for a worker
+    seconds: float
+    cpu_seconds: float
+    timings: dict[str, float]
+
+
+def worker_seed(seed: int, index: int) -> int:
+    """Worker 0 samples with the study's seed; the others with their own, so they do not repeat it."""
+    return seed + 7919 * index
+
+
+def run_worker(job: WorkerJob) -> WorkerReport:
+    """Claim, evaluate and record trials one after another until the study's budget is spent.
+
+    The worker's sampler reads the whole shared study (TPE, CMA-ES and Hyperopt learn from every
+    worker's trials); trials waiting in the study (enqueued grid points, retries of a dead worker's
+    trial) are taken first.
+    """
+    from aicml.tuning.study import make_sampler
+
+    started_at, started, cpu = time.time(), time.perf_counter(), time.process_time()
+    template = job.trial
+    storage = _worker_storage(template.storage_url, template.heartbeat_s, template.grace_s)
+    with _quiet():
+        study = optuna.load_study(
+            study_name=template.study_name,
+            storage=storage,
+            sampler=make_sampler(job.sampler, job.space, worker_seed(job.seed, job.index)),  # type: ignore[arg-type]
+            pruner=make_pruner(template.pruning, template.max_epochs),
+        )
+
+    def make_job(trial: optuna.trial.Trial) -> TrialJob:
+        return dataclasses.replace(
+            template, trial_id=trial._trial_id, number=trial.number, params=dict(trial.params)
+        )
+
+    # A worker out of claims waits only for the other workers' last trials: poll them often.
+    outcome = drive(
+        study, job.space, job.budget, make_job, InlineExecutor(study), 1, job.max_trials, poll_s=0.1
+    )
+    seconds = time.perf_counter() - started
+    timings: dict[str, float] = {}
+    for result in outcome.results:
+        for phase, spent in result.timings.items():
+            timings[phase] = timings.get(phase, 0.0) + spent
+    # Claims, stop checks and stale-trial checks of the loop: all that is not inside a trial.
+    timings["claim"] = seconds - sum(r.seconds + r.timings.get("tracking", 0.0) for r in outcome.results)
+    return WorkerReport(
+        index=job.index,
+        worker=f"{socket.gethostname()}:{os.getpid()}",
+        results=outcome.results,
+        stop_reason=outcome.stop_reason,
+        started_at=started_at,
+        seconds=seconds,
+        cpu_seconds=time.process_time() - cpu,
+        timings=timings,
+    )
+
+
+def enqueue_grid(study: optuna.Study, space: SearchSpace) -> int:
+    """Put every grid point not yet in the study as a waiting trial, so parallel workers take each once.
+
+    Taking a waiting trial is atomic in the RDB storage, which a sampler choosing among unvisited
+    points in several processes is not. Points already complete, pruned, running or waiting are skipped.
+    """
+    import itertools
+
+    names = list(space)
+    seen = set()
+    for t in study.get_trials(deepcopy=False, states=LIVE):
+        params = t.params or t.system_attrs.get("fixed_params") or {}
+        seen.add(tuple(params.get(n) for n in names))
+    added = 0
+    for point in itertools.product(*(space[n].grid(n) for n in names)):
+        if point not in seen:
+            study.enqueue_trial(dict(zip(names, point, strict=True)), skip_if_exists=False)
+            added += 1
+    return added
+
+
+def warm_objective(objective: str, data: DataRef | None) -> None:
+    """Import what the objective needs and prepare its data, once per worker process, before trials start."""
+    # Imported for their cost alone: paid here, not by the first trial.
+    import aicml.tuning.reporting
+
+    if objective == "lightning":
+        import aicml.models.trainers  # noqa: F401  (torch and Lightning)
+    elif objective in ("sgd", "mlp", "hgb"):
+        import sklearn.ensemble
+        import sklearn.linear_model
+        import sklearn.metrics
+        import sklearn.neural_network  # noqa: F401
+    resolve_objective(objective)
+    if data is not None:
+        from aicml.tuning.objectives import prepared
+
+        prepared(data)
