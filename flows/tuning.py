@@ -278,8 +278,25 @@ def task_runner_for(options: SearchOptions) -> Any:
         return DaskTaskRunner(address=options.dask_address)
     return DaskTaskRunner(
         cluster_kwargs={"n_workers": options.parallel, "threads_per_worker": 1, "processes": True,
-                        "dashboard_address": None},
+                        "dashboard_address": None, "env": prefect_api_env()},
     )  # fmt: skip
+
+
+def prefect_api_env() -> dict[str, str]:
+    """The Prefect API this process talks to, for the Dask workers it starts to report their task runs to.
+
+    With no API URL configured, Prefect runs an ephemeral server in each process that needs one:
+    every Dask worker would start its own (some 20 s each before its first task, on a busy
+    machine longer than Prefect waits for it), and its task runs would not show beside the flow's.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        with get_client(sync_client=True) as client:  # starts this process's ephemeral server
+            url = str(client.api_url)
+    return {"PREFECT_API_URL": str(url)}
 
 
 @flow(name="tuning-search", log_prints=False, persist_result=False)

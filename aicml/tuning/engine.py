@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from aicml.tuning.errors import TuningError
 from aicml.tuning.objectives import DataRef, PlateauStop, TrialContext, resolve_objective
@@ -101,11 +101,13 @@ def _worker_storage(url: str, heartbeat_s: int, grace_s: int | None) -> Any:
     return open_storage(url, heartbeat_s, grace_s)
 
 
-def evaluate_trial(job: TrialJob, study: optuna.Study | None = None) -> TrialResult:
+def evaluate_trial(
+    job: TrialJob, study: optuna.Study | None = None, claimed: optuna.trial.Trial | None = None
+) -> TrialResult:
     """Run the objective for one claimed trial and record its outcome in the study (worker side).
 
-    ``study`` is the claiming driver's own study object when it runs here (it carries the pruner);
-    otherwise the study is loaded from the job's storage.
+    ``study`` and ``claimed`` are the claiming driver's own study (it carries the pruner) and trial
+    when the driver runs here; otherwise the study is loaded from the job's storage.
     """
     started = time.perf_counter()
     storage = _worker_storage(job.storage_url, job.heartbeat_s, job.grace_s)
@@ -119,8 +121,11 @@ def evaluate_trial(job: TrialJob, study: optuna.Study | None = None) -> TrialRes
         )
     else:
         storage = study._storage
-    with _quiet():
-        trial = optuna.trial.Trial(study, job.trial_id)
+    if claimed is not None and claimed._trial_id == job.trial_id:
+        trial = claimed
+    else:
+        with _quiet():
+            trial = optuna.trial.Trial(study, job.trial_id)
     ctx = TrialContext(
         trial=trial,
         params=dict(job.params),
@@ -196,8 +201,8 @@ class InlineExecutor:
     def __init__(self, study: optuna.Study | None = None) -> None:
         self.study = study
 
-    def submit(self, job: TrialJob) -> TrialResult:
-        return evaluate_trial(job, self.study)
+    def submit(self, job: TrialJob, claimed: optuna.trial.Trial | None = None) -> TrialResult:
+        return evaluate_trial(job, self.study, claimed)
 
     def wait(self, handles: Sequence[Any], timeout: float) -> tuple[list[Any], list[Any]]:
         return list(handles), []
@@ -215,9 +220,9 @@ class DriveOutcome:
     seconds: float
 
 
-def _best_after_patience(study: optuna.Study, patience: int) -> bool:
+def _best_after_patience(study: optuna.Study, patience: int, live: Sequence[FrozenTrial]) -> bool:
     """True when the last ``patience`` finished trials (by finish time) did not improve the best value."""
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+    done = [t for t in live if t.state == TrialState.COMPLETE and t.value is not None]
     if len(done) <= patience:
         return False
     done.sort(key=lambda t: (t.datetime_complete or 0, t.number))
@@ -226,28 +231,38 @@ def _best_after_patience(study: optuna.Study, patience: int) -> bool:
     return len(done) - 1 - best_index >= patience
 
 
-def _stop_reason(study: optuna.Study, budget: Budget, started: float, max_trials: int) -> str | None:
+def _stop_reason(
+    study: optuna.Study, budget: Budget, started: float, max_trials: int, live: Sequence[FrozenTrial]
+) -> str | None:
+    """Why the budget says stop, judged on ``live`` (the study's live trials, just read), or None."""
     if budget.timeout_s is not None and time.monotonic() - started >= budget.timeout_s:
         return f"timeout of {budget.timeout_s:g}s"
-    if budget.patience is not None and _best_after_patience(study, budget.patience):
+    if budget.patience is not None and _best_after_patience(study, budget.patience, live):
         return f"{budget.patience} finished trials without improvement"
-    if len(study.get_trials(deepcopy=False, states=FINISHED)) >= max_trials:
+    if sum(1 for t in live if t.state in FINISHED) >= max_trials:
         return f"{max_trials} trials finished"
     return None
 
 
-def claim_trial(study: optuna.Study, max_trials: int, space: SearchSpace) -> optuna.trial.Trial | None:
+def claim_trial(
+    study: optuna.Study, max_trials: int, space: SearchSpace, live: Sequence[FrozenTrial] | None = None
+) -> optuna.trial.Trial | None:
     """Ask for a trial unless the budget is taken; a claim that lost a race to another driver is released.
 
     Trials are numbered in creation order, so counting the live trials numbered below ours tells,
-    with no lock, whether ours is within the first ``max_trials``.
+    with no lock, whether ours is within the first ``max_trials``. ``live`` saves a read when the
+    caller has just read the live trials.
     """
-    live = study.get_trials(deepcopy=False, states=LIVE)
+    if live is None:
+        live = study.get_trials(deepcopy=False, states=LIVE)
     waiting = any(t.state == TrialState.WAITING for t in live)
     if len(live) >= max_trials and not waiting:
         return None
     with _quiet():
         trial = study.ask(distributions(space))
+    # Numbers count the trials created before; below max_trials no read can show ours to be surplus.
+    if trial.number < max_trials:
+        return trial
     ahead = sum(1 for t in study.get_trials(deepcopy=False, states=LIVE) if t.number < trial.number)
     if ahead >= max_trials:
         trial.set_user_attr(SURPLUS_ATTR, True)
@@ -274,7 +289,9 @@ def drive(
     pending: list[Any] = []
     claimed: dict[int, int] = {}  # id(handle) -> trial id, for the driver's heartbeats
     interval = float(getattr(study._storage, "get_heartbeat_interval", lambda: None)() or 0)
-    last_beat = 0.0
+    last_beat = last_stale_check = 0.0
+    # An inline executor starts the trial's own heartbeat at once: no need for the driver's.
+    queues = not isinstance(executor, InlineExecutor)
     results: list[TrialResult] = []
     failures = 0
     reason = "budget"
@@ -294,17 +311,25 @@ def drive(
                     f"The first {failures} trials of study {study.study_name!r} failed; the last error: "
                     f"{results[-1].error}. Fix the objective or the search space."
                 )
-        # A trial whose worker died is failed here and re-queued with the same parameters.
-        with _quiet():
-            optuna.storages.fail_stale_trials(study)
-        stop = _stop_reason(study, budget, started, limit)
+        # A trial whose worker died is failed here and re-queued with the same parameters. It goes
+        # stale only after a grace period of several heartbeats, so looking once per heartbeat is enough.
+        if interval and time.monotonic() - last_stale_check >= interval:
+            last_stale_check = time.monotonic()
+            with _quiet():
+                optuna.storages.fail_stale_trials(study)
+        read = study.get_trials(deepcopy=False, states=LIVE)
+        stop = _stop_reason(study, budget, started, limit, read)
+        live: Sequence[FrozenTrial] | None = read
         while stop is None and len(pending) < parallel:
-            trial = claim_trial(study, limit, space)
+            trial = claim_trial(study, limit, space, live)
+            live = None  # a further claim in this round reads the study again
             if trial is None:
                 break
-            if interval:
+            if interval and queues:
                 study._storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
-            handle = executor.submit(make_job(trial))
+            # Inline, the evaluation takes the claimed trial itself, not a copy rebuilt from the storage.
+            args = (make_job(trial),) if queues else (make_job(trial), trial)
+            handle = executor.submit(*args)
             claimed[id(handle)] = trial._trial_id
             pending.append(handle)
         if pending and interval and time.monotonic() - last_beat >= interval:
