@@ -224,7 +224,7 @@ def search(
     limit = min(x for x in (max_trials, max_grid) if x is not None) if (max_trials or max_grid) else None
 
     warm_started = time.perf_counter()
-    warmed = warm_workers(objective, data_ref)
+    warmed = warm_workers(objective, data_ref, ref.storage_url, options.heartbeat_s)
     warmup = time.perf_counter() - warm_started
     if warmed:
         logger.info("Warmed %d Dask workers for %s in %.1fs", warmed, objective, warmup)

@@ -132,8 +132,8 @@ def search_worker_task(job: WorkerJob) -> WorkerReport:
     return report
 
 
-def warm_workers(objective: str, data: Any) -> int:
-    """Import the objective's libraries and load its data on every Dask worker of this flow, at once.
+def warm_workers(objective: str, data: Any, storage_url: str, heartbeat_s: int) -> int:
+    """Get every Dask worker of this flow ready for trials, all at once: libraries, data, storage, Prefect.
 
     Returns how many workers were warmed (0 when the flow does not run on Dask). A cold worker pays
     this once, here rather than in its first trial; a long-lived cluster (``dask_address``) has it
@@ -142,14 +142,25 @@ def warm_workers(objective: str, data: Any) -> int:
     from prefect.context import FlowRunContext
     from prefect_dask import DaskTaskRunner
 
-    from aicml.tuning.engine import warm_objective
-
     context = FlowRunContext.get()
     if context is None or not isinstance(context.task_runner, DaskTaskRunner):
         return 0
     # The runner's own client (its first use starts a LocalCluster); `run` calls every worker at once.
-    done = context.task_runner.client.run(warm_objective, objective, data)
+    done = context.task_runner.client.run(_warm_worker, objective, data, storage_url, heartbeat_s)
     return len(done)
+
+
+def _warm_worker(objective: str, data: Any, storage_url: str, heartbeat_s: int) -> None:
+    """On a Dask worker: what its first task run would otherwise load (Prefect's task engine and API
+    client, the objective's libraries, the data, the study storage)."""
+    import prefect.task_engine  # noqa: F401  (each task run on the worker goes through it)
+    from prefect.client.orchestration import get_client
+
+    from aicml.tuning.engine import warm_objective
+
+    with get_client(sync_client=True) as client:
+        client.api_healthcheck()
+    warm_objective(objective, data, storage_url, heartbeat_s)
 
 
 @task(name="report-study", retries=1, cache_policy=NO_CACHE, persist_result=False)

@@ -454,8 +454,15 @@ def enqueue_grid(study: optuna.Study, space: SearchSpace) -> int:
     return added
 
 
-def warm_objective(objective: str, data: DataRef | None) -> None:
-    """Import what the objective needs and prepare its data, once per worker process, before trials start."""
+def warm_objective(
+    objective: str, data: DataRef | None, storage_url: str | None = None, heartbeat_s: int = 30
+) -> None:
+    """Import what the objective needs, prepare its data and open the study storage, once per worker process.
+
+    Done before the trials start, so that the first trial of each worker does not pay for it.
+    """
+    if storage_url is not None:
+        _worker_storage(storage_url, heartbeat_s, None)
     # Imported for their cost alone: paid here, not by the first trial.
     import aicml.tuning.reporting
 
