@@ -174,6 +174,9 @@ class SearchOutcome(BaseModel):
         default=0.0, description="Wall time of warming the workers (imports, data) before `seconds` starts."
     )
     worker_cpu_seconds: float = Field(default=0.0, description="CPU seconds the workers' loops used, summed.")
+    cpu_seconds_by_worker: list[float] = Field(
+        default_factory=list, description="CPU seconds of each worker's loop (its process, all threads)."
+    )
     worker_seconds: list[float] = Field(default_factory=list, description="Wall time of each worker's loop.")
     start_delays: list[float] = Field(
         default_factory=list,
@@ -264,6 +267,7 @@ def search(
         seconds=seconds,
         warmup_seconds=warmup,
         worker_cpu_seconds=sum(r.cpu_seconds for r in reports),
+        cpu_seconds_by_worker=[r.cpu_seconds for r in reports],
         worker_seconds=[r.seconds for r in reports],
         start_delays=[max(0.0, r.started_at - submitted_at) for r in reports],
         timings=timings,

@@ -20,6 +20,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -380,6 +381,20 @@ class WorkerReport:
     timings: dict[str, float]
 
 
+def _log_in_background(tracking: TrackingRef, result: TrialResult) -> TrialResult:
+    """One trial's nested MLflow run; a failure is logged, not raised (the study holds the result)."""
+    from aicml.tuning.reporting import log_trial_run
+
+    logging_started = time.perf_counter()
+    try:
+        logged = log_trial_run(tracking, result)
+    except Exception as exc:
+        log.warning("Trial %d was not logged to MLflow: %s", result.number, exc)
+        return result
+    logged.timings["tracking"] = time.perf_counter() - logging_started
+    return logged
+
+
 def worker_seed(seed: int, index: int) -> int:
     """Worker 0 samples with the study's seed; the others with their own, so they do not repeat it."""
     return seed + 7919 * index
@@ -406,25 +421,36 @@ def run_worker(job: WorkerJob) -> WorkerReport:
         )
 
     def make_job(trial: optuna.trial.Trial) -> TrialJob:
+        # Trial runs are logged to MLflow beside the next trial (below), not before it starts.
         return dataclasses.replace(
-            template, trial_id=trial._trial_id, number=trial.number, params=dict(trial.params)
+            template, trial_id=trial._trial_id, number=trial.number, params=dict(trial.params), tracking=None
         )
 
-    # A worker out of claims waits only for the other workers' last trials: poll them often.
-    outcome = drive(
-        study, job.space, job.budget, make_job, InlineExecutor(study), 1, job.max_trials, poll_s=0.1
-    )
+    logged: list[Future[TrialResult]] = []
+    with ThreadPoolExecutor(1, thread_name_prefix="aicml-trial-runs") as tracker:
+
+        def on_result(result: TrialResult) -> None:
+            if template.tracking is not None:
+                logged.append(tracker.submit(_log_in_background, template.tracking, result))
+
+        # A worker out of claims waits only for the other workers' last trials: poll them often.
+        outcome = drive(
+            study, job.space, job.budget, make_job, InlineExecutor(study), 1, job.max_trials,
+            on_result=on_result, poll_s=0.1,
+        )  # fmt: skip
+    results = [f.result() for f in logged] if template.tracking is not None else outcome.results
     seconds = time.perf_counter() - started
     timings: dict[str, float] = {}
-    for result in outcome.results:
+    for result in results:
         for phase, spent in result.timings.items():
             timings[phase] = timings.get(phase, 0.0) + spent
-    # Claims, stop checks and stale-trial checks of the loop: all that is not inside a trial.
-    timings["claim"] = seconds - sum(r.seconds + r.timings.get("tracking", 0.0) for r in outcome.results)
+    # Claims, stop checks and stale-trial checks of the loop (and the wait for the last MLflow
+    # writes): all that is not inside a trial. Tracking ran beside the trials, so it is not subtracted.
+    timings["claim"] = seconds - sum(r.seconds for r in results)
     return WorkerReport(
         index=job.index,
         worker=f"{socket.gethostname()}:{os.getpid()}",
-        results=outcome.results,
+        results=results,
         stop_reason=outcome.stop_reason,
         started_at=started_at,
         seconds=seconds,
