@@ -145,19 +145,25 @@ def warm_workers(objective: str, data: Any, storage_url: str, heartbeat_s: int) 
     context = FlowRunContext.get()
     if context is None or not isinstance(context.task_runner, DaskTaskRunner):
         return 0
+    # A task run's context names the flow, so its first run on a worker imports the flow's module.
+    module = getattr(getattr(context.flow, "fn", None), "__module__", "__main__")
     # The runner's own client (its first use starts a LocalCluster); `run` calls every worker at once.
-    done = context.task_runner.client.run(_warm_worker, objective, data, storage_url, heartbeat_s)
+    done = context.task_runner.client.run(_warm_worker, objective, data, storage_url, heartbeat_s, module)
     return len(done)
 
 
-def _warm_worker(objective: str, data: Any, storage_url: str, heartbeat_s: int) -> None:
+def _warm_worker(objective: str, data: Any, storage_url: str, heartbeat_s: int, module: str) -> None:
     """On a Dask worker: what its first task run would otherwise load (Prefect's task engine and API
-    client, the objective's libraries, the data, the study storage)."""
+    client, the flow's module, the objective's libraries, the data, the study storage)."""
+    import importlib
+
     import prefect.task_engine  # noqa: F401  (each task run on the worker goes through it)
     from prefect.client.orchestration import get_client
 
     from aicml.tuning.engine import warm_objective
 
+    if module != "__main__":
+        importlib.import_module(module)
     with get_client(sync_client=True) as client:
         client.api_healthcheck()
     warm_objective(objective, data, storage_url, heartbeat_s)
