@@ -163,21 +163,40 @@ class TuneResult(BaseModel):
 
 
 class SearchOutcome(BaseModel):
-    """How the search phase ended."""
+    """How the search phase ended, and where its time went."""
 
     stop_reason: str
     trials: int
-    seconds: float = Field(description="Wall time of driving the trials (the cluster already up).")
+    seconds: float = Field(
+        description="Wall time of running the trials, from submitting the workers (already warm) to the last result."
+    )
+    warmup_seconds: float = Field(
+        default=0.0, description="Wall time of warming the workers (imports, data) before `seconds` starts."
+    )
+    worker_cpu_seconds: float = Field(default=0.0, description="CPU seconds the workers' loops used, summed.")
+    cpu_seconds_by_worker: list[float] = Field(
+        default_factory=list, description="CPU seconds of each worker's loop (its process, all threads)."
+    )
+    worker_seconds: list[float] = Field(default_factory=list, description="Wall time of each worker's loop.")
+    start_delays: list[float] = Field(
+        default_factory=list,
+        description="Seconds from submitting each worker task to its loop starting (Prefect + Dask).",
+    )
+    timings: dict[str, float] = Field(
+        default_factory=dict,
+        description="Seconds summed over trials by phase: objective, record, tracking, claim.",
+    )
 
 
 def search(
     options: SearchOptions, ref: StudyRef, data_ref: Any, max_trials: int | None = None
 ) -> SearchOutcome:
-    """Drive the study from this flow with trials as Prefect tasks."""
-    from aicml.tuning.engine import TrackingRef, TrialJob, drive
+    """Run the trials of the study on ``options.parallel`` long-lived workers (Prefect tasks)."""
+    from aicml.tuning.engine import TrackingRef, TrialJob, WorkerJob, enqueue_grid
     from aicml.tuning.study import make_pruner, make_sampler, open_storage, open_study
-    from tasks.tune import PrefectExecutor
+    from tasks.tune import search_worker_task, warm_workers
 
+    logger = get_run_logger()
     space = options.resolved_space()
     storage = open_storage(ref.storage_url, options.heartbeat_s)
     study = open_study(
@@ -191,34 +210,67 @@ def search(
     tracking = (
         TrackingRef(ref.tracking_uri, ref.experiment_id, ref.parent_run_id) if ref.tracking_uri else None
     )
-    base = options.trainer.model_dump()
-
-    def make_job(trial: Any) -> TrialJob:
-        return TrialJob(
-            study_name=ref.study_name,
-            storage_url=ref.storage_url,
-            trial_id=trial._trial_id,
-            number=trial.number,
-            params=dict(trial.params),
-            objective=options.objective or options.model,
-            direction=options.direction,
-            max_epochs=options.max_epochs,
-            pruning=options.pruning,
-            data=data_ref,
-            base_options=base,
-            tracking=tracking,
-            heartbeat_s=options.heartbeat_s,
-        )
-
+    objective = options.objective or options.model
+    template = TrialJob(
+        study_name=ref.study_name, storage_url=ref.storage_url, trial_id=-1, number=-1, params={},
+        objective=objective, direction=options.direction, max_epochs=options.max_epochs,
+        pruning=options.pruning, data=data_ref, base_options=options.trainer.model_dump(),
+        tracking=tracking, heartbeat_s=options.heartbeat_s,
+    )  # fmt: skip
     max_grid = None
     if options.sampler == "grid":
         from aicml.tuning.space import grid_size
 
         max_grid = grid_size(space)
+        # Every point waits in the study, so that workers in several processes take each exactly once.
+        enqueue_grid(study, space)
     limit = min(x for x in (max_trials, max_grid) if x is not None) if (max_trials or max_grid) else None
-    outcome = drive(study, space, options.budget, make_job, PrefectExecutor(), options.parallel, limit)
+
+    warm_started = time.perf_counter()
+    warmed = warm_workers(objective, data_ref, ref.storage_url, options.heartbeat_s)
+    warmup = time.perf_counter() - warm_started
+    if warmed:
+        logger.info("Warmed %d Dask workers for %s in %.1fs", warmed, objective, warmup)
+    started, submitted_at = time.perf_counter(), time.time()
+    futures = [
+        search_worker_task.submit(
+            WorkerJob(
+                index=i,
+                space=space,
+                sampler=options.sampler,
+                seed=options.seed,
+                budget=options.budget,
+                trial=template,
+                max_trials=limit,
+            )
+        )
+        for i in range(options.parallel)
+    ]
+    reports = []
+    errors = []
+    for future in futures:  # all workers end before an error is raised: none is left running
+        try:
+            reports.append(future.result())
+        except Exception as exc:
+            errors.append(exc)
+    seconds = time.perf_counter() - started
+    if errors:
+        raise errors[0]
+    timings: dict[str, float] = {}
+    for report in reports:
+        for phase, spent in report.timings.items():
+            timings[phase] = round(timings.get(phase, 0.0) + spent, 4)
+    reasons = sorted({r.stop_reason for r in reports})
     return SearchOutcome(
-        stop_reason=outcome.stop_reason, trials=len(outcome.results), seconds=outcome.seconds
+        stop_reason="; ".join(reasons),
+        trials=sum(len(r.results) for r in reports),
+        seconds=seconds,
+        warmup_seconds=warmup,
+        worker_cpu_seconds=sum(r.cpu_seconds for r in reports),
+        cpu_seconds_by_worker=[r.cpu_seconds for r in reports],
+        worker_seconds=[r.seconds for r in reports],
+        start_delays=[max(0.0, r.started_at - submitted_at) for r in reports],
+        timings=timings,
     )
 
 
@@ -230,8 +282,25 @@ def task_runner_for(options: SearchOptions) -> Any:
         return DaskTaskRunner(address=options.dask_address)
     return DaskTaskRunner(
         cluster_kwargs={"n_workers": options.parallel, "threads_per_worker": 1, "processes": True,
-                        "dashboard_address": None},
+                        "dashboard_address": None, "env": prefect_api_env()},
     )  # fmt: skip
+
+
+def prefect_api_env() -> dict[str, str]:
+    """The Prefect API this process talks to, for the Dask workers it starts to report their task runs to.
+
+    With no API URL configured, Prefect runs an ephemeral server in each process that needs one:
+    every Dask worker would start its own (some 20 s each before its first task, on a busy
+    machine longer than Prefect waits for it), and its task runs would not show beside the flow's.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        with get_client(sync_client=True) as client:  # starts this process's ephemeral server
+            url = str(client.api_url)
+    return {"PREFECT_API_URL": str(url)}
 
 
 @flow(name="tuning-search", log_prints=False, persist_result=False)

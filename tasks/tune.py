@@ -1,23 +1,21 @@
-"""Tuning tasks: open the study and its parent MLflow run, evaluate one trial, report, train the best.
+"""Tuning tasks: open the study and its parent MLflow run, run trial workers, report, train the best.
 
-The driver loop (``aicml.tuning.engine.drive``) runs in the flow; each trial is one Prefect task
-submitted to the flow's task runner (a Dask ``LocalCluster`` by default), so n trials run at once.
+Each of the ``parallel`` workers is one long-lived Prefect task on the flow's task runner (a Dask
+``LocalCluster`` by default) that claims and evaluates trials from the shared study until the
+budget is spent (``aicml.tuning.engine.run_worker``), so n trials run at once.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import PrefectFuture, wait
 
 from aicml.models.training import TrainingOutcome
-from aicml.tuning.engine import TrialJob, TrialResult
+from aicml.tuning.engine import WorkerJob, WorkerReport
 from tasks.context import data_dir, settings
 
 
@@ -103,50 +101,72 @@ def _param(key: str, value: Any) -> Any:
     return Param(key, str(value)[:6000])
 
 
-# A trial is never retried by Prefect: the study re-queues trials whose worker died.
-@task(name="trial", retries=0, cache_policy=NO_CACHE, persist_result=False)
-def evaluate_trial_task(job: TrialJob) -> TrialResult:
-    """Evaluate one trial (on a Dask worker by default) and record it in the study and MLflow."""
-    from aicml.tuning.engine import evaluate_trial
+# A worker is never retried by Prefect: the study re-queues trials whose worker died, and the others
+# go on claiming them.
+@task(name="trial-worker", retries=0, cache_policy=NO_CACHE, persist_result=False)
+def search_worker_task(job: WorkerJob) -> WorkerReport:
+    """One long-lived worker (a Dask worker by default): claims and evaluates trials until the budget is spent.
 
-    result = evaluate_trial(job)
-    get_run_logger().info(
-        "Trial %d %s value=%s epochs=%d%s",
-        result.number,
-        result.state,
-        None if result.value is None else round(result.value, 5),
-        result.epochs,
-        f" ({result.error})" if result.error else "",
-    )
-    return result
+    One task per worker rather than per trial: a trial pays no task submission, scheduling or
+    study loading, only its claim and its result (a few storage round trips).
+    """
+    from aicml.tuning.engine import run_worker
+
+    logger = get_run_logger()
+    report = run_worker(job)
+    for result in report.results:
+        logger.info(
+            "Trial %d %s value=%s epochs=%d in %.2fs%s",
+            result.number,
+            result.state,
+            None if result.value is None else round(result.value, 5),
+            result.epochs,
+            result.seconds,
+            f" ({result.error})" if result.error else "",
+        )
+    logger.info(
+        "Worker %d (%s) ran %d trials in %.1fs (%.1f CPU s), stopped: %s; seconds by phase %s",
+        report.index, report.worker, len(report.results), report.seconds, report.cpu_seconds,
+        report.stop_reason, {k: round(v, 3) for k, v in report.timings.items()},
+    )  # fmt: skip
+    return report
 
 
-class PrefectExecutor:
-    """The engine's executor as Prefect task submissions on the flow's task runner."""
+def warm_workers(objective: str, data: Any, storage_url: str, heartbeat_s: int) -> int:
+    """Get every Dask worker of this flow ready for trials, all at once: libraries, data, storage, Prefect.
 
-    def submit(self, job: TrialJob) -> PrefectFuture[TrialResult]:
-        return evaluate_trial_task.submit(job)
+    Returns how many workers were warmed (0 when the flow does not run on Dask). A cold worker pays
+    this once, here rather than in its first trial; a long-lived cluster (``dask_address``) has it
+    done already and answers at once.
+    """
+    from prefect.context import FlowRunContext
+    from prefect_dask import DaskTaskRunner
 
-    def wait(self, handles: Sequence[Any], timeout: float) -> tuple[list[Any], list[Any]]:
-        wrapped = [getattr(h, "wrapped_future", None) for h in handles]
-        if handles and all(hasattr(w, "done") for w in wrapped):
-            # Dask futures: return as soon as the first trial finishes (Prefect's wait waits for all);
-            # `done()` is a local flag, so polling it is cheap.
-            deadline = time.monotonic() + timeout
-            flags = [bool(w.done()) for w in wrapped]  # type: ignore[union-attr]
-            while not any(flags) and time.monotonic() < deadline:
-                time.sleep(0.01)
-                flags = [bool(w.done()) for w in wrapped]  # type: ignore[union-attr]
-        else:
-            done = wait(list(handles), timeout=timeout).done
-            flags = [h in done for h in handles]
-        return [h for h, f in zip(handles, flags, strict=True) if f], [
-            h for h, f in zip(handles, flags, strict=True) if not f
-        ]
+    context = FlowRunContext.get()
+    if context is None or not isinstance(context.task_runner, DaskTaskRunner):
+        return 0
+    # A task run's context names the flow, so its first run on a worker imports the flow's module.
+    module = getattr(getattr(context.flow, "fn", None), "__module__", "__main__")
+    # The runner's own client (its first use starts a LocalCluster); `run` calls every worker at once.
+    done = context.task_runner.client.run(_warm_worker, objective, data, storage_url, heartbeat_s, module)
+    return len(done)
 
-    def result(self, handle: Any) -> TrialResult:
-        result: TrialResult = handle.result()
-        return result
+
+def _warm_worker(objective: str, data: Any, storage_url: str, heartbeat_s: int, module: str) -> None:
+    """On a Dask worker: what its first task run would otherwise load (Prefect's task engine and API
+    client, the flow's module, the objective's libraries, the data, the study storage)."""
+    import importlib
+
+    import prefect.task_engine  # noqa: F401  (each task run on the worker goes through it)
+    from prefect.client.orchestration import get_client
+
+    from aicml.tuning.engine import warm_objective
+
+    if module != "__main__":
+        importlib.import_module(module)
+    with get_client(sync_client=True) as client:
+        client.api_healthcheck()
+    warm_objective(objective, data, storage_url, heartbeat_s)
 
 
 @task(name="report-study", retries=1, cache_policy=NO_CACHE, persist_result=False)

@@ -1,15 +1,17 @@
-"""The tuning engine: a driver that claims trials from a shared study, and a worker that evaluates one.
+"""The tuning engine: a driver that claims trials from a shared study, and the code that evaluates one.
 
-The driver samples every parameter (``study.ask``) where the sampler's state lives, keeps up to
-``parallel`` trials in flight on an executor (Prefect tasks on Dask, or inline), and stops on the
-budget. Workers report per-epoch values, prune, and ``tell`` the result themselves, so a result
-survives its driver. Several drivers on several machines may share one RDB study: claims are checked
-against the study so that exactly ``n_trials`` trials finish, however many drivers run.
+A driver samples parameters (``study.ask``), keeps up to ``parallel`` trials in flight on an executor,
+and stops on the budget; the evaluation reports per-epoch values, prunes, and ``tell``s the result, so a
+result survives its driver. Several drivers may share one RDB study: claims are checked against the
+study so that exactly ``n_trials`` trials finish, however many drivers run. ``run_worker`` is the
+parallel unit: one long-lived driver per worker process, evaluating its own claims one after another
+(the flow starts one per Dask worker, the same way Optuna spreads ``study.optimize`` over machines).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -18,11 +20,12 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from aicml.tuning.errors import TuningError
 from aicml.tuning.objectives import DataRef, PlateauStop, TrialContext, resolve_objective
@@ -89,6 +92,8 @@ class TrialResult:
     mlflow_run_id: str | None = None
     stopped_on_plateau: bool = False
     worker: str = ""
+    # Seconds spent per phase: objective, record (study round trips of this trial), tracking (MLflow).
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 @functools.lru_cache(maxsize=8)
@@ -97,19 +102,31 @@ def _worker_storage(url: str, heartbeat_s: int, grace_s: int | None) -> Any:
     return open_storage(url, heartbeat_s, grace_s)
 
 
-def evaluate_trial(job: TrialJob) -> TrialResult:
-    """Run the objective for one claimed trial and record its outcome in the study (worker side)."""
+def evaluate_trial(
+    job: TrialJob, study: optuna.Study | None = None, claimed: optuna.trial.Trial | None = None
+) -> TrialResult:
+    """Run the objective for one claimed trial and record its outcome in the study (worker side).
+
+    ``study`` and ``claimed`` are the claiming driver's own study (it carries the pruner) and trial
+    when the driver runs here; otherwise the study is loaded from the job's storage.
+    """
     started = time.perf_counter()
     storage = _worker_storage(job.storage_url, job.heartbeat_s, job.grace_s)
-    # The worker never samples (the driver did); its study only needs the pruner.
-    study = optuna.load_study(
-        study_name=job.study_name,
-        storage=storage,
-        sampler=optuna.samplers.RandomSampler(),
-        pruner=make_pruner(job.pruning, job.max_epochs),
-    )
-    with _quiet():
-        trial = optuna.trial.Trial(study, job.trial_id)
+    if study is None:
+        # This process did not sample (the driver did); its study only needs the pruner.
+        study = optuna.load_study(
+            study_name=job.study_name,
+            storage=storage,
+            sampler=optuna.samplers.RandomSampler(),
+            pruner=make_pruner(job.pruning, job.max_epochs),
+        )
+    else:
+        storage = study._storage
+    if claimed is not None and claimed._trial_id == job.trial_id:
+        trial = claimed
+    else:
+        with _quiet():
+            trial = optuna.trial.Trial(study, job.trial_id)
     ctx = TrialContext(
         trial=trial,
         params=dict(job.params),
@@ -120,7 +137,9 @@ def evaluate_trial(job: TrialJob) -> TrialResult:
         base_options=dict(job.base_options),
     )
     state, value, error, plateau = TrialState.COMPLETE, None, None, False
+    objective_s = 0.0
     with heartbeat(storage, job.trial_id, job.heartbeat_s):
+        objective_started = time.perf_counter()
         try:
             value = float(resolve_objective(job.objective)(ctx))
         except optuna.TrialPruned:
@@ -130,6 +149,7 @@ def evaluate_trial(job: TrialJob) -> TrialResult:
         except Exception as exc:
             state, error = TrialState.FAIL, f"{type(exc).__name__}: {exc}"
             log.warning("Trial %d failed: %s", job.number, "".join(traceback.format_exception(exc))[-2000:])
+        objective_s = time.perf_counter() - objective_started
         if state == TrialState.COMPLETE and value is None:
             state, error = TrialState.FAIL, "the objective returned no value"
         try:
@@ -142,6 +162,7 @@ def evaluate_trial(job: TrialJob) -> TrialResult:
             state = TrialState.FAIL
     if state == TrialState.PRUNED and ctx.intermediate:
         value = ctx.intermediate[max(ctx.intermediate)]
+    seconds = time.perf_counter() - started
     result = TrialResult(
         number=job.number,
         state=state.name,
@@ -149,15 +170,19 @@ def evaluate_trial(job: TrialJob) -> TrialResult:
         params=dict(job.params),
         epochs=ctx.epochs,
         intermediate=dict(ctx.intermediate),
-        seconds=time.perf_counter() - started,
+        seconds=seconds,
         error=error,
         stopped_on_plateau=plateau,
         worker=f"{socket.gethostname()}:{os.getpid()}",
+        # The objective's own reports (trial.report per epoch) count as objective time.
+        timings={"objective": objective_s, "record": seconds - objective_s},
     )
     if job.tracking is not None:
         from aicml.tuning.reporting import log_trial_run
 
+        logging_started = time.perf_counter()
         result = log_trial_run(job.tracking, result)
+        result.timings["tracking"] = time.perf_counter() - logging_started
     return result
 
 
@@ -172,10 +197,13 @@ class Executor(Protocol):
 
 
 class InlineExecutor:
-    """Evaluates each job at once in this process (one trial at a time)."""
+    """Evaluates each job at once in this process (one trial at a time), on ``study`` when given."""
 
-    def submit(self, job: TrialJob) -> TrialResult:
-        return evaluate_trial(job)
+    def __init__(self, study: optuna.Study | None = None) -> None:
+        self.study = study
+
+    def submit(self, job: TrialJob, claimed: optuna.trial.Trial | None = None) -> TrialResult:
+        return evaluate_trial(job, self.study, claimed)
 
     def wait(self, handles: Sequence[Any], timeout: float) -> tuple[list[Any], list[Any]]:
         return list(handles), []
@@ -193,9 +221,9 @@ class DriveOutcome:
     seconds: float
 
 
-def _best_after_patience(study: optuna.Study, patience: int) -> bool:
+def _best_after_patience(study: optuna.Study, patience: int, live: Sequence[FrozenTrial]) -> bool:
     """True when the last ``patience`` finished trials (by finish time) did not improve the best value."""
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+    done = [t for t in live if t.state == TrialState.COMPLETE and t.value is not None]
     if len(done) <= patience:
         return False
     done.sort(key=lambda t: (t.datetime_complete or 0, t.number))
@@ -204,28 +232,38 @@ def _best_after_patience(study: optuna.Study, patience: int) -> bool:
     return len(done) - 1 - best_index >= patience
 
 
-def _stop_reason(study: optuna.Study, budget: Budget, started: float, max_trials: int) -> str | None:
+def _stop_reason(
+    study: optuna.Study, budget: Budget, started: float, max_trials: int, live: Sequence[FrozenTrial]
+) -> str | None:
+    """Why the budget says stop, judged on ``live`` (the study's live trials, just read), or None."""
     if budget.timeout_s is not None and time.monotonic() - started >= budget.timeout_s:
         return f"timeout of {budget.timeout_s:g}s"
-    if budget.patience is not None and _best_after_patience(study, budget.patience):
+    if budget.patience is not None and _best_after_patience(study, budget.patience, live):
         return f"{budget.patience} finished trials without improvement"
-    if len(study.get_trials(deepcopy=False, states=FINISHED)) >= max_trials:
+    if sum(1 for t in live if t.state in FINISHED) >= max_trials:
         return f"{max_trials} trials finished"
     return None
 
 
-def claim_trial(study: optuna.Study, max_trials: int, space: SearchSpace) -> optuna.trial.Trial | None:
+def claim_trial(
+    study: optuna.Study, max_trials: int, space: SearchSpace, live: Sequence[FrozenTrial] | None = None
+) -> optuna.trial.Trial | None:
     """Ask for a trial unless the budget is taken; a claim that lost a race to another driver is released.
 
     Trials are numbered in creation order, so counting the live trials numbered below ours tells,
-    with no lock, whether ours is within the first ``max_trials``.
+    with no lock, whether ours is within the first ``max_trials``. ``live`` saves a read when the
+    caller has just read the live trials.
     """
-    live = study.get_trials(deepcopy=False, states=LIVE)
+    if live is None:
+        live = study.get_trials(deepcopy=False, states=LIVE)
     waiting = any(t.state == TrialState.WAITING for t in live)
     if len(live) >= max_trials and not waiting:
         return None
     with _quiet():
         trial = study.ask(distributions(space))
+    # Numbers count the trials created before; below max_trials no read can show ours to be surplus.
+    if trial.number < max_trials:
+        return trial
     ahead = sum(1 for t in study.get_trials(deepcopy=False, states=LIVE) if t.number < trial.number)
     if ahead >= max_trials:
         trial.set_user_attr(SURPLUS_ATTR, True)
@@ -252,7 +290,9 @@ def drive(
     pending: list[Any] = []
     claimed: dict[int, int] = {}  # id(handle) -> trial id, for the driver's heartbeats
     interval = float(getattr(study._storage, "get_heartbeat_interval", lambda: None)() or 0)
-    last_beat = 0.0
+    last_beat = last_stale_check = 0.0
+    # An inline executor starts the trial's own heartbeat at once: no need for the driver's.
+    queues = not isinstance(executor, InlineExecutor)
     results: list[TrialResult] = []
     failures = 0
     reason = "budget"
@@ -272,17 +312,25 @@ def drive(
                     f"The first {failures} trials of study {study.study_name!r} failed; the last error: "
                     f"{results[-1].error}. Fix the objective or the search space."
                 )
-        # A trial whose worker died is failed here and re-queued with the same parameters.
-        with _quiet():
-            optuna.storages.fail_stale_trials(study)
-        stop = _stop_reason(study, budget, started, limit)
+        # A trial whose worker died is failed here and re-queued with the same parameters. It goes
+        # stale only after a grace period of several heartbeats, so looking once per heartbeat is enough.
+        if interval and time.monotonic() - last_stale_check >= interval:
+            last_stale_check = time.monotonic()
+            with _quiet():
+                optuna.storages.fail_stale_trials(study)
+        read = study.get_trials(deepcopy=False, states=LIVE)
+        stop = _stop_reason(study, budget, started, limit, read)
+        live: Sequence[FrozenTrial] | None = read
         while stop is None and len(pending) < parallel:
-            trial = claim_trial(study, limit, space)
+            trial = claim_trial(study, limit, space, live)
+            live = None  # a further claim in this round reads the study again
             if trial is None:
                 break
-            if interval:
+            if interval and queues:
                 study._storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
-            handle = executor.submit(make_job(trial))
+            # Inline, the evaluation takes the claimed trial itself, not a copy rebuilt from the storage.
+            args = (make_job(trial),) if queues else (make_job(trial), trial)
+            handle = executor.submit(*args)
             claimed[id(handle)] = trial._trial_id
             pending.append(handle)
         if pending and interval and time.monotonic() - last_beat >= interval:
@@ -304,3 +352,155 @@ def drive(
         # Trials of other drivers (or of a dead one, until its heartbeat expires) hold the last slots.
         time.sleep(poll_s)
     return DriveOutcome(results=results, stop_reason=reason, seconds=time.monotonic() - started)
+
+
+@dataclass(frozen=True)
+class WorkerJob:
+    """One long-lived worker: the study, how this worker samples, and the template of its trial jobs."""
+
+    index: int
+    space: SearchSpace
+    sampler: str
+    seed: int
+    budget: Budget
+    trial: TrialJob  # every field but trial_id, number and params, which each claim fills in
+    max_trials: int | None = None
+
+
+@dataclass(frozen=True)
+class WorkerReport:
+    """What one worker ran, and where its time went (wall and CPU seconds of its loop)."""
+
+    index: int
+    worker: str
+    results: list[TrialResult]
+    stop_reason: str
+    started_at: float  # time.time() when the loop began, to measure the wait for a worker
+    seconds: float
+    cpu_seconds: float
+    timings: dict[str, float]
+
+
+def _log_in_background(tracking: TrackingRef, result: TrialResult) -> TrialResult:
+    """One trial's nested MLflow run; a failure is logged, not raised (the study holds the result)."""
+    from aicml.tuning.reporting import log_trial_run
+
+    logging_started = time.perf_counter()
+    try:
+        logged = log_trial_run(tracking, result)
+    except Exception as exc:
+        log.warning("Trial %d was not logged to MLflow: %s", result.number, exc)
+        return result
+    logged.timings["tracking"] = time.perf_counter() - logging_started
+    return logged
+
+
+def worker_seed(seed: int, index: int) -> int:
+    """Worker 0 samples with the study's seed; the others with their own, so they do not repeat it."""
+    return seed + 7919 * index
+
+
+def run_worker(job: WorkerJob) -> WorkerReport:
+    """Claim, evaluate and record trials one after another until the study's budget is spent.
+
+    The worker's sampler reads the whole shared study (TPE, CMA-ES and Hyperopt learn from every
+    worker's trials); trials waiting in the study (enqueued grid points, retries of a dead worker's
+    trial) are taken first.
+    """
+    from aicml.tuning.study import make_sampler
+
+    started_at, started, cpu = time.time(), time.perf_counter(), time.process_time()
+    template = job.trial
+    storage = _worker_storage(template.storage_url, template.heartbeat_s, template.grace_s)
+    with _quiet():
+        study = optuna.load_study(
+            study_name=template.study_name,
+            storage=storage,
+            sampler=make_sampler(job.sampler, job.space, worker_seed(job.seed, job.index)),  # type: ignore[arg-type]
+            pruner=make_pruner(template.pruning, template.max_epochs),
+        )
+
+    def make_job(trial: optuna.trial.Trial) -> TrialJob:
+        # Trial runs are logged to MLflow beside the next trial (below), not before it starts.
+        return dataclasses.replace(
+            template, trial_id=trial._trial_id, number=trial.number, params=dict(trial.params), tracking=None
+        )
+
+    logged: list[Future[TrialResult]] = []
+    with ThreadPoolExecutor(1, thread_name_prefix="aicml-trial-runs") as tracker:
+
+        def on_result(result: TrialResult) -> None:
+            if template.tracking is not None:
+                logged.append(tracker.submit(_log_in_background, template.tracking, result))
+
+        # A worker out of claims waits only for the other workers' last trials: poll them often.
+        outcome = drive(
+            study, job.space, job.budget, make_job, InlineExecutor(study), 1, job.max_trials,
+            on_result=on_result, poll_s=0.1,
+        )  # fmt: skip
+    results = [f.result() for f in logged] if template.tracking is not None else outcome.results
+    seconds = time.perf_counter() - started
+    timings: dict[str, float] = {}
+    for result in results:
+        for phase, spent in result.timings.items():
+            timings[phase] = timings.get(phase, 0.0) + spent
+    # Claims, stop checks and stale-trial checks of the loop (and the wait for the last MLflow
+    # writes): all that is not inside a trial. Tracking ran beside the trials, so it is not subtracted.
+    timings["claim"] = seconds - sum(r.seconds for r in results)
+    return WorkerReport(
+        index=job.index,
+        worker=f"{socket.gethostname()}:{os.getpid()}",
+        results=results,
+        stop_reason=outcome.stop_reason,
+        started_at=started_at,
+        seconds=seconds,
+        cpu_seconds=time.process_time() - cpu,
+        timings=timings,
+    )
+
+
+def enqueue_grid(study: optuna.Study, space: SearchSpace) -> int:
+    """Put every grid point not yet in the study as a waiting trial, so parallel workers take each once.
+
+    Taking a waiting trial is atomic in the RDB storage, which a sampler choosing among unvisited
+    points in several processes is not. Points already complete, pruned, running or waiting are skipped.
+    """
+    import itertools
+
+    names = list(space)
+    seen = set()
+    for t in study.get_trials(deepcopy=False, states=LIVE):
+        params = t.params or t.system_attrs.get("fixed_params") or {}
+        seen.add(tuple(params.get(n) for n in names))
+    added = 0
+    for point in itertools.product(*(space[n].grid(n) for n in names)):
+        if point not in seen:
+            study.enqueue_trial(dict(zip(names, point, strict=True)), skip_if_exists=False)
+            added += 1
+    return added
+
+
+def warm_objective(
+    objective: str, data: DataRef | None, storage_url: str | None = None, heartbeat_s: int = 30
+) -> None:
+    """Import what the objective needs, prepare its data and open the study storage, once per worker process.
+
+    Done before the trials start, so that the first trial of each worker does not pay for it.
+    """
+    if storage_url is not None:
+        _worker_storage(storage_url, heartbeat_s, None)
+    # Imported for their cost alone: paid here, not by the first trial.
+    import aicml.tuning.reporting
+
+    if objective == "lightning":
+        import aicml.models.trainers  # noqa: F401  (torch and Lightning)
+    elif objective in ("sgd", "mlp", "hgb"):
+        import sklearn.ensemble
+        import sklearn.linear_model
+        import sklearn.metrics
+        import sklearn.neural_network  # noqa: F401
+    resolve_objective(objective)
+    if data is not None:
+        from aicml.tuning.objectives import prepared
+
+        prepared(data)

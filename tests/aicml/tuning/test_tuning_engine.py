@@ -125,3 +125,28 @@ def test_lightning_objective_reports_val_loss_per_epoch(tmp_path: Path) -> None:
     assert [r.epochs for r in outcome.results] == [3, 3]
     assert all(r.state == "COMPLETE" and r.value is not None for r in outcome.results)
     assert study.best_value == min(min(r.intermediate.values()) for r in outcome.results)
+
+
+def test_two_workers_share_a_grid_and_take_each_point_once(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+    from itertools import product
+
+    from aicml.tuning.engine import TrialJob, WorkerJob, enqueue_grid, run_worker
+    from aicml.tuning.study import make_sampler, open_storage, open_study
+
+    space = {"x": FloatParam(low=0.0, high=3.0, step=1.0), "y": CategoricalParam(choices=[-1.0, 1.0])}
+    url = _url(tmp_path)
+    study = open_study("grid2", open_storage(url, 5), "minimize", make_sampler("grid", space, 7))
+    assert enqueue_grid(study, space) == 8
+    assert enqueue_grid(study, space) == 0, "queued points are not queued twice"
+    template = TrialJob("grid2", url, -1, -1, {}, "toy_objectives:quadratic", "minimize", 1,
+                        PruningOptions(pruner="none", plateau_patience=None), heartbeat_s=5)  # fmt: skip
+    jobs = [WorkerJob(i, space, "grid", 7, Budget(n_trials=8), template, max_trials=8) for i in range(2)]
+    with ThreadPoolExecutor(2) as pool:
+        reports = list(pool.map(run_worker, jobs))
+
+    assert sum(len(r.results) for r in reports) == 8 and len(study.trials) == 8
+    points = sorted((t.params["x"], t.params["y"]) for t in study.trials if t.state == TrialState.COMPLETE)
+    assert points == sorted(product((0.0, 1.0, 2.0, 3.0), (-1.0, 1.0)))
+    assert all(r.stop_reason == "8 trials finished" for r in reports)
+    assert all(r.timings["objective"] >= 0 and r.timings["claim"] > 0 for r in reports if r.results)
