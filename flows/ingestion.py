@@ -106,6 +106,14 @@ class IngestParams(BaseModel):
     sink_table: str | None = Field(
         default=None, description="Table of the SQL sink; the load name by default."
     )
+    sql_quarantine: bool = Field(
+        default=True,
+        description="SQL sink: also write quarantined rows, with their reason, to a table of the same "
+        "database in the batch's transaction.",
+    )
+    quarantine_table: str | None = Field(
+        default=None, description="That table; `<sink table>_quarantine` by default."
+    )
     cluster: Literal["local", "kubernetes", "sync"] = Field(
         default="local", description="Dask LocalCluster, a dask-kubernetes cluster, or in-process."
     )
@@ -132,6 +140,7 @@ class IngestResult(BaseModel):
     watermark: str | None
     output: str
     quarantine_dir: str
+    quarantine_table: str | None = None
     data_docs: str | None
     drifted_columns: list[str]
     seconds: float
@@ -184,6 +193,8 @@ def build_job(params: IngestParams) -> IngestJob:
             sink_url,
             params.sink_table or params.load.replace("-", "_").replace(".", "_"),
             key=tuple(params.key),
+            quarantine=params.sql_quarantine,
+            quarantine_table=params.quarantine_table,
         )
     else:
         sink = ParquetSink(
@@ -241,6 +252,7 @@ def ingest_flow(params: IngestParams) -> IngestResult:
         watermark=report.watermark,
         output=report.output,
         quarantine_dir=report.quarantine_dir,
+        quarantine_table=report.quarantine_table,
         data_docs=docs,
         drifted_columns=[row["column"] for row in drift if row["drifted"] == "YES"],
         seconds=elapsed,

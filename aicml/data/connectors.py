@@ -172,8 +172,8 @@ class FileConnector:
             raise SourceError(f"Source file {name!r} is not readable: {exc}") from exc
         result = read_bytes(data, name, self.options)
         for column, value in partition.values.items():
-            if column not in result.frame.columns:
-                result.frame[column] = value
+            if column not in result.columns:
+                result.add_constant(column, value)
         return result
 
 

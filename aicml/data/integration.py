@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 
 from aicml.data.connectors import Connector, Partition, content_identity
@@ -21,16 +22,29 @@ from aicml.data.parallel import ClusterOptions, run_partitions
 from aicml.data.quality import ExpectationOutcome, numeric_columns_of, validate_frame
 from aicml.data.readers import DEFAULT_MAX_FIELD_BYTES, ReadResult, oversized_fields
 from aicml.data.rules import CompiledSuite, as_numbers_where_parsable, check_rows, compile_suite
-from aicml.data.sinks import ParquetSink, SqlSink, StagedPartition, stage_partition, write_parquet_atomic
+from aicml.data.sinks import (
+    PARTITION,
+    RAW,
+    REASON,
+    ROW,
+    ParquetSink,
+    SqlSink,
+    StagedPartition,
+    stage_partition,
+    write_parquet_atomic,
+)
 from aicml.data.state import CommittedPartition, IngestState
-from aicml.data.transforms import TransformSpec, add_derived, coerce_types, deduplicate
+from aicml.data.transforms import (
+    TransformSpec,
+    add_derived,
+    coerce_types,
+    deduplicate,
+    pending_coercions,
+    referenced_columns,
+)
 from aicml.errors import AicError, DataQualityError, FailedExpectation
 
 Policy = Literal["fail", "quarantine", "warn"]
-REASON = "_aic_reason"
-PARTITION = "_aic_partition"
-ROW = "_aic_row"
-RAW = "_aic_raw"
 SAMPLE_ROWS = 20_000
 
 
@@ -91,6 +105,7 @@ class IngestReport:
     seconds: float
     sample: pd.DataFrame | None = None
     raw_sample: pd.DataFrame | None = None
+    quarantine_table: str | None = None  # SQL sinks: where quarantined rows went, with their reason
 
     def summary(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k not in ("sample", "raw_sample")}
@@ -116,6 +131,82 @@ def _quarantine_frame(
         ).astype({REASON: "string", PARTITION: "string", RAW: "string"})
         out = pd.concat([out, parsed], ignore_index=True)
     return out.reset_index(drop=True)
+
+
+_ARROW_KINDS = ("is_integer", "is_floating", "is_boolean", "is_string", "is_large_string")
+
+
+def _arrow_native(table: Any) -> bool:
+    """True for a pyarrow table of plain columns (numbers, booleans, text), the shape CSV parses
+    to: accepted rows are then cut from it directly instead of converted back from pandas."""
+    if table is None:
+        return False
+    import pyarrow.types as pat
+
+    return all(any(getattr(pat, kind)(f.type) for kind in _ARROW_KINDS) for f in table.schema)
+
+
+def _rows(data: Any) -> int:
+    return int(data.num_rows) if hasattr(data, "num_rows") else len(data)
+
+
+def _accepted_rows(data: Any, keep: np.ndarray, converted: pd.DataFrame, index: pd.Index) -> Any:
+    """The kept rows of ``data`` (a pyarrow table or the pandas frame), converted columns replaced.
+
+    On a table the result stays Arrow: one filter, then NaN becomes null in float columns, as a
+    pandas round trip would make it, so both paths write the same Parquet values.
+    """
+    final = index[keep]
+    if isinstance(data, pd.DataFrame):
+        good = data.loc[keep] if not keep.all() else data
+        if len(converted.columns):
+            good = good.copy(deep=False)
+            for column in converted.columns:
+                good[column] = converted[column].loc[final]
+        return good.reset_index(drop=True)
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    good = data if keep.all() else data.filter(pa.array(keep))
+    for position, column in enumerate(good.column_names):
+        if column in converted.columns:
+            values = pa.array(converted[column].loc[final], from_pandas=True)
+        elif pa.types.is_floating(good.schema.field(position).type) and pc.any(
+            pc.is_nan(good.column(position))
+        ).as_py():
+            values = pc.if_else(pc.is_nan(good.column(position)), None, good.column(position))
+        else:
+            continue
+        good = good.set_column(position, column, values)
+    return good
+
+
+def _add_derived(good: Any, derived: dict[str, str]) -> Any:
+    """Derived columns with pandas' evaluator on just the columns the expressions name."""
+    if not derived or isinstance(good, pd.DataFrame):
+        return add_derived(good, derived)
+    if not good.num_rows:
+        return good
+    import pyarrow as pa
+
+    used = referenced_columns(derived, good.column_names)
+    view = add_derived(good.select(used).to_pandas(), derived)
+    for column in derived:
+        values = pa.array(view[column], from_pandas=True)
+        if column in good.column_names:
+            good = good.set_column(good.column_names.index(column), column, values)
+        else:
+            good = good.append_column(column, values)
+    return good
+
+
+def _sample(data: Any, rows: int) -> pd.DataFrame:
+    """Up to ``rows`` random rows (seeded) as pandas, from a pyarrow table or a frame."""
+    total = _rows(data)
+    chosen = np.sort(np.random.default_rng(0).choice(total, size=min(rows, total), replace=False))
+    if isinstance(data, pd.DataFrame):
+        return data.iloc[chosen]
+    return data.take(chosen).to_pandas()
 
 
 def process_partition(task: PartitionTask) -> PartitionOutcome:
@@ -181,43 +272,59 @@ def process_partition(task: PartitionTask) -> PartitionOutcome:
             listed.append(FailedExpectation("max_field_bytes", None, len(big), str(big.iloc[0])))
         raise DataQualityError(f"{task.load} ({key})", listed, rows_in)
 
-    good = frame.loc[~bad] if bad.any() else frame
+    keep = ~bad
     numeric_types = {
         c: "float64"
         for c in (compiled.numeric_columns if compiled else ())
-        if c in good.columns and good[c].dtype.kind not in "iufb"
+        if c in frame.columns and frame[c].dtype.kind not in "iufb"
     }
-    good, type_reasons = coerce_types(good, {**numeric_types, **task.transform.types})
-    if not type_reasons.empty:
-        reasons.loc[type_reasons.index] = type_reasons
-        good = good.drop(index=type_reasons.index)
-    good, dup_reasons = deduplicate(good, task.transform.key)
-    if not dup_reasons.empty:
-        reasons.loc[dup_reasons.index] = dup_reasons
-    good = add_derived(good, task.transform.derived).reset_index(drop=True)
+    pending = pending_coercions(frame, {**numeric_types, **task.transform.types})
+    converted = pd.DataFrame(index=frame.index[keep])
+    if pending:
+        # Only the columns that change are converted, and only on rows still kept.
+        converted, type_reasons = coerce_types(frame.loc[keep, list(pending)], pending)
+        if not type_reasons.empty:
+            reasons.loc[type_reasons.index] = type_reasons
+            keep[frame.index.get_indexer(type_reasons.index)] = False
+    key_columns = list(task.transform.key)
+    if key_columns and keep.any():
+        if all(k in frame.columns for k in key_columns):
+            kept = frame.index[keep]
+            keys = pd.DataFrame(
+                {k: (converted[k] if k in converted.columns else frame[k]).loc[kept] for k in key_columns}
+            )
+        else:
+            keys = frame.loc[keep]  # deduplicate names the missing key columns
+        _, dup_reasons = deduplicate(keys, key_columns)
+        if not dup_reasons.empty:
+            reasons.loc[dup_reasons.index] = dup_reasons
+            keep[frame.index.get_indexer(dup_reasons.index)] = False
+    good = _accepted_rows(read.table if _arrow_native(read.table) else frame, keep, converted, frame.index)
+    good = _add_derived(good, task.transform.derived)
 
     quarantined_rows = reasons.notna()
     quarantine_frame = _quarantine_frame(
         frame.loc[quarantined_rows], reasons.loc[quarantined_rows], key, read
     )
+    accepted = _rows(good)
     staged_data = (
         stage_partition(
             good, staging / "data", identity, task.partition_by, task.row_group_rows, task.on_row_group
         )
-        if len(good)
+        if accepted
         else None
     )
     staged_bad = (
         stage_partition(quarantine_frame, staging / "quarantine", identity) if len(quarantine_frame) else None
     )
-    sample = good.sample(n=min(task.sample_rows, len(good)), random_state=0) if len(good) else None
+    sample = _sample(good, task.sample_rows) if accepted else None
     # What arrived, before quarantine: Great Expectations renders its Data Docs from this.
-    raw_sample = frame.sample(n=min(task.sample_rows, len(frame)), random_state=0) if len(frame) else None
+    raw_sample = _sample(frame, task.sample_rows) if len(frame) else None
     return PartitionOutcome(
         key=key,
         identity=identity,
         rows_in=rows_in,
-        accepted=len(good),
+        accepted=accepted,
         quarantined=len(quarantine_frame),
         staged=staged_data,
         quarantine=staged_bad,
@@ -337,7 +444,9 @@ def run_ingest(job: IngestJob, state: IngestState | None = None) -> IngestReport
         committed_rows = job.sink.commit(staged)
         output = job.sink.root
     else:
-        committed_rows = job.sink.commit(staged, batch_id)
+        # Quarantined rows go to the database's quarantine table in the batch's transaction.
+        bad = [p.quarantine for p in parts if p.quarantine is not None]
+        committed_rows = job.sink.commit(staged, batch_id, bad)
         output = job.sink.table
     quarantine.commit([p.quarantine for p in parts if p.quarantine is not None])
     watermark = _max_watermark([p.watermark for p in parts]) if job.incremental else None
@@ -369,6 +478,9 @@ def run_ingest(job: IngestJob, state: IngestState | None = None) -> IngestReport
         seconds=time.perf_counter() - started,
         sample=pd.concat(samples, ignore_index=True) if samples else None,
         raw_sample=pd.concat(raw, ignore_index=True) if raw else None,
+        quarantine_table=(
+            job.sink.quarantine_name if isinstance(job.sink, SqlSink) and job.sink.quarantine else None
+        ),
     )
 
 

@@ -51,15 +51,52 @@ class Reject:
     raw: str = ""
 
 
-@dataclass
 class ReadResult:
-    """The parsed table of one input, the rows the parser refused, and what it detected."""
+    """The parsed table of one input, the rows the parser refused, and what it detected.
 
-    frame: pd.DataFrame
-    rejects: list[Reject] = field(default_factory=list)
-    encoding: str = "utf-8"
-    delimiter: str | None = None
-    identity: str = ""
+    Readers that parse with pyarrow keep the Arrow ``table`` and the pandas ``frame`` is made from
+    it on first use (pandas 3 keeps strings in Arrow, so that view is cheap); other readers give a
+    ``frame`` only. The engine processes the Arrow table when there is one, so a clean CSV goes from
+    parser to Parquet without a pandas round trip.
+    """
+
+    def __init__(
+        self,
+        frame: pd.DataFrame | None = None,
+        rejects: list[Reject] | None = None,
+        encoding: str = "utf-8",
+        delimiter: str | None = None,
+        identity: str = "",
+        table: Any = None,
+    ) -> None:
+        if frame is None and table is None:
+            raise ValueError("ReadResult needs a frame or a table.")
+        self._frame = frame
+        self.rejects = list(rejects or [])
+        self.encoding = encoding
+        self.delimiter = delimiter
+        self.identity = identity
+        self.table = table  # pyarrow.Table when the reader parsed with pyarrow
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        if self._frame is None:
+            self._frame = self.table.to_pandas()
+        return self._frame
+
+    def add_constant(self, column: str, value: str) -> None:
+        """Add a column holding ``value`` on every row (hive partition values of a file)."""
+        if self.table is not None:
+            import pyarrow as pa
+
+            self.table = self.table.append_column(column, pa.repeat(pa.scalar(value, pa.string()), len(self.table)))
+            self._frame = None
+        else:
+            self.frame[column] = value
+
+    @property
+    def columns(self) -> list[str]:
+        return [str(c) for c in (self.table.column_names if self.table is not None else self.frame.columns)]
 
 
 @dataclass(frozen=True)
@@ -92,8 +129,11 @@ def read_capped(stream: IO[bytes], max_bytes: int, name: str) -> bytes:
     """Read at most ``max_bytes``; raise InputTooLargeError past it (never buffers more than the cap)."""
     chunks: list[bytes] = []
     total = 0
+    # A file whose size is known (local, object storage) is read in one call: one buffer, no join.
+    size = getattr(stream, "size", None)
+    first = size + 1 if isinstance(size, int) and 0 <= size <= max_bytes else 8 * 1024**2
     while True:
-        chunk = stream.read(min(8 * 1024**2, max_bytes + 1 - total))
+        chunk = stream.read(min(first if not chunks else 8 * 1024**2, max_bytes + 1 - total))
         if not chunk:
             return b"".join(chunks)
         total += len(chunk)
@@ -242,8 +282,7 @@ def _csv(data: bytes, name: str, options: ReadOptions) -> ReadResult:
         )
     if table.num_rows == 0 and not rejects:
         raise EmptyInputError(f"{name!r} has a header but no data rows.")
-    frame = table.to_pandas()
-    return ReadResult(frame=frame, rejects=rejects, encoding=encoding, delimiter=delimiter)
+    return ReadResult(table=table, rejects=rejects, encoding=encoding, delimiter=delimiter)
 
 
 def read_bytes(data: bytes, name: str, options: ReadOptions | None = None) -> ReadResult:
@@ -281,9 +320,24 @@ def oversized_fields(frame: pd.DataFrame, max_field_bytes: int) -> pd.Series:
         series = frame[column]
         if series.dtype != object and not pd.api.types.is_string_dtype(series):
             continue
+        if _shorter_than(series, max_field_bytes):
+            continue
         lengths = series.astype("string").str.len()
         too_long = (lengths > max_field_bytes).fillna(False).to_numpy(dtype=bool)
         if too_long.any():
             for label in frame.index[too_long]:
                 found.setdefault(label, f"field {column!r} is longer than {max_field_bytes} bytes")
     return pd.Series(found, dtype=object)
+
+
+def _shorter_than(series: pd.Series, limit: int) -> bool:
+    """True when no value of an Arrow-backed text column can be longer than ``limit`` characters:
+    its longest value in bytes (read from the offsets, nothing decoded) is within the limit."""
+    dtype = series.dtype
+    if not (isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow"):
+        return False
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    longest = pc.max(pc.binary_length(pa.array(series.array))).as_py()
+    return longest is None or longest <= limit

@@ -27,15 +27,22 @@ from aicml.data.safety import check_identifier, check_table_name
 from aicml.errors import ConfigurationError, SourceError
 
 LEDGER_TABLE = "aic_ingest_batches"
+PARQUET_CODEC = "snappy"
+# Columns of a quarantine file besides the row's own fields (as text).
+REASON = "_aic_reason"
+PARTITION = "_aic_partition"
+ROW = "_aic_row"
+RAW = "_aic_raw"
 
 
 def write_parquet_atomic(
-    frame: pd.DataFrame,
+    frame: Any,
     target: Path,
     row_group_rows: int = 1_000_000,
     on_row_group: Callable[[int], None] | None = None,
 ) -> Path:
-    """Write ``frame`` to ``target`` through a temporary file in the same directory, then rename."""
+    """Write ``frame`` (pandas, or a pyarrow table as is) to ``target`` through a temporary file in
+    the same directory, then rename."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -43,8 +50,8 @@ def write_parquet_atomic(
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".parquet")
     os.close(fd)
     try:
-        table = pa.Table.from_pandas(frame, preserve_index=False)
-        with pq.ParquetWriter(tmp, table.schema, compression="snappy") as writer:
+        table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
+        with pq.ParquetWriter(tmp, table.schema, compression=PARQUET_CODEC) as writer:
             for number, start in enumerate(range(0, max(table.num_rows, 1), row_group_rows)):
                 writer.write_table(table.slice(start, row_group_rows))
                 if on_row_group is not None:
@@ -142,17 +149,19 @@ class ParquetSink:
 
 
 def stage_partition(
-    frame: pd.DataFrame,
+    frame: Any,
     staging: Path,
     identity: str,
     partition_by: Sequence[str] = (),
     row_group_rows: int = 1_000_000,
     on_row_group: Callable[[int], None] | None = None,
 ) -> StagedPartition:
-    """Write one validated partition under ``staging`` (atomically per file)."""
+    """Write one validated partition (pandas, or a pyarrow table) under ``staging`` (atomically per file)."""
     if not partition_by:
         path = write_parquet_atomic(frame, staging / f"{identity}.parquet", row_group_rows, on_row_group)
-        return StagedPartition(identity, str(path), len(frame))
+        return StagedPartition(identity, str(path), int(getattr(frame, "num_rows", len(frame))))
+    if not isinstance(frame, pd.DataFrame):
+        frame = frame.to_pandas()  # hive partitions are grouped by pandas
     missing = [c for c in partition_by if c not in frame.columns]
     if missing:
         raise ConfigurationError(f"Partition column(s) {missing} are not in the data.")
@@ -192,11 +201,42 @@ class SqlSink:
     key: tuple[str, ...] = ()
     copy_chunk_bytes: int = 8 * 1024**2
     on_chunk: Callable[[int], None] | None = field(default=None, compare=False)
+    # Rows that failed validation go to this table of the same database, in the batch's transaction:
+    # ``<table>_quarantine`` by default; ``quarantine=False`` keeps them in the quarantine files only.
+    quarantine: bool = True
+    quarantine_table: str | None = None
 
     def __post_init__(self) -> None:
         check_table_name(self.table)
         for column in self.key:
             check_identifier(column, "key column")
+        if self.quarantine:
+            check_table_name(self.quarantine_name)
+
+    @property
+    def quarantine_name(self) -> str:
+        """The quarantine table (``schema.table`` or ``table``)."""
+        return self.quarantine_table or f"{self.table}_quarantine"
+
+    def _quarantine(self, metadata: Any) -> Any:
+        """Quarantined rows: the batch, where each came from, why, and its fields as text (JSON)."""
+        import sqlalchemy as sa
+        from sqlalchemy.dialects.postgresql import JSONB
+
+        schema, name = check_table_name(self.quarantine_name)
+        return sa.Table(
+            name,
+            metadata,
+            sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+            sa.Column("batch_id", sa.String(64), nullable=False, index=True),
+            sa.Column("source_partition", sa.Text(), nullable=False),
+            sa.Column("source_row", sa.BigInteger(), nullable=True),
+            sa.Column("reason", sa.Text(), nullable=False),
+            sa.Column("record", sa.JSON().with_variant(JSONB(), "postgresql"), nullable=True),
+            sa.Column("raw_line", sa.Text(), nullable=True),
+            sa.Column("quarantined_at", sa.Float(), nullable=False),
+            schema=schema,
+        )
 
     def _tables(self, frame: pd.DataFrame, metadata: Any) -> Any:
         import sqlalchemy as sa
@@ -240,49 +280,93 @@ class SqlSink:
         finally:
             engine.dispose()
 
-    def commit(self, staged: Sequence[StagedPartition], batch_id: str) -> int:
-        """Load every staged partition in one transaction; returns rows written (0 when already done)."""
+    def commit(
+        self,
+        staged: Sequence[StagedPartition],
+        batch_id: str,
+        quarantine: Sequence[StagedPartition] = (),
+    ) -> int:
+        """Load every staged partition, and the batch's quarantined rows into the quarantine table,
+        in one transaction; returns rows written to the table (0 when the batch was already done)."""
         import pyarrow.dataset as ds
         import sqlalchemy as sa
 
         files = [p for s in staged for p in _files_of(s.path)]
-        if not files:
+        bad_files = [p for s in quarantine for p in _files_of(s.path)] if self.quarantine else []
+        if not files and not bad_files:
             return 0
-        table_data = ds.dataset(files, format="parquet").to_table()
-        frame = table_data.slice(0, 0).to_pandas()
+        table_data = ds.dataset(files, format="parquet").to_table() if files else None
         engine = sa.create_engine(self.url)
         try:
             metadata = sa.MetaData()
-            target = self._tables(frame, metadata)
             ledger = self._ledger(metadata)
+            quarantine_table = self._quarantine(metadata) if bad_files else None
             with engine.begin() as conn:
                 metadata.create_all(conn, checkfirst=True)
                 done = conn.execute(sa.select(ledger.c.batch_id).where(ledger.c.batch_id == batch_id)).first()
                 if done is not None:
                     return 0
-                existing = sa.Table(target.name, sa.MetaData(), schema=target.schema, autoload_with=conn)
-                unknown = [c for c in frame.columns if c not in existing.c]
-                if unknown:
-                    raise SourceError(
-                        f"Columns {unknown} are not in table {self.table!r}; add them or map them first."
-                    )
-                if engine.dialect.name == "postgresql":
-                    self._copy_upsert(conn, existing, table_data)
-                else:
-                    self._insert_upsert(conn, existing, table_data.to_pandas())
+                if table_data is not None:
+                    self._load(conn, table_data)
+                if quarantine_table is not None:
+                    self._load_quarantine(conn, quarantine_table, bad_files, batch_id)
                 conn.execute(
                     sa.insert(ledger).values(
                         batch_id=batch_id,
                         target=self.table,
-                        rows=table_data.num_rows,
+                        rows=table_data.num_rows if table_data is not None else 0,
                         committed_at=time.time(),
                     )
                 )
-            return int(table_data.num_rows)
+            return int(table_data.num_rows) if table_data is not None else 0
         except sa.exc.SQLAlchemyError as exc:
             raise SourceError(f"Loading into {self.table!r} failed: {getattr(exc, 'orig', exc)}") from exc
         finally:
             engine.dispose()
+
+    def _load(self, conn: Any, table_data: Any) -> None:
+        """Create the table from the first batch if missing, check the columns, upsert the rows."""
+        import sqlalchemy as sa
+
+        frame = table_data.slice(0, 0).to_pandas()
+        metadata = sa.MetaData()
+        target = self._tables(frame, metadata)
+        metadata.create_all(conn, checkfirst=True)
+        existing = sa.Table(target.name, sa.MetaData(), schema=target.schema, autoload_with=conn)
+        unknown = [c for c in frame.columns if c not in existing.c]
+        if unknown:
+            raise SourceError(f"Columns {unknown} are not in table {self.table!r}; add them or map them first.")
+        if conn.dialect.name == "postgresql":
+            self._copy_upsert(conn, existing, table_data)
+        else:
+            self._insert_upsert(conn, existing, table_data.to_pandas())
+
+    def _load_quarantine(self, conn: Any, table: Any, files: list[str], batch_id: str) -> None:
+        """Insert the quarantined rows (bound parameters; identifiers quoted by SQLAlchemy)."""
+        import pyarrow.parquet as pq
+        import sqlalchemy as sa
+
+        now = time.time()
+        for path in files:
+            data = pq.read_table(path)
+            fields = [c for c in data.column_names if c not in (REASON, PARTITION, ROW, RAW)]
+            columns = data.to_pydict()
+            records = []
+            for i in range(data.num_rows):
+                record = {c: columns[c][i] for c in fields if columns[c][i] is not None}
+                records.append(
+                    {
+                        "batch_id": batch_id,
+                        "source_partition": str(columns[PARTITION][i] or ""),
+                        "source_row": columns[ROW][i] if ROW in columns else None,
+                        "reason": str(columns[REASON][i] or ""),
+                        "record": record or None,
+                        "raw_line": (columns[RAW][i] or None) if RAW in columns else None,
+                        "quarantined_at": now,
+                    }
+                )
+            for start in range(0, len(records), 10_000):
+                conn.execute(sa.insert(table), records[start : start + 10_000])
 
     def _copy_upsert(self, conn: Any, target: Any, data: Any) -> None:
         import pyarrow.csv as pacsv

@@ -48,7 +48,8 @@ class TransformSpec:
 
 def coerce_types(frame: pd.DataFrame, types: dict[str, str]) -> tuple[pd.DataFrame, pd.Series]:
     """Cast columns; rows where a present value does not convert get a reason (and keep NaN)."""
-    out = frame.copy() if types else frame
+    # Only converted columns are replaced; copy-on-write keeps the caller's frame as it was.
+    out = frame.copy(deep=False) if types else frame
     reasons = pd.Series(pd.NA, index=frame.index, dtype=object)
     for column, kind in types.items():
         if column not in out.columns:
@@ -85,6 +86,11 @@ def coerce_types(frame: pd.DataFrame, types: dict[str, str]) -> tuple[pd.DataFra
     return out, reasons.dropna()
 
 
+def pending_coercions(frame: pd.DataFrame, types: dict[str, str]) -> dict[str, str]:
+    """The part of ``types`` that changes something: present columns not already of their type."""
+    return {c: k for c, k in types.items() if c in frame.columns and not _already(frame[c], k)}
+
+
 def _already(series: pd.Series, kind: str) -> bool:
     if kind == "bool":
         return pd.api.types.is_bool_dtype(series)
@@ -109,18 +115,35 @@ def deduplicate(frame: pd.DataFrame, key: Sequence[str]) -> tuple[pd.DataFrame, 
     dropped = frame.duplicated(subset=list(key), keep="last")
     if not dropped.any():
         return frame, pd.Series(dtype=object)
-    shown = frame.loc[dropped, list(key)].astype(str).agg("/".join, axis=1)
+    if len(key) == 1:  # vectorised; the row-wise join below costs seconds on millions of rows
+        shown = frame.loc[dropped, key[0]].astype(str)
+    else:
+        shown = frame.loc[dropped, list(key)].astype(str).agg("/".join, axis=1)
     reasons = "duplicate key " + shown + f" on {list(key)}: a later row with the same key was kept"
     return frame.loc[~dropped], reasons
+
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def referenced_columns(derived: dict[str, str], columns: Sequence[str]) -> list[str]:
+    """The columns of ``columns`` that the derived expressions name, in column order."""
+    named = {m for expression in derived.values() for m in _NAME.findall(expression)}
+    return [c for c in columns if c in named]
 
 
 def add_derived(frame: pd.DataFrame, derived: dict[str, str]) -> pd.DataFrame:
     if not derived or frame.empty:
         return frame
-    out = frame.copy()
+    out = frame.copy(deep=False)  # new columns only: the existing ones are shared, not copied
     for column, expression in derived.items():
         try:
-            out[column] = out.eval(expression, engine="python", local_dict={}, global_dict={})
+            # pd.eval on the columns alone: DataFrame.eval also builds index resolvers, a copy of
+            # the index per call that costs more than the arithmetic on millions of rows.
+            columns = {str(c): out[c] for c in out.columns}
+            out[column] = pd.eval(
+                expression, engine="python", resolvers=(columns,), local_dict={}, global_dict={}
+            )
         except Exception as exc:  # pandas raises many types for a bad expression
             raise ConfigurationError(f"Derived column {column!r} = {expression!r} failed: {exc}") from exc
     return out

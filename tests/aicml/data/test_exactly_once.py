@@ -22,6 +22,8 @@ from aicml.data.parallel import ClusterOptions
 from aicml.data.sinks import ParquetSink, SqlSink
 from aicml.data.state import IngestState
 from aicml.data.transforms import TransformSpec
+from aicml.errors import AicError
+from aicml.data.safety import UnsafeIdentifierError
 
 REPO = Path(__file__).resolve().parents[3]
 BIG = 200_000
@@ -187,3 +189,76 @@ def test_sqlite_sink_upserts_too(tmp_path: Path) -> None:
     run_ingest(job_for(src, sink, work))
     run_ingest(job_for(src, sink, work))
     assert sink.count() == 500
+
+
+QUARANTINE_SUITE = {
+    "name": "orders",
+    "expectations": [
+        {"type": "expect_column_values_to_be_between", "kwargs": {"column": "score", "min_value": 0, "max_value": 100}},
+    ],
+    "meta": {"aicml": {"numeric_columns": ["id", "score"]}},
+}
+
+
+def quarantine_job(src: Path, sink: SqlSink, work: Path, load: str = "orders") -> IngestJob:
+    return IngestJob(
+        load,
+        FileConnector(str(src / "*.csv")),
+        sink,
+        str(work),
+        suite=QUARANTINE_SUITE,
+        transform=TransformSpec(key=("id",)),
+        cluster=ClusterOptions(kind="sync"),
+    )
+
+
+def test_postgres_sink_quarantines_rows_with_reasons_in_the_batch_transaction(tmp_path: Path, pg_url: str) -> None:
+    import sqlalchemy as sa
+
+    src, work = tmp_path / "src", tmp_path / "work"
+    src.mkdir()
+    (src / "a.csv").write_text("id,score,tag\n1,10.5,a\n2,250,b\n3,7,c\n3,8,d\n4,1,e,EXTRA\n5,99,f\n")
+    sink = SqlSink(pg_url, "orders", key=("id",))
+    report = run_ingest(quarantine_job(src, sink, work))
+    assert report.accepted == 3 and report.quarantined == 3
+    assert report.quarantine_table == "orders_quarantine"
+    engine = sa.create_engine(pg_url)
+    try:
+        with engine.connect() as conn:
+            kept = conn.execute(sa.text("SELECT id, score FROM orders ORDER BY id")).all()
+            rows = conn.execute(
+                sa.text(
+                    "SELECT batch_id, source_row, reason, record, raw_line FROM orders_quarantine ORDER BY source_row"
+                )
+            ).all()
+        assert [tuple(r) for r in kept] == [(1, 10.5), (3, 8.0), (5, 99.0)]
+        assert {r.batch_id for r in rows} == {report.batch_id}
+        by_row = {r.source_row: r for r in rows}
+        assert set(by_row) == {2, 3, 5}
+        assert "expect_column_values_to_be_between" in by_row[2].reason and "250" in by_row[2].reason
+        assert by_row[2].record == {"id": "2", "score": "250.0", "tag": "b"}
+        assert "duplicate key 3" in by_row[3].reason and by_row[3].record["tag"] == "c"
+        assert "4 fields" in by_row[5].reason and by_row[5].raw_line == "4,1,e,EXTRA" and by_row[5].record is None
+
+        # A rerun of the same batch adds nothing to either table.
+        assert run_ingest(quarantine_job(src, sink, work)).committed_rows == 0
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM orders_quarantine")).scalar_one() == 3
+
+        # One transaction: when the quarantine insert fails, the batch's rows are not loaded either.
+        broken = SqlSink(pg_url, "orders2", key=("id",), quarantine_table="bad_quarantine")
+        with engine.begin() as conn:
+            conn.execute(sa.text("CREATE TABLE bad_quarantine (id bigint primary key, batch_id integer)"))
+        with pytest.raises(AicError):
+            run_ingest(quarantine_job(src, broken, tmp_path / "work2", load="orders2"))
+        with engine.connect() as conn:
+            assert not sa.inspect(conn).has_table("orders2")
+            ledger = conn.execute(sa.text("SELECT count(*) FROM aic_ingest_batches")).scalar_one()
+        assert ledger == 1
+    finally:
+        engine.dispose()
+
+
+def test_quarantine_table_names_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(UnsafeIdentifierError):
+        SqlSink(f"sqlite:///{tmp_path / 'x.db'}", "orders", quarantine_table='q"; DROP TABLE orders; --')

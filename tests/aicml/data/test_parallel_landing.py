@@ -1,9 +1,10 @@
 """Dask: the Kubernetes cluster spec renders and validates offline; LocalCluster runs partitions in
-parallel processes. Landing: a file is announced once, when its size is stable."""
+parallel worker threads (processes when asked). Landing: a file is announced once, when its size is stable."""
 
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -48,8 +49,24 @@ def _pid(_: int) -> int:
     return os.getpid()
 
 
-def test_local_cluster_runs_partitions_in_worker_processes() -> None:
-    pids = run_partitions(_pid, list(range(4)), ClusterOptions(kind="local", workers=2))
+_BARRIER = threading.Barrier(2)
+
+
+def _meet(_: int) -> tuple[int, int]:
+    # Returns only once two partitions are running at the same time (else BrokenBarrierError).
+    _BARRIER.wait(timeout=30)
+    return os.getpid(), threading.get_ident()
+
+
+def test_local_cluster_runs_partitions_in_parallel_worker_threads_by_default() -> None:
+    _BARRIER.reset()
+    seen = run_partitions(_meet, [0, 1], ClusterOptions(kind="local", workers=2))
+    assert {pid for pid, _ in seen} == {os.getpid()}  # in-process Dask workers
+    assert len({ident for _, ident in seen}) == 2 and threading.get_ident() not in {i for _, i in seen}
+
+
+def test_local_cluster_runs_partitions_in_worker_processes_when_asked() -> None:
+    pids = run_partitions(_pid, list(range(4)), ClusterOptions(kind="local", workers=2, processes=True))
     assert len(pids) == 4 and os.getpid() not in pids
 
 
