@@ -118,6 +118,10 @@ class IngestParams(BaseModel):
         default="local", description="Dask LocalCluster, a dask-kubernetes cluster, or in-process."
     )
     workers: int = Field(default=2, ge=1, le=512, description="Dask workers.")
+    processes: bool = Field(
+        default=False,
+        description="LocalCluster workers as processes instead of threads (for pure-Python-heavy sources).",
+    )
     drift_threshold: float = Field(
         default=0.2, gt=0, le=1, description="KS / TVD beyond which drift is flagged."
     )
@@ -210,7 +214,7 @@ def build_job(params: IngestParams) -> IngestJob:
             types=dict(params.types), key=tuple(params.key), derived=dict(params.derived)
         ),
         incremental=params.incremental,
-        cluster=ClusterOptions(kind=params.cluster, workers=params.workers),
+        cluster=ClusterOptions(kind=params.cluster, workers=params.workers, processes=params.processes),
         max_field_bytes=params.max_field_bytes,
     )
 
