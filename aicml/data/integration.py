@@ -171,9 +171,10 @@ def _accepted_rows(data: Any, keep: np.ndarray, converted: pd.DataFrame, index: 
     for position, column in enumerate(good.column_names):
         if column in converted.columns:
             values = pa.array(converted[column].loc[final], from_pandas=True)
-        elif pa.types.is_floating(good.schema.field(position).type) and pc.any(
-            pc.is_nan(good.column(position))
-        ).as_py():
+        elif (
+            pa.types.is_floating(good.schema.field(position).type)
+            and pc.any(pc.is_nan(good.column(position))).as_py()
+        ):
             values = pc.if_else(pc.is_nan(good.column(position)), None, good.column(position))
         else:
             continue

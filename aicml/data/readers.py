@@ -12,7 +12,7 @@ import csv
 import gzip
 import io
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import IO, Any
 
 import pandas as pd
@@ -89,7 +89,9 @@ class ReadResult:
         if self.table is not None:
             import pyarrow as pa
 
-            self.table = self.table.append_column(column, pa.repeat(pa.scalar(value, pa.string()), len(self.table)))
+            self.table = self.table.append_column(
+                column, pa.repeat(pa.scalar(value, pa.string()), len(self.table))
+            )
             self._frame = None
         else:
             self.frame[column] = value

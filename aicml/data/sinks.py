@@ -227,7 +227,12 @@ class SqlSink:
         return sa.Table(
             name,
             metadata,
-            sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+            sa.Column(
+                "id",
+                sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+                primary_key=True,
+                autoincrement=True,
+            ),
             sa.Column("batch_id", sa.String(64), nullable=False, index=True),
             sa.Column("source_partition", sa.Text(), nullable=False),
             sa.Column("source_row", sa.BigInteger(), nullable=True),
@@ -335,7 +340,9 @@ class SqlSink:
         existing = sa.Table(target.name, sa.MetaData(), schema=target.schema, autoload_with=conn)
         unknown = [c for c in frame.columns if c not in existing.c]
         if unknown:
-            raise SourceError(f"Columns {unknown} are not in table {self.table!r}; add them or map them first.")
+            raise SourceError(
+                f"Columns {unknown} are not in table {self.table!r}; add them or map them first."
+            )
         if conn.dialect.name == "postgresql":
             self._copy_upsert(conn, existing, table_data)
         else:

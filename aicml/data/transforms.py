@@ -142,7 +142,7 @@ def add_derived(frame: pd.DataFrame, derived: dict[str, str]) -> pd.DataFrame:
             # the index per call that costs more than the arithmetic on millions of rows.
             columns = {str(c): out[c] for c in out.columns}
             out[column] = pd.eval(
-                expression, engine="python", resolvers=(columns,), local_dict={}, global_dict={}
+                expression, engine="python", resolvers=[columns], local_dict={}, global_dict={}
             )
         except Exception as exc:  # pandas raises many types for a bad expression
             raise ConfigurationError(f"Derived column {column!r} = {expression!r} failed: {exc}") from exc

@@ -82,6 +82,10 @@ class LocalStack:
         }
         if s.database_url is not None:
             env["AIC_DATABASE_URL"] = s.database_url.get_secret_value()
+            # Without these a client would look for the default database names on that server
+            # (the ingest state lives in the Prefect database).
+            env["AIC_PREFECT_DATABASE"] = s.prefect_database
+            env["AIC_MLFLOW_DATABASE"] = s.mlflow_database
         return env
 
     def specs(self) -> list[ServiceSpec]:

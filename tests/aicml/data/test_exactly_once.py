@@ -19,11 +19,11 @@ import pytest
 from aicml.data.connectors import FileConnector
 from aicml.data.integration import IngestJob, run_ingest
 from aicml.data.parallel import ClusterOptions
+from aicml.data.safety import UnsafeIdentifierError
 from aicml.data.sinks import ParquetSink, SqlSink
 from aicml.data.state import IngestState
 from aicml.data.transforms import TransformSpec
 from aicml.errors import AicError
-from aicml.data.safety import UnsafeIdentifierError
 
 REPO = Path(__file__).resolve().parents[3]
 BIG = 200_000
@@ -194,7 +194,10 @@ def test_sqlite_sink_upserts_too(tmp_path: Path) -> None:
 QUARANTINE_SUITE = {
     "name": "orders",
     "expectations": [
-        {"type": "expect_column_values_to_be_between", "kwargs": {"column": "score", "min_value": 0, "max_value": 100}},
+        {
+            "type": "expect_column_values_to_be_between",
+            "kwargs": {"column": "score", "min_value": 0, "max_value": 100},
+        },
     ],
     "meta": {"aicml": {"numeric_columns": ["id", "score"]}},
 }
@@ -212,7 +215,9 @@ def quarantine_job(src: Path, sink: SqlSink, work: Path, load: str = "orders") -
     )
 
 
-def test_postgres_sink_quarantines_rows_with_reasons_in_the_batch_transaction(tmp_path: Path, pg_url: str) -> None:
+def test_postgres_sink_quarantines_rows_with_reasons_in_the_batch_transaction(
+    tmp_path: Path, pg_url: str
+) -> None:
     import sqlalchemy as sa
 
     src, work = tmp_path / "src", tmp_path / "work"
@@ -238,7 +243,11 @@ def test_postgres_sink_quarantines_rows_with_reasons_in_the_batch_transaction(tm
         assert "expect_column_values_to_be_between" in by_row[2].reason and "250" in by_row[2].reason
         assert by_row[2].record == {"id": "2", "score": "250.0", "tag": "b"}
         assert "duplicate key 3" in by_row[3].reason and by_row[3].record["tag"] == "c"
-        assert "4 fields" in by_row[5].reason and by_row[5].raw_line == "4,1,e,EXTRA" and by_row[5].record is None
+        assert (
+            "4 fields" in by_row[5].reason
+            and by_row[5].raw_line == "4,1,e,EXTRA"
+            and by_row[5].record is None
+        )
 
         # A rerun of the same batch adds nothing to either table.
         assert run_ingest(quarantine_job(src, sink, work)).committed_rows == 0
