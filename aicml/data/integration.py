@@ -133,7 +133,16 @@ def _quarantine_frame(
     return out.reset_index(drop=True)
 
 
-_ARROW_KINDS = ("is_integer", "is_floating", "is_boolean", "is_string", "is_large_string")
+_ARROW_KINDS = (
+    "is_integer",
+    "is_floating",
+    "is_boolean",
+    "is_string",
+    "is_large_string",
+    "is_date32",
+    "is_timestamp",
+    "is_null",
+)
 
 
 def _arrow_native(table: Any) -> bool:
