@@ -295,7 +295,7 @@ def process_partition(task: PartitionTask) -> PartitionOutcome:
         converted, type_reasons = coerce_types(frame.loc[keep, list(pending)], pending)
         if not type_reasons.empty:
             reasons.loc[type_reasons.index] = type_reasons
-            keep[frame.index.get_indexer(type_reasons.index)] = False
+            keep[type_reasons.index.to_numpy()] = False  # labels are positions (RangeIndex)
     key_columns = list(task.transform.key)
     if key_columns and keep.any():
         if all(k in frame.columns for k in key_columns):
@@ -308,7 +308,7 @@ def process_partition(task: PartitionTask) -> PartitionOutcome:
         _, dup_reasons = deduplicate(keys, key_columns)
         if not dup_reasons.empty:
             reasons.loc[dup_reasons.index] = dup_reasons
-            keep[frame.index.get_indexer(dup_reasons.index)] = False
+            keep[dup_reasons.index.to_numpy()] = False
     good = _accepted_rows(read.table if _arrow_native(read.table) else frame, keep, converted, frame.index)
     good = _add_derived(good, task.transform.derived)
 

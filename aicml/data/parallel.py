@@ -114,17 +114,27 @@ def run_partitions(fn: Callable[[T], R], items: Sequence[T], options: ClusterOpt
     from distributed import Client
 
     if options.kind == "local":
+        import dask
         from distributed import LocalCluster
 
-        cluster: Any = LocalCluster(
-            n_workers=min(options.workers, len(items)),
-            threads_per_worker=options.threads_per_worker,
-            memory_limit=options.memory_limit,
-            processes=options.processes,
-            dashboard_address=":0",
-            # In-process workers talk over inproc://, which takes no host.
-            **({"host": "127.0.0.1"} if options.processes else {}),
+        # The workers share this process: Dask's sampling profiler (every 10 ms) and GIL monitor
+        # would take the GIL from the partitions they observe.
+        quiet = dask.config.set(
+            {
+                "distributed.worker.profile.enabled": False,
+                "distributed.admin.system-monitor.gil.enabled": False,
+            }
         )
+        with quiet:
+            cluster: Any = LocalCluster(
+                n_workers=min(options.workers, len(items)),
+                threads_per_worker=options.threads_per_worker,
+                memory_limit=options.memory_limit,
+                processes=options.processes,
+                dashboard_address=":0",
+                # In-process workers talk over inproc://, which takes no host.
+                **({"host": "127.0.0.1"} if options.processes else {}),
+            )
     elif options.kind == "kubernetes":
         from dask_kubernetes.operator import KubeCluster
 
