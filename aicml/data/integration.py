@@ -299,9 +299,12 @@ def process_partition(task: PartitionTask) -> PartitionOutcome:
     key_columns = list(task.transform.key)
     if key_columns and keep.any():
         if all(k in frame.columns for k in key_columns):
-            kept = frame.index[keep]
+            positions = np.flatnonzero(keep)  # positional takes: label lookups cost more than hashing
             keys = pd.DataFrame(
-                {k: (converted[k] if k in converted.columns else frame[k]).loc[kept] for k in key_columns}
+                {
+                    k: converted[k].loc[positions] if k in converted.columns else frame[k].take(positions)
+                    for k in key_columns
+                }
             )
         else:
             keys = frame.loc[keep]  # deduplicate names the missing key columns
@@ -312,9 +315,9 @@ def process_partition(task: PartitionTask) -> PartitionOutcome:
     good = _accepted_rows(read.table if _arrow_native(read.table) else frame, keep, converted, frame.index)
     good = _add_derived(good, task.transform.derived)
 
-    quarantined_rows = reasons.notna()
+    quarantined_rows = np.flatnonzero(reasons.notna().to_numpy())
     quarantine_frame = _quarantine_frame(
-        frame.loc[quarantined_rows], reasons.loc[quarantined_rows], key, read
+        frame.take(quarantined_rows), reasons.take(quarantined_rows), key, read
     )
     accepted = _rows(good)
     staged_data = (
