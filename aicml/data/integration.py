@@ -7,6 +7,7 @@ any worker; ``run_ingest`` is the whole batch. Nothing here imports Prefect.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from aicml.data.connectors import Connector, Partition, content_identity
+from aicml.data.connectors import Connector, FileConnector, Partition, content_identity
 from aicml.data.parallel import ClusterOptions, run_partitions
 from aicml.data.quality import ExpectationOutcome, numeric_columns_of, validate_frame
 from aicml.data.readers import DEFAULT_MAX_FIELD_BYTES, ReadResult, oversized_fields
@@ -302,7 +303,9 @@ def process_partition(task: PartitionTask) -> PartitionOutcome:
             positions = np.flatnonzero(keep)  # positional takes: label lookups cost more than hashing
             keys = pd.DataFrame(
                 {
-                    k: converted[k].loc[positions] if k in converted.columns else frame[k].take(positions)
+                    k: converted[k].loc[pd.Index(positions)]
+                    if k in converted.columns
+                    else frame[k].take(positions)
                     for k in key_columns
                 }
             )
@@ -392,6 +395,12 @@ class IngestJob:
     max_field_bytes: int = DEFAULT_MAX_FIELD_BYTES
 
 
+def _single_threaded(connector: Connector) -> Connector:
+    if isinstance(connector, FileConnector) and connector.options.threads:
+        return dataclasses.replace(connector, options=dataclasses.replace(connector.options, threads=False))
+    return connector
+
+
 def batch_id_of(load: str, identities: list[str]) -> str:
     return hashlib.sha256("\x1f".join([load, *sorted(identities)]).encode()).hexdigest()[:32]
 
@@ -422,10 +431,13 @@ def run_ingest(job: IngestJob, state: IngestState | None = None) -> IngestReport
     partition_by = job.sink.partition_by if isinstance(job.sink, ParquetSink) else ()
     row_group_rows = job.sink.row_group_rows if isinstance(job.sink, ParquetSink) else 1_000_000
     on_row_group = job.sink.on_row_group if isinstance(job.sink, ParquetSink) else None
+    # Partitions side by side already fill the cores: each parses on its own thread.
+    side_by_side = job.cluster.kind != "sync" and job.cluster.workers > 1 and len(todo) > 1
+    connector = _single_threaded(job.connector) if side_by_side else job.connector
     tasks = [
         PartitionTask(
             job.load,
-            job.connector,
+            connector,
             p,
             job.suite,
             job.policy,
