@@ -95,3 +95,14 @@ def test_arrow_and_pandas_paths_agree(tmp_path: Path) -> None:
     pd.testing.assert_frame_equal(arrow, pandas, check_dtype=False)
     assert arrow_bad[REASON].tolist() == pandas_bad[REASON].tolist()
     assert len(arrow_bad) == 4 and arrow_bad[ROW].tolist() == [2, 3, 5, 7]
+
+
+def test_partitions_side_by_side_parse_on_one_thread_each(tmp_path: Path) -> None:
+    from aicml.data.connectors import SqlConnector
+    from aicml.data.integration import _single_threaded
+
+    files = FileConnector(str(tmp_path / "*.csv"))
+    assert files.options.threads
+    assert not _single_threaded(files).options.threads  # type: ignore[attr-defined]
+    sql = SqlConnector("sqlite://", table="t")
+    assert _single_threaded(sql) is sql
