@@ -31,6 +31,9 @@ class ClusterOptions:
     # pyarrow and the engine) or pickling tasks and outcomes between processes. Set True for
     # loads dominated by pure-Python work (JSON records with mixed-type columns).
     processes: bool = False
+    # Dask's dashboard (bokeh, on a random port) for a LocalCluster that lives one batch: off unless
+    # someone will watch it; its periodic plot updates run in this process.
+    dashboard: bool = False
     memory_limit: str = "auto"
     image: str = "ghcr.io/dask/dask:2026.8.0-py3.11"
     namespace: str = "aic-ai-ml"
@@ -131,7 +134,7 @@ def run_partitions(fn: Callable[[T], R], items: Sequence[T], options: ClusterOpt
                 threads_per_worker=options.threads_per_worker,
                 memory_limit=options.memory_limit,
                 processes=options.processes,
-                dashboard_address=":0",
+                dashboard_address=":0" if options.dashboard else None,
                 # In-process workers talk over inproc://, which takes no host.
                 **({"host": "127.0.0.1"} if options.processes else {}),
             )
