@@ -15,12 +15,17 @@ import numpy as np
 import torch
 from torch import nn
 
+Batch = tuple[torch.Tensor, torch.Tensor]
+
 
 class TensorBatches:
     """An iterable of (x, y) batches sliced from in-memory tensors; reshuffled each epoch.
 
     ``rank``/``world_size`` shard every epoch's permutation so that DDP ranks see disjoint rows and
     the same number of batches (a rank with one batch more would hang the others at the all-reduce).
+    With ``group`` > 1 each item is a list of up to ``group`` consecutive mini-batches: the training
+    step then takes one optimiser step per mini-batch, and Lightning's per-batch loop machinery
+    (fetcher, hooks, progress counters: about 0.4 ms a batch on a CPU core) runs once per group.
     """
 
     def __init__(
@@ -32,18 +37,35 @@ class TensorBatches:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        group: int = 1,
     ):
         self.x, self.y, self.batch_size, self.shuffle = x, y, batch_size, shuffle
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.group = rank, world_size, max(1, group)
         self.generator = torch.Generator().manual_seed(seed)
 
     def _rows(self) -> int:
         return len(self.x) // self.world_size if self.world_size > 1 else len(self.x)
 
-    def __len__(self) -> int:
+    def _batches(self) -> int:
         return (self._rows() + self.batch_size - 1) // self.batch_size
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __len__(self) -> int:
+        return (self._batches() + self.group - 1) // self.group
+
+    def __iter__(self) -> Iterator[Batch | list[Batch]]:
+        if self.group == 1:
+            yield from self._slices()
+            return
+        pending: list[Batch] = []
+        for batch in self._slices():
+            pending.append(batch)
+            if len(pending) == self.group:
+                yield pending
+                pending = []
+        if pending:
+            yield pending
+
+    def _slices(self) -> Iterator[Batch]:
         n = len(self.x)
         if self.world_size > 1:
             # Every rank draws the same permutation (same seed) and takes every world_size-th row.
@@ -72,9 +94,10 @@ class TensorDataModule(L.LightningDataModule):
         seed: int = 0,
         pin_memory: bool = False,
         device_resident_bytes: int = 2 << 30,
+        steps_per_batch: int = 8,
     ):
         super().__init__()
-        self.batch_size, self.seed = batch_size, seed
+        self.batch_size, self.seed, self.steps_per_batch = batch_size, seed, steps_per_batch
         self.train = self._tensors(x_train, y_train, pin_memory)
         self.val = self._tensors(x_val, y_val, pin_memory)
         # Data this small lives on the GPU for the whole fit: batches are then sliced on the device and
@@ -102,8 +125,14 @@ class TensorDataModule(L.LightningDataModule):
 
     # Batches already on the device are returned as they are, without Lightning's generic collection walk.
     def transfer_batch_to_device(
-        self, batch: tuple[torch.Tensor, torch.Tensor], device: torch.device, dataloader_idx: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, batch: Batch | list[Batch], device: torch.device, dataloader_idx: int
+    ) -> Batch | list[Batch]:
+        if isinstance(batch, list):
+            return [self._to(b, device) for b in batch]
+        return self._to(batch, device)
+
+    @staticmethod
+    def _to(batch: Batch, device: torch.device) -> Batch:
         x, y = batch
         if x.device == device and y.device == device:
             return batch
@@ -126,6 +155,7 @@ class TensorDataModule(L.LightningDataModule):
             seed=self.seed,
             rank=rank,
             world_size=world,
+            group=self.steps_per_batch,
         )
 
     def val_dataloader(self) -> TensorBatches:
@@ -146,6 +176,7 @@ class SupervisedModule(L.LightningModule):
         super().__init__()
         self.network, self.problem, self.lr, self.weight_decay = network, problem, lr, weight_decay
         self.loss: nn.Module = nn.CrossEntropyLoss() if problem == "classification" else nn.MSELoss()
+        self._direct_backward = False
         self._sums: dict[str, torch.Tensor] = {}
         self._rows: dict[str, int] = {}
         # Manual optimisation: the same three calls a hand-written loop makes, without the closure
@@ -170,25 +201,43 @@ class SupervisedModule(L.LightningModule):
             total = self._sums.pop(name)
             self.log(name, total / rows, on_step=False, on_epoch=True, sync_dist=self.trainer.world_size > 1)
 
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = batch
         out = self(x)
         return self.loss(out, y), out
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def on_fit_start(self) -> None:
+        from lightning.pytorch.plugins.precision import Precision
+        from lightning.pytorch.strategies import SingleDeviceStrategy
+
+        # One process in full precision: nothing for Lightning to scale, sync or hook around backward
+        # (no loss scaling, no DDP bucket preparation; our callbacks use no backward hooks), so the step
+        # calls autograd directly. Measured on the tabular MLP: about 7% more samples/s on a CPU core.
+        # Any other strategy or precision (DDP, AMP, DeepSpeed) goes through `manual_backward`.
+        strategy = self.trainer.strategy
+        self._direct_backward = (
+            type(strategy) is SingleDeviceStrategy and type(strategy.precision_plugin) is Precision
+        )
+
+    def training_step(self, batch: Batch | list[Batch], batch_idx: int) -> torch.Tensor:
+        """One optimiser step per mini-batch; ``batch`` may be a group of them (see ``TensorBatches``)."""
         optimiser = self.optimizers()
-        optimiser.zero_grad(set_to_none=True)  # type: ignore[union-attr]
-        loss, _ = self._step(batch)
-        self.manual_backward(loss)
-        optimiser.step()  # type: ignore[union-attr]
-        self._add("train_loss", loss * len(batch[0]))
-        self._rows["train_"] = self._rows.get("train_", 0) + len(batch[0])
+        for mini in batch if isinstance(batch, list) else [batch]:
+            optimiser.zero_grad(set_to_none=True)  # type: ignore[union-attr]
+            loss, _ = self._step(mini)
+            if self._direct_backward:
+                loss.backward()
+            else:
+                self.manual_backward(loss)
+            optimiser.step()  # type: ignore[union-attr]
+            self._add("train_loss", loss * len(mini[0]))
+            self._rows["train_"] = self._rows.get("train_", 0) + len(mini[0])
         return loss
 
     def on_train_epoch_end(self) -> None:
         self.log_epoch_metrics("train_")
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
         loss, out = self._step(batch)
         self._add("val_loss", loss * len(batch[0]))
         self._rows["val_"] = self._rows.get("val_", 0) + len(batch[0])

@@ -150,8 +150,16 @@ def _write_ahead(storage: RDBStorage) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
+        # pysqlite would open transactions lazily and DEFERRED, so Optuna's read-then-write of a trial's
+        # state (taking a waiting trial) could interleave between two workers, both taking the same
+        # trial (SQLite ignores SELECT ... FOR UPDATE). Every transaction begins IMMEDIATE instead.
+        connection.isolation_level = None
+
+    def on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     event.listen(storage.engine, "connect", on_connect)
+    event.listen(storage.engine, "begin", on_begin)
     storage.engine.dispose()  # connections opened while creating the schema get the pragmas too
 
 

@@ -131,7 +131,7 @@ def test_two_workers_share_a_grid_and_take_each_point_once(tmp_path: Path) -> No
     from concurrent.futures import ThreadPoolExecutor
     from itertools import product
 
-    from aicml.tuning.engine import TrialJob, WorkerJob, enqueue_grid, run_worker
+    from aicml.tuning.engine import SURPLUS_ATTR, TrialJob, WorkerJob, enqueue_grid, run_worker
     from aicml.tuning.study import make_sampler, open_storage, open_study
 
     space = {"x": FloatParam(low=0.0, high=3.0, step=1.0), "y": CategoricalParam(choices=[-1.0, 1.0])}
@@ -145,7 +145,11 @@ def test_two_workers_share_a_grid_and_take_each_point_once(tmp_path: Path) -> No
     with ThreadPoolExecutor(2) as pool:
         reports = list(pool.map(run_worker, jobs))
 
-    assert sum(len(r.results) for r in reports) == 8 and len(study.trials) == 8
+    # Each point evaluated once; a claim that lost the race for the last slot is kept as a surplus FAIL.
+    assert sum(len(r.results) for r in reports) == 8
+    evaluated = [t for t in study.trials if not t.user_attrs.get(SURPLUS_ATTR)]
+    assert len(evaluated) == 8
+    assert all(t.state == TrialState.FAIL for t in study.trials if t.user_attrs.get(SURPLUS_ATTR))
     points = sorted((t.params["x"], t.params["y"]) for t in study.trials if t.state == TrialState.COMPLETE)
     assert points == sorted(product((0.0, 1.0, 2.0, 3.0), (-1.0, 1.0)))
     assert all(r.stop_reason == "8 trials finished" for r in reports)
