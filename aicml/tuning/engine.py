@@ -347,7 +347,9 @@ def drive(
             break
         others = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
         if not others:
-            reason = "no trial left to run"
+            # Another driver may have finished the last trial since this round's read: say so if it did.
+            final = study.get_trials(deepcopy=False, states=LIVE)
+            reason = _stop_reason(study, budget, started, limit, final) or "no trial left to run"
             break
         # Trials of other drivers (or of a dead one, until its heartbeat expires) hold the last slots.
         time.sleep(poll_s)
