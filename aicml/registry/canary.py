@@ -429,10 +429,15 @@ def read_audit(path: Path) -> list[dict[str, Any]]:
 def emit_decision_event(event: str, resource_id: str, name: str, record: AuditRecord) -> bool:
     """The decision as a Prefect event (``aicml.deployment.promote``, ``aicml.agent.rollback``, ...).
 
-    Prefect is imported here, not at module import, so the request path never loads it; without a Prefect
-    API configured Prefect drops the event, and this returns False.
+    Prefect is imported here, not at module import, so the request path never loads it. Without a Prefect
+    API configured nothing is sent and this returns False: Prefect would otherwise start a temporary
+    server inside this (long-running, often signal-stopped) process, which outlives it.
     """
     from prefect.events import emit_event
+    from prefect.settings import get_current_settings
+
+    if not get_current_settings().api.url:
+        return False
 
     sent = emit_event(
         event=event,
