@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
@@ -45,13 +47,13 @@ class ImageDataModule(TensorDataModule):
         y_train: np.ndarray,
         x_val: np.ndarray,
         y_val: np.ndarray,
-        batch_size: int = 64,
-        seed: int = 0,
-        pin_memory: bool = False,
+        *args: Any,
+        **kwargs: Any,
     ):
+        """``TensorDataModule``'s arguments; the images are checked for their channel axis first."""
         for name, images in (("x_train", x_train), ("x_val", x_val)):
             if images.ndim != 4 or images.shape[1] != 1:
                 raise SchemaError(
                     f"{name} must have shape (N, 1, H, W); got {images.shape}: add the channel axis."
                 )
-        super().__init__(x_train, y_train, x_val, y_val, batch_size, seed, pin_memory)
+        super().__init__(x_train, y_train, x_val, y_val, *args, **kwargs)

@@ -199,6 +199,7 @@ class Batch:
     rows: int
     params: dict[str, Any] | None = None
     raw: Any = None  # for models without a column signature: the payload MLflow's own parser takes
+    tensors: Any = None  # v2 tensors already shaped for a tensor model: an array, or name -> array
 
 
 @dataclass
@@ -459,11 +460,11 @@ class InputSchema:
             raise InputError(400, "'inputs' holds no tensors.", field="inputs")
         self._check_rows(n, "inputs")
         if not self.column_based:
-            # A tensor model (images, sequences): each tensor keeps its shape; MLflow's own enforcement
-            # then checks it against the signature's shape and dtype.
+            # A tensor model (images, sequences): each tensor keeps its shape and goes to the model as an
+            # array; the model's own enforcement checks it against the signature's shape and dtype.
             tensors = {k: _shaped(k, v, *shapes[k]) for k, v in given.items()}
             value: Any = next(iter(tensors.values())) if len(tensors) == 1 else tensors
-            return Batch({}, n, None, raw={"inputs": value}), request_id, names_out
+            return Batch({}, n, None, tensors=value), request_id, names_out
         columns, rows = self._finish(given, n)
         return Batch(columns, rows, None), request_id, names_out
 
@@ -473,15 +474,15 @@ _V2_NUMPY = {"BOOL": "bool", "INT8": "int8", "INT16": "int16", "INT32": "int32",
              "FP16": "float16", "FP32": "float32", "FP64": "float64"}  # fmt: skip
 
 
-def _shaped(name: str, data: list[Any], shape: list[int], datatype: Any) -> Any:
-    """``data`` (flat, row-major) as nested lists of ``shape``; numeric datatypes are checked here."""
+def _shaped(name: str, data: list[Any], shape: list[int], datatype: Any) -> np.ndarray:
+    """``data`` (flat, row-major) as an array of ``shape``; numeric datatypes are checked here."""
     dtype = _V2_NUMPY.get(datatype) if isinstance(datatype, str) else None
     if dtype is None:
         if datatype not in ("BYTES", None):
             raise InputError(400, f"Tensor {name!r}: unknown datatype {datatype!r}.", field=name)
-        return np.asarray(data, dtype=object).reshape(shape).tolist()
+        return np.asarray(data, dtype=object).reshape(shape)
     try:
-        return np.asarray(data, dtype=dtype).reshape(shape).tolist()
+        return np.asarray(data, dtype=dtype).reshape(shape)
     except (TypeError, ValueError) as exc:
         raise InputError(400, f"Tensor {name!r}: data is not {datatype} ({exc}).", field=name) from None
 

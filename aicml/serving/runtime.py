@@ -115,6 +115,8 @@ class ServedModel:
     def predict(self, batch: Batch) -> Any:
         """Predict a validated batch (runs on the batcher's thread)."""
         try:
+            if batch.tensors is not None:
+                return self.pyfunc.predict(batch.tensors, batch.params)
             if batch.raw is not None:
                 from mlflow.pyfunc.scoring_server import infer_and_parse_data
 
@@ -198,7 +200,7 @@ class MicroBatcher:
         self.executor.shutdown(wait=False)
 
     def _mergeable(self, item: _Pending) -> bool:
-        return item.batch.raw is None and not item.batch.params
+        return item.batch.raw is None and item.batch.tensors is None and not item.batch.params
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
