@@ -14,7 +14,7 @@ from prefect.events import emit_event
 from aicml.data.connectors import Connector
 from aicml.data.drift import check_and_roll
 from aicml.data.gate import GateResult, run_quality_gate, suite_location
-from aicml.data.integration import REASON, IngestReport, read_quarantine
+from aicml.data.integration import IngestReport
 from aicml.data.quality import SuitePolicy, build_data_docs, derive_suite, load_suite, save_suite
 from aicml.data.snapshots import Snapshot
 from aicml.errors import DataQualityError
@@ -155,13 +155,9 @@ def resolve_suite(
 
 
 def _reason_counts(report: IngestReport, top: int = 20) -> list[dict[str, Any]]:
-    quarantine = read_quarantine(report)
-    if quarantine.empty:
-        return []
-    # Group by the reason's kind (the text before the offending value) so the table stays short.
-    kinds = quarantine[REASON].astype(str).str.split(":").str[0].str.slice(0, 120)
-    counts = kinds.value_counts().head(top)
-    return [{"reason": k, "rows": int(v)} for k, v in counts.items()]
+    """This batch's quarantined rows by reason kind (counted by the workers), most frequent first."""
+    ranked = sorted(report.reason_counts.items(), key=lambda item: (-item[1], item[0]))
+    return [{"reason": kind, "rows": rows} for kind, rows in ranked[:top]]
 
 
 @task(name="publish-batch-quality", retries=0, cache_policy=NO_CACHE, persist_result=False)

@@ -84,6 +84,7 @@ class PartitionOutcome:
     sample: pd.DataFrame | None = None
     seconds: float = 0.0
     raw_sample: pd.DataFrame | None = None
+    reason_counts: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -107,6 +108,8 @@ class IngestReport:
     sample: pd.DataFrame | None = None
     raw_sample: pd.DataFrame | None = None
     quarantine_table: str | None = None  # SQL sinks: where quarantined rows went, with their reason
+    # Quarantined rows of this batch by the kind of their reason (the text before its first colon).
+    reason_counts: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k not in ("sample", "raw_sample")}
@@ -132,6 +135,37 @@ def _quarantine_frame(
         ).astype({REASON: "string", PARTITION: "string", RAW: "string"})
         out = pd.concat([out, parsed], ignore_index=True)
     return out.reset_index(drop=True)
+
+
+REASON_KIND_CHARS = 120
+
+
+def reason_kinds(quarantine: pd.DataFrame) -> dict[str, int]:
+    """Rows of a quarantine frame by reason kind: every reason reads "kind: detail" (the detail
+    names the offending value), so the text before the first colon groups them. Counted in Arrow,
+    on the worker that quarantined them."""
+    if quarantine.empty:
+        return {}
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    text = pa.array(quarantine[REASON].astype(object).fillna("(no reason)").astype(str), pa.string())
+    kinds = pc.utf8_slice_codeunits(
+        pc.list_element(pc.split_pattern(text, ":", max_splits=1), 0), 0, REASON_KIND_CHARS
+    )
+    counted = pc.value_counts(kinds)
+    return {
+        str(k): int(n)
+        for k, n in zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist(), strict=True)
+    }
+
+
+def merge_counts(counts: list[dict[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for part in counts:
+        for kind, rows in part.items():
+            total[kind] = total.get(kind, 0) + rows
+    return dict(sorted(total.items(), key=lambda item: (-item[1], item[0])))
 
 
 _ARROW_KINDS = (
@@ -236,7 +270,19 @@ def process_partition(task: PartitionTask) -> PartitionOutcome:
         entry[ROW] = pd.array([pd.NA], dtype="Int64")
         q = stage_partition(entry, staging / "quarantine", identity)
         return PartitionOutcome(
-            key, identity, 0, 0, 1, None, q, [], [f"{key}: {exc}"], None, None, time.perf_counter() - started
+            key,
+            identity,
+            0,
+            0,
+            1,
+            None,
+            q,
+            [],
+            [f"{key}: {exc}"],
+            None,
+            None,
+            time.perf_counter() - started,
+            reason_counts=reason_kinds(entry),
         )
     identity = content_identity(task.partition, read)
     frame = read.frame.reset_index(drop=True)
@@ -350,6 +396,7 @@ def process_partition(task: PartitionTask) -> PartitionOutcome:
         sample=sample,
         seconds=time.perf_counter() - started,
         raw_sample=raw_sample,
+        reason_counts=reason_kinds(quarantine_frame),
     )
 
 
@@ -506,6 +553,7 @@ def run_ingest(job: IngestJob, state: IngestState | None = None) -> IngestReport
         quarantine_table=(
             job.sink.quarantine_name if isinstance(job.sink, SqlSink) and job.sink.quarantine else None
         ),
+        reason_counts=merge_counts([p.reason_counts for p in parts]),
     )
 
 

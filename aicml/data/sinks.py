@@ -35,6 +35,31 @@ ROW = "_aic_row"
 RAW = "_aic_raw"
 
 
+DICTIONARY_SAMPLE = 10_000
+
+
+def dictionary_columns(table: Any, sample: int = DICTIONARY_SAMPLE) -> list[str]:
+    """The columns worth dictionary-encoding: all but numbers that look high-cardinality.
+
+    Parquet writers dictionary-encode every column by default and fall back to plain encoding
+    once a column's dictionary page fills, so a column of ids or measurements pays for building
+    a dictionary it then drops (a quarter of the write time of a float-heavy table). A number
+    column whose first ``sample`` values are mostly distinct skips it; text, flags and
+    low-cardinality numbers (codes, counts) keep it, where it makes files smaller.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    keep = []
+    for position, column in enumerate(table.schema):
+        if pa.types.is_floating(column.type) or pa.types.is_integer(column.type):
+            head = table.column(position).slice(0, sample)
+            if len(head) and pc.count_distinct(head).as_py() > len(head) // 10:
+                continue
+        keep.append(column.name)
+    return keep
+
+
 def write_parquet_atomic(
     frame: Any,
     target: Path,
@@ -51,7 +76,10 @@ def write_parquet_atomic(
     os.close(fd)
     try:
         table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
-        with pq.ParquetWriter(tmp, table.schema, compression=PARQUET_CODEC) as writer:
+        dictionary = dictionary_columns(table)
+        with pq.ParquetWriter(
+            tmp, table.schema, compression=PARQUET_CODEC, use_dictionary=dictionary
+        ) as writer:
             for number, start in enumerate(range(0, max(table.num_rows, 1), row_group_rows)):
                 writer.write_table(table.slice(start, row_group_rows))
                 if on_row_group is not None:

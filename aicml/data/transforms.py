@@ -119,7 +119,8 @@ def deduplicate(frame: pd.DataFrame, key: Sequence[str]) -> tuple[pd.DataFrame, 
         shown = frame.loc[dropped, key[0]].astype(str)
     else:
         shown = frame.loc[dropped, list(key)].astype(str).agg("/".join, axis=1)
-    reasons = "duplicate key " + shown + f" on {list(key)}: a later row with the same key was kept"
+    # "kind: detail", like every quarantine reason: the text before the first colon groups them.
+    reasons = f"duplicate key on {list(key)}: " + shown + " (a later row with the same key was kept)"
     return frame.loc[~dropped], reasons
 
 

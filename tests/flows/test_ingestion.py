@@ -85,6 +85,8 @@ def test_ingest_flow_end_to_end(stack: Any, tmp_path: Path) -> None:
     assert third.partitions == 1 and third.quarantined == 10 and third.accepted == 1990
     quarantine = ParquetSink(third.quarantine_dir).read()
     assert quarantine["_aic_reason"].str.contains("in_set on 'contract': 'lifetime'").sum() == 10
+    reasons = artifacts(api, "ingest-churn-flow-quarantine")
+    assert any("expect_column_values_to_be_in_set on 'contract'" in str(a["data"]) for a in reasons)
     assert "monthly_charges" in third.drifted_columns
     assert drift_events(api, "churn-flow")
     assert len(ParquetSink(str(out), ("region",)).read()) == first.accepted + third.accepted

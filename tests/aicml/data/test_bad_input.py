@@ -124,7 +124,7 @@ QUARANTINED = [
         "a.csv",
         b"id,name,score\n1,ann,10\n1,ann2,11\n2,bob,20\n",
         {},
-        "duplicate key 1",
+        "duplicate key on ['id']: 1 ",
         {1, 2},
     ),
     (

@@ -242,7 +242,7 @@ def test_postgres_sink_quarantines_rows_with_reasons_in_the_batch_transaction(
         assert set(by_row) == {2, 3, 5}
         assert "expect_column_values_to_be_between" in by_row[2].reason and "250" in by_row[2].reason
         assert by_row[2].record == {"id": "2", "score": "250.0", "tag": "b"}
-        assert "duplicate key 3" in by_row[3].reason and by_row[3].record["tag"] == "c"
+        assert "duplicate key on ['id']: 3 " in by_row[3].reason and by_row[3].record["tag"] == "c"
         assert (
             "4 fields" in by_row[5].reason
             and by_row[5].raw_line == "4,1,e,EXTRA"

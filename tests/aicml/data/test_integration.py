@@ -106,3 +106,54 @@ def test_partitions_side_by_side_parse_on_one_thread_each(tmp_path: Path) -> Non
     assert not _single_threaded(files).options.threads  # type: ignore[attr-defined]
     sql = SqlConnector("sqlite://", table="t")
     assert _single_threaded(sql) is sql
+
+
+def test_quarantined_rows_are_counted_by_reason_kind(tmp_path: Path) -> None:
+    from aicml.data.integration import merge_counts
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.csv").write_text(CSV)
+    files = FileConnector(str(tmp_path / "src" / "*.csv"))
+    task = PartitionTask(
+        "mixed",
+        files,
+        files.partitions()[0],
+        SUITE,
+        "quarantine",
+        TransformSpec(key=("id",)),
+        str(tmp_path / "staging"),
+    )
+    counts = process_partition(task).reason_counts
+    # The kind leaves out the offending value, so rows broken the same way share one line.
+    assert counts["expect_column_values_to_be_between on 'amount'"] == 1
+    assert counts["expect_column_values_to_be_in_set on 'region'"] == 1
+    assert counts["duplicate key on ['id']"] == 1
+    assert sum(counts.values()) == 4 and len(counts) == 4  # and the ragged row's own kind
+    merged = merge_counts([counts, {"duplicate key on ['id']": 5}])
+    assert next(iter(merged)) == "duplicate key on ['id']" and merged["duplicate key on ['id']"] == 6
+
+
+def test_high_cardinality_numbers_skip_dictionary_encoding(tmp_path: Path) -> None:
+    import numpy as np
+    import pyarrow as pa
+
+    from aicml.data.sinks import dictionary_columns, write_parquet_atomic
+
+    rng = np.random.default_rng(0)
+    table = pa.table(
+        {
+            "id": np.arange(50_000),
+            "amount": rng.random(50_000),
+            "qty": rng.integers(0, 100, 50_000),
+            "region": rng.choice(["n", "s", "e"], 50_000),
+        }
+    )
+    assert dictionary_columns(table) == ["qty", "region"]
+    path = write_parquet_atomic(table, tmp_path / "t.parquet")
+    meta = pq.ParquetFile(path).metadata.row_group(0)
+    encodings = {meta.column(i).path_in_schema: meta.column(i).encodings for i in range(meta.num_columns)}
+    assert all("DICTIONARY" not in e for e in encodings["amount"] + encodings["id"])
+    assert any("DICTIONARY" in e for e in encodings["region"]) and any(
+        "DICTIONARY" in e for e in encodings["qty"]
+    )
+    assert pq.read_table(path).equals(table)

@@ -105,3 +105,23 @@ def test_blank_labels_count_as_missing() -> None:
     frame = pd.DataFrame({"y": ["a", "", None, " ", "b"], "x": range(5)})
     labelled, unlabelled = split_missing_labels(frame, "y")
     assert labelled["y"].tolist() == ["a", "b"] and len(unlabelled) == 3
+
+
+def test_data_docs_reuse_compiled_templates_and_render_the_same_site(
+    tmp_path: Path, clean: pd.DataFrame, suite: dict
+) -> None:
+    from aicml.data.quality import build_data_docs, share_compiled_templates
+
+    cache = share_compiled_templates()
+    first = build_data_docs(clean.head(200), suite, tmp_path / "one", "first")
+    compiled = dict(cache.store)
+    assert compiled  # GE's templates were compiled once, into the shared cache
+    second = build_data_docs(clean.head(200), suite, tmp_path / "two", "second")
+    # The second build compiled only what lives in its own site (its custom styles file).
+    assert set(compiled) < set(cache.store) and len(set(cache.store) - set(compiled)) == 1
+    for index in (first, second):
+        page = index.read_text()
+        # GE's views still get their configuration (the custom styles directory among it).
+        assert ".ge-index-page-site-name-title" in page and "expectations/churn.html" in page
+    pages = sorted(p.name for p in (second.parent / "validations").rglob("*.html"))
+    assert pages and "first" not in str(second.parent)
