@@ -3,6 +3,7 @@ parallel worker threads (processes when asked). Landing: a file is announced onc
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 from pathlib import Path
@@ -93,3 +94,17 @@ def test_unknown_cluster_kind_is_refused(kind: str) -> None:
 
     with pytest.raises(ConfigurationError):
         run_partitions(_pid, [1, 2], ClusterOptions(kind=kind))  # type: ignore[arg-type]
+
+
+def test_partitions_run_with_the_old_heap_frozen_and_hand_it_back() -> None:
+    assert gc.get_freeze_count() == 0
+    seen = run_partitions(lambda _: gc.get_freeze_count(), [1, 2], ClusterOptions(kind="sync"))
+    assert all(count > 1000 for count in seen)  # the imported modules' objects, out of the collector's way
+    assert gc.get_freeze_count() == 0  # and back in it afterwards
+
+    gc.freeze()  # an application that froze its own heap keeps it frozen
+    try:
+        run_partitions(lambda _: None, [1, 2], ClusterOptions(kind="sync"))
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
