@@ -137,6 +137,41 @@ def _quarantine_frame(
     return out.reset_index(drop=True)
 
 
+class RowReasons:
+    """Why rows of a partition were set aside: the first reason per row wins.
+
+    Kept sparse (a flag per row, the reasons only for flagged rows): a column of Python objects
+    for millions of rows, nearly all empty, costs passes that hold the GIL, which threads
+    processing other partitions wait for. Row labels are positions (the frame has a RangeIndex).
+    """
+
+    def __init__(self, rows: int) -> None:
+        self.flagged = np.zeros(rows, dtype=bool)
+        self._parts: list[pd.Series] = []
+
+    def add(self, reasons: pd.Series) -> None:
+        """Reasons for the rows they index; rows that already have one keep it."""
+        if reasons.empty:
+            return
+        fresh = ~self.flagged[reasons.index.to_numpy()]
+        if not fresh.all():
+            reasons = reasons[fresh]
+        if len(reasons):
+            self._parts.append(reasons.astype(object))
+            self.flagged[reasons.index.to_numpy()] = True
+
+    def every_row(self, reason: str) -> None:
+        """One reason for every row, replacing the others (the whole partition is rejected)."""
+        self._parts = [pd.Series(reason, index=pd.RangeIndex(len(self.flagged)), dtype=object)]
+        self.flagged[:] = True
+
+    def series(self) -> pd.Series:
+        """The reasons of the flagged rows, in row order."""
+        if not self._parts:
+            return pd.Series(dtype=object)
+        return pd.concat(self._parts).sort_index()
+
+
 REASON_KIND_CHARS = 120
 
 
@@ -287,10 +322,9 @@ def process_partition(task: PartitionTask) -> PartitionOutcome:
     identity = content_identity(task.partition, read)
     frame = read.frame.reset_index(drop=True)
     rows_in = len(frame) + len(read.rejects)
-    reasons = pd.Series(pd.NA, index=frame.index, dtype=object)
+    reasons = RowReasons(len(frame))
     big = oversized_fields(frame, task.max_field_bytes)
-    if not big.empty:
-        reasons.loc[big.index] = big
+    reasons.add(big)
 
     outcomes: list[ExpectationOutcome] = []
     failures: list[str] = []
@@ -300,8 +334,7 @@ def process_partition(task: PartitionTask) -> PartitionOutcome:
         verdict = check_rows(checked, compiled)
         outcomes += verdict.outcomes
         failures += verdict.partition_failures
-        fresh = verdict.reasons.index[reasons.loc[verdict.reasons.index].isna()]
-        reasons.loc[fresh] = verdict.reasons.loc[fresh]
+        reasons.add(verdict.reasons)
         if compiled.uncompiled and not failures:
             # Expectation types without a compiled form: Great Expectations itself judges the partition.
             assert task.suite is not None
@@ -310,13 +343,12 @@ def process_partition(task: PartitionTask) -> PartitionOutcome:
             outcomes += report.outcomes
             failures += [f.describe() for f in report.failures]
     if failures and task.policy == "quarantine":
-        reasons[:] = "partition rejected: " + "; ".join(failures)
+        reasons.every_row("partition rejected: " + "; ".join(failures))
     if task.policy == "warn":
         # Rows stay; only what cannot be a record at all (oversized fields) is set aside.
-        reasons = pd.Series(pd.NA, index=frame.index, dtype=object)
-        if not big.empty:
-            reasons.loc[big.index] = big
-    bad = reasons.notna().to_numpy()
+        reasons = RowReasons(len(frame))
+        reasons.add(big)
+    bad = reasons.flagged.copy()
     if task.policy == "fail" and (bad.any() or failures or read.rejects):
         listed = [
             FailedExpectation(o.expectation, o.column, o.unexpected_count, o.detail)
@@ -341,7 +373,7 @@ def process_partition(task: PartitionTask) -> PartitionOutcome:
         # Only the columns that change are converted, and only on rows still kept.
         converted, type_reasons = coerce_types(frame.loc[keep, list(pending)], pending)
         if not type_reasons.empty:
-            reasons.loc[type_reasons.index] = type_reasons
+            reasons.add(type_reasons)
             keep[type_reasons.index.to_numpy()] = False  # labels are positions (RangeIndex)
     key_columns = list(task.transform.key)
     if key_columns and keep.any():
@@ -359,15 +391,13 @@ def process_partition(task: PartitionTask) -> PartitionOutcome:
             keys = frame.loc[keep]  # deduplicate names the missing key columns
         _, dup_reasons = deduplicate(keys, key_columns)
         if not dup_reasons.empty:
-            reasons.loc[dup_reasons.index] = dup_reasons
+            reasons.add(dup_reasons)
             keep[dup_reasons.index.to_numpy()] = False
     good = _accepted_rows(read.table if _arrow_native(read.table) else frame, keep, converted, frame.index)
     good = _add_derived(good, task.transform.derived)
 
-    quarantined_rows = np.flatnonzero(reasons.notna().to_numpy())
-    quarantine_frame = _quarantine_frame(
-        frame.take(quarantined_rows), reasons.take(quarantined_rows), key, read
-    )
+    quarantined_rows = np.flatnonzero(reasons.flagged)
+    quarantine_frame = _quarantine_frame(frame.take(quarantined_rows), reasons.series(), key, read)
     accepted = _rows(good)
     staged_data = (
         stage_partition(

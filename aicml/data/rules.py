@@ -212,7 +212,8 @@ def check_rows(frame: pd.DataFrame, compiled: CompiledSuite) -> RowVerdict:
     """Run the compiled suite; never raises for bad data."""
     rows = len(frame)
     broken = np.zeros(rows, dtype=bool)
-    reasons = pd.Series(pd.NA, index=frame.index, dtype=object)
+    reasons: list[pd.Series] = []  # for the rows each expectation broke first (sparse)
+    nonnull: dict[str, int] = {}
     partition_failures: list[str] = []
     outcomes: list[ExpectationOutcome] = []
     for exp in compiled.expectations:
@@ -234,13 +235,14 @@ def check_rows(frame: pd.DataFrame, compiled: CompiledSuite) -> RowVerdict:
             continue
         bad = np.asarray(exp.check(frame), dtype=bool)
         count = int(bad.sum())
-        if exp.type == "expect_column_values_to_not_be_null":
-            element_count = rows
-            nonnull = rows
+        element_count = rows
+        if exp.type == "expect_column_values_to_not_be_null" or not exp.column:
+            present = rows
         else:
-            nonnull = int(_notnull(frame[exp.column]).sum()) if exp.column else rows
-            element_count = rows
-        share = count / nonnull if nonnull else 0.0
+            if exp.column not in nonnull:
+                nonnull[exp.column] = int(_notnull(frame[exp.column]).sum())
+            present = nonnull[exp.column]
+        share = count / present if present else 0.0
         success = share <= (1.0 - exp.mostly) + 1e-12 if exp.mostly < 1.0 else count == 0
         detail = ""
         if count:
@@ -251,12 +253,18 @@ def check_rows(frame: pd.DataFrame, compiled: CompiledSuite) -> RowVerdict:
             fresh = bad & ~broken
             if fresh.any():
                 values = frame.loc[fresh, exp.column] if exp.column else None
-                reasons.loc[fresh] = _reason(exp, values)
+                reason = _reason(exp, values)
+                reasons.append(
+                    reason
+                    if isinstance(reason, pd.Series)
+                    else pd.Series(reason, index=frame.index[fresh], dtype=object)
+                )
                 broken |= bad
         # With mostly = 1 every broken row is already quarantined; the partition itself fails only
         # when more rows break an expectation than its mostly allows.
         if not success and (exp.mostly < 1.0 or not exp.row_level):
             partition_failures.append(
-                f"{exp.type} on {exp.column!r}: {count} of {nonnull} rows broke it (mostly={exp.mostly})"
+                f"{exp.type} on {exp.column!r}: {count} of {present} rows broke it (mostly={exp.mostly})"
             )
-    return RowVerdict(broken, reasons.loc[broken], partition_failures, outcomes)
+    first = pd.concat(reasons).sort_index() if reasons else pd.Series(dtype=object)
+    return RowVerdict(broken, first, partition_failures, outcomes)
