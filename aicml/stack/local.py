@@ -229,5 +229,16 @@ class LocalStack:
         if missing:
             raise StackError(f"Not running: {', '.join(missing)}. Start the stack with `aicml up`.")
 
-    def export_client_env(self) -> None:
-        os.environ.update(self.client_env())
+    def export_client_env(self, exclude: tuple[str, ...] = ()) -> None:
+        """Point this process at the stack: its environment and, if Prefect is already imported, Prefect.
+
+        Prefect reads its settings once, when it is imported (``up`` imports it to create the automations
+        and limits): an environment changed afterwards does not reach it, and a flow called in this process
+        would run against a temporary server of its own (on the same SQLite file, contending for its lock)
+        instead of the stack's.
+        """
+        os.environ.update({k: v for k, v in self.client_env().items() if k not in exclude})
+        if "prefect.context" in sys.modules:
+            from prefect.context import refresh_global_settings_context
+
+            refresh_global_settings_context()
