@@ -103,7 +103,19 @@ class LocalStack:
         return [
             ServiceSpec(
                 name="prefect-server",
-                command=[_bin("prefect"), "server", "start", "--host", s.host, "--port", str(s.prefect_port)],
+                # `prefect server start` with slot acquisition that waits for SQLite's write lock
+                # instead of answering 503 (see aicml/stack/prefect_server.py).
+                command=[
+                    sys.executable,
+                    "-m",
+                    "aicml.stack.prefect_server",
+                    "server",
+                    "start",
+                    "--host",
+                    s.host,
+                    "--port",
+                    str(s.prefect_port),
+                ],
                 env=server_env,
                 health_url=f"{s.prefect_url}/health",
                 address=s.prefect_ui_url,
