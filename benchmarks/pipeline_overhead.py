@@ -43,8 +43,13 @@ def main() -> None:
     from aicml.stack.local import LocalStack
 
     stack = LocalStack()
+    # Before `up`, which imports Prefect: the flows must run against this stack's Prefect server.
+    stack.export_client_env(exclude=("PROMETHEUS_MULTIPROC_DIR",))
     stack.up(services=("prefect-server", "mlflow-server"))
-    os.environ.update({k: v for k, v in stack.client_env().items() if k != "PROMETHEUS_MULTIPROC_DIR"})
+    from prefect.settings import PREFECT_API_URL
+
+    # Otherwise the flows would time a temporary Prefect server of their own.
+    assert PREFECT_API_URL.value() == stack.settings.prefect_url, PREFECT_API_URL.value()
     try:
         run(stack, home, args)
     finally:

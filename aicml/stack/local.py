@@ -103,7 +103,19 @@ class LocalStack:
         return [
             ServiceSpec(
                 name="prefect-server",
-                command=[_bin("prefect"), "server", "start", "--host", s.host, "--port", str(s.prefect_port)],
+                # `prefect server start` with slot acquisition that waits for SQLite's write lock
+                # instead of answering 503 (see aicml/stack/prefect_server.py).
+                command=[
+                    sys.executable,
+                    "-m",
+                    "aicml.stack.prefect_server",
+                    "server",
+                    "start",
+                    "--host",
+                    s.host,
+                    "--port",
+                    str(s.prefect_port),
+                ],
                 env=server_env,
                 health_url=f"{s.prefect_url}/health",
                 address=s.prefect_ui_url,
@@ -229,5 +241,16 @@ class LocalStack:
         if missing:
             raise StackError(f"Not running: {', '.join(missing)}. Start the stack with `aicml up`.")
 
-    def export_client_env(self) -> None:
-        os.environ.update(self.client_env())
+    def export_client_env(self, exclude: tuple[str, ...] = ()) -> None:
+        """Point this process at the stack: its environment and, if Prefect is already imported, Prefect.
+
+        Prefect reads its settings once, when it is imported (``up`` imports it to create the automations
+        and limits): an environment changed afterwards does not reach it, and a flow called in this process
+        would run against a temporary server of its own (on the same SQLite file, contending for its lock)
+        instead of the stack's.
+        """
+        os.environ.update({k: v for k, v in self.client_env().items() if k not in exclude})
+        if "prefect.context" in sys.modules:
+            from prefect.context import refresh_global_settings_context
+
+            refresh_global_settings_context()

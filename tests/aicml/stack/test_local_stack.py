@@ -73,3 +73,22 @@ def test_a_stale_pid_file_is_not_trusted(tmp_path: Path) -> None:
     (local.run_dir / "worker.pid").write_text(str(dead.pid))
     assert {s.name: s.pid for s in local.status()}["worker"] is None
     assert local.down() == []
+
+
+def test_exported_client_env_reaches_a_prefect_imported_before(tmp_path: Path) -> None:
+    """`up` imports Prefect, which reads its settings once: exporting the stack's environment afterwards
+    must still point this process's flows at the stack, not at a temporary server of their own."""
+    import prefect.context
+    from prefect.context import refresh_global_settings_context
+
+    local = LocalStack(AicSettings(home=tmp_path / "aic", prefect_port=free_port()))
+    saved = dict(os.environ)
+    try:
+        local.export_client_env(exclude=("PROMETHEUS_MULTIPROC_DIR",))
+        settings = prefect.context.GLOBAL_SETTINGS_CONTEXT.settings
+        assert str(settings.api.url) == local.settings.prefect_url
+        assert Path(str(settings.results.local_storage_path)) == tmp_path / "aic" / "prefect" / "storage"
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        refresh_global_settings_context()
