@@ -5,6 +5,8 @@ job in its own process, and training run as a deployment on another work pool (e
 from __future__ import annotations
 
 import dataclasses
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 from uuid import UUID
@@ -25,6 +27,24 @@ from aicml.registry.tracking import use_tracking
 from tasks.context import data_dir, settings
 
 OUTCOME_ARTIFACT = "training/outcome.json"
+# Progress artifact updates at most this often: each is an API call, and work for the Prefect server
+# that shares the machine with the training (per epoch, a short run made several a second).
+PROGRESS_EVERY_S = 1.0
+
+
+class Throttle:
+    """True at most once every ``every`` seconds, and always for the final update."""
+
+    def __init__(self, every: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every, self.clock = every, clock
+        self.last: float | None = None
+
+    def ready(self, final: bool = False) -> bool:
+        now = self.clock()
+        if final or self.last is None or now - self.last >= self.every:
+            self.last = now
+            return True
+        return False
 
 
 def train(
@@ -102,6 +122,8 @@ def train_models(
         UUID, create_progress_artifact(progress=0.0, description="Training the Lightning model and baseline")
     )
 
+    throttle = Throttle(PROGRESS_EVERY_S)
+
     def progress(name: str, epoch: int, epochs: int, metrics: dict[str, float]) -> None:
         if epoch < 0:
             logger.info("%s finished: %s", name, {k: round(v, 4) for k, v in metrics.items()})
@@ -111,7 +133,7 @@ def train_models(
                 "%s epoch %d/%d %s", name, epoch, epochs, {k: round(v, 4) for k, v in metrics.items()}
             )
             done = 90.0 * epoch / max(total, 1)
-        if artifact_id is not None:
+        if artifact_id is not None and throttle.ready(final=done >= 100.0):
             update_progress_artifact(artifact_id, progress=min(done, 100.0))
 
     outcome = train(gate, target, problem, options, seed, experiment, parent_run_id, progress)
