@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import statistics
 import sys
@@ -54,6 +55,7 @@ def main() -> None:
         run(stack, home, args)
     finally:
         stack.down()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def run(stack, home: Path, args: argparse.Namespace) -> None:  # type: ignore[no-untyped-def]
