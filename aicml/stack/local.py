@@ -13,6 +13,7 @@ from aicml.stack.processes import ServiceSpec, healthy, read_pid, start, stop
 from blocks.settings import AicSettings
 
 SERVICES = ("prefect-server", "mlflow-server", "metrics-exporter", "worker")
+WORKER_POLL_SECONDS = 2
 
 
 def _bin(name: str) -> str:
@@ -173,7 +174,9 @@ class LocalStack:
                     "--name",
                     f"aic-{s.work_pool}",
                 ],
-                env=env,
+                # Poll every 2 s, not Prefect's 10: on one machine a flow run (a landed file's,
+                # `prefect deployment run`'s) then starts within about 2 s, for one cheap query.
+                env={**env, "PREFECT_WORKER_QUERY_SECONDS": str(WORKER_POLL_SECONDS)},
                 health_url=None,
                 address=f"pool {s.work_pool}",
                 cwd=Path.cwd(),

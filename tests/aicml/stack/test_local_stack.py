@@ -92,3 +92,11 @@ def test_exported_client_env_reaches_a_prefect_imported_before(tmp_path: Path) -
         os.environ.clear()
         os.environ.update(saved)
         refresh_global_settings_context()
+
+
+def test_the_worker_polls_often_enough_for_near_real_time_loads(tmp_path: Path) -> None:
+    local = LocalStack(AicSettings(home=tmp_path / "aic"))
+    worker = next(spec for spec in local.specs() if spec.name == "worker")
+    # Prefect's default is 10 s: a landed file would wait up to that long before its flow run starts.
+    assert float(worker.env["PREFECT_WORKER_QUERY_SECONDS"]) <= 2
+    assert "PREFECT_WORKER_QUERY_SECONDS" not in local.client_env()  # only the worker's own setting
