@@ -305,18 +305,15 @@ def process_partition(task: PartitionTask) -> PartitionOutcome:
         entry[ROW] = pd.array([pd.NA], dtype="Int64")
         q = stage_partition(entry, staging / "quarantine", identity)
         return PartitionOutcome(
-            key,
-            identity,
-            0,
-            0,
-            1,
-            None,
-            q,
-            [],
-            [f"{key}: {exc}"],
-            None,
-            None,
-            time.perf_counter() - started,
+            key=key,
+            identity=identity,
+            rows_in=0,
+            accepted=0,
+            quarantined=1,
+            staged=None,
+            quarantine=q,
+            partition_failures=[f"{key}: {exc}"],
+            seconds=time.perf_counter() - started,
             reason_counts=reason_kinds(entry),
         )
     identity = content_identity(task.partition, read)
