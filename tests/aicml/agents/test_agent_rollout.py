@@ -263,3 +263,37 @@ def test_pinned_versions_are_not_evidence_and_bad_plans_are_refused(tmp_path: Pa
         assert sum(s.requests for s in store.rollout("answer").arms.values()) == 1
     finally:
         store.close()
+
+
+def test_an_agent_decision_reaches_prefect_as_an_event(stack: object, tmp_path: Path) -> None:
+    """With a Prefect API configured (the stack), the audit hook also emits ``aicml.agent.<action>``."""
+    import time
+
+    import httpx
+
+    decision, _, store, _, _ = simulate(f"sqlite:///{tmp_path / 'agent_db.sqlite'}", 0.01, 0.10, seed=2)
+    try:
+        assert decision.action == "rollback"
+        decision_audit(tmp_path / "audit.jsonl")(store.rollout("answer"), decision)
+    finally:
+        store.close()
+    api = stack.settings.prefect_url  # type: ignore[attr-defined]
+    body = {
+        "filter": {
+            "event": {"name": ["aicml.agent.rollback"]},
+            "resource": {"id": ["aicml.agent-version.answer.2"]},
+        }
+    }
+    deadline = time.monotonic() + 30
+    events: list[dict] = []
+    while not events and time.monotonic() < deadline:  # events arrive asynchronously
+        response = httpx.post(f"{api}/events/filter", json=body, timeout=30)
+        response.raise_for_status()
+        events = list(response.json()["events"])
+        time.sleep(0.5)
+    assert events, "no aicml.agent.rollback event reached the Prefect server"
+    payload = events[0]["payload"]
+    assert payload["action"] == "rollback" and payload["previous_champion"] == "1"
+    assert (
+        payload["evidence"]["rollout_id"] == read_audit(tmp_path / "audit.jsonl")[0]["evidence"]["rollout_id"]
+    )
