@@ -238,6 +238,10 @@ class FittedKeras:
 class KerasPyfuncModel(PythonModel):  # type: ignore[misc]
     """Serves a Keras model logged by ``FittedKeras``: raw table or images in, labels or values out."""
 
+    # Its input is a table or a tensor (checked by the model's signature), which MLflow's type-hint
+    # validation cannot express: without this it warns on every import that it skips it anyway.
+    _skip_type_hint_validation = True
+
     def load_context(self, context: Any) -> None:
         keras = _keras()
         self.model = keras.models.load_model(context.artifacts["model"])

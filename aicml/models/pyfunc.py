@@ -40,6 +40,10 @@ class TabularNetModel(PythonModel):  # type: ignore[misc]
 class ImageNetModel(PythonModel):  # type: ignore[misc]
     """Serves a bundle written by ``aicml.models.trainers.LightningImageTrainer``: raw images in, labels out."""
 
+    # Its input is a table or a tensor (checked by the model's signature), which MLflow's type-hint
+    # validation cannot express: without this it warns on every import that it skips it anyway.
+    _skip_type_hint_validation = True
+
     def load_context(self, context: Any) -> None:
         import torch
 
