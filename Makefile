@@ -69,7 +69,7 @@ test-fast: $(STAMP) tools ## The suite without tests marked slow
 
 bench: $(STAMP) ## Run the side-by-side benchmarks; each prints a JSON line last
 	$(BIN)/python benchmarks/pipeline_overhead.py
-	$(BIN)/python benchmarks/ingest.py --rows 2000000
+	$(BIN)/python benchmarks/ingest.py --rows 10000000 --files 8
 	$(BIN)/python benchmarks/serving.py
 	$(BIN)/python benchmarks/agents.py
 	$(BIN)/python benchmarks/training.py
