@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import mlflow
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -43,6 +42,8 @@ def _table(report: dict[str, Any]) -> list[dict[str, Any]]:
 def _publish(report: dict[str, Any], dataset: str, parent_run_id: str | None, summary: str) -> None:
     create_table_artifact(table=_table(report), key=_artifact_key(dataset), description=summary)
     if parent_run_id:
+        import mlflow  # here, not at module import: the ingest flow's processes never need it (0.6 s)
+
         mlflow.set_tracking_uri(settings().tracking_uri)
         client = mlflow.MlflowClient()
         client.log_dict(parent_run_id, report, "validation/report.json")

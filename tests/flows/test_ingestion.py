@@ -119,3 +119,15 @@ def test_policy_fail_stops_the_flow_and_writes_nothing(stack: Any, tmp_path: Pat
     with pytest.raises(DataQualityError, match="expect_column_values_to_be_between"):
         ingest_flow(params)
     assert ParquetSink(str(tmp_path / "out")).read().empty
+
+
+def test_the_ingest_flow_loads_without_the_ml_stack() -> None:
+    """Every deployment run starts a fresh process: the ingest flow must not pay for MLflow or torch
+    (about 0.6 s and more) that it never uses."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    probe = "import sys, flows.ingestion; print(sorted({'mlflow', 'torch', 'lightning'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=repo, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
