@@ -22,7 +22,13 @@ from aicml.data.connectors import Connector, FileConnector, Partition, content_i
 from aicml.data.parallel import ClusterOptions, run_partitions
 from aicml.data.quality import ExpectationOutcome, numeric_columns_of, validate_frame
 from aicml.data.readers import DEFAULT_MAX_FIELD_BYTES, ReadResult, oversized_fields
-from aicml.data.rules import CompiledSuite, as_numbers_where_parsable, check_rows, compile_suite
+from aicml.data.rules import (
+    CompiledSuite,
+    RowReasons,
+    as_numbers_where_parsable,
+    check_rows,
+    compile_suite,
+)
 from aicml.data.sinks import (
     PARTITION,
     RAW,
@@ -108,7 +114,8 @@ class IngestReport:
     sample: pd.DataFrame | None = None
     raw_sample: pd.DataFrame | None = None
     quarantine_table: str | None = None  # SQL sinks: where quarantined rows went, with their reason
-    # Quarantined rows of this batch by the kind of their reason (the text before its first colon).
+    # Quarantined rows of this batch by the kind of their reason (the text before its first colon),
+    # most frequent first.
     reason_counts: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
@@ -137,41 +144,6 @@ def _quarantine_frame(
     return out.reset_index(drop=True)
 
 
-class RowReasons:
-    """Why rows of a partition were set aside: the first reason per row wins.
-
-    Kept sparse (a flag per row, the reasons only for flagged rows): a column of Python objects
-    for millions of rows, nearly all empty, costs passes that hold the GIL, which threads
-    processing other partitions wait for. Row labels are positions (the frame has a RangeIndex).
-    """
-
-    def __init__(self, rows: int) -> None:
-        self.flagged = np.zeros(rows, dtype=bool)
-        self._parts: list[pd.Series] = []
-
-    def add(self, reasons: pd.Series) -> None:
-        """Reasons for the rows they index; rows that already have one keep it."""
-        if reasons.empty:
-            return
-        fresh = ~self.flagged[reasons.index.to_numpy()]
-        if not fresh.all():
-            reasons = reasons[fresh]
-        if len(reasons):
-            self._parts.append(reasons.astype(object))
-            self.flagged[reasons.index.to_numpy()] = True
-
-    def every_row(self, reason: str) -> None:
-        """One reason for every row, replacing the others (the whole partition is rejected)."""
-        self._parts = [pd.Series(reason, index=pd.RangeIndex(len(self.flagged)), dtype=object)]
-        self.flagged[:] = True
-
-    def series(self) -> pd.Series:
-        """The reasons of the flagged rows, in row order."""
-        if not self._parts:
-            return pd.Series(dtype=object)
-        return pd.concat(self._parts).sort_index()
-
-
 REASON_KIND_CHARS = 120
 
 
@@ -196,6 +168,7 @@ def reason_kinds(quarantine: pd.DataFrame) -> dict[str, int]:
 
 
 def merge_counts(counts: list[dict[str, int]]) -> dict[str, int]:
+    """The sum of per-partition counts, most frequent first."""
     total: dict[str, int] = {}
     for part in counts:
         for kind, rows in part.items():

@@ -53,12 +53,47 @@ class CompiledSuite:
     numeric_columns: tuple[str, ...]
 
 
+class RowReasons:
+    """Why rows of a partition were set aside: the first reason per row wins.
+
+    Kept sparse (a flag per row, the reasons only for flagged rows): a column of Python objects
+    for millions of rows, nearly all empty, costs passes that hold the GIL, which threads
+    processing other partitions wait for. Rows are named by position.
+    """
+
+    def __init__(self, rows: int) -> None:
+        self.flagged = np.zeros(rows, dtype=bool)
+        self._parts: list[pd.Series] = []
+
+    def add(self, reasons: pd.Series) -> None:
+        """Reasons for the rows they index; rows that already have one keep it."""
+        if reasons.empty:
+            return
+        fresh = ~self.flagged[reasons.index.to_numpy()]
+        if not fresh.all():
+            reasons = reasons[fresh]
+        if len(reasons):
+            self._parts.append(reasons.astype(object))
+            self.flagged[reasons.index.to_numpy()] = True
+
+    def every_row(self, reason: str) -> None:
+        """One reason for every row, replacing the others (the whole partition is rejected)."""
+        self._parts = [pd.Series(reason, index=pd.RangeIndex(len(self.flagged)), dtype=object)]
+        self.flagged[:] = True
+
+    def series(self) -> pd.Series:
+        """The reasons of the flagged rows, in row order."""
+        if not self._parts:
+            return pd.Series(dtype=object)
+        return pd.concat(self._parts).sort_index()
+
+
 @dataclass
 class RowVerdict:
     """The result of a compiled suite on one partition."""
 
     broken: np.ndarray  # per row: broken by a row-level expectation
-    reasons: pd.Series  # per broken row: the first reason (index = row labels)
+    reasons: pd.Series  # per broken row: the first reason (index = row positions)
     partition_failures: list[str]  # table-level or ``mostly`` verdicts that fail the whole partition
     outcomes: list[ExpectationOutcome]
 
@@ -211,8 +246,7 @@ def _reason(exp: CompiledExpectation, values: pd.Series | None) -> pd.Series | s
 def check_rows(frame: pd.DataFrame, compiled: CompiledSuite) -> RowVerdict:
     """Run the compiled suite; never raises for bad data."""
     rows = len(frame)
-    broken = np.zeros(rows, dtype=bool)
-    reasons: list[pd.Series] = []  # for the rows each expectation broke first (sparse)
+    reasons = RowReasons(rows)
     nonnull: dict[str, int] = {}
     partition_failures: list[str] = []
     outcomes: list[ExpectationOutcome] = []
@@ -250,21 +284,16 @@ def check_rows(frame: pd.DataFrame, compiled: CompiledSuite) -> RowVerdict:
             detail = "e.g. " + ", ".join(_show(v) for v in sample) if sample else ""
         outcomes.append(ExpectationOutcome(exp.type, exp.column, success, count, element_count, detail))
         if exp.row_level:
-            fresh = bad & ~broken
+            fresh = bad & ~reasons.flagged
             if fresh.any():
                 values = frame.loc[fresh, exp.column] if exp.column else None
                 reason = _reason(exp, values)
-                reasons.append(
-                    reason
-                    if isinstance(reason, pd.Series)
-                    else pd.Series(reason, index=frame.index[fresh], dtype=object)
-                )
-                broken |= bad
+                text = reason.to_numpy() if isinstance(reason, pd.Series) else reason
+                reasons.add(pd.Series(text, index=np.flatnonzero(fresh), dtype=object))
         # With mostly = 1 every broken row is already quarantined; the partition itself fails only
         # when more rows break an expectation than its mostly allows.
         if not success and (exp.mostly < 1.0 or not exp.row_level):
             partition_failures.append(
                 f"{exp.type} on {exp.column!r}: {count} of {present} rows broke it (mostly={exp.mostly})"
             )
-    first = pd.concat(reasons).sort_index() if reasons else pd.Series(dtype=object)
-    return RowVerdict(broken, first, partition_failures, outcomes)
+    return RowVerdict(reasons.flagged, reasons.series(), partition_failures, outcomes)
