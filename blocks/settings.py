@@ -2,11 +2,45 @@
 
 from __future__ import annotations
 
+import os
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The standard variables of the tools aic-ml drives. A user (or a Kubernetes ConfigMap) who sets them means
+# them: settings fall back to them, and `LocalStack.export_client_env` never overwrites them.
+STANDARD_VARIABLES = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "PREFECT_API_URL",
+    "PREFECT_API_KEY",
+    "PREFECT_API_AUTH_STRING",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_ENDPOINT_URL",
+    "MLFLOW_S3_ENDPOINT_URL",
+    "PGHOST",
+    "PGPORT",
+    "PGUSER",
+    "PGPASSWORD",
+    "PGDATABASE",
+)
+
+# What this process itself exported for a local stack (`export_client_env`): such a value is the stack's,
+# not the user's, so a later stack in the same process may replace it and settings do not treat it as a
+# user's choice.
+EXPORTED: dict[str, str] = {}
+
+
+def user_variable(name: str) -> str | None:
+    """The value of a standard variable when the user (not this process's stack export) set it."""
+    value = os.environ.get(name)
+    if not value or EXPORTED.get(name) == value:
+        return None
+    return value
 
 
 class AicSettings(BaseSettings):
@@ -40,10 +74,15 @@ class AicSettings(BaseSettings):
         default="mlflow_db", description="Database name for MLflow on `database_url`."
     )
     mlflow_tracking_uri: str | None = Field(
-        default=None, description="Use this MLflow server instead of the local one (for example a cluster's)."
+        default=None,
+        description=(
+            "Use this MLflow server instead of the local one (for example a cluster's). Falls back to "
+            "MLFLOW_TRACKING_URI."
+        ),
     )
     prefect_api_url: str | None = Field(
-        default=None, description="Use this Prefect API instead of the local server's."
+        default=None,
+        description="Use this Prefect API instead of the local server's. Falls back to PREFECT_API_URL.",
     )
     work_pool: str = Field(default="local", description="Name of the local process work pool.")
     pool_concurrency: int = Field(default=4, ge=1, description="Flow runs the local pool runs at once.")
@@ -53,13 +92,37 @@ class AicSettings(BaseSettings):
     )
     experiment: str = Field(default="aic-ml", description="MLflow experiment the pipeline logs to.")
 
+    @model_validator(mode="after")
+    def _standard_fallbacks(self) -> AicSettings:
+        """``AIC_*`` wins; otherwise the variables MLflow, Prefect and libpq users already set."""
+        if self.mlflow_tracking_uri is None:
+            self.mlflow_tracking_uri = user_variable("MLFLOW_TRACKING_URI")
+        if self.prefect_api_url is None:
+            self.prefect_api_url = user_variable("PREFECT_API_URL")
+        if self.database_url is None and (host := user_variable("PGHOST")):
+            # The password stays in PGPASSWORD, which libpq and psycopg read themselves: never in a URL.
+            user = os.environ.get("PGUSER", "postgres")
+            self.database_url = SecretStr(f"postgresql://{user}@{host}:{os.environ.get('PGPORT', '5432')}/")
+        return self
+
     @cached_property
     def root(self) -> Path:
         return self.home.resolve()
 
     @property
+    def local_prefect_url(self) -> str:
+        """The API of the Prefect server a local stack starts (host and port of these settings)."""
+        return f"http://{self.host}:{self.prefect_port}/api"
+
+    @property
+    def local_tracking_uri(self) -> str:
+        """The MLflow server a local stack starts."""
+        return f"http://{self.host}:{self.mlflow_port}"
+
+    @property
     def prefect_url(self) -> str:
-        return self.prefect_api_url or f"http://{self.host}:{self.prefect_port}/api"
+        """The Prefect API clients use: the configured one, else the local stack's."""
+        return self.prefect_api_url or self.local_prefect_url
 
     @property
     def prefect_ui_url(self) -> str:
@@ -67,7 +130,7 @@ class AicSettings(BaseSettings):
 
     @property
     def tracking_uri(self) -> str:
-        return self.mlflow_tracking_uri or f"http://{self.host}:{self.mlflow_port}"
+        return self.mlflow_tracking_uri or self.local_tracking_uri
 
     def database_for(self, name: str, driver: str) -> str | None:
         """The SQLAlchemy URL of database ``name`` on ``database_url`` with ``driver``, or None when unset."""

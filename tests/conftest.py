@@ -47,7 +47,7 @@ def stack(postgres: Postgres | None, tmp_path_factory: pytest.TempPathFactory) -
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from aicml.stack.local import LocalStack
-    from blocks.settings import AicSettings
+    from blocks.settings import EXPORTED, AicSettings
 
     home = tmp_path_factory.mktemp("aic-home")
     databases: list[str] = []
@@ -66,6 +66,8 @@ def stack(postgres: Postgres | None, tmp_path_factory: pytest.TempPathFactory) -
     saved = dict(os.environ)
     env = {k: v for k, v in local.client_env().items() if k != "PROMETHEUS_MULTIPROC_DIR"}
     os.environ.update(env)
+    # The stack's own values, not a user's: a test's second stack may export over them.
+    EXPORTED.update(env)
     try:
         os.chdir(REPO)
         local.up()
@@ -75,6 +77,7 @@ def stack(postgres: Postgres | None, tmp_path_factory: pytest.TempPathFactory) -
         local.down()
         os.environ.clear()
         os.environ.update(saved)
+        EXPORTED.clear()
         if postgres is not None:
             for name in databases:
                 postgres.drop_database(name)

@@ -64,8 +64,8 @@ class LocalStack:
         """Environment for anything that talks to this stack: CLI commands, workers, flow runs."""
         s = self.settings
         env = {
-            "PREFECT_API_URL": s.prefect_url,
-            "MLFLOW_TRACKING_URI": s.tracking_uri,
+            "PREFECT_API_URL": s.local_prefect_url,
+            "MLFLOW_TRACKING_URI": s.local_tracking_uri,
             "AIC_HOME": str(self.home),
             "AIC_PREFECT_PORT": str(s.prefect_port),
             "AIC_MLFLOW_PORT": str(s.mlflow_port),
@@ -99,7 +99,7 @@ class LocalStack:
         server_env = {
             **env,
             "PREFECT_API_DATABASE_CONNECTION_URL": prefect_db,
-            "PREFECT_UI_API_URL": s.prefect_url,
+            "PREFECT_UI_API_URL": s.local_prefect_url,
         }
         return [
             ServiceSpec(
@@ -118,8 +118,8 @@ class LocalStack:
                     str(s.prefect_port),
                 ],
                 env=server_env,
-                health_url=f"{s.prefect_url}/health",
-                address=s.prefect_ui_url,
+                health_url=f"{s.local_prefect_url}/health",
+                address=s.local_prefect_url.removesuffix("/api"),
             ),
             ServiceSpec(
                 name="mlflow-server",
@@ -141,8 +141,8 @@ class LocalStack:
                 # MLflow's background job runner (GenAI scorers) starts half a dozen consumer processes
                 # that nothing here uses; without it the server needs a fraction of the memory.
                 env={**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-                health_url=f"{s.tracking_uri}/health",
-                address=s.tracking_uri,
+                health_url=f"{s.local_tracking_uri}/health",
+                address=s.local_tracking_uri,
             ),
             ServiceSpec(
                 name="metrics-exporter",
@@ -209,8 +209,8 @@ class LocalStack:
         from aicml.stack.automations import ensure_crash_automation, ensure_failure_notification
         from aicml.stack.limits import ensure_concurrency_limits
 
-        ensure_concurrency_limits(self.settings.prefect_url)
-        with temporary_settings(updates={PREFECT_API_URL: self.settings.prefect_url}):
+        ensure_concurrency_limits(self.settings.local_prefect_url)
+        with temporary_settings(updates={PREFECT_API_URL: self.settings.local_prefect_url}):
             ensure_crash_automation()
             if self.settings.failure_webhook_url:
                 ensure_failure_notification(self.settings.failure_webhook_url)
@@ -219,7 +219,7 @@ class LocalStack:
         from aicml.stack.pools import ensure_process_pool
 
         ensure_process_pool(
-            self.settings.prefect_url, self.settings.work_pool, self.settings.pool_concurrency
+            self.settings.local_prefect_url, self.settings.work_pool, self.settings.pool_concurrency
         )
 
     def down(self) -> list[str]:
@@ -251,8 +251,17 @@ class LocalStack:
         and limits): an environment changed afterwards does not reach it, and a flow called in this process
         would run against a temporary server of its own (on the same SQLite file, contending for its lock)
         instead of the stack's.
+
+        A standard variable the user set (``MLFLOW_TRACKING_URI``, ``PREFECT_API_URL``, ...) is kept: it
+        says where they want their runs to go. One this process exported for an earlier stack is replaced.
         """
-        os.environ.update({k: v for k, v in self.client_env().items() if k not in exclude})
+        from blocks.settings import EXPORTED, STANDARD_VARIABLES, user_variable
+
+        for name, value in self.client_env().items():
+            if name in exclude or (name in STANDARD_VARIABLES and user_variable(name) is not None):
+                continue
+            os.environ[name] = value
+            EXPORTED[name] = value
         if "prefect.context" in sys.modules:
             from prefect.context import refresh_global_settings_context
 
