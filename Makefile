@@ -11,10 +11,11 @@ TOOLS := .tools
 TOOLS_STAMP := $(TOOLS)/.installed
 export AIC_CHECKOV := $(CURDIR)/$(TOOLS)/bin/checkov
 
-.PHONY: help venv tools system-deps demo test test-fast lint fmt up down status bench clean
+.PHONY: help venv tools system-deps demo test test-fast lint fmt up down status bench clean \
+	rehearsal-deps k8s-images k8s-rehearsal k8s-smoke
 
 help: ## List every target
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -79,3 +80,37 @@ bench: $(STAMP) ## Run the side-by-side benchmarks; each prints a JSON line last
 clean: ## Remove the venv and the local stack's state
 	-$(BIN)/aicml down
 	rm -rf $(VENV) .aic
+
+# --- Kubernetes: the podman rehearsal (this machine, no API server) and the kind smoke test (clusters) ---
+CONTAINERS_CONF ?= /etc/containers/containers.conf
+KIND_CLUSTER ?= aic-ml-smoke
+K8S_IMAGE ?= ghcr.io/aic/aic-ml:0.1.0
+
+rehearsal-deps: ## Install podman, runc and debootstrap; containers.conf with runc and explicit ulimits
+	@command -v podman >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap >/dev/null; }
+	@# Debian's crun refuses this kernel's hybrid cgroups; raising ulimits is not permitted here.
+	@grep -qs 'runtime = "runc"' $(CONTAINERS_CONF) || { mkdir -p $(dir $(CONTAINERS_CONF)) && printf '%s\n' \
+	  '[containers]' 'default_ulimits = ["nofile=4096:4096", "nproc=4096:4096"]' '' '[engine]' 'runtime = "runc"' \
+	  >> $(CONTAINERS_CONF); }
+
+k8s-images: $(STAMP) rehearsal-deps ## Build the rehearsal's base (debootstrap), app and externals images; cached by inputs
+	$(BIN)/python -c "from pathlib import Path; from aicml.kube.rehearsal.images import build_images; \
+	  from aicml.kube.rehearsal.run import CACHE_DIR; build_images(Path('.').resolve(), CACHE_DIR / 'build')"
+
+k8s-rehearsal: k8s-images ## Rehearse the dev overlay with podman: every workload as a container, probed; one table
+	$(BIN)/aicml k8s rehearse --overlay dev --no-build
+
+k8s-smoke: $(STAMP) ## With Docker and kind (not on this machine): cluster, image, apply dev, rollouts, one flow per pool
+	kind create cluster --name $(KIND_CLUSTER)
+	trap 'kind delete cluster --name $(KIND_CLUSTER)' EXIT; set -e; \
+	  docker build -f docker/Dockerfile -t $(K8S_IMAGE) .; \
+	  kind load docker-image $(K8S_IMAGE) --name $(KIND_CLUSTER); \
+	  $(BIN)/aicml k8s apply --overlay dev --context kind-$(KIND_CLUSTER); \
+	  kubectl --context kind-$(KIND_CLUSTER) -n aic-ai-ml wait --for=condition=complete job/postgresql-ai-ml-init --timeout=300s; \
+	  for d in $$(kubectl --context kind-$(KIND_CLUSTER) -n aic-ai-ml get deploy -o name); do \
+	    kubectl --context kind-$(KIND_CLUSTER) -n aic-ai-ml rollout status $$d --timeout=600s; done; \
+	  kubectl --context kind-$(KIND_CLUSTER) -n aic-ai-ml port-forward svc/prefect-server 4200:4200 & pf=$$!; sleep 5; \
+	  PREFECT_API_URL=http://127.0.0.1:4200/api $(BIN)/prefect deployment run 'ml-pipeline/k8s-cpu' --watch; \
+	  PREFECT_API_URL=http://127.0.0.1:4200/api $(BIN)/prefect deployment run 'train-flow/k8s-gpu' --watch; \
+	  kill $$pf

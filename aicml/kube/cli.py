@@ -98,3 +98,29 @@ def verify(context: ContextOption = None) -> None:
         print(f"{'ok  ' if status.ready else 'FAIL'} {status.ref}: {status.detail}")
     if not statuses or not all(status.ready for status in statuses):
         raise typer.Exit(1)
+
+
+@app.command()
+def rehearse(
+    overlay: OverlayOption = OverlayName.dev,
+    k8s_dir: K8sDirOption = None,
+    ready_timeout: Annotated[
+        float, typer.Option("--ready-timeout", help="Seconds to wait for the Deployments' readiness.")
+    ] = 420.0,
+    keep: Annotated[bool, typer.Option(help="Leave the containers, network and volumes running.")] = False,
+    build: Annotated[bool, typer.Option(help="Build (or check the cache of) the images first.")] = True,
+) -> None:
+    """Rehearse the overlay on this machine with podman, no API server: build the image, start every workload
+    as a container with its pod's command, env, user and volumes, probe it, print one table. Exits 1 when
+    anything did not come up or complete."""
+    from aicml.kube.rehearsal.run import rehearse as run_rehearsal
+
+    try:
+        status = run_rehearsal(
+            overlay=overlay.value, k8s_dir=k8s_dir, ready_timeout=ready_timeout, keep=keep, build=build
+        )
+    except KubeError as error:
+        print(f"error: {error}")
+        raise typer.Exit(2) from error
+    if status:
+        raise typer.Exit(status)

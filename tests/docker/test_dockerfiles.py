@@ -28,6 +28,18 @@ def instructions(path: Path) -> list[tuple[str, str]]:
     return out
 
 
+def arg_defaults(steps: list[tuple[str, str]]) -> dict[str, str]:
+    return dict(rest.split("=", 1) for word, rest in steps if word == "ARG" and "=" in rest)
+
+
+def base_image(path: Path) -> str:
+    """The FROM image with ARG defaults substituted (the public default of the BASE_IMAGE build argument)."""
+    steps = instructions(path)
+    defaults = arg_defaults(steps)
+    base = next(rest for word, rest in steps if word == "FROM")
+    return re.sub(r"\$\{?(\w+)\}?", lambda m: defaults.get(m.group(1), m.group(0)), base)
+
+
 def test_both_images_exist() -> None:
     assert [p.name for p in FILES] == ["Dockerfile", "Dockerfile.gpu"]
 
@@ -35,7 +47,7 @@ def test_both_images_exist() -> None:
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
 def test_dockerfile_rules(path: Path) -> None:
     steps = instructions(path)
-    base = next(rest for word, rest in steps if word == "FROM")
+    base = base_image(path)
     assert ":" in base and not base.endswith(":latest"), "pinned base image"
     users = [rest for word, rest in steps if word == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0"), "runs as a non-root user"
@@ -49,9 +61,30 @@ def test_dockerfile_rules(path: Path) -> None:
     assert "torch==2.13.0" in path.read_text()
 
 
-def test_the_gpu_image_is_on_a_cuda_base() -> None:
-    base = next(rest for word, rest in instructions(DOCKER / "Dockerfile.gpu") if word == "FROM")
-    assert base.startswith("nvidia/cuda:")
+def test_base_image_and_torch_index_are_build_arguments() -> None:
+    cpu, gpu = (arg_defaults(instructions(DOCKER / name)) for name in ("Dockerfile", "Dockerfile.gpu"))
+    assert cpu["BASE_IMAGE"].startswith("python:3.11.") and cpu["BASE_IMAGE"].endswith("-slim-bookworm")
+    assert cpu["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+    assert gpu["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cu128"
+    for path in FILES:
+        steps = instructions(path)
+        assert next(rest for word, rest in steps if word == "FROM") == "${BASE_IMAGE}"
+        assert any(
+            word == "RUN" and '--index-url "$TORCH_INDEX_URL" torch==2.13.0' in rest for word, rest in steps
+        )
+
+
+def test_the_gpu_image_has_the_cpu_images_python_and_constraints() -> None:
+    """Same base (python3.11), same venv, same pinned constraints: only the torch build differs."""
+    cpu, gpu = (instructions(DOCKER / name) for name in ("Dockerfile", "Dockerfile.gpu"))
+    assert arg_defaults(cpu)["BASE_IMAGE"] == arg_defaults(gpu)["BASE_IMAGE"]
+    runs = {
+        name: [rest for word, rest in steps if word == "RUN"] for name, steps in (("cpu", cpu), ("gpu", gpu))
+    }
+    assert runs["cpu"] == runs["gpu"]
+    assert any("pip install -c constraints.txt -r" in run for run in runs["gpu"])
+    assert [rest for word, rest in gpu if word == "WORKDIR"] == ["/opt/aic-ml"]
+    assert not any(word == "ENTRYPOINT" for word, _ in cpu + gpu)
 
 
 def test_checkov_dockerfile_checks_pass() -> None:

@@ -1,0 +1,485 @@
+"""`aicml k8s rehearse` / `make k8s-rehearsal`: the dev overlay run as podman containers on this machine.
+
+Order, as in a cluster after `aicml k8s apply`: the external parts (PostgreSQL as
+`postgresql-service.aic-platform`, moto's S3-compatible server for the artifact bucket), the database init
+Job (the overlay's own script, its `postgres` image replaced by the externals image, which has psql), every
+Deployment with replicas > 0 at once (scaled-to-zero ones are reported as skipped), Prometheus with a scrape
+configuration generated from the rendered ServiceMonitors and PodMonitors, then the backup CronJob's pod
+once. One table at the end; exit status 1 when anything did not come up or complete.
+
+Replaced for the rehearsal, and said so in the output: the images (all `ghcr.io/aic/aic-ml` images are the
+image built from docker/Dockerfile, `postgres` is the externals image), and the ConfigMap key
+`MLFLOW_S3_ENDPOINT_URL` (AWS's endpoint in the render) points at the moto container.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets as token_source
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import yaml
+
+from aicml.kube.errors import KubeError
+from aicml.kube.rehearsal.images import APP_IMAGE, EXTERNALS_IMAGE, build_images, podman
+from aicml.kube.rehearsal.pods import NAMESPACE, Pod, PodContext, remove_run, run_to_completion, start_pod
+from aicml.kube.render import KubeObject, pod_spec, pod_template_labels, render_overlay
+from aicml.kube.secrets import SECRET_SPECS, resolve_values
+
+CACHE_DIR = Path(os.environ.get("AIC_REHEARSAL_CACHE", "/var/tmp/aic-rehearsal"))
+PG_ALIAS = "postgresql-service.aic-platform.svc.cluster.local"
+S3_ALIAS = "s3-rehearsal.aic-platform.svc.cluster.local"
+S3_PORT = 9000
+APP_REPOSITORIES = ("ghcr.io/aic/aic-ml", "ghcr.io/aic/aic-ml-gpu")
+Say = Callable[[str], None]
+
+
+def service_aliases(service: str, namespace: str = NAMESPACE) -> list[str]:
+    return [
+        service,
+        f"{service}.{namespace}",
+        f"{service}.{namespace}.svc",
+        f"{service}.{namespace}.svc.cluster.local",
+    ]
+
+
+def selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    return bool(selector) and all(labels.get(key) == value for key, value in selector.items())
+
+
+def aliases_for(labels: Mapping[str, str], services: Iterable[KubeObject]) -> list[str]:
+    """Every DNS name of every Service whose selector matches the pod's labels."""
+    out: list[str] = []
+    for service in services:
+        if selects((service.get("spec") or {}).get("selector") or {}, labels):
+            out += service_aliases(str(service["metadata"]["name"]))
+    return out
+
+
+def of_kind(objects: Iterable[KubeObject], kind: str) -> list[KubeObject]:
+    return [obj for obj in objects if obj.get("kind") == kind]
+
+
+def name_of(obj: KubeObject) -> str:
+    return str(obj["metadata"]["name"])
+
+
+def rendered_data(objects: list[KubeObject]) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, str]]]:
+    """ConfigMaps' data and rendered Secrets' data (base64 decoded), by name."""
+    configmaps = {name_of(o): dict(o.get("data") or {}) for o in of_kind(objects, "ConfigMap")}
+    secrets: dict[str, dict[str, str]] = {}
+    for obj in of_kind(objects, "Secret"):
+        data = {k: base64.b64decode(v).decode() for k, v in (obj.get("data") or {}).items()}
+        secrets[name_of(obj)] = {**data, **(obj.get("stringData") or {})}
+    return configmaps, secrets
+
+
+def rehearsal_secrets(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """The Secrets `aicml k8s apply` would create, resolved from SECRET_SPECS with rehearsal values for the
+    variables a cluster's operator sets (the PostgreSQL admin password, the S3 keys, which moto accepts)."""
+    env = dict(environ)
+    env.setdefault("AIC_K8S_POSTGRES_ADMIN_PASSWORD", token_source.token_hex(16))
+    env.setdefault("AIC_K8S_S3_ACCESS_KEY_ID", "rehearsal")
+    env.setdefault("AIC_K8S_S3_SECRET_ACCESS_KEY", token_source.token_hex(16))
+    return resolve_values(SECRET_SPECS, env)
+
+
+def _port_of(container_ports: Iterable[Mapping[str, Any]], port: Any) -> int | None:
+    for declared in container_ports:
+        if declared.get("name") == port or declared.get("containerPort") == port:
+            return int(declared["containerPort"])
+    return int(port) if str(port).isdigit() else None
+
+
+def pod_ports(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [port for c in spec.get("containers") or [] for port in c.get("ports") or []]
+
+
+@dataclass(frozen=True)
+class RunningPod:
+    """What scrape targets need of a started pod: its DNS name (the infra container), labels, ports."""
+
+    host: str
+    labels: Mapping[str, str]
+    ports: list[dict[str, Any]]
+
+
+def scrape_config(objects: list[KubeObject], pods: Iterable[RunningPod]) -> dict[str, Any]:
+    """A Prometheus configuration with one job per ServiceMonitor/PodMonitor endpoint, the way the
+    Prometheus operator resolves them (Service selector -> endpoint port -> the pods' container port)."""
+    pods = list(pods)
+    jobs: list[dict[str, Any]] = []
+    services = of_kind(objects, "Service")
+    for monitor in of_kind(objects, "ServiceMonitor"):
+        selector = ((monitor.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+        for index, endpoint in enumerate(monitor["spec"].get("endpoints") or []):
+            targets = []
+            for service in services:
+                if not selects(selector, service["metadata"].get("labels") or {}):
+                    continue
+                for sport in service["spec"].get("ports") or []:
+                    if endpoint.get("port") not in (sport.get("name"), sport.get("port")):
+                        continue
+                    for pod in pods:
+                        if selects(service["spec"].get("selector") or {}, pod.labels):
+                            port = _port_of(pod.ports, sport.get("targetPort", sport.get("port")))
+                            if port:
+                                targets.append(f"{pod.host}:{port}")
+            jobs.append(_job(f"serviceMonitor/{NAMESPACE}/{name_of(monitor)}/{index}", endpoint, targets))
+    for monitor in of_kind(objects, "PodMonitor"):
+        selector = ((monitor.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+        for index, endpoint in enumerate(monitor["spec"].get("podMetricsEndpoints") or []):
+            targets = [
+                f"{pod.host}:{port}"
+                for pod in pods
+                if selects(selector, pod.labels) and (port := _port_of(pod.ports, endpoint.get("port")))
+            ]
+            jobs.append(_job(f"podMonitor/{NAMESPACE}/{name_of(monitor)}/{index}", endpoint, targets))
+    return {"global": {"scrape_interval": "15s"}, "scrape_configs": jobs}
+
+
+def _job(name: str, endpoint: Mapping[str, Any], targets: list[str]) -> dict[str, Any]:
+    return {
+        "job_name": name,
+        "metrics_path": endpoint.get("path", "/metrics"),
+        "scrape_interval": endpoint.get("interval", "30s"),
+        "scheme": endpoint.get("scheme", "http"),
+        "static_configs": [{"targets": sorted(set(targets))}],
+    }
+
+
+# --- the external parts, as pod specs run by the same start_pod ------------------------------------------
+
+_NON_ROOT = {"runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001, "runAsNonRoot": True}
+_LOCKED = {
+    "readOnlyRootFilesystem": True,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+}
+_POSTGRES_SCRIPT = """set -eu
+export PGDATA=/var/lib/postgresql/rehearsal/data
+if [ ! -s "$PGDATA/PG_VERSION" ]; then
+  printf '%s' "$POSTGRES_PASSWORD" > /tmp/pw
+  initdb --username=postgres --pwfile=/tmp/pw --auth-local=trust --auth-host=scram-sha-256 >/dev/null
+  rm -f /tmp/pw
+  echo "host all all 0.0.0.0/0 scram-sha-256" >> "$PGDATA/pg_hba.conf"
+fi
+exec postgres -c listen_addresses='*' -c unix_socket_directories=/tmp
+"""
+
+
+def external_pod(
+    name: str,
+    command: list[str],
+    port: tuple[str, int],
+    probe: dict[str, Any],
+    *,
+    env: list[dict[str, Any]] | None = None,
+    mounts: dict[str, str] | None = None,
+    volumes: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """A pod spec for an external part: the externals image, non-root, read-only root, one port and probe."""
+    mounts = {"/tmp": "tmp", **(mounts or {})}
+    volumes = {"tmp": {"emptyDir": {}}, **(volumes or {})}
+    container = {
+        "name": name, "image": EXTERNALS_IMAGE, "command": command,
+        "env": [{"name": "HOME", "value": "/tmp"}, *(env or [])],
+        "ports": [{"name": port[0], "containerPort": port[1]}],
+        "readinessProbe": {**probe, "periodSeconds": 2}, "securityContext": _LOCKED,
+        "volumeMounts": [{"name": vname, "mountPath": path, "readOnly": "configMap" in volumes[vname]}
+                         for path, vname in mounts.items()],
+    }  # fmt: skip
+    return {"securityContext": _NON_ROOT, "containers": [container],
+            "volumes": [{"name": vname, **source} for vname, source in volumes.items()]}  # fmt: skip
+
+
+def postgres_pod() -> dict[str, Any]:
+    password = {"secretKeyRef": {"name": "postgresql-admin", "key": "password"}}
+    return external_pod(
+        "postgresql", ["/bin/sh", "-c", _POSTGRES_SCRIPT], ("postgresql", 5432),
+        {"exec": {"command": ["pg_isready", "-q", "-h", "127.0.0.1"]}},
+        env=[{"name": "POSTGRES_PASSWORD", "valueFrom": password}],
+        mounts={"/var/lib/postgresql/rehearsal": "data"}, volumes={"data": {"emptyDir": {"sizeLimit": "2Gi"}}},
+    )  # fmt: skip
+
+
+def s3_pod() -> dict[str, Any]:
+    command = ["moto_server", "-H", "0.0.0.0", "-p", str(S3_PORT)]
+    return external_pod("moto", command, ("s3", S3_PORT), {"tcpSocket": {"port": "s3"}})
+
+
+def prometheus_pod() -> dict[str, Any]:
+    command = ["prometheus", "--config.file=/etc/prometheus-rehearsal/prometheus.yml",
+               "--storage.tsdb.path=/prometheus", "--web.listen-address=:9090"]  # fmt: skip
+    return external_pod(
+        "prometheus", command, ("http", 9090), {"httpGet": {"path": "/-/ready", "port": "http"}},
+        mounts={"/etc/prometheus-rehearsal": "config", "/prometheus": "data"},
+        volumes={"config": {"configMap": {"name": "rehearsal-prometheus"}}, "data": {"emptyDir": {}}},
+    )  # fmt: skip
+
+
+# --- the run ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    workload: str
+    started: str
+    pod: Pod | None = None
+    note: str = ""
+    must_complete: bool = False
+
+    @property
+    def ok(self) -> bool:
+        if self.started == "skipped":
+            return True
+        if self.pod is None:
+            return False
+        return self.pod.succeeded if self.must_complete else self.pod.ready
+
+
+def wait_ready(pods: Iterable[Pod], timeout: float, say: Say, *, label: str = "") -> bool:
+    pods = list(pods)
+    deadline = time.monotonic() + timeout
+    last = 0.0
+    while time.monotonic() < deadline:
+        for pod in pods:
+            pod.tick()
+        if all(pod.ready for pod in pods):
+            return True
+        if time.monotonic() - last > 30:
+            last = time.monotonic()
+            waiting = [pod.name for pod in pods if not pod.ready]
+            say(f"  {label}waiting for {len(waiting)} pod(s): {', '.join(waiting)}")
+        time.sleep(1)
+    return False
+
+
+def exec_in(container: str, command: list[str], env: Mapping[str, str] | None = None) -> str:
+    env_args = [arg for name in (env or {}) for arg in ("--env", name)]
+    done = subprocess.run(["podman", "--runtime", "runc", "exec", *env_args, container, *command],
+                          capture_output=True, text=True, env={**os.environ, **(env or {})}, check=False)  # fmt: skip
+    if done.returncode != 0:
+        raise KubeError(
+            f"podman exec {container} {command[0]} failed: {(done.stdout + done.stderr).strip()[-800:]}"
+        )
+    return done.stdout
+
+
+def create_bucket(moto: Pod, bucket: str, keys: Mapping[str, str]) -> None:
+    script = (
+        f"import boto3, sys; boto3.client('s3', endpoint_url='http://127.0.0.1:{S3_PORT}', region_name='us-east-1')"
+        ".create_bucket(Bucket=sys.argv[1])"
+    )
+    exec_in(moto.containers[0].name, ["/opt/moto/bin/python", "-c", script, bucket], env=dict(keys))
+
+
+def prometheus_targets(pod: Pod) -> list[dict[str, Any]]:
+    with urllib.request.urlopen(f"http://{pod.ip}:9090/api/v1/targets", timeout=5) as response:
+        return list(json.load(response)["data"]["activeTargets"])
+
+
+def print_table(rows: list[Row], say: Say) -> None:
+    header = ("workload", "started", "ready after (s)", "restarts", "probe failures", "note")
+    lines = [header]
+    for row in rows:
+        pod = row.pod
+        ready = "-"
+        if pod is not None and not row.must_complete:
+            ready = f"{pod.ready_after:.0f}" if pod.ready_after is not None else "NOT READY"
+        elif pod is not None:
+            ready = "completed" if pod.succeeded else "FAILED"
+        lines.append((row.workload, row.started, ready, str(pod.restarts if pod else "-"),
+                      str(pod.probe_failures if pod else "-"), row.note))  # fmt: skip
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
+    for line in lines:
+        say("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=False)) + "  " + line[-1])
+
+
+def report_failures(rows: list[Row], say: Say) -> None:
+    for row in rows:
+        if row.ok or row.pod is None:
+            if not row.ok:
+                say(f"\n--- {row.workload}: {row.note}")
+            continue
+        for container in row.pod.containers:
+            if container.ready and not row.must_complete:
+                continue
+            say(f"\n--- {row.workload} / {container.plan.name}: {container.last_error or 'not ready'}")
+            say(container.logs(15))
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    del frame
+    raise Interrupted(f"signal {signum}")
+
+
+def rehearse(
+    *,
+    overlay: str = "dev",
+    k8s_dir: Path | None = None,
+    ready_timeout: float = 420.0,
+    keep: bool = False,
+    build: bool = True,
+    say: Say = print,
+) -> int:
+    """Run the rehearsal; return the exit status (0 when every workload came up and every Job completed)."""
+    started = time.monotonic()
+    root = Path(__file__).resolve().parents[3]
+    if build:
+        build_images(root, CACHE_DIR / "build", say=say)
+    objects = render_overlay(overlay, k8s_dir)
+    configmaps, rendered_secrets = rendered_data(objects)
+    secrets = {**rehearsal_secrets(os.environ), **rendered_secrets}
+    platform = configmaps.get("aic-ml-config", {})
+    if "MLFLOW_S3_ENDPOINT_URL" in platform:
+        say(f"replaced: ConfigMap aic-ml-config MLFLOW_S3_ENDPOINT_URL {platform['MLFLOW_S3_ENDPOINT_URL']} -> "
+            f"http://{S3_ALIAS}:{S3_PORT} (moto, the rehearsal's S3-compatible server)")  # fmt: skip
+        platform["MLFLOW_S3_ENDPOINT_URL"] = f"http://{S3_ALIAS}:{S3_PORT}"
+    run_id = time.strftime("%Y%m%d%H%M%S")
+    network = f"aicr-{run_id}"
+    state_dir = Path(tempfile.mkdtemp(prefix=f"run-{run_id}-", dir=CACHE_DIR))
+    services = of_kind(objects, "Service")
+    images = {repo: APP_IMAGE for repo in APP_REPOSITORIES}
+    images.update({"docker.io/library/postgres": EXTERNALS_IMAGE, "postgres": EXTERNALS_IMAGE})
+    say(f"replaced: images {', '.join(APP_REPOSITORIES)} -> {APP_IMAGE}; postgres -> {EXTERNALS_IMAGE}")
+    ctx = PodContext(network=network, run_id=run_id, state_dir=state_dir, configmaps=configmaps, secrets=secrets,
+                     services=services, images=images)  # fmt: skip
+    rows: list[Row] = []
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        podman("network", "create", "--label", f"io.aic.rehearsal.run={run_id}", network)
+        status = _run(objects, ctx, rows, ready_timeout, say)
+    except (KubeError, Interrupted) as error:
+        say(f"error: {error}")
+        status = 2
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if rows:
+            say("")
+            print_table(rows, say)
+            report_failures(rows, say)
+        if keep:
+            say(f"\nkept: network {network}, containers labelled io.aic.rehearsal.run={run_id}")
+        else:
+            remove_run(run_id, network)
+    say(f"\nrehearsal took {time.monotonic() - started:.0f}s; " + ("ok" if status == 0 else "FAILED"))
+    return status
+
+
+def _run(objects: list[KubeObject], ctx: PodContext, rows: list[Row], ready_timeout: float, say: Say) -> int:
+    say("external parts: PostgreSQL, S3 (moto)")
+    postgres = start_pod(
+        "postgresql", postgres_pod(), ctx, aliases=[PG_ALIAS, "postgresql-service.aic-platform"]
+    )
+    rows.append(Row("external/postgresql", "yes", postgres, "as " + PG_ALIAS))
+    moto = start_pod("s3", s3_pod(), ctx, aliases=[S3_ALIAS, "s3-rehearsal"])
+    rows.append(Row("external/s3 (moto)", "yes", moto))
+    if not wait_ready([postgres, moto], 120, say):
+        raise KubeError("PostgreSQL or the S3 server did not become ready")
+    bucket = ctx.configmaps.get("aic-ml-config", {}).get(
+        "MLFLOW_ARTIFACTS_DESTINATION", "s3://aic-mlflow-artifacts"
+    )
+    bucket = bucket.removeprefix("s3://").split("/", 1)[0]
+    create_bucket(moto, bucket, ctx.secrets.get("mlflow-s3", {}))
+    rows[-1].note = f"bucket {bucket} created"
+
+    for job in of_kind(objects, "Job"):
+        spec = pod_spec(job) or {}
+        say(f"Job {name_of(job)}")
+        pod = start_pod(name_of(job), spec, ctx, labels=pod_template_labels(job), kind="Job")
+        row = Row(f"Job/{name_of(job)}", "yes", pod, must_complete=True)
+        rows.append(row)
+        ok = run_to_completion(pod, 300, int((job.get("spec") or {}).get("backoffLimit", 6)))
+        row.note = "exit 0" if ok else f"exit {pod.containers[0].exit_code}"
+
+    app_pods: list[Pod] = []
+    for deployment in of_kind(objects, "Deployment"):
+        name = name_of(deployment)
+        replicas = int((deployment.get("spec") or {}).get("replicas", 1))
+        if replicas == 0:
+            rows.append(Row(f"Deployment/{name}", "skipped", note="replicas: 0 in this overlay"))
+            continue
+        labels = pod_template_labels(deployment)
+        spec = pod_spec(deployment) or {}
+        try:
+            pod = start_pod(
+                name, spec, ctx, aliases=aliases_for(labels, of_kind(objects, "Service")), labels=labels
+            )
+        except KubeError as error:
+            rows.append(Row(f"Deployment/{name}", "FAILED", note=str(error)[:200]))
+            continue
+        notes = []
+        if spec.get("automountServiceAccountToken"):
+            notes.append("no API server: no token")
+        if replicas > 1:
+            notes.append(f"1 of {replicas} replicas")
+        rows.append(Row(f"Deployment/{name}", "yes", pod, "; ".join(notes)))
+        app_pods.append(pod)
+    say(f"started {len(app_pods)} Deployment pod(s); waiting up to {ready_timeout:.0f}s for readiness")
+    wait_ready(app_pods, ready_timeout, say)
+
+    running = [RunningPod(p.infra, p.labels, pod_ports(pod_spec_of(objects, p.name))) for p in app_pods]
+    config = scrape_config(objects, running)
+    ctx.configmaps["rehearsal-prometheus"] = {"prometheus.yml": yaml.safe_dump(config, sort_keys=False)}
+    prometheus = start_pod("prometheus", prometheus_pod(), ctx)
+    prom_row = Row("external/prometheus", "yes", prometheus)
+    rows.append(prom_row)
+    wanted = sum(len(job["static_configs"][0]["targets"]) for job in config["scrape_configs"])
+    if wait_ready([prometheus], 60, say):
+        prom_row.note = _targets_note(prometheus, wanted)
+
+    for cron in of_kind(objects, "CronJob"):
+        say(f"CronJob {name_of(cron)}: its job's pod, once")
+        job_spec = ((cron.get("spec") or {}).get("jobTemplate") or {}).get("spec") or {}
+        pod = start_pod(f"{name_of(cron)}-once", pod_spec(cron) or {}, ctx, labels=pod_template_labels(cron),
+                        kind="Job")  # fmt: skip
+        row = Row(f"CronJob/{name_of(cron)}", "yes", pod, must_complete=True)
+        rows.append(row)
+        ok = run_to_completion(pod, 300, int(job_spec.get("backoffLimit", 6)))
+        row.note = "exit 0" if ok else f"exit {pod.containers[0].exit_code}"
+    for pod in app_pods:
+        pod.tick()
+    return 0 if all(row.ok for row in rows) else 1
+
+
+def _targets_note(prometheus: Pod, wanted: int) -> str:
+    deadline = time.monotonic() + 45
+    targets: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        try:
+            targets = prometheus_targets(prometheus)
+        except OSError:
+            targets = []
+        if targets and all(t.get("health") != "unknown" for t in targets):
+            break
+        time.sleep(3)
+    up = [t for t in targets if t.get("health") == "up"]
+    down = [
+        f"{t['labels'].get('job')} {t['scrapeUrl']}: {t.get('lastError')}" for t in targets if t not in up
+    ]
+    note = f"targets up {len(up)}/{wanted}"
+    return note + (f" (down: {'; '.join(down)})" if down else "")
+
+
+def pod_spec_of(objects: list[KubeObject], name: str) -> dict[str, Any]:
+    for obj in objects:
+        if (obj.get("metadata") or {}).get("name") == name and pod_spec(obj) is not None:
+            return pod_spec(obj) or {}
+    return {}
