@@ -1,0 +1,386 @@
+"""Wiring: the rendered overlays, the flow-run Jobs prefect-kubernetes renders from our base job templates
+and deploy-model's objects refer only to things that exist; each check fires on a seeded fault."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import pytest
+
+from aicml.kube.render import KubeObject, find, pod_spec
+from aicml.kube.wiring import (
+    DEPLOYER_ROLE,
+    DEPLOYMENT_ANNOTATION,
+    Check,
+    addresses,
+    check_addresses,
+    check_claims_and_accounts,
+    check_deployer_role,
+    check_references,
+    check_role_bindings,
+    check_secret_consumers,
+    check_services,
+    expand,
+    flow_run_jobs,
+    required_permissions,
+    run_wiring,
+    selects,
+    serving_manifests,
+    wiring_objects,
+)
+
+PROD_CONFIG = "ConfigMap/aic-ai-ml/aic-ml-config"
+
+
+@pytest.fixture(scope="session")
+def everything(rendered: dict[str, list[KubeObject]]) -> dict[str, list[KubeObject]]:
+    """Each overlay's render plus its flow-run Jobs and deploy-model's serving objects."""
+    return {overlay: wiring_objects(objects) for overlay, objects in rendered.items()}
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_render_flow_runs_and_serving_are_wired(
+    everything: dict[str, list[KubeObject]], overlay: str
+) -> None:
+    assert [str(v) for v in run_wiring(everything[overlay])] == []
+
+
+# --- the flow-run Jobs are prefect-kubernetes' own rendering ---------------------------------------------
+
+
+def test_every_kubernetes_deployment_gets_its_flow_run_job(prod: list[KubeObject]) -> None:
+    jobs = {job.deployment: job for job in flow_run_jobs(prod)}
+    assert {"ml-pipeline/k8s-cpu", "deploy-model/k8s-cpu", "train-flow/k8s-gpu"} <= set(jobs)
+    for job in jobs.values():
+        manifest = job.manifest
+        assert manifest["kind"] == "Job"
+        assert manifest["metadata"]["annotations"][DEPLOYMENT_ANNOTATION] == job.deployment
+        pod = manifest["spec"]["template"]
+        # Labels and the flow-run command are what the worker's code adds, not our template.
+        assert "prefect.io/flow-run-id" in pod["metadata"]["labels"]
+        container = pod["spec"]["containers"][0]
+        assert container["args"] == ["prefect", "flow-run", "execute"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert "PREFECT__FLOW_RUN_ID" in env
+
+
+def test_flow_run_jobs_get_the_workers_prefect_api_not_this_process(prod: list[KubeObject]) -> None:
+    config = find(prod, "ConfigMap", "aic-ml-config")
+    api_url = config["data"]["PREFECT_API_URL"]
+    for job in flow_run_jobs(prod):
+        env = {
+            e["name"]: e.get("value")
+            for e in job.manifest["spec"]["template"]["spec"]["containers"][0]["env"]
+        }
+        assert env.get("PREFECT_API_URL") == api_url, job.deployment
+        assert "PREFECT_SERVER_EPHEMERAL_ENABLED" not in env
+
+
+def test_serving_manifests_are_what_deploy_model_renders() -> None:
+    kinds = [m["kind"] for m in serving_manifests()]
+    assert kinds == [
+        "ServiceAccount",
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+    ]
+
+
+# --- each check fires on a seeded fault --------------------------------------------------------------
+
+
+def _seeded(
+    objects: list[KubeObject], kind: str, name: str, mutate: Callable[[dict], None], *, pod: bool = False
+) -> list[KubeObject]:
+    """A copy of `objects` with `mutate` applied to one object (or, with `pod`, to its pod spec)."""
+    copied = copy.deepcopy(objects)
+    target = find(copied, kind, name)
+    mutate(pod_spec(target) if pod else target)
+    return copied
+
+
+def _env(spec: dict, name: str) -> dict:
+    return next(e for e in spec["containers"][0]["env"] if e["name"] == name)
+
+
+def _append_env(name: str, source: dict) -> Callable[[dict], None]:
+    return lambda spec: spec["containers"][0]["env"].append({"name": name, **source})
+
+
+def _set_data(key: str, value: str) -> Callable[[dict], None]:
+    return lambda obj: obj["data"].__setitem__(key, value)
+
+
+MLFLOW_URL_PROBLEM = (
+    "'http://mlflow.aic-ai-ml.svc:5000' names Service aic-ai-ml/mlflow, which is not rendered nor a declared "
+    "external endpoint"
+)
+# (check, kind, name, mutate, on the pod spec?, the finding it must produce)
+SEEDED_FAULTS: list[tuple[Check, str, str, Callable[[dict], None], bool, str]] = [
+    (
+        check_claims_and_accounts,
+        "Deployment",
+        "mlflow-service",
+        lambda spec: spec.__setitem__("serviceAccountName", "mlflow-server"),
+        True,
+        "[wiring-refs] Deployment/aic-ai-ml/mlflow-service: runs as ServiceAccount 'mlflow-server', which is not "
+        "rendered",
+    ),
+    (
+        check_claims_and_accounts,
+        "Deployment",
+        "agent-orchestration-service",
+        lambda spec: spec["volumes"][0]["persistentVolumeClaim"].__setitem__("claimName", "agent-pvc"),
+        True,
+        "[wiring-refs] Deployment/aic-ai-ml/agent-orchestration-service: volume 'data' mounts "
+        "PersistentVolumeClaim 'agent-pvc', which is not rendered",
+    ),
+    (
+        check_references,
+        "Deployment",
+        "prefect-server",
+        lambda spec: _env(spec, "PGPASSWORD")["valueFrom"]["secretKeyRef"].__setitem__("key", "passwd"),
+        True,
+        "[wiring-refs] Deployment/aic-ai-ml/prefect-server: env 'PGPASSWORD' of container 'prefect-server' reads "
+        "key 'passwd' of Secret 'pipeline-execution-db', which has ['database', 'password', 'username']",
+    ),
+    (
+        check_references,
+        "Deployment",
+        "model-serving",
+        lambda spec: spec["volumes"].append({"name": "token", "secret": {"secretName": "serve-token"}}),
+        True,
+        "[wiring-refs] Deployment/aic-ai-ml/model-serving: volume 'token' reads Secret 'serve-token', "
+        "which is not declared in SECRET_SPECS or rendered",
+    ),
+    (
+        check_references,
+        "Deployment",
+        "prefect-server",
+        lambda spec: spec["containers"][0].__setitem__("envFrom", [{"configMapRef": {"name": "aic-config"}}]),
+        True,
+        "[wiring-refs] Deployment/aic-ai-ml/prefect-server: envFrom of container 'prefect-server' reads "
+        "ConfigMap 'aic-config', which is not rendered",
+    ),
+    (
+        check_references,
+        "Deployment",
+        "prefect-server",
+        _append_env("X", {"valueFrom": {"configMapKeyRef": {"name": "aic-ml-config", "key": "NOPE"}}}),
+        True,
+        "[wiring-refs] Deployment/aic-ai-ml/prefect-server: env 'X' of container 'prefect-server' reads key "
+        "'NOPE' of ConfigMap 'aic-ml-config', which has ['DASK_SCHEDULER_ADDRESS', 'MLFLOW_ARTIFACTS_DESTINATION', "
+        "'MLFLOW_S3_ENDPOINT_URL', 'MLFLOW_TRACKING_URI', 'PGHOST', 'PGPORT', 'PGSSLMODE', 'PREFECT_API_URL']",
+    ),
+    (
+        check_role_bindings,
+        "RoleBinding",
+        "model-deployer",
+        lambda binding: binding["roleRef"].__setitem__("name", "deployer"),
+        False,
+        "[wiring-rbac] RoleBinding/aic-ai-ml/model-deployer: binds Role 'deployer', which is not rendered",
+    ),
+    (
+        check_role_bindings,
+        "RoleBinding",
+        "model-deployer",
+        lambda binding: binding["subjects"][0].__setitem__("name", "deployer"),
+        False,
+        "[wiring-rbac] RoleBinding/aic-ai-ml/model-deployer: binds ServiceAccount aic-ai-ml/deployer, which is "
+        "not rendered",
+    ),
+    (
+        check_addresses,
+        "ConfigMap",
+        "aic-ml-config",
+        _set_data("MLFLOW_TRACKING_URI", "http://mlflow.aic-ai-ml.svc:5000"),
+        False,
+        f"[wiring-url] {PROD_CONFIG}: key 'MLFLOW_TRACKING_URI': {MLFLOW_URL_PROBLEM}",
+    ),
+    (  # every pod that takes the ConfigMap's variables inherits the wrong address
+        check_addresses,
+        "ConfigMap",
+        "aic-ml-config",
+        _set_data("MLFLOW_TRACKING_URI", "http://mlflow.aic-ai-ml.svc:5000"),
+        False,
+        "[wiring-url] Deployment/aic-ai-ml/model-serving: env 'MLFLOW_TRACKING_URI' of container 'model-server': "
+        f"{MLFLOW_URL_PROBLEM}",
+    ),
+    (
+        check_addresses,
+        "ConfigMap",
+        "aic-ml-config",
+        _set_data("PREFECT_API_URL", "http://prefect-server.aic-ai-ml.svc.cluster.local:4201/api"),
+        False,
+        f"[wiring-url] {PROD_CONFIG}: key 'PREFECT_API_URL': 'http://prefect-server.aic-ai-ml.svc.cluster.local:4201'"
+        ": Service aic-ai-ml/prefect-server has no port 4201 (ports [4200])",
+    ),
+    (
+        check_addresses,
+        "ConfigMap",
+        "aic-ml-config",
+        _set_data("PGPORT", "5433"),
+        False,
+        "[wiring-url] Deployment/aic-ai-ml/mlflow-service: args of container 'mlflow': "
+        "'postgresql+psycopg://opaque@postgresql-service.aic-platform.svc.cluster.local:5433': port 5433 is not "
+        "one of [5432]",
+    ),
+    (
+        check_addresses,
+        "ConfigMap",
+        "aic-ml-config",
+        lambda config: config["data"].pop("PGHOST"),
+        False,
+        "[wiring-url] Deployment/aic-ai-ml/mlflow-service: args of container 'mlflow': "
+        "'postgresql+psycopg://opaque@$(PGHOST):5432' names an undefined variable",
+    ),
+    (
+        check_addresses,
+        "Deployment",
+        "model-serving",
+        _append_env("MLFLOW_TRACKING_URI", {"value": "http://127.0.0.1:5000"}),
+        True,
+        "[wiring-url] Deployment/aic-ai-ml/model-serving: env 'MLFLOW_TRACKING_URI' of container 'model-server': "
+        "'http://127.0.0.1:5000' is this pod itself, and nothing in it listens there",
+    ),
+    (
+        check_services,
+        "Service",
+        "prefect-server",
+        lambda service: service["spec"].__setitem__("selector", {"app.kubernetes.io/name": "prefect"}),
+        False,
+        "[wiring-service] Service/aic-ai-ml/prefect-server: selector {'app.kubernetes.io/name': 'prefect'} selects "
+        "no pod template",
+    ),
+    (
+        check_services,
+        "Service",
+        "mlflow-service",
+        lambda service: service["spec"]["ports"][0].__setitem__("targetPort", "api"),
+        False,
+        "[wiring-service] Service/aic-ai-ml/mlflow-service: port 'http': targetPort 'api' is no container port of "
+        "Deployment/aic-ai-ml/mlflow-service",
+    ),
+    (
+        check_secret_consumers,
+        "Deployment",
+        "model-serving",
+        _append_env(
+            "AWS_ACCESS_KEY_ID",
+            {"valueFrom": {"secretKeyRef": {"name": "mlflow-s3", "key": "AWS_ACCESS_KEY_ID"}}},
+        ),
+        True,
+        "[wiring-secret-consumer] Deployment/aic-ai-ml/model-serving: env 'AWS_ACCESS_KEY_ID' of container "
+        "'model-server' reads Secret 'mlflow-s3', which only ['mlflow'] may read",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("check", "kind", "name", "mutate", "pod", "expected"),
+    SEEDED_FAULTS,
+    ids=[f"{case[0].__name__}-{case[2]}-{i}" for i, case in enumerate(SEEDED_FAULTS)],
+)
+def test_check_fires_on_a_seeded_fault(
+    prod: list[KubeObject],
+    check: Check,
+    kind: str,
+    name: str,
+    mutate: Callable[[dict], None],
+    pod: bool,
+    expected: str,
+) -> None:
+    """`expected` is a finding on the seeded copy and not on the render it was seeded into."""
+    assert expected not in [str(v) for v in check(prod)]
+    assert expected in [str(v) for v in check(_seeded(prod, kind, name, mutate, pod=pod))]
+
+
+def test_flow_run_job_with_an_unknown_service_account(prod: list[KubeObject]) -> None:
+    job = copy.deepcopy(flow_run_jobs(prod)[0].manifest)
+    job["spec"]["template"]["spec"]["serviceAccountName"] = "nobody"
+    found = [str(v) for v in check_claims_and_accounts([*prod, job])]
+    ref = f"Job/aic-ai-ml/{job['metadata']['name']}"
+    assert f"[wiring-refs] {ref}: runs as ServiceAccount 'nobody', which is not rendered" in found
+
+
+# --- the deployer Role -------------------------------------------------------------------------------
+
+
+def _exact_role(prod: list[KubeObject]) -> list[KubeObject]:
+    """The render with the deployer Role replaced by exactly what deploy-model needs."""
+    rules = [
+        {"apiGroups": [group], "resources": [resource], "verbs": [verb]}
+        for group, resource, verb in sorted(required_permissions(serving_manifests()))
+    ]
+    return _seeded(prod, "Role", DEPLOYER_ROLE, lambda role: role.__setitem__("rules", rules))
+
+
+def test_needed_permissions_come_from_the_renderer() -> None:
+    needed = required_permissions(serving_manifests())
+    assert ("policy", "poddisruptionbudgets", "patch") in needed
+    assert ("", "serviceaccounts", "create") in needed
+    assert {verb for _, _, verb in needed} == {"create", "patch"}
+
+
+def test_exact_role_passes_and_a_missing_kind_or_extra_verb_fires(prod: list[KubeObject]) -> None:
+    exact = _exact_role(prod)
+    assert [str(v) for v in check_deployer_role(exact) if v.ref.startswith("Role/")] == []
+
+    def drop_pdb(role: KubeObject) -> None:
+        role["rules"] = [r for r in role["rules"] if r["resources"] != ["poddisruptionbudgets"]]
+
+    def add_delete(role: KubeObject) -> None:
+        role["rules"].append({"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["delete"]})
+
+    ref = f"[wiring-deployer-role] Role/aic-ai-ml/{DEPLOYER_ROLE}"
+    missing = [str(v) for v in check_deployer_role(_seeded(exact, "Role", DEPLOYER_ROLE, drop_pdb))]
+    assert f"{ref}: lacks create, patch on policy/poddisruptionbudgets, which deploy-model applies" in missing
+    extra = [str(v) for v in check_deployer_role(_seeded(exact, "Role", DEPLOYER_ROLE, add_delete))]
+    assert f"{ref}: grants delete on apps/deployments, which deploy-model never needs" in extra
+
+
+def test_deploy_model_flow_run_needs_a_bound_account_with_a_token(prod: list[KubeObject]) -> None:
+    job = next(j.manifest for j in flow_run_jobs(prod) if j.deployment.startswith("deploy-model/"))
+    good = copy.deepcopy(job)
+    good["spec"]["template"]["spec"]["automountServiceAccountToken"] = True
+    good["spec"]["template"]["spec"]["serviceAccountName"] = "model-deployer"
+    ref = f"Job/aic-ai-ml/{job['metadata']['name']}"
+    assert [v for v in check_deployer_role([*prod, good]) if v.ref == ref] == []
+    bad = copy.deepcopy(good)
+    bad["spec"]["template"]["spec"]["automountServiceAccountToken"] = False
+    bad["spec"]["template"]["spec"]["serviceAccountName"] = "model-serving"
+    found = [str(v) for v in check_deployer_role([*prod, bad]) if v.ref == ref]
+    assert (
+        f"[wiring-deployer-role] {ref}: runs as ServiceAccount 'model-serving', which no RoleBinding binds to Role 'model-deployer'"
+        in found
+    )
+    assert any("gets no API token" in f for f in found)
+
+
+# --- the small parts ---------------------------------------------------------------------------------
+
+
+def test_addresses_read_authority_and_default_ports() -> None:
+    found = list(
+        addresses(
+            "a tcp://sched:8786 b postgresql+psycopg://u@db.ns.svc:5432/x s3://bucket/key https://h.example/p"
+        )
+    )
+    assert [(a.scheme, a.host, a.port) for a in found] == [
+        ("tcp", "sched", 8786),
+        ("postgresql+psycopg", "db.ns.svc", 5432),
+        ("https", "h.example", 443),
+    ]
+
+
+def test_variable_expansion_and_selectors() -> None:
+    assert expand("$(A)@$(B):$(C)", {"A": "x", "B": "y"}) == "x@y:$(C)"
+    labels = {"tier": "ai-ml", "app.kubernetes.io/name": "mlflow"}
+    assert selects({"tier": "ai-ml"}, labels)
+    assert not selects(
+        {"matchExpressions": [{"key": "app.kubernetes.io/name", "operator": "NotIn", "values": ["mlflow"]}]},
+        labels,
+    )
+    assert not selects({}, labels)
