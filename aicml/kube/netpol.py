@@ -58,6 +58,8 @@ MLFLOW_CLIENT_ENV = frozenset({"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_TOKE
 SERVING_NAMES = frozenset({"model-serving"})
 SERVING_COMPONENT = "model-server"
 # `All connections`, or `{protocols:TCP,dst_ports:443,6443}` (fields nca prints for Kubernetes policies).
+# Destination of a required path that no rendered pod serves.
+UNSERVED = "?"
 LINE = re.compile(r"^(?P<src>\S+) => (?P<dst>\S+) : (?P<conn>.+)$")
 
 
@@ -264,8 +266,8 @@ def _needs(obj: KubeObject, spec: dict[str, Any]) -> set[str]:
     return needs
 
 
-def service_targets(objects: list[KubeObject], service_name: str) -> list[tuple[str, int]]:
-    """(peer, container port) for every port of every pod template the Service selects."""
+def service_targets(objects: list[KubeObject], service_name: str) -> list[tuple[KubeObject, int]]:
+    """(pod template, container port) for every port of every pod template the Service selects."""
     service = named(objects, "Service").get((NAMESPACE, service_name))
     if service is None:
         return []
@@ -274,14 +276,14 @@ def service_targets(objects: list[KubeObject], service_name: str) -> list[tuple[
         for port in (service.get("spec") or {}).get("ports") or []:
             number = container_port(spec, port.get("targetPort", port.get("port")))
             if number is not None:
-                targets.append((peer(obj), number))
+                targets.append((obj, number))
     return targets
 
 
 def required_paths(objects: list[KubeObject]) -> list[NetPath]:
     """The connections that must be open."""
-    prefect = service_targets(objects, PREFECT_API_SERVICE)
-    mlflow = service_targets(objects, MLFLOW_SERVICE)
+    prefect = [(peer(obj), port) for obj, port in service_targets(objects, PREFECT_API_SERVICE)]
+    mlflow = [(peer(obj), port) for obj, port in service_targets(objects, MLFLOW_SERVICE)]
     postgres = [(f"{POSTGRES_HOST[0]}/{POSTGRES_HOST[1]}", POSTGRES_PORT)]
     storage = [("", OBJECT_STORAGE_PORT)]
     targets = {"prefect": ("the Prefect API", prefect), "mlflow": ("MLflow", mlflow)}
@@ -290,7 +292,8 @@ def required_paths(objects: list[KubeObject]) -> list[NetPath]:
     for obj, spec in workloads(objects):
         for need in sorted(_needs(obj, spec)):
             what, where = targets[need]
-            paths += [NetPath(peer(obj), object_ref(obj), dst, port, what) for dst, port in where[:1]]
+            dst, port = where[0] if where else (UNSERVED, 0)
+            paths.append(NetPath(peer(obj), object_ref(obj), dst, port, what))
     prometheus = f"{PROMETHEUS[0]}/{PROMETHEUS[1]}"
     for obj, port in metrics_ports(objects):
         paths.append(
@@ -356,7 +359,8 @@ def forbidden_paths(objects: list[KubeObject]) -> list[NetPath]:
     (Prometheus only to metrics ports), and pods of the namespace without database credentials to
     PostgreSQL."""
     scraped = {(peer(obj), port) for obj, port in metrics_ports(objects)}
-    closed = [(obj, port, "the Prefect API") for obj, port in _listening(objects, ("prefect", "server"))]
+    api = [*service_targets(objects, PREFECT_API_SERVICE), *_listening(objects, ("prefect", "server"))]
+    closed = [(obj, port, "the Prefect API") for obj, port in {(id(o), p): (o, p) for o, p in api}.values()]
     closed += [(obj, port, "Dask") for obj, port in _listening(objects, ("dask", "scheduler"))]
     closed += [(obj, port, "Dask") for obj, port in _listening(objects, ("dask", "worker"))]
     paths = []
@@ -393,7 +397,10 @@ def check_network_policies(
             if not path.destination
             else result.permits(path.source, path.destination, path.port)
         )
-        if not ok:
+        if path.destination == UNSERVED:
+            message = f"cannot reach {path.what}: no rendered Service of it selects a pod"
+            found.append(Violation("netpol-required", path.source_ref, message))
+        elif not ok:
             target = path.destination or "outside the cluster"
             message = f"cannot reach {path.what} ({target}, TCP {path.port}): the NetworkPolicies deny it"
             found.append(Violation("netpol-required", path.source_ref, message))
