@@ -44,9 +44,11 @@ def plan_overlay(
     *,
     checkov: bool = True,
     promtool: bool = True,
+    wiring: bool = True,
 ) -> PlanReport:
-    """Render `overlay` and run schema validation, our policies, the metric-name check, promtool and
-    checkov. A tool that is not installed is reported in `skipped_stages`, never silently passed."""
+    """Render `overlay` and run schema validation, our policies, the metric-name check, the wiring checks
+    (with the NetworkPolicies through nca), promtool and checkov. A tool that is not installed is reported
+    in `skipped_stages`, never silently passed."""
     from aicml.kube.checkov_runner import load_skips, run_checkov
     from aicml.kube.monitoring import check_metric_names, check_rules_with_promtool
     from aicml.kube.policy import run_policies
@@ -58,6 +60,8 @@ def plan_overlay(
     report.findings["schema"] = validate_objects(objects)
     report.findings["policy"] = run_policies(objects)
     report.findings["metrics"] = check_metric_names(objects)
+    if wiring:
+        run_wiring_stages(report)
     if promtool:
         try:
             report.findings["promtool"] = check_rules_with_promtool(objects)
@@ -77,3 +81,17 @@ def plan_overlay(
             report.findings["checkov"] = result.failures + stale
             report.checkov_skipped = len(result.skipped)
     return report
+
+
+def run_wiring_stages(report: PlanReport) -> None:
+    """`wiring` (references, addresses, the deployer Role) and `netpol` (nca) over the render plus the
+    flow-run Jobs of `prefect.yaml` and deploy-model's objects."""
+    from aicml.kube.netpol import check_network_policies
+    from aicml.kube.wiring import run_wiring, wiring_objects
+
+    everything = wiring_objects(report.objects)
+    report.findings["wiring"] = run_wiring(everything)
+    try:
+        report.findings["netpol"] = check_network_policies(everything)
+    except KubeError as error:
+        report.skipped_stages["netpol"] = str(error)

@@ -382,23 +382,41 @@ def check_address(
     return None
 
 
+def _inherited(container: dict[str, Any], configmaps: Mapping[str, Mapping[str, str]]) -> set[str]:
+    """Variables the container takes unchanged from a ConfigMap (the ConfigMap's own check covers them)."""
+    names: set[str] = set()
+    for source in container.get("envFrom") or []:
+        if "configMapRef" in source:
+            data = configmaps.get(source["configMapRef"].get("name"), {})
+            names |= {(source.get("prefix") or "") + key for key in data}
+    for item in container.get("env") or []:
+        if "configMapKeyRef" in (item.get("valueFrom") or {}):
+            names.add(str(item.get("name")))
+        else:
+            names.discard(str(item.get("name")))
+    return names
+
+
 def _pod_strings(
     spec: dict[str, Any], configmaps: Mapping[str, Mapping[str, str]]
-) -> Iterator[tuple[str, str]]:
-    """(where, text) for every env value, command and argument of the pod, variables expanded."""
+) -> Iterator[tuple[str, str, bool]]:
+    """(where, text, taken unchanged from a ConfigMap) for every env value, command and argument of the
+    pod, variables expanded."""
     for container in containers(spec):
         env = container_env(container, configmaps)
         cname = container.get("name")
+        inherited = _inherited(container, configmaps)
         for name, value in env.items():
-            yield f"env {name!r} of container {cname!r}", value
+            yield f"env {name!r} of container {cname!r}", value, name in inherited
         for field in ("command", "args"):
             for arg in container.get(field) or []:
-                yield f"{field} of container {cname!r}", expand(str(arg), env)
+                yield f"{field} of container {cname!r}", expand(str(arg), env), False
 
 
 def check_addresses(objects: list[KubeObject]) -> list[Violation]:
-    """Every in-cluster URL in env, args, command and ConfigMap data names a Service and one of its ports;
-    a loopback URL in a pod names a port one of the pod's own containers listens on."""
+    """Every in-cluster URL in env, args, command and ConfigMap data names a Service and one of its ports
+    (a variable a pod takes unchanged from a ConfigMap is reported once, on the ConfigMap); a loopback URL
+    in a pod names a port one of the pod's own containers listens on."""
     services = named(objects, "Service")
     configmaps = _configmap_data(objects)
     found: list[Violation] = []
@@ -411,7 +429,7 @@ def check_addresses(objects: list[KubeObject]) -> list[Violation]:
                         found.append(Violation("wiring-url", object_ref(obj), f"key {key!r}: {problem}"))
     for obj, spec in workloads(objects):
         seen: set[str] = set()
-        for where, text in _pod_strings(spec, configmaps):
+        for where, text, inherited in _pod_strings(spec, configmaps):
             for address in addresses(text):
                 if address.host in LOOPBACK:
                     listening = address.port is not None and container_port(spec, address.port) is not None
@@ -420,6 +438,8 @@ def check_addresses(objects: list[KubeObject]) -> list[Violation]:
                         if listening
                         else f"{address.text!r} is this pod itself, and nothing in it listens there"
                     )
+                elif inherited:
+                    continue  # reported once, on the ConfigMap
                 else:
                     problem = check_address(address, services, _namespace(obj))
                 message = f"{where}: {problem}"

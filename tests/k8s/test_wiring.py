@@ -171,8 +171,7 @@ SEEDED_FAULTS: list[tuple[Check, str, str, Callable[[dict], None], bool, str]] =
         _append_env("X", {"valueFrom": {"configMapKeyRef": {"name": "aic-ml-config", "key": "NOPE"}}}),
         True,
         "[wiring-refs] Deployment/aic-ai-ml/prefect-server: env 'X' of container 'prefect-server' reads key "
-        "'NOPE' of ConfigMap 'aic-ml-config', which has ['DASK_SCHEDULER_ADDRESS', 'MLFLOW_ARTIFACTS_DESTINATION', "
-        "'MLFLOW_S3_ENDPOINT_URL', 'MLFLOW_TRACKING_URI', 'PGHOST', 'PGPORT', 'PGSSLMODE', 'PREFECT_API_URL']",
+        "'NOPE' of ConfigMap 'aic-ml-config', which has [",
     ),
     (
         check_role_bindings,
@@ -198,15 +197,6 @@ SEEDED_FAULTS: list[tuple[Check, str, str, Callable[[dict], None], bool, str]] =
         _set_data("MLFLOW_TRACKING_URI", "http://mlflow.aic-ai-ml.svc:5000"),
         False,
         f"[wiring-url] {PROD_CONFIG}: key 'MLFLOW_TRACKING_URI': {MLFLOW_URL_PROBLEM}",
-    ),
-    (  # every pod that takes the ConfigMap's variables inherits the wrong address
-        check_addresses,
-        "ConfigMap",
-        "aic-ml-config",
-        _set_data("MLFLOW_TRACKING_URI", "http://mlflow.aic-ai-ml.svc:5000"),
-        False,
-        "[wiring-url] Deployment/aic-ai-ml/model-serving: env 'MLFLOW_TRACKING_URI' of container 'model-server': "
-        f"{MLFLOW_URL_PROBLEM}",
     ),
     (
         check_addresses,
@@ -292,9 +282,27 @@ def test_check_fires_on_a_seeded_fault(
     pod: bool,
     expected: str,
 ) -> None:
-    """`expected` is a finding on the seeded copy and not on the render it was seeded into."""
-    assert expected not in [str(v) for v in check(prod)]
-    assert expected in [str(v) for v in check(_seeded(prod, kind, name, mutate, pod=pod))]
+    """A finding starting with `expected` is on the seeded copy and not on the render it was seeded into."""
+    assert not [str(v) for v in check(prod) if str(v).startswith(expected)]
+    assert [str(v) for v in check(_seeded(prod, kind, name, mutate, pod=pod)) if str(v).startswith(expected)]
+
+
+def test_a_wrong_configmap_address_is_reported_once_not_per_pod(prod: list[KubeObject]) -> None:
+    seeded = _seeded(
+        prod, "ConfigMap", "aic-ml-config", _set_data("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    )
+    found = [v for v in check_addresses(seeded) if "'http://mlflow:5000'" in v.message]
+    assert [v.ref for v in found] == [PROD_CONFIG]
+    # ... but a pod that sets it itself is reported
+    seeded = _seeded(
+        seeded,
+        "Deployment",
+        "model-serving",
+        _append_env("MLFLOW_TRACKING_URI", {"value": "http://mlflow:5000"}),
+        pod=True,
+    )
+    found = [v for v in check_addresses(seeded) if "'http://mlflow:5000'" in v.message]
+    assert sorted(v.ref for v in found) == [PROD_CONFIG, "Deployment/aic-ai-ml/model-serving"]
 
 
 def test_flow_run_job_with_an_unknown_service_account(prod: list[KubeObject]) -> None:
