@@ -20,6 +20,9 @@ class SecretKey:
     default: str | None = None
     generate: bool = False
     copy_from: tuple[str, str] | None = None
+    # A generated value is written into this pattern's ``{token}``: e.g. ``aicml:{token}`` for a
+    # ``user:password`` auth string.
+    pattern: str = "{token}"
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,14 @@ def _database_secret(name: str, username: str, database: str, purpose: str) -> S
     )
 
 
+def _mlflow_user(name: str, username: str, purpose: str) -> SecretSpec:
+    return SecretSpec(
+        name=name,
+        purpose=f"the MLflow account of {purpose}",
+        keys=(SecretKey("username", default=username), SecretKey("password", generate=True)),
+    )
+
+
 SECRET_SPECS: tuple[SecretSpec, ...] = (
     _database_secret("agent-orchestration-db", "agent_orchestration", "agent_db", "agent orchestration"),
     _database_secret("model-training-db", "model_training", "training_db", "model training"),
@@ -65,17 +76,33 @@ SECRET_SPECS: tuple[SecretSpec, ...] = (
         (
             SecretKey("username", default="admin"),
             SecretKey("password", env="AIC_K8S_MLFLOW_ADMIN_PASSWORD", generate=True),
+            # The basic-auth app's CSRF secret, the same for every worker of the server.
+            SecretKey("flask-secret-key", generate=True),
+        ),
+    ),
+    # One MLflow account per workload (created by the mlflow-users Job with the admin's credentials):
+    # flow runs write experiments and register models; serving and agents only read.
+    _mlflow_user("mlflow-user-pipeline", "aicml-pipeline", "flow runs (training, tuning, registration)"),
+    _mlflow_user("mlflow-user-serving", "aicml-serving", "the model server (reads models)"),
+    _mlflow_user("mlflow-user-agents", "aicml-agents", "agent orchestration (reads models, writes traces)"),
+    SecretSpec(
+        "prefect-api-auth",
+        "basic auth of the Prefect server's API (`user:password`), sent by workers and flow runs",
+        (
+            SecretKey(
+                "auth-string", env="AIC_K8S_PREFECT_AUTH_STRING", generate=True, pattern="aicml:{token}"
+            ),
         ),
     ),
     SecretSpec(
-        "mlflow-client",
-        "the MLflow account of training, tuning and serving",
-        (
-            SecretKey("username", env="AIC_K8S_MLFLOW_CLIENT_USERNAME", default="admin"),
-            SecretKey(
-                "password", env="AIC_K8S_MLFLOW_CLIENT_PASSWORD", copy_from=("mlflow-admin", "password")
-            ),
-        ),
+        "model-serving-token",
+        "bearer token of the model server's predict endpoints",
+        (SecretKey("token", env="AIC_K8S_SERVING_TOKEN", generate=True),),
+    ),
+    SecretSpec(
+        "agent-orchestration-token",
+        "bearer token of the agent API",
+        (SecretKey("token", env="AIC_K8S_AGENTS_TOKEN", generate=True),),
     ),
     SecretSpec(
         "mlflow-s3",
@@ -112,7 +139,7 @@ def resolve_values(
             elif key.default is not None:
                 resolved[key.name] = key.default
             elif key.generate:
-                resolved[key.name] = token_source.token_hex(token_bytes)
+                resolved[key.name] = key.pattern.format(token=token_source.token_hex(token_bytes))
             elif key.copy_from and key.copy_from[0] in values:
                 resolved[key.name] = values[key.copy_from[0]][key.copy_from[1]]
             else:
