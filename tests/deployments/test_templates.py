@@ -42,6 +42,8 @@ SAMPLE: dict[str, Any] = {
     "gpu_node_label": "sample-gpu-node",
     "model_claim": "sample-model-claim",
     "checkpoint_claim": "sample-checkpoint-claim",
+    "results_claim": "sample-results-claim",
+    "automount_service_account_token": True,
 }
 
 
