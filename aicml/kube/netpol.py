@@ -57,9 +57,9 @@ OBJECT_STORAGE_SECRETS = frozenset({"mlflow-s3"})
 MLFLOW_CLIENT_ENV = frozenset({"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_TOKEN"})
 SERVING_NAMES = frozenset({"model-serving"})
 SERVING_COMPONENT = "model-server"
-# `All connections`, or `{protocols:TCP,dst_ports:443,6443}` (fields nca prints for Kubernetes policies).
 # Destination of a required path that no rendered pod serves.
 UNSERVED = "?"
+# `SRC => DST : All connections`, or `... : {protocols:TCP,dst_ports:443,6443}` (nca's txt_no_fw_rules).
 LINE = re.compile(r"^(?P<src>\S+) => (?P<dst>\S+) : (?P<conn>.+)$")
 
 
@@ -213,7 +213,7 @@ def run_nca(objects: list[KubeObject], binary: str | None = None) -> Connectivit
             completed = subprocess.run(
                 args, capture_output=True, text=True, timeout=NCA_TIMEOUT_S, check=False
             )
-        except FileNotFoundError as error:
+        except (OSError, subprocess.TimeoutExpired) as error:
             raise KubeError(f"Cannot run nca ({command}): {error}. Run `make tools`.") from error
     if completed.returncode >= 4 or not any(LINE.match(line) for line in completed.stdout.splitlines()):
         raise KubeError(
