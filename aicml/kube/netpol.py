@@ -29,13 +29,14 @@ from aicml.kube.findings import Violation
 from aicml.kube.render import NAMESPACE, KubeObject, containers, object_ref, pod_spec, pod_template_labels
 from aicml.kube.secrets import SECRET_SPECS
 from aicml.kube.wiring import (
-    DEPLOYMENT_ANNOTATION,
     NAME_LABEL,
     container_port,
+    is_flow_run,
     named,
     pod_references,
     selected_pods,
     selects,
+    worker_pool,
     workloads,
 )
 
@@ -236,22 +237,18 @@ class NetPath:
     what: str
 
 
-def _is_flow_run(obj: KubeObject) -> bool:
-    return DEPLOYMENT_ANNOTATION in ((obj.get("metadata") or {}).get("annotations") or {})
-
-
 def _needs(obj: KubeObject, spec: dict[str, Any]) -> set[str]:
     """What a pod talks to, from what it is: flow runs need everything; Prefect workers the API; pods
     with database credentials PostgreSQL; MLflow clients and model servers MLflow; holders of the bucket
     credentials object storage."""
-    if _is_flow_run(obj):
+    if is_flow_run(obj):
         return {"prefect", "mlflow", "postgresql", "object-storage"}
     needs: set[str] = set()
     labels = pod_template_labels(obj)
     secrets = {ref.name for ref in pod_references(spec) if ref.kind == "Secret"}
     env_names = {str(e.get("name")) for c in containers(spec) for e in c.get("env") or []}
     commands = [[*(c.get("command") or []), *(c.get("args") or [])] for c in containers(spec)]
-    if any("prefect" in cmd and "worker" in cmd for cmd in commands):
+    if any(worker_pool(c) for c in containers(spec)):
         needs.add("prefect")
     if secrets & DATABASE_SECRETS:
         needs.add("postgresql")

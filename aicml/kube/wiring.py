@@ -38,6 +38,13 @@ SECRET_CONSUMERS: dict[str, frozenset[str]] = {"mlflow-s3": frozenset({"mlflow"}
 NAME_LABEL = "app.kubernetes.io/name"
 DEPLOYER_ROLE = "model-deployer"
 DEPLOY_MODEL_FLOW = "deploy-model"
+# What every flow-run pod must be told (values from the ConfigMap or Secrets count).
+FLOW_RUN_ENV = (
+    "PREFECT_API_URL",
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+)
 # On each rendered flow-run Job: the `flow/deployment` of prefect.yaml it runs.
 DEPLOYMENT_ANNOTATION = "aic.io/prefect-deployment"
 # kind -> (API group, resource) for the kinds `deploy-model` may apply.
@@ -559,13 +566,26 @@ class FlowRunJob:
     manifest: KubeObject
 
 
+def worker_pool(container: dict[str, Any]) -> str | None:
+    """The work pool a Prefect worker container polls (`prefect worker start --pool X`, or a wrapper whose
+    module or command ends in `worker`), else None."""
+    words = [str(w) for w in [*(container.get("command") or []), *(container.get("args") or [])]]
+    if not any(word == "worker" or word.endswith((".worker", "-worker")) for word in words):
+        return None
+    for index, word in enumerate(words):
+        if word in ("--pool", "-p") and index + 1 < len(words):
+            return words[index + 1]
+        if word.startswith("--pool="):
+            return word.partition("=")[2]
+    return None
+
+
 def _worker_prefect_env(objects: list[KubeObject], pool: str) -> dict[str, str]:
     """The PREFECT_* settings of the rendered worker Deployment that polls `pool`."""
     configmaps = _configmap_data(objects)
     for _obj, spec in workloads(objects):
         for container in containers(spec):
-            command = [*(container.get("command") or []), *(container.get("args") or [])]
-            if "worker" in command and pool in command:
+            if worker_pool(container) == pool:
                 env = container_env(container, configmaps)
                 return {k: v for k, v in env.items() if k.startswith("PREFECT_")}
     return {}
@@ -591,18 +611,27 @@ def render_flow_run_job(
     return manifest
 
 
+def _project_root(project_dir: Path | None) -> Path:
+    return project_dir or Path(__file__).resolve().parents[2]
+
+
+def prefect_deployments(project_dir: Path | None = None) -> list[dict[str, Any]]:
+    """The `deployments` of `prefect.yaml`."""
+    import yaml
+
+    config = yaml.safe_load((_project_root(project_dir) / "prefect.yaml").read_text())
+    return list(config.get("deployments") or [])
+
+
 def flow_run_jobs(objects: list[KubeObject], project_dir: Path | None = None) -> list[FlowRunJob]:
     """The flow-run Job of every deployment of `prefect.yaml` on a Kubernetes pool, named
     `flow-run-<flow>-<deployment>` (the worker lets Kubernetes generate the name)."""
-    import yaml
-
     from aicml.stack.prefect_yaml import flow_name_of
     from deployments.templates import POOLS, base_job_template
 
-    root = project_dir or Path(__file__).resolve().parents[2]
-    config = yaml.safe_load((root / "prefect.yaml").read_text())
+    root = _project_root(project_dir)
     jobs = []
-    for item in config.get("deployments") or []:
+    for item in prefect_deployments(project_dir):
         pool = (item.get("work_pool") or {}).get("name")
         if pool not in POOLS:
             continue
@@ -617,6 +646,50 @@ def flow_run_jobs(objects: list[KubeObject], project_dir: Path | None = None) ->
     return jobs
 
 
+def is_flow_run(obj: KubeObject) -> bool:
+    """A flow-run Job rendered by `flow_run_jobs`."""
+    return DEPLOYMENT_ANNOTATION in (_meta(obj).get("annotations") or {})
+
+
+def check_flow_run_env(objects: list[KubeObject]) -> list[Violation]:
+    """Every flow-run pod is told where the Prefect API and MLflow are, and gets MLflow credentials."""
+    configmaps = _configmap_data(objects)
+    found = []
+    for obj, spec in workloads(objects):
+        if not is_flow_run(obj):
+            continue
+        for container in spec.get("containers") or []:
+            env = container_env(container, configmaps)
+            missing = [name for name in FLOW_RUN_ENV if not env.get(name)]
+            if missing:
+                message = f"container {container.get('name')!r} is not given {', '.join(missing)}"
+                found.append(Violation("wiring-flow-run-env", object_ref(obj), message))
+    return found
+
+
+def check_worker_pools(objects: list[KubeObject], project_dir: Path | None = None) -> list[Violation]:
+    """Every rendered worker polls a pool that a deployment of `prefect.yaml` uses, and every Kubernetes
+    pool a deployment uses has a rendered worker."""
+    from deployments.templates import POOLS
+
+    used = {str((item.get("work_pool") or {}).get("name")) for item in prefect_deployments(project_dir)}
+    polled: set[str] = set()
+    found = []
+    for obj, spec in workloads(objects):
+        for container in containers(spec):
+            pool = worker_pool(container)
+            if pool is None:
+                continue
+            polled.add(pool)
+            if pool not in used:
+                message = f"container {container.get('name')!r} polls work pool {pool!r}, which no deployment of prefect.yaml uses"
+                found.append(Violation("wiring-pools", object_ref(obj), message))
+    for pool in sorted(used & set(POOLS) - polled):
+        message = f"deployments run on work pool {pool!r}, which no rendered worker polls"
+        found.append(Violation("wiring-pools", "prefect.yaml", message))
+    return found
+
+
 # --- all of it --------------------------------------------------------------------------------------
 
 CHECKS: dict[str, Check] = {
@@ -626,6 +699,8 @@ CHECKS: dict[str, Check] = {
     "wiring-service": check_services,
     "wiring-url": check_addresses,
     "wiring-deployer-role": check_deployer_role,
+    "wiring-flow-run-env": check_flow_run_env,
+    "wiring-pools": check_worker_pools,
 }
 
 

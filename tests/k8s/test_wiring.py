@@ -12,15 +12,18 @@ from aicml.kube.render import KubeObject, find, pod_spec
 from aicml.kube.wiring import (
     DEPLOYER_ROLE,
     DEPLOYMENT_ANNOTATION,
+    FLOW_RUN_ENV,
     Check,
     addresses,
     check_addresses,
     check_claims_and_accounts,
     check_deployer_role,
+    check_flow_run_env,
     check_references,
     check_role_bindings,
     check_secret_consumers,
     check_services,
+    check_worker_pools,
     expand,
     flow_run_jobs,
     required_permissions,
@@ -28,6 +31,7 @@ from aicml.kube.wiring import (
     selects,
     serving_manifests,
     wiring_objects,
+    worker_pool,
 )
 
 PROD_CONFIG = "ConfigMap/aic-ai-ml/aic-ml-config"
@@ -392,3 +396,51 @@ def test_variable_expansion_and_selectors() -> None:
         labels,
     )
     assert not selects({}, labels)
+
+
+# --- flow-run environment and work pools -----------------------------------------------------------
+
+
+def test_flow_run_pod_is_told_where_prefect_and_mlflow_are(prod: list[KubeObject]) -> None:
+    job = copy.deepcopy(flow_run_jobs(prod)[0].manifest)
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    container["envFrom"] = []
+    container["env"] = [{"name": name, "value": "x"} for name in FLOW_RUN_ENV]
+    ref = f"Job/aic-ai-ml/{job['metadata']['name']}"
+    assert [v for v in check_flow_run_env([*prod, job]) if v.ref == ref] == []
+    container["env"] = [e for e in container["env"] if e["name"] != "MLFLOW_TRACKING_URI"]
+    found = [str(v) for v in check_flow_run_env([*prod, job]) if v.ref == ref]
+    assert found == [f"[wiring-flow-run-env] {ref}: container 'prefect-job' is not given MLFLOW_TRACKING_URI"]
+
+
+def test_worker_pool_is_read_from_either_worker_command() -> None:
+    assert worker_pool({"command": ["prefect", "worker", "start", "--pool", "k8s-cpu"]}) == "k8s-cpu"
+    assert worker_pool({"command": ["python", "-m", "aicml.kube.worker", "--pool=k8s-gpu"]}) == "k8s-gpu"
+    assert worker_pool({"command": ["aicml", "serve", "--pool", "x"]}) is None
+
+
+def test_worker_polling_an_unused_pool(prod: list[KubeObject]) -> None:
+    workers = [
+        (obj, spec)
+        for obj, spec in ((o, pod_spec(o)) for o in prod)
+        if spec and worker_pool(spec["containers"][0])
+    ]
+    assert workers, "the render has a Prefect worker"
+    obj, spec = workers[0]
+    pool = worker_pool(spec["containers"][0])
+
+    def repoint(pod: dict) -> None:
+        words = pod["containers"][0]["command"]
+        words[words.index(pool)] = "gpu-training"
+
+    seeded = _seeded(prod, obj["kind"], obj["metadata"]["name"], repoint, pod=True)
+    found = [str(v) for v in check_worker_pools(seeded)]
+    ref = f"{obj['kind']}/aic-ai-ml/{obj['metadata']['name']}"
+    assert (
+        f"[wiring-pools] {ref}: container 'worker' polls work pool 'gpu-training', which no deployment of prefect.yaml uses"
+        in found
+    )
+    assert (
+        f"[wiring-pools] prefect.yaml: deployments run on work pool {pool!r}, which no rendered worker polls"
+        in found
+    )
