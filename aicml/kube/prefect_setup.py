@@ -302,8 +302,8 @@ def _is_current_crash_automation(automation: Any) -> bool:
     )
 
 
-def _run(coroutine_fn: Any, *args: Any) -> Any:
-    """Run ``coroutine_fn(client, *args)`` with a client of the current settings."""
+def with_client(coroutine_fn: Any, *args: Any) -> Any:
+    """Run ``await coroutine_fn(client, *args)`` with a Prefect client of the current settings."""
     from prefect.client.orchestration import get_client
 
     async def main() -> Any:
@@ -333,33 +333,33 @@ def register_platform(
 
     report = SetupReport(api_url)
     with api_settings(api_url, auth_string):
-        report.applied.extend(_run(_apply_pools, list(pools)))
+        report.applied.extend(with_client(_apply_pools, list(pools)))
 
         named = deployment_entries(project_dir, pools)
-        stale: dict[str, Action] = _run(_stale_deployments, named)
+        stale: dict[str, Action] = with_client(_stale_deployments, named)
         if force:
             stale = {**dict.fromkeys(named, "updated"), **stale}
         if stale:
             _prefect_deploy(api_url, auth_string, project_dir, [named[n] for n in named if n in stale])
-        for name, deployment_id in _run(_deployment_ids, list(named)).items():
+        for name, deployment_id in with_client(_deployment_ids, list(named)).items():
             report.applied.append(Applied("deployment", name, deployment_id, stale.get(name, "unchanged")))
 
         for tag, limit in (limits or DEFAULT_LIMITS).items():
-            before = _run(_concurrency_limit, tag)
+            before = with_client(_concurrency_limit, tag)
             if before is None or before.concurrency_limit != limit:
                 ensure_concurrency_limits(api_url, {tag: limit})
-            after = _run(_concurrency_limit, tag)
+            after = with_client(_concurrency_limit, tag)
             action: Action = "created" if before is None else "unchanged"
             if before is not None and before.concurrency_limit != limit:
                 action = "updated"
             report.applied.append(Applied("concurrency limit", tag, str(after.id), action))
 
-        existing = _run(_crash_automations)
+        existing = with_client(_crash_automations)
         if len(existing) == 1 and _is_current_crash_automation(existing[0]):
             report.applied.append(Applied("automation", CRASH_AUTOMATION, str(existing[0].id), "unchanged"))
         else:
             for stale_automation in existing[1:]:  # duplicates from an earlier race; the helper replaces one
-                _run(_delete_automation, stale_automation.id)
+                with_client(_delete_automation, stale_automation.id)
             created = ensure_crash_automation()
             report.applied.append(
                 Applied("automation", CRASH_AUTOMATION, str(created), "updated" if existing else "created")
