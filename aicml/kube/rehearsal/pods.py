@@ -266,6 +266,10 @@ def plan_container(
                 f"container {container['name']!r} mounts volume {mount['name']!r}, which the pod lacks"
             )
         sub = str(mount.get("subPath") or "")
+        if sub and not source.startswith("/"):
+            raise KubeError(
+                f"subPath {sub!r} of volume {mount['name']!r}: only PVC, ConfigMap and Secret volumes"
+            )
         if sub:
             source = os.path.join(source, sub)
         args += Mount(source, str(mount["mountPath"]), bool(mount.get("readOnly"))).args()
@@ -536,8 +540,8 @@ def _own(path: str, fs_group: int | None, mode: int = 0o2775) -> None:
 def prepare_volumes(pod_name: str, pod_spec: Mapping[str, Any], ctx: PodContext) -> dict[str, str]:
     """Create each volume of the pod; return pod volume name -> the `-v` source (volume name or host path).
 
-    PVCs become host paths of named volumes (so that subPath works on podman 4.3), emptyDirs tmpfs volumes,
-    ConfigMaps and Secrets files under the rehearsal's state directory."""
+    PVCs become host paths of named volumes (so that subPath works on podman 4.3), emptyDirs tmpfs volumes
+    (by name), ConfigMaps and Secrets files under the rehearsal's state directory."""
     fs_group = (pod_spec.get("securityContext") or {}).get("fsGroup")
     out: dict[str, str] = {}
     for volume in pod_spec.get("volumes") or []:
@@ -554,27 +558,17 @@ def prepare_volumes(pod_name: str, pod_spec: Mapping[str, Any], ctx: PodContext)
                         _own(sub, fs_group)
             out[vname] = path
         elif "emptyDir" in volume:
-            size = str((volume["emptyDir"] or {}).get("sizeLimit") or "")
-            size_opt = f",size={_tmpfs_size(size)}" if size else ""
-            name = f"{ctx.prefix}-{pod_name}-{vname}"
-            out[vname] = _volume_mountpoint(name, ctx, ("--opt", "type=tmpfs", "--opt", "device=tmpfs",
-                                                        "--opt", f"o=mode=1777{size_opt}"))  # fmt: skip
+            # By name, so that podman mounts the tmpfs (once, shared by the pod's containers). podman 4.3 takes
+            # no size for it (it reads size as an XFS quota): sizeLimit is not enforced.
+            out[vname] = f"{ctx.prefix}-{pod_name}-{vname}"
+            _volume_mountpoint(
+                out[vname], ctx, ("--opt", "type=tmpfs", "--opt", "device=tmpfs", "--opt", "o=mode=1777")
+            )
         elif "configMap" in volume or "secret" in volume:
             out[vname] = str(_write_files(pod_name, vname, volume, ctx))
         else:
             raise KubeError(f"volume {vname!r} of pod {pod_name}: type {sorted(volume)} is not rehearsed")
     return out
-
-
-def _tmpfs_size(quantity: str) -> str:
-    """Kubernetes quantities (256Mi, 1Gi, 500M) as tmpfs sizes."""
-    found = re.match(r"^(\d+)([KMGT]i?)?$", quantity)
-    if not found:
-        return quantity
-    number, unit = int(found.group(1)), found.group(2) or ""
-    factor = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30,
-              "Ti": 2**40}[unit]  # fmt: skip
-    return str(number * factor)
 
 
 def _write_files(pod_name: str, vname: str, volume: Mapping[str, Any], ctx: PodContext) -> Path:
@@ -648,11 +642,15 @@ def wait_exit(container: str, timeout: float) -> int:
     return int(text[-1]) if text and text[-1].lstrip("-").isdigit() else -1
 
 
-def run_to_completion(pod: Pod, timeout: float, backoff_limit: int = 6) -> bool:
-    """Drive a Job's pod until its containers finish (restartPolicy OnFailure/Never), or time out."""
+def run_to_completion(
+    pod: Pod, timeout: float, backoff_limit: int = 6, *, others: Sequence[Pod] = ()
+) -> bool:
+    """Drive a Job's pod until its containers finish (restartPolicy OnFailure/Never), or time out; the
+    `others` (the running Deployments' pods) keep being probed meanwhile."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not pod.finished:
-        pod.tick()
+        for each in (pod, *others):
+            each.tick()
         if pod.restarts > backoff_limit:
             break
         time.sleep(1)

@@ -33,7 +33,15 @@ import yaml
 
 from aicml.kube.errors import KubeError
 from aicml.kube.rehearsal.images import APP_IMAGE, EXTERNALS_IMAGE, build_images, podman
-from aicml.kube.rehearsal.pods import NAMESPACE, Pod, PodContext, remove_run, run_to_completion, start_pod
+from aicml.kube.rehearsal.pods import (
+    NAMESPACE,
+    Pod,
+    PodContext,
+    container_env,
+    remove_run,
+    run_to_completion,
+    start_pod,
+)
 from aicml.kube.render import KubeObject, pod_spec, pod_template_labels, render_overlay
 from aicml.kube.secrets import SECRET_SPECS, resolve_values
 
@@ -171,7 +179,8 @@ _POSTGRES_SCRIPT = """set -eu
 export PGDATA=/var/lib/postgresql/rehearsal/data
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
   printf '%s' "$POSTGRES_PASSWORD" > /tmp/pw
-  initdb --username=postgres --pwfile=/tmp/pw --auth-local=trust --auth-host=scram-sha-256 >/dev/null
+  initdb --username=postgres --pwfile=/tmp/pw --encoding=UTF8 --locale=C.UTF-8 --auth-local=trust \
+    --auth-host=scram-sha-256 >/dev/null
   rm -f /tmp/pw
   echo "host all all 0.0.0.0/0 scram-sha-256" >> "$PGDATA/pg_hba.conf"
 fi
@@ -239,13 +248,18 @@ class Row:
     pod: Pod | None = None
     note: str = ""
     must_complete: bool = False
+    flow_state: str = ""
 
     @property
     def ok(self) -> bool:
         if self.started == "skipped":
             return True
-        if self.pod is None:
+        if self.started != "yes":
             return False
+        if self.flow_state:
+            return self.flow_state == "Completed"
+        if self.pod is None:
+            return True
         return self.pod.succeeded if self.must_complete else self.pod.ready
 
 
@@ -445,6 +459,9 @@ def _run(objects: list[KubeObject], ctx: PodContext, rows: list[Row], ready_time
     if wait_ready([prometheus], 60, say):
         prom_row.note = _targets_note(prometheus, wanted)
 
+    flow_rows = flow_runs(objects, ctx, app_pods, say)
+    rows.extend(flow_rows)
+
     for cron in of_kind(objects, "CronJob"):
         say(f"CronJob {name_of(cron)}: its job's pod, once")
         job_spec = ((cron.get("spec") or {}).get("jobTemplate") or {}).get("spec") or {}
@@ -452,8 +469,10 @@ def _run(objects: list[KubeObject], ctx: PodContext, rows: list[Row], ready_time
                         kind="Job")  # fmt: skip
         row = Row(f"CronJob/{name_of(cron)}", "yes", pod, must_complete=True)
         rows.append(row)
-        ok = run_to_completion(pod, 300, int(job_spec.get("backoffLimit", 6)))
+        ok = run_to_completion(pod, 300, int(job_spec.get("backoffLimit", 6)), others=app_pods)
         row.note = "exit 0" if ok else f"exit {pod.containers[0].exit_code}"
+        if ok:
+            rows.append(restore_verify(cron, ctx, app_pods))
     for pod in app_pods:
         pod.tick()
     return 0 if all(row.ok for row in rows) else 1
@@ -483,3 +502,88 @@ def pod_spec_of(objects: list[KubeObject], name: str) -> dict[str, Any]:
         if (obj.get("metadata") or {}).get("name") == name and pod_spec(obj) is not None:
             return pod_spec(obj) or {}
     return {}
+
+
+# --- step 3-4: the cluster's Prefect, flow-run Jobs, backup restore ----------------------------------
+
+
+def _pod_env(objects: list[KubeObject], name: str, ctx: PodContext) -> dict[str, str]:
+    """The resolved env of the first container of workload `name` (as start_pod gives it)."""
+    spec = pod_spec_of(objects, name)
+    containers = spec.get("containers") or [{}]
+    try:
+        return container_env(containers[0], spec, name, ctx)[0]
+    except KubeError:
+        return {}
+
+
+def flow_runs(objects: list[KubeObject], ctx: PodContext, app_pods: list[Pod], say: Say) -> list[Row]:
+    """Register the platform on the rehearsal's Prefect server (the command a cluster uses), then run
+    ml-pipeline on k8s-cpu and train-flow on k8s-gpu as the Jobs prefect-kubernetes renders."""
+    prefect = next((pod for pod in app_pods if pod.name == "prefect-server"), None)
+    if prefect is None or not prefect.ready:
+        return [Row("Prefect: pools and deployments", "no", note="prefect-server is not ready")]
+    try:
+        from aicml.kube.prefect_setup import register_platform
+        from aicml.kube.rehearsal.flowrun import strip_gpu, take_flow_run, wait_for_final_state
+    except ImportError as error:
+        return [Row("Prefect: pools and deployments", "no", note=f"not available: {error}")]
+    api_url = f"http://{prefect.ip}:4200/api"
+    auth = _pod_env(objects, "prefect-server", ctx).get("PREFECT_SERVER_API_AUTH_STRING")
+    pod_api_url = ctx.configmaps.get("aic-ml-config", {}).get("PREFECT_API_URL", api_url)
+    root = Path(__file__).resolve().parents[3]
+    rows: list[Row] = []
+    say(f"Prefect at {api_url}: registering pools, deployments, limits, automation")
+    try:
+        report = register_platform(api_url, auth_string=auth, project_dir=root)
+    except Exception as error:  # reported in the table; the rest of the run goes on
+        return [Row("Prefect: pools and deployments", "FAILED", note=str(error).splitlines()[-1][:200])]
+    registered = Row("Prefect: pools and deployments", "yes", note=f"{len(report.applied)} objects applied")
+    rows.append(registered)
+    for deployment, gpu in (("ml-pipeline/k8s-cpu", False), ("train-flow/k8s-gpu", True)):
+        workload = f"FlowRun/{deployment}"
+        try:
+            job = take_flow_run(api_url, deployment, auth_string=auth, pod_api_url=pod_api_url)
+        except Exception as error:
+            rows.append(Row(workload, "FAILED", note=str(error).splitlines()[-1][:200]))
+            continue
+        manifest, notes = job.manifest, []
+        if gpu:
+            manifest, removal = strip_gpu(job.manifest)
+            notes += removal.lines() if removal else ["no GPU request found"]
+        spec = manifest["spec"]["template"]["spec"]
+        labels = manifest["spec"]["template"].get("metadata", {}).get("labels", {})
+        name = f"{deployment.split('/')[0]}-{str(job.flow_run_id)[:8]}"
+        say(f"{workload}: flow run {job.flow_run_id} as Job pod {name}")
+        try:
+            pod = start_pod(name, spec, ctx, labels=labels, kind="Job")
+        except KubeError as error:
+            rows.append(Row(workload, "FAILED", note=str(error)[:200]))
+            continue
+        row = Row(workload, "yes", pod, must_complete=True)
+        rows.append(row)
+        run_to_completion(pod, 900, int(manifest["spec"].get("backoffLimit", 0)), others=app_pods)
+        try:
+            final = wait_for_final_state(api_url, job.flow_run_id, auth_string=auth, timeout=30)
+            state = final.state.name if final.state else "no state"
+        except Exception as error:  # a timeout or an API error: reported
+            state = f"not final ({str(error)[:80]})"
+        row.note = "; ".join([f"flow run {state}", *notes])
+        row.flow_state = state
+    return rows
+
+
+def restore_verify(cron: KubeObject, ctx: PodContext, app_pods: list[Pod]) -> Row:
+    """`aicml restore --verify` on the backup just written, in the backup pod's shape (same env, volumes)."""
+    spec = json.loads(json.dumps(pod_spec(cron) or {}))
+    container = spec["containers"][0]
+    backups = next(
+        (m["mountPath"] for m in container.get("volumeMounts") or [] if m["name"] == "backups"), "/backups"
+    )
+    container["command"] = ["aicml", "restore", backups, "--verify", "--no-owner"]
+    container.pop("args", None)
+    spec["restartPolicy"] = "Never"
+    pod = start_pod(f"{name_of(cron)}-restore", spec, ctx, labels=pod_template_labels(cron), kind="Job")
+    ok = run_to_completion(pod, 300, 0, others=app_pods)
+    return Row("aicml restore --verify", "yes", pod, "exit 0" if ok else f"exit {pod.containers[0].exit_code}",
+               must_complete=True)  # fmt: skip

@@ -14,7 +14,6 @@ from aicml.kube.rehearsal.pods import (
     EnvError,
     PodContext,
     _port_number,
-    _tmpfs_size,
     container_env,
     expand,
     plan_container,
@@ -149,7 +148,6 @@ def test_args_alone_keep_the_image_entrypoint(tmp_path: Path) -> None:
 
 
 def test_helpers() -> None:
-    assert _tmpfs_size("256Mi") == str(256 * 2**20) and _tmpfs_size("1G") == str(10**9)
     assert _port_number("http", {"ports": [{"name": "http", "containerPort": 5000}]}) == 5000
     assert _port_number(8080, {}) == 8080
     with pytest.raises(KubeError):
