@@ -34,7 +34,6 @@ import yaml
 from aicml.errors import ConfigurationError, StackError
 
 Action = Literal["created", "updated", "unchanged"]
-DEFAULT_POOLS: tuple[str, ...] = ("k8s-cpu", "k8s-gpu")
 PRESET_STEP = "deployments.presets.preset"
 _DEPLOY_TIMEOUT_S = 900
 
@@ -55,6 +54,8 @@ class SetupReport:
 
     api_url: str
     applied: list[Applied] = field(default_factory=list)
+    # Deployments on these pools that prefect.yaml does not declare: reported, left alone.
+    unmanaged: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -64,7 +65,10 @@ class SetupReport:
         return {a.name: a for a in self.applied if a.kind == kind}
 
     def lines(self) -> list[str]:
-        return [f"{a.kind:<18} {a.name:<28} {a.action:<9} {a.id}" for a in self.applied]
+        lines = [f"{a.kind:<18} {a.name:<28} {a.action:<9} {a.id}" for a in self.applied]
+        return lines + [
+            f"{'deployment':<18} {name:<28} not in prefect.yaml, left alone" for name in self.unmanaged
+        ]
 
 
 def scrub(text: str, secret: str | None) -> str:
@@ -104,12 +108,21 @@ def api_env(api_url: str, auth_string: str | None) -> dict[str, str]:
 # --- prefect.yaml ---------------------------------------------------------------------------------------
 
 
-def cluster_deployments(project_dir: Path, pools: Sequence[str] = DEFAULT_POOLS) -> list[dict[str, Any]]:
-    """The prefect.yaml deployments on ``pools``, ready for `prefect deploy` without an image build.
+def kubernetes_pools() -> tuple[str, ...]:
+    """The Kubernetes work pools whose base job templates `deployments/` keeps."""
+    from deployments.templates import POOLS
+
+    return tuple(POOLS)
+
+
+def cluster_deployments(project_dir: Path, pools: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """The prefect.yaml deployments on ``pools`` (default: every Kubernetes pool), ready for `prefect deploy`
+    without an image build.
 
     Build steps other than the parameter preset are dropped and push steps removed; each keeps its own
     pull step (a cluster deployment without one would get the deploying machine's directory).
     """
+    pools = kubernetes_pools() if pools is None else tuple(pools)
     config = yaml.safe_load((project_dir / "prefect.yaml").read_text()) or {}
     selected = []
     for item in config.get("deployments") or []:
@@ -132,7 +145,7 @@ def cluster_deployments(project_dir: Path, pools: Sequence[str] = DEFAULT_POOLS)
     return selected
 
 
-def deployment_entries(project_dir: Path, pools: Sequence[str] = DEFAULT_POOLS) -> dict[str, dict[str, Any]]:
+def deployment_entries(project_dir: Path, pools: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
     """`cluster_deployments` keyed by ``flow-name/deployment-name``."""
     from aicml.stack.prefect_yaml import flow_name_of
 
@@ -271,6 +284,19 @@ def _prefect_deploy(
         )
 
 
+async def _unmanaged(client: Any, pools: Sequence[str], known: Sequence[str]) -> list[str]:
+    from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
+
+    pool_filter = WorkPoolFilter(name=WorkPoolFilterName(any_=list(pools)))
+    flow_names: dict[Any, str] = {}
+    names = []
+    for deployment in await client.read_deployments(work_pool_filter=pool_filter):
+        if deployment.flow_id not in flow_names:
+            flow_names[deployment.flow_id] = (await client.read_flow(deployment.flow_id)).name
+        names.append(f"{flow_names[deployment.flow_id]}/{deployment.name}")
+    return sorted(set(names) - set(known))
+
+
 async def _deployment_ids(client: Any, names: Sequence[str]) -> dict[str, str]:
     return {name: str((await client.read_deployment_by_name(name)).id) for name in names}
 
@@ -318,19 +344,21 @@ def register_platform(
     *,
     auth_string: str | None = None,
     project_dir: Path,
-    pools: Sequence[str] = DEFAULT_POOLS,
+    pools: Sequence[str] | None = None,
     limits: dict[str, int] | None = None,
     force: bool = False,
 ) -> SetupReport:
     """Bring the Prefect server at ``api_url`` to the platform's state; idempotent.
 
-    Creates or updates the work pools ``pools`` (type kubernetes, our base job templates), registers every
+    Creates or updates the work pools ``pools`` (default: every pool `deployments/` keeps a base job
+    template for; type kubernetes, our templates), registers every
     prefect.yaml deployment on them without building an image (only those missing or different, all with
     ``force``), sets the task concurrency limits (default ``training-slot``) and the crash automation.
     """
     from aicml.stack.automations import CRASH_AUTOMATION, ensure_crash_automation
     from aicml.stack.limits import DEFAULT_LIMITS, ensure_concurrency_limits
 
+    pools = kubernetes_pools() if pools is None else tuple(pools)
     report = SetupReport(api_url)
     with api_settings(api_url, auth_string):
         report.applied.extend(with_client(_apply_pools, list(pools)))
@@ -343,6 +371,7 @@ def register_platform(
             _prefect_deploy(api_url, auth_string, project_dir, [named[n] for n in named if n in stale])
         for name, deployment_id in with_client(_deployment_ids, list(named)).items():
             report.applied.append(Applied("deployment", name, deployment_id, stale.get(name, "unchanged")))
+        report.unmanaged.extend(with_client(_unmanaged, pools, list(named)))
 
         for tag, limit in (limits or DEFAULT_LIMITS).items():
             before = with_client(_concurrency_limit, tag)

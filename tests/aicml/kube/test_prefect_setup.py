@@ -26,7 +26,7 @@ from aicml.stack.local import LocalStack
 from aicml.stack.processes import start, stop
 from blocks.settings import AicSettings
 from deployments.presets import deployment_params
-from deployments.templates import base_job_template
+from deployments.templates import POOLS, base_job_template
 
 REPO = Path(__file__).resolve().parents[3]
 AUTH = "aic-admin:Rehearsal-Pa55word-7f3c"
@@ -62,7 +62,7 @@ def _cluster_config() -> list[dict]:
     return [
         d
         for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
-        if d["work_pool"]["name"] in ("k8s-cpu", "k8s-gpu")
+        if d["work_pool"]["name"] in POOLS
     ]
 
 
@@ -105,7 +105,7 @@ async def _state(client):
     """What the server holds of everything register_platform manages."""
     from aicml.stack.prefect_yaml import flow_name_of
 
-    pools = {p: await client.read_work_pool(p) for p in ("k8s-cpu", "k8s-gpu")}
+    pools = {p: await client.read_work_pool(p) for p in POOLS}
     deployments = {}
     for entry in _cluster_config():
         name = f"{flow_name_of(REPO, entry['entrypoint'])}/{entry['name']}"
@@ -160,6 +160,8 @@ def test_register_platform_repairs_drift_only_where_it_is(server: str) -> None:
         await client.update_work_pool("k8s-gpu", WorkPoolUpdate(base_job_template=template))
         deployment = await client.read_deployment_by_name(drifted)
         await client.update_deployment(deployment.id, DeploymentUpdate(description="changed by hand"))
+        stray = await client.create_flow_from_name("stray-flow")
+        await client.create_deployment(stray, "by-hand", work_pool_name="k8s-cpu")
 
     with api_settings(server, AUTH):
         with_client(drift)
@@ -167,4 +169,5 @@ def test_register_platform_repairs_drift_only_where_it_is(server: str) -> None:
     changed = {(a.kind, a.name): a.action for a in after.applied if a.action != "unchanged"}
     assert changed == {("work pool", "k8s-gpu"): "updated", ("deployment", drifted): "updated"}
     assert [a.id for a in after.applied] == [a.id for a in before.applied]
+    assert after.unmanaged == ["stray-flow/by-hand"]  # reported, never deleted
     assert not register_platform(server, auth_string=AUTH, project_dir=REPO).changed
