@@ -254,3 +254,23 @@ def wait_for_final_state(
             await asyncio.sleep(poll)
 
     return _client_call(api_url, auth_string, wait, UUID(str(flow_run_id)))
+
+
+def report_exit(
+    api_url: str, flow_run_id: UUID | str, exit_code: int, *, auth_string: str | None = None
+) -> str:
+    """What the worker does when the Job's container ends: a non-zero exit proposes Crashed; the run's state name.
+
+    A run already in a final state keeps it (the server refuses to leave a final state), as with a worker.
+    """
+
+    async def report(client: Any, run_id: UUID) -> str:
+        from prefect.states import Crashed
+
+        if exit_code != 0:
+            message = f"Flow run infrastructure exited with non-zero status code {exit_code}."
+            await client.set_flow_run_state(run_id, Crashed(message=message))
+        flow_run = await client.read_flow_run(run_id)
+        return str(flow_run.state.name) if flow_run.state else "no state"
+
+    return _client_call(api_url, auth_string, report, UUID(str(flow_run_id)))  # type: ignore[no-any-return]

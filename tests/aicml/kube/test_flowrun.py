@@ -18,6 +18,7 @@ import pytest
 from aicml.kube.prefect_setup import api_settings, register_platform, with_client
 from aicml.kube.rehearsal.flowrun import (
     render_flow_run_job,
+    report_exit,
     strip_gpu,
     take_flow_run,
     wait_for_final_state,
@@ -135,17 +136,34 @@ def test_strip_gpu_of_a_cpu_job_removes_nothing() -> None:
     assert stripped == manifest and not removed and removed.lines() == []
 
 
-def test_wait_for_final_state_follows_the_run(server: str) -> None:
+def _complete(server: str, flow_run_id: Any) -> None:
+    """Force the run Completed, as its flow-run process would when it ends."""
     from prefect.states import Completed
 
+    async def complete(client: Any) -> None:
+        await client.set_flow_run_state(flow_run_id, Completed(), force=True)
+
+    with api_settings(server, AUTH):
+        with_client(complete)
+
+
+def test_wait_for_final_state_follows_the_run(server: str) -> None:
     job = take_flow_run(server, CPU, auth_string=AUTH)
     with pytest.raises(TimeoutError, match="Pending"):
         wait_for_final_state(server, job.flow_run_id, auth_string=AUTH, timeout=0.5, poll=0.1)
 
-    async def finish(client: Any) -> None:
-        await client.set_flow_run_state(job.flow_run_id, Completed(), force=True)
-
-    with api_settings(server, AUTH):
-        with_client(finish)
+    _complete(server, job.flow_run_id)
     run = wait_for_final_state(server, job.flow_run_id, auth_string=AUTH, timeout=30, poll=0.2)
     assert run.state.is_completed()
+
+
+def test_report_exit_crashes_a_run_whose_container_failed_and_keeps_a_final_state(server: str) -> None:
+    failed = take_flow_run(server, CPU, auth_string=AUTH)
+    assert report_exit(server, failed.flow_run_id, 0, auth_string=AUTH) == "Pending"
+    assert report_exit(server, failed.flow_run_id, 137, auth_string=AUTH) == "Crashed"
+    run = wait_for_final_state(server, failed.flow_run_id, auth_string=AUTH, timeout=5)
+    assert "status code 137" in (run.state.message or "")
+
+    done = take_flow_run(server, CPU, auth_string=AUTH)
+    _complete(server, done.flow_run_id)
+    assert report_exit(server, done.flow_run_id, 1, auth_string=AUTH) == "Completed"  # final stays final
