@@ -60,9 +60,12 @@ class DeployParams(BaseModel):
     namespace: str = Field(default="aic-ai-ml", description="Kubernetes namespace.")
     image: str = Field(default="ghcr.io/aic/aic-ml:0.1.0", description="Container image of the server.")
     kube_tracking_uri: str = Field(
-        default="http://mlflow.aic-ai-ml.svc:5000", description="MLflow as the pods reach it."
+        default=KubeServingSpec.tracking_uri,
+        description="MLflow as the pods reach it (the mlflow-service Service).",
     )
-    token_secret: str = Field(default="aicml-serve-token", description="Kubernetes Secret holding the token.")
+    token_secret: str = Field(
+        default=KubeServingSpec.token_secret, description="Kubernetes Secret holding the predict token."
+    )
     apply: bool = Field(
         default=False, description="Kubernetes: apply the objects (else render and validate only)."
     )

@@ -16,6 +16,47 @@ from aicml.errors import ConfigurationError
 
 SERVER_PORT = 8080
 TOKEN_DIR = "/var/run/aicml/token"
+# What `apply_manifests` asks of the API server per object: server-side apply (a PATCH, authorised as
+# `create` too when the object is missing) after discovery, which needs no Role.
+APPLY_VERBS = ("create", "patch")
+MODELS_DIR = "/var/lib/aicml/models"
+# The resource (plural) of each kind `render_manifests` produces, for the deployer's Role.
+RESOURCES = {
+    "ServiceAccount": "serviceaccounts",
+    "Deployment": "deployments",
+    "Service": "services",
+    "HorizontalPodAutoscaler": "horizontalpodautoscalers",
+    "PodDisruptionBudget": "poddisruptionbudgets",
+}
+
+
+def platform_serving_spec() -> KubeServingSpec:
+    """The platform's own model server (k8s/base/services/model-serving.yaml is rendered from it)."""
+    return KubeServingSpec(
+        model_name="churn",
+        name="model-serving",
+        service_port=SERVER_PORT,
+        cpu_request="500m",
+        cpu_limit="1",
+        memory_request="1Gi",
+        memory_limit="1Gi",
+        models_claim="model-deployment-pvc",
+    )
+
+
+def required_rules(manifests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """RBAC rules that allow exactly `APPLY_VERBS` on the kinds in ``manifests``, one rule per API group."""
+    by_group: dict[str, set[str]] = {}
+    for manifest in manifests:
+        kind = manifest["kind"]
+        if kind not in RESOURCES:
+            raise ConfigurationError(f"No RBAC resource is known for kind {kind!r}; add it to RESOURCES.")
+        group = manifest["apiVersion"].rpartition("/")[0]
+        by_group.setdefault(group, set()).add(RESOURCES[kind])
+    return [
+        {"apiGroups": [group], "resources": sorted(resources), "verbs": list(APPLY_VERBS)}
+        for group, resources in sorted(by_group.items())
+    ]
 
 
 @dataclass(frozen=True)
@@ -25,8 +66,12 @@ class KubeServingSpec:
     model_name: str
     namespace: str = "aic-ai-ml"
     image: str = "ghcr.io/aic/aic-ml:0.1.0"
-    tracking_uri: str = "http://mlflow.aic-ai-ml.svc:5000"
-    token_secret: str = "aicml-serve-token"
+    tracking_uri: str = "http://mlflow-service.aic-ai-ml.svc.cluster.local:5000"
+    token_secret: str = "model-serving-token"
+    # The server's own MLflow account (read-only), never the admin's.
+    mlflow_secret: str = "mlflow-user-serving"
+    # Name of every object; None derives it from the model (aicml-serve-<model>).
+    name: str | None = None
     alias: str = "champion"
     challenger_alias: str | None = None
     mode: str = "canary"
@@ -37,7 +82,10 @@ class KubeServingSpec:
     cpu_limit: str = "2"
     memory_request: str = "512Mi"
     memory_limit: str = "2Gi"
-    deployer_service_account: str = "aicml-deployer"
+    deployer_service_account: str = "model-deployer"
+    service_port: int = 80
+    # A claim for the server's home (downloaded models, audit); None keeps it in the pod's tmp.
+    models_claim: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -46,6 +94,8 @@ class KubeServingSpec:
 
     @property
     def app_name(self) -> str:
+        if self.name:
+            return self.name
         slug = re.sub(r"[^a-z0-9-]+", "-", self.model_name.lower()).strip("-")[:40] or "model"
         return f"aicml-serve-{slug}"
 
@@ -74,8 +124,6 @@ def render_manifests(spec: KubeServingSpec) -> list[dict[str, Any]]:
         str(SERVER_PORT),
         "--token-file",
         f"{TOKEN_DIR}/token",
-        "--tracking-uri",
-        spec.tracking_uri,
     ]
     if spec.challenger_alias:
         args += ["--challenger", f"models:/{spec.model_name}@{spec.challenger_alias}", "--mode", spec.mode]
@@ -94,7 +142,12 @@ def render_manifests(spec: KubeServingSpec) -> list[dict[str, Any]]:
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "template": {
                 "metadata": {
-                    "labels": {**_meta(spec, name)["labels"]},
+                    # tier and mlflow-client: the labels the NetworkPolicies let reach MLflow.
+                    "labels": {
+                        **_meta(spec, name)["labels"],
+                        "tier": "ai-ml",
+                        "aic.io/mlflow-client": "true",
+                    },
                     "annotations": {
                         "prometheus.io/scrape": "true",
                         "prometheus.io/port": str(SERVER_PORT),
@@ -112,14 +165,32 @@ def render_manifests(spec: KubeServingSpec) -> list[dict[str, Any]]:
                     },
                     "containers": [
                         {
-                            "name": "server",
+                            "name": "model-server",
                             "image": spec.image,
                             "command": ["aicml"],
                             "args": args,
                             "ports": [{"name": "http", "containerPort": SERVER_PORT, "protocol": "TCP"}],
                             "env": [
+                                {"name": "HOME", "value": "/tmp"},
                                 {"name": "TMPDIR", "value": "/tmp"},
                                 {"name": "MLFLOW_ENABLE_TELEMETRY", "value": "false"},
+                                {"name": "MLFLOW_TRACKING_URI", "value": spec.tracking_uri},
+                                {
+                                    "name": "AIC_HOME",
+                                    "value": MODELS_DIR if spec.models_claim else "/tmp/aic",
+                                },
+                                {
+                                    "name": "MLFLOW_TRACKING_USERNAME",
+                                    "valueFrom": {
+                                        "secretKeyRef": {"name": spec.mlflow_secret, "key": "username"}
+                                    },
+                                },
+                                {
+                                    "name": "MLFLOW_TRACKING_PASSWORD",
+                                    "valueFrom": {
+                                        "secretKeyRef": {"name": spec.mlflow_secret, "key": "password"}
+                                    },
+                                },
                             ],
                             "resources": {
                                 "requests": {"cpu": spec.cpu_request, "memory": spec.memory_request},
@@ -140,12 +211,18 @@ def render_manifests(spec: KubeServingSpec) -> list[dict[str, Any]]:
                             "volumeMounts": [
                                 {"name": "token", "mountPath": TOKEN_DIR, "readOnly": True},
                                 {"name": "tmp", "mountPath": "/tmp"},
+                                *([{"name": "models", "mountPath": MODELS_DIR}] if spec.models_claim else []),
                             ],
                         }
                     ],
                     "volumes": [
                         {"name": "token", "secret": {"secretName": spec.token_secret, "defaultMode": 0o400}},
                         {"name": "tmp", "emptyDir": {"sizeLimit": "2Gi"}},
+                        *(
+                            [{"name": "models", "persistentVolumeClaim": {"claimName": spec.models_claim}}]
+                            if spec.models_claim
+                            else []
+                        ),
                     ],
                 },
             },
@@ -157,7 +234,7 @@ def render_manifests(spec: KubeServingSpec) -> list[dict[str, Any]]:
         "metadata": _meta(spec, name),
         "spec": {
             "selector": selector,
-            "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
+            "ports": [{"name": "http", "port": spec.service_port, "targetPort": "http", "protocol": "TCP"}],
         },
     }
     hpa = {
@@ -195,19 +272,14 @@ def render_manifests(spec: KubeServingSpec) -> list[dict[str, Any]]:
 
 
 def render_deployer_rbac(spec: KubeServingSpec) -> list[dict[str, Any]]:
-    """The Role (and binding) the deploying identity needs: these kinds, in this namespace, nothing else."""
+    """The Role (and binding) the deploying identity needs: the kinds `render_manifests` produces, with the
+    verbs `apply_manifests` uses (server-side apply is a PATCH that creates what is missing), nothing else."""
     role_name = f"{spec.deployer_service_account}"
-    verbs = ["get", "list", "create", "patch"]
     role = {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
         "metadata": {"name": role_name, "namespace": spec.namespace},
-        "rules": [
-            {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": verbs},
-            {"apiGroups": [""], "resources": ["services", "serviceaccounts"], "verbs": verbs},
-            {"apiGroups": ["autoscaling"], "resources": ["horizontalpodautoscalers"], "verbs": verbs},
-            {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": verbs},
-        ],
+        "rules": required_rules(render_manifests(spec)),
     }
     binding = {
         "apiVersion": "rbac.authorization.k8s.io/v1",
@@ -259,3 +331,64 @@ def apply_manifests(manifests: list[dict[str, Any]], api_client: Any | None = No
         )
         applied.append(f"{manifest['kind']}/{meta['name']}")
     return applied
+
+
+GENERATED_HEADER = (
+    "# Generated by `python -m aicml.serving.kubernetes --write` from {source}: do not edit by hand.\n"
+)
+# The kustomize base's files that come from this renderer, relative to k8s/base.
+BASE_FILES = ("services/model-serving.yaml", "model-deployer.yaml")
+
+
+def base_files() -> dict[str, str]:
+    """k8s/base's serving files, rendered from the same code the deploy-model flow applies."""
+    import yaml
+
+    spec = platform_serving_spec()
+    deployer_account = {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": spec.deployer_service_account, "namespace": spec.namespace},
+        # Its flow runs ask for the token (job variable automount_service_account_token in prefect.yaml).
+        "automountServiceAccountToken": False,
+    }
+    documents = {
+        "services/model-serving.yaml": render_manifests(spec),
+        "model-deployer.yaml": [deployer_account, *render_deployer_rbac(spec)],
+    }
+    # kustomize sets the namespace; a base object that names its own would not match the overlays' patches.
+    for objects in documents.values():
+        for obj in objects:
+            obj["metadata"].pop("namespace", None)
+    source = "aicml.serving.kubernetes.platform_serving_spec()"
+    return {
+        path: GENERATED_HEADER.format(source=source) + yaml.safe_dump_all(objects, sort_keys=False)
+        for path, objects in documents.items()
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(prog="python -m aicml.serving.kubernetes")
+    parser.add_argument("--base", type=Path, default=Path("k8s/base"), help="The kustomize base directory.")
+    parser.add_argument(
+        "--write", action="store_true", help="Write the files (default: check they are current)."
+    )
+    args = parser.parse_args(argv)
+    stale = []
+    for path, text in base_files().items():
+        target = args.base / path
+        if args.write:
+            target.write_text(text)
+        elif not target.exists() or target.read_text() != text:
+            stale.append(str(target))
+    if stale:
+        print("stale (run `python -m aicml.serving.kubernetes --write`): " + ", ".join(stale))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -80,9 +80,6 @@ def test_seed_claims_with_names_and_sizes(prod: list[KubeObject], dev: list[Kube
     [
         ("agent-orchestration-service", 2, "500m", "1Gi"),
         ("model-serving", 2, "500m", "1Gi"),
-        ("data-integration-worker", 2, "1", "2Gi"),
-        ("model-training-service", 1, "2", "4Gi"),
-        ("model-tuning-service", 1, "1", "2Gi"),
     ],
 )
 def test_prod_services_have_seed_replicas_and_requests(
@@ -94,19 +91,30 @@ def test_prod_services_have_seed_replicas_and_requests(
     assert (str(requests["cpu"]), requests["memory"]) == (cpu, memory)
 
 
-@pytest.mark.parametrize("deployment", ["model-training-service", "model-tuning-service"])
-def test_gpu_services(prod: list[KubeObject], deployment: str) -> None:
-    obj = find(prod, "Deployment", deployment)
-    spec = pod_spec(obj)
-    assert spec is not None
-    resources = _main_container(obj)["resources"]
-    assert resources["requests"]["nvidia.com/gpu"] == resources["limits"]["nvidia.com/gpu"] == "1"
-    assert spec["nodeSelector"] == {"accelerator": "nvidia-tesla-gpu"}
-    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
-    if deployment == "model-training-service":
-        shm = next(v for v in spec["volumes"] if v["name"] == "dshm")
-        assert shm["emptyDir"]["medium"] == "Memory"
-        assert {"name": "dshm", "mountPath": "/dev/shm"} in _main_container(obj)["volumeMounts"]
+def test_nothing_idle_holds_a_gpu_and_gpu_jobs_get_one(prod: list[KubeObject]) -> None:
+    """GPU work runs as k8s-gpu flow-run Jobs; no standing Deployment requests a GPU."""
+    from deployments.templates import base_job_template
+
+    for obj in _of(prod, "Deployment"):
+        spec = pod_spec(obj)
+        assert spec is not None
+        for container in containers(spec):
+            assert "nvidia.com/gpu" not in (container.get("resources") or {}).get("requests", {}), obj[
+                "metadata"
+            ]
+    template = base_job_template("k8s-gpu")
+    job_pod = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
+    resources = job_pod["containers"][0]["resources"]
+    assert (
+        resources["requests"]["nvidia.com/gpu"] == resources["limits"]["nvidia.com/gpu"] == "{{ gpu_count }}"
+    )
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in job_pod["tolerations"]
+    shm = next(v for v in job_pod["volumes"] if v["name"] == "dshm")
+    assert shm["emptyDir"]["medium"] == "Memory"
+    # The GPU pool's worker runs the GPU image (it only submits Jobs, so it asks for no GPU itself).
+    worker = _main_container(find(prod, "Deployment", "prefect-worker-gpu"))
+    assert worker["image"].startswith("ghcr.io/aic/aic-ml-gpu:")
+    assert template["variables"]["properties"]["image"]["default"].startswith("ghcr.io/aic/aic-ml-gpu:")
 
 
 def test_dev_is_smaller_than_prod(prod: list[KubeObject], dev: list[KubeObject]) -> None:
@@ -122,7 +130,6 @@ def test_dev_is_smaller_than_prod(prod: list[KubeObject], dev: list[KubeObject])
         return total
 
     assert memory_mi(dev) < memory_mi(prod) / 3
-    assert find(dev, "Deployment", "model-training-service")["spec"]["replicas"] == 0
 
 
 def test_serving_scales_and_survives_drains(prod: list[KubeObject]) -> None:
@@ -170,9 +177,11 @@ def test_model_deployer_role(prod: list[KubeObject]) -> None:
     assert {r for rule in rules for r in rule["resources"]} == {
         "deployments",
         "services",
-        "configmaps",
+        "serviceaccounts",
         "horizontalpodautoscalers",
+        "poddisruptionbudgets",
     }
+    assert {v for rule in rules for v in rule["verbs"]} == {"create", "patch"}
 
 
 def test_database_init_covers_the_seed_databases_one_secret_each(prod: list[KubeObject]) -> None:

@@ -40,6 +40,15 @@ def _set(path: list[str], value: object) -> Callable[[KubeObject], None]:
     return mutate
 
 
+def _gpu_pod(limits: str = "1") -> Callable[[KubeObject], None]:
+    def mutate(obj: KubeObject) -> None:
+        resources = _container(obj)["resources"]
+        resources["requests"]["nvidia.com/gpu"] = "1"
+        resources["limits"]["nvidia.com/gpu"] = limits
+
+    return mutate
+
+
 def _pod(mutate: Callable[[dict], None]) -> Callable[[KubeObject], None]:
     def apply(obj: KubeObject) -> None:
         spec = pod_spec(obj)
@@ -113,21 +122,11 @@ NEGATIVE_CASES: list[tuple[str, str, str, Callable[[KubeObject], None], str]] = 
         lambda o: _container(o)["resources"].pop("limits"),
         "no cpu limit",
     ),
-    (
-        "resources",
-        "Deployment",
-        "model-training-service",
-        _set(["resources", "limits", "nvidia.com/gpu"], "2"),
-        "requests != limits",
-    ),
-    ("resources", "Deployment", "model-tuning-service", _pod(lambda s: s.pop("tolerations")), "toleration"),
-    (
-        "resources",
-        "Deployment",
-        "model-tuning-service",
-        _pod(lambda s: s.pop("nodeSelector")),
-        "nodeSelector",
-    ),
+    # No standing workload holds a GPU any more (GPU work runs as k8s-gpu flow-run Jobs): the GPU rules are
+    # shown on a serving pod that is made to ask for one.
+    ("resources", "Deployment", "model-serving", _gpu_pod(limits="2"), "requests != limits"),
+    ("resources", "Deployment", "model-serving", _gpu_pod(), "toleration"),
+    ("resources", "Deployment", "model-serving", _gpu_pod(), "nodeSelector"),
     ("image-pinned", "Deployment", "model-serving", _set(["image"], "ghcr.io/aic/aic-ml:latest"), "unpinned"),
     ("image-pinned", "Deployment", "model-serving", _set(["image"], "ghcr.io/aic/aic-ml"), "unpinned"),
     (

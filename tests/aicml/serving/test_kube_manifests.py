@@ -58,14 +58,14 @@ def test_no_secret_value_in_the_manifests() -> None:
     finally:
         del os.environ["AIC_SERVE_TOKEN"]
     assert "super-secret-token-value-123" not in text
-    assert '"secretName": "aicml-serve-token"' in text
+    assert '"secretName": "model-serving-token"' in text
 
 
 def test_deployer_role_is_least_privilege() -> None:
     role = by_kind(render_deployer_rbac(KubeServingSpec("churn")))["Role"]
     verbs = {verb for rule in role["rules"] for verb in rule["verbs"]}  # type: ignore[index]
     resources = {res for rule in role["rules"] for res in rule["resources"]}  # type: ignore[index]
-    assert verbs == {"get", "list", "create", "patch"}  # no delete, no wildcard, no secrets
+    assert verbs == {"create", "patch"}  # what server-side apply needs: no delete, no wildcard, no secrets
     assert "*" not in resources and "secrets" not in resources
 
 
