@@ -50,6 +50,7 @@ from aicml.kube.rehearsal.images import BASE_IMAGE, PODMAN, ULIMITS, podman
 
 NAMESPACE = "aic-ai-ml"
 RUN_LABEL = "io.aic.rehearsal.run"
+INFRA_LABEL = "io.aic.rehearsal.infra"
 _VAR = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 MAX_BACKOFF_S = 300.0
@@ -451,6 +452,12 @@ class Pod:
     def succeeded(self) -> bool:
         return self.finished and all(c.exit_code == 0 for c in self.containers)
 
+    def stop(self) -> None:
+        """Stop the pod's containers for good (readiness as last seen stays in the report)."""
+        for container in self.containers:
+            container.finished = True
+            podman("stop", "-t", "5", container.name, check=False)
+
     def tick(self, now: float | None = None) -> None:
         """Advance the kubelet's loop for this pod once: container states, restarts with back-off, probes."""
         now = time.monotonic() if now is None else now
@@ -537,6 +544,13 @@ def _own(path: str, fs_group: int | None, mode: int = 0o2775) -> None:
         os.chmod(path, mode)
 
 
+def pvc_path(claim: str, ctx: PodContext, fs_group: int | None = None) -> str:
+    """The host directory of the claim's named volume (created on first use), owned by `fs_group`."""
+    path = _volume_mountpoint(f"{ctx.prefix}-pvc-{claim}", ctx)
+    _own(path, fs_group)
+    return path
+
+
 def prepare_volumes(pod_name: str, pod_spec: Mapping[str, Any], ctx: PodContext) -> dict[str, str]:
     """Create each volume of the pod; return pod volume name -> the `-v` source (volume name or host path).
 
@@ -547,9 +561,7 @@ def prepare_volumes(pod_name: str, pod_spec: Mapping[str, Any], ctx: PodContext)
     for volume in pod_spec.get("volumes") or []:
         vname = str(volume["name"])
         if "persistentVolumeClaim" in volume:
-            claim = str(volume["persistentVolumeClaim"]["claimName"])
-            path = _volume_mountpoint(f"{ctx.prefix}-pvc-{claim}", ctx)
-            _own(path, fs_group)
+            path = pvc_path(str(volume["persistentVolumeClaim"]["claimName"]), ctx, fs_group)
             for container in pod_spec.get("containers") or []:
                 for mount in container.get("volumeMounts") or []:
                     if mount["name"] == vname and mount.get("subPath"):
@@ -565,13 +577,18 @@ def prepare_volumes(pod_name: str, pod_spec: Mapping[str, Any], ctx: PodContext)
                 out[vname], ctx, ("--opt", "type=tmpfs", "--opt", "device=tmpfs", "--opt", "o=mode=1777")
             )
         elif "configMap" in volume or "secret" in volume:
-            out[vname] = str(_write_files(pod_name, vname, volume, ctx))
+            out[vname] = str(_write_files(pod_name, vname, volume, ctx, fs_group))
         else:
             raise KubeError(f"volume {vname!r} of pod {pod_name}: type {sorted(volume)} is not rehearsed")
     return out
 
 
-def _write_files(pod_name: str, vname: str, volume: Mapping[str, Any], ctx: PodContext) -> Path:
+def _write_files(
+    pod_name: str, vname: str, volume: Mapping[str, Any], ctx: PodContext, fs_group: int | None = None
+) -> Path:
+    """The files of a ConfigMap or Secret volume. With an fsGroup, the kubelet gives them to that group and
+    makes them group-readable (a read-only volume's mask, 0440), so `defaultMode: 0400` is still readable
+    by the pod's user through its fsGroup."""
     kind = "configMap" if "configMap" in volume else "secret"
     source = volume[kind]
     ref = str(source.get("name") if kind == "configMap" else source.get("secretName"))
@@ -591,7 +608,11 @@ def _write_files(pod_name: str, vname: str, volume: Mapping[str, Any], ctx: PodC
         target = directory / str(item["path"])
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(data[item["key"]])
-        os.chmod(target, int(item.get("mode", default_mode)))
+        mode = int(item.get("mode", default_mode))
+        if fs_group is not None:
+            os.chown(target, -1, fs_group)
+            mode |= 0o440
+        os.chmod(target, mode)
     directory.chmod(0o755)
     return directory
 
@@ -612,8 +633,8 @@ def start_pod(
     volumes = prepare_volumes(name, pod_spec, ctx)
     alias_args = [arg for alias in aliases for arg in ("--network-alias", alias)]
     podman("run", "-d", "--name", infra, "--hostname", name, "--network", ctx.network, *alias_args,
-           "--label", f"{RUN_LABEL}={ctx.run_id}", "--label", f"io.aic.rehearsal.pod={name}", *ULIMITS,
-           "--read-only", "--cap-drop", "all", "--user", "65534:65534", "--entrypoint", '["sleep"]',
+           "--label", f"{RUN_LABEL}={ctx.run_id}", "--label", f"io.aic.rehearsal.pod={name}",
+           "--label", f"{INFRA_LABEL}=true", *ULIMITS, "--read-only", "--cap-drop", "all", "--user", "65534:65534", "--entrypoint", '["sleep"]',
            ctx.infra_image, "infinity")  # fmt: skip
     networks = json.loads(podman("inspect", "--format", "{{json .NetworkSettings.Networks}}", infra).stdout)
     ip = str((networks.get(ctx.network) or {}).get("IPAddress", ""))
@@ -657,11 +678,26 @@ def run_to_completion(
     return pod.succeeded
 
 
+def remove_leftovers() -> list[str]:
+    """Remove what an interrupted earlier rehearsal left (its container names would collide); their runs."""
+    runs = podman("ps", "-a", "--filter", f"label={RUN_LABEL}", "--format", f'{{{{index .Labels "{RUN_LABEL}"}}}}',
+                  check=False).stdout.split()  # fmt: skip
+    for run_id in sorted(set(runs)):
+        remove_run(run_id, f"aicr-{run_id}")
+    return sorted(set(runs))
+
+
 def remove_run(run_id: str, network: str | None = None) -> None:
     """Remove every container and volume labelled with the run, then the network."""
-    ids = podman("ps", "-a", "-q", "--filter", f"label={RUN_LABEL}={run_id}", check=False).stdout.split()
-    if ids:
-        podman("rm", "-f", "-t", "2", *ids, check=False)
+    for _ in range(3):  # containers that join an infra container go first; a retry catches the rest
+        ids = podman("ps", "-a", "-q", "--filter", f"label={RUN_LABEL}={run_id}", check=False).stdout.split()
+        if not ids:
+            break
+        infra = set(podman("ps", "-a", "-q", "--filter", f"label={INFRA_LABEL}", check=False).stdout.split())
+        members = [i for i in ids if i not in infra]
+        for batch in (members, [i for i in ids if i in infra]):
+            if batch:
+                podman("rm", "-f", "-t", "2", *batch, check=False)
     vols = podman("volume", "ls", "-q", "--filter", f"label={RUN_LABEL}={run_id}", check=False).stdout.split()
     if vols:
         podman("volume", "rm", "-f", *vols, check=False)

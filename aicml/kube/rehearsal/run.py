@@ -18,12 +18,13 @@ import base64
 import json
 import os
 import secrets as token_source
+import shutil
 import signal
 import subprocess
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -38,6 +39,8 @@ from aicml.kube.rehearsal.pods import (
     Pod,
     PodContext,
     container_env,
+    pvc_path,
+    remove_leftovers,
     remove_run,
     run_to_completion,
     start_pod,
@@ -51,6 +54,7 @@ S3_ALIAS = "s3-rehearsal.aic-platform.svc.cluster.local"
 S3_PORT = 9000
 APP_REPOSITORIES = ("ghcr.io/aic/aic-ml", "ghcr.io/aic/aic-ml-gpu")
 Say = Callable[[str], None]
+CRASH_LOOP_RESTARTS = 3  # the kubelet's CrashLoopBackOff, for the wait: restarts after 10, 20 and 40 s
 
 
 def service_aliases(service: str, namespace: str = NAMESPACE) -> list[str]:
@@ -263,18 +267,35 @@ class Row:
         return self.pod.succeeded if self.must_complete else self.pod.ready
 
 
-def wait_ready(pods: Iterable[Pod], timeout: float, say: Say, *, label: str = "") -> bool:
+def wait_ready(
+    pods: Iterable[Pod], timeout: float, say: Say, *, label: str = "", jobs: Sequence[tuple[Row, int]] = ()
+) -> bool:
+    """Tick the pods (and the Jobs' pods) until every pod is ready and every Job finished, the pods not
+    ready are all crash-looping, or the time is up. A Job past its backoffLimit is given up."""
     pods = list(pods)
+    job_pods = [(row.pod, limit) for row, limit in jobs if row.pod is not None]
     deadline = time.monotonic() + timeout
-    last = 0.0
+    last = time.monotonic()
     while time.monotonic() < deadline:
-        for pod in pods:
+        for pod in [*pods, *(job for job, _ in job_pods)]:
             pod.tick()
-        if all(pod.ready for pod in pods):
+        for job, limit in job_pods:
+            if job.restarts > limit:
+                for container in job.containers:
+                    container.finished = True
+        jobs_done = all(job.finished for job, _ in job_pods)
+        if jobs_done and all(pod.ready for pod in pods):
             return True
+        if jobs_done and all(pod.ready or pod.restarts >= CRASH_LOOP_RESTARTS for pod in pods):
+            say(
+                f"  {label}the pods not ready are crash-looping ({CRASH_LOOP_RESTARTS}+ restarts): not waiting longer"
+            )
+            return False
         if time.monotonic() - last > 30:
             last = time.monotonic()
-            waiting = [pod.name for pod in pods if not pod.ready]
+            waiting = [pod.name for pod in pods if not pod.ready] + [
+                j.name for j, _ in job_pods if not j.finished
+            ]
             say(f"  {label}waiting for {len(waiting)} pod(s): {', '.join(waiting)}")
         time.sleep(1)
     return False
@@ -365,6 +386,9 @@ def rehearse(
         say(f"replaced: ConfigMap aic-ml-config MLFLOW_S3_ENDPOINT_URL {platform['MLFLOW_S3_ENDPOINT_URL']} -> "
             f"http://{S3_ALIAS}:{S3_PORT} (moto, the rehearsal's S3-compatible server)")  # fmt: skip
         platform["MLFLOW_S3_ENDPOINT_URL"] = f"http://{S3_ALIAS}:{S3_PORT}"
+    left = remove_leftovers()
+    if left:
+        say(f"removed the leftovers of interrupted rehearsal(s) {', '.join(left)}")
     run_id = time.strftime("%Y%m%d%H%M%S")
     network = f"aicr-{run_id}"
     state_dir = Path(tempfile.mkdtemp(prefix=f"run-{run_id}-", dir=CACHE_DIR))
@@ -393,6 +417,7 @@ def rehearse(
             say(f"\nkept: network {network}, containers labelled io.aic.rehearsal.run={run_id}")
         else:
             remove_run(run_id, network)
+            shutil.rmtree(state_dir, ignore_errors=True)  # it holds the Secrets' files
     say(f"\nrehearsal took {time.monotonic() - started:.0f}s; " + ("ok" if status == 0 else "FAILED"))
     return status
 
@@ -414,15 +439,14 @@ def _run(objects: list[KubeObject], ctx: PodContext, rows: list[Row], ready_time
     create_bucket(moto, bucket, ctx.secrets.get("mlflow-s3", {}))
     rows[-1].note = f"bucket {bucket} created"
 
+    # As after `kubectl apply`: the Jobs and the Deployments start together; a Deployment that needs what a
+    # Job makes (databases, MLflow users) restarts until it is there, a Job retries up to its backoffLimit.
+    jobs: list[tuple[Row, int]] = []
     for job in of_kind(objects, "Job"):
-        spec = pod_spec(job) or {}
-        say(f"Job {name_of(job)}")
-        pod = start_pod(name_of(job), spec, ctx, labels=pod_template_labels(job), kind="Job")
-        row = Row(f"Job/{name_of(job)}", "yes", pod, must_complete=True)
-        rows.append(row)
-        ok = run_to_completion(pod, 300, int((job.get("spec") or {}).get("backoffLimit", 6)))
-        row.note = "exit 0" if ok else f"exit {pod.containers[0].exit_code}"
-
+        pod = start_pod(name_of(job), pod_spec(job) or {}, ctx, labels=pod_template_labels(job), kind="Job")
+        jobs.append((Row(f"Job/{name_of(job)}", "yes", pod, must_complete=True),
+                     int((job.get("spec") or {}).get("backoffLimit", 6))))  # fmt: skip
+        rows.append(jobs[-1][0])
     app_pods: list[Pod] = []
     for deployment in of_kind(objects, "Deployment"):
         name = name_of(deployment)
@@ -446,8 +470,12 @@ def _run(objects: list[KubeObject], ctx: PodContext, rows: list[Row], ready_time
             notes.append(f"1 of {replicas} replicas")
         rows.append(Row(f"Deployment/{name}", "yes", pod, "; ".join(notes)))
         app_pods.append(pod)
-    say(f"started {len(app_pods)} Deployment pod(s); waiting up to {ready_timeout:.0f}s for readiness")
-    wait_ready(app_pods, ready_timeout, say)
+    say(f"started {len(jobs)} Job pod(s) and {len(app_pods)} Deployment pod(s); waiting up to "
+        f"{ready_timeout:.0f}s")  # fmt: skip
+    wait_ready(app_pods, ready_timeout, say, jobs=jobs)
+    for row, _ in jobs:
+        assert row.pod is not None
+        row.note = "exit 0" if row.pod.succeeded else f"exit {row.pod.containers[0].exit_code}"
 
     running = [RunningPod(p.infra, p.labels, pod_ports(pod_spec_of(objects, p.name))) for p in app_pods]
     config = scrape_config(objects, running)
@@ -459,8 +487,7 @@ def _run(objects: list[KubeObject], ctx: PodContext, rows: list[Row], ready_time
     if wait_ready([prometheus], 60, say):
         prom_row.note = _targets_note(prometheus, wanted)
 
-    flow_rows = flow_runs(objects, ctx, app_pods, say)
-    rows.extend(flow_rows)
+    flow_runs(objects, ctx, app_pods, rows, say)
 
     for cron in of_kind(objects, "CronJob"):
         say(f"CronJob {name_of(cron)}: its job's pod, once")
@@ -517,60 +544,155 @@ def _pod_env(objects: list[KubeObject], name: str, ctx: PodContext) -> dict[str,
         return {}
 
 
-def flow_runs(objects: list[KubeObject], ctx: PodContext, app_pods: list[Pod], say: Say) -> list[Row]:
-    """Register the platform on the rehearsal's Prefect server (the command a cluster uses), then run
-    ml-pipeline on k8s-cpu and train-flow on k8s-gpu as the Jobs prefect-kubernetes renders."""
+WORKER_DEPLOYMENTS = {"prefect-worker-cpu": "k8s-cpu", "prefect-worker-gpu": "k8s-gpu"}
+PIPELINE = "ml-pipeline/k8s-cpu"
+TRAINING_DATA_CLAIM = "training-data-pvc"  # the pools' training_data_claim default
+FLOW_RUN_TIMEOUT_S = 720.0
+
+
+async def _take_scheduled(client: Any, pool: str) -> list[Any]:
+    """What a worker of `pool` does when it polls: take the due runs by proposing Pending."""
+    from prefect.client.schemas.responses import SetStateStatus
+    from prefect.states import Pending
+
+    taken = []
+    for response in await client.get_scheduled_flow_runs_for_work_pool(pool):
+        result = await client.set_flow_run_state(response.flow_run.id, Pending())
+        if result.status == SetStateStatus.ACCEPT:
+            taken.append(response.flow_run.id)
+    return taken
+
+
+@dataclass
+class FlowRunPod:
+    row: Row
+    flow_run_id: Any
+    notes: list[str]
+
+
+def start_flow_run_job(job: Any, ctx: PodContext, say: Say) -> FlowRunPod:
+    """Start the Job prefect-kubernetes rendered for a run; a k8s-gpu Job without its GPU request."""
+    from aicml.kube.rehearsal.flowrun import strip_gpu
+
+    manifest, notes = job.manifest, []
+    if job.pool == "k8s-gpu":
+        manifest, removal = strip_gpu(job.manifest)
+        notes = removal.lines() if removal else ["no GPU request found"]
+    template = manifest["spec"]["template"]
+    name = f"{job.deployment.split('/')[0]}-{str(job.flow_run_id)[:8]}"
+    workload = f"FlowRun/{job.deployment} ({job.pool})"
+    say(
+        f"{workload}: flow run {job.flow_run_id} as Job pod {name}"
+        + (f" ({'; '.join(notes)})" if notes else "")
+    )
+    try:
+        pod = start_pod(
+            name, template["spec"], ctx, labels=template.get("metadata", {}).get("labels", {}), kind="Job"
+        )
+    except KubeError as error:
+        return FlowRunPod(Row(workload, "FAILED", note=str(error)[:200]), job.flow_run_id, notes)
+    return FlowRunPod(Row(workload, "yes", pod, must_complete=True), job.flow_run_id, notes)
+
+
+def seed_training_data(ctx: PodContext, say: Say, rows: int = 5000) -> None:
+    """Put the demo churn data where ml-pipeline/k8s-cpu's preset reads it (`source` under /mnt/data, the
+    pool's training-data claim), as an operator's ingest would have: clean parts only, owned by 10001."""
+    from aicml.data.demo import write_demo_data
+
+    root = Path(__file__).resolve().parents[3]
+    presets = yaml.safe_load((root / "deployments" / "presets.yaml").read_text())
+    source = str(presets[PIPELINE]["source"])
+    relative = Path(source).parent.relative_to("/mnt/data")
+    target = Path(pvc_path(TRAINING_DATA_CLAIM, ctx, 10001)) / relative
+    target.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        files = write_demo_data(Path(tmp), rows=rows)
+        for part in sorted(Path(tmp).glob(Path(files.clean_glob).name)):
+            shutil.copyfile(part, target / part.name)
+    for path in [target, *target.iterdir()]:
+        os.chown(path, 10001, 10001)
+    say(f"seeded claim {TRAINING_DATA_CLAIM} with demo churn data ({rows} rows) for {source}")
+
+
+def flow_runs(
+    objects: list[KubeObject], ctx: PodContext, app_pods: list[Pod], rows: list[Row], say: Say
+) -> None:
+    """Register the platform on the rehearsal's Prefect server (the command a cluster uses), run ml-pipeline
+    on k8s-cpu as the Job prefect-kubernetes renders, and play the workers' part for the runs it starts
+    (its train stage on k8s-gpu): there is no API server for the workers to create Jobs on, so they are
+    stopped once they have shown that they start and pass their probes."""
     prefect = next((pod for pod in app_pods if pod.name == "prefect-server"), None)
     if prefect is None or not prefect.ready:
-        return [Row("Prefect: pools and deployments", "no", note="prefect-server is not ready")]
-    try:
-        from aicml.kube.prefect_setup import register_platform
-        from aicml.kube.rehearsal.flowrun import strip_gpu, take_flow_run, wait_for_final_state
-    except ImportError as error:
-        return [Row("Prefect: pools and deployments", "no", note=f"not available: {error}")]
+        rows.append(Row("Prefect: pools and deployments", "no", note="prefect-server is not ready"))
+        return
+    from aicml.kube.prefect_setup import api_settings, register_platform, with_client
+    from aicml.kube.rehearsal.flowrun import render_flow_run_job, take_flow_run, wait_for_final_state
+
     api_url = f"http://{prefect.ip}:4200/api"
     auth = _pod_env(objects, "prefect-server", ctx).get("PREFECT_SERVER_API_AUTH_STRING")
     pod_api_url = ctx.configmaps.get("aic-ml-config", {}).get("PREFECT_API_URL", api_url)
-    root = Path(__file__).resolve().parents[3]
-    rows: list[Row] = []
     say(f"Prefect at {api_url}: registering pools, deployments, limits, automation")
     try:
-        report = register_platform(api_url, auth_string=auth, project_dir=root)
+        report = register_platform(api_url, auth_string=auth, project_dir=Path(__file__).resolve().parents[3])
     except Exception as error:  # reported in the table; the rest of the run goes on
-        return [Row("Prefect: pools and deployments", "FAILED", note=str(error).splitlines()[-1][:200])]
-    registered = Row("Prefect: pools and deployments", "yes", note=f"{len(report.applied)} objects applied")
-    rows.append(registered)
-    for deployment, gpu in (("ml-pipeline/k8s-cpu", False), ("train-flow/k8s-gpu", True)):
-        workload = f"FlowRun/{deployment}"
+        rows.append(Row("Prefect: pools and deployments", "FAILED", note=str(error).splitlines()[-1][:200]))
+        return
+    rows.append(Row("Prefect: pools and deployments", "yes", note=f"{len(report.applied)} objects applied"))
+    for row in rows:
+        if row.pod is not None and row.pod.name in WORKER_DEPLOYMENTS:
+            row.pod.stop()
+            row.note = "; ".join(
+                filter(None, [row.note, "stopped before the flow runs (no API server for Jobs)"])
+            )
+    seed_training_data(ctx, say)
+    try:
+        runs = [start_flow_run_job(take_flow_run(api_url, PIPELINE, auth_string=auth, pod_api_url=pod_api_url),
+                                   ctx, say)]  # fmt: skip
+    except Exception as error:
+        rows.append(Row(f"FlowRun/{PIPELINE}", "FAILED", note=str(error).splitlines()[-1][:200]))
+        return
+    deadline, next_poll = time.monotonic() + FLOW_RUN_TIMEOUT_S, 0.0
+    while time.monotonic() < deadline and not all(r.row.pod is None or r.row.pod.finished for r in runs):
+        for each in [*app_pods, *(r.row.pod for r in runs if r.row.pod is not None)]:
+            each.tick()
+        if time.monotonic() >= next_poll:
+            next_poll = time.monotonic() + 5
+            for pool in WORKER_DEPLOYMENTS.values():
+                with api_settings(api_url, auth):
+                    taken = with_client(_take_scheduled, pool)
+                for run_id in taken:
+                    job = render_flow_run_job(api_url, run_id, auth_string=auth, pod_api_url=pod_api_url)
+                    runs.append(start_flow_run_job(job, ctx, say))
+        time.sleep(1)
+    for run in runs:
         try:
-            job = take_flow_run(api_url, deployment, auth_string=auth, pod_api_url=pod_api_url)
+            final = wait_for_final_state(api_url, run.flow_run_id, auth_string=auth, timeout=20)
+            run.row.flow_state = final.state.name if final.state else "no state"
         except Exception as error:
-            rows.append(Row(workload, "FAILED", note=str(error).splitlines()[-1][:200]))
-            continue
-        manifest, notes = job.manifest, []
-        if gpu:
-            manifest, removal = strip_gpu(job.manifest)
-            notes += removal.lines() if removal else ["no GPU request found"]
-        spec = manifest["spec"]["template"]["spec"]
-        labels = manifest["spec"]["template"].get("metadata", {}).get("labels", {})
-        name = f"{deployment.split('/')[0]}-{str(job.flow_run_id)[:8]}"
-        say(f"{workload}: flow run {job.flow_run_id} as Job pod {name}")
-        try:
-            pod = start_pod(name, spec, ctx, labels=labels, kind="Job")
-        except KubeError as error:
-            rows.append(Row(workload, "FAILED", note=str(error)[:200]))
-            continue
-        row = Row(workload, "yes", pod, must_complete=True)
-        rows.append(row)
-        run_to_completion(pod, 900, int(manifest["spec"].get("backoffLimit", 0)), others=app_pods)
-        try:
-            final = wait_for_final_state(api_url, job.flow_run_id, auth_string=auth, timeout=30)
-            state = final.state.name if final.state else "no state"
-        except Exception as error:  # a timeout or an API error: reported
-            state = f"not final ({str(error)[:80]})"
-        row.note = "; ".join([f"flow run {state}", *notes])
-        row.flow_state = state
-    return rows
+            run.row.flow_state = f"not final ({str(error)[:80]})"
+        run.row.note = "; ".join([f"flow run {run.row.flow_state}", *run.notes])
+        rows.append(run.row)
+    serving = next((row for row in rows if row.workload == "Deployment/model-serving" and row.pod), None)
+    if serving is not None and serving.pod is not None and runs[0].row.flow_state == "Completed":
+        say("model-serving: waiting for it to serve the champion")
+        wait_ready([serving.pod], 180, say)
+        serving.note = "; ".join(filter(None, [serving.note, served_model(serving.pod, ctx)]))
+
+
+def served_model(pod: Pod, ctx: PodContext) -> str:
+    """`model <name> version <v> served`, from the server's Open Inference Protocol metadata."""
+    args = pod.containers[0].plan.run_args
+    uri = next((arg for arg in args if arg.startswith("models:/")), "models:/churn@champion")
+    name = uri.removeprefix("models:/").split("@")[0].split("/")[0]
+    token = ctx.secrets.get("model-serving-token", {}).get("token", "")
+    request = urllib.request.Request(f"http://{pod.ip}:8080/v2/models/{name}",
+                                     headers={"Authorization": f"Bearer {token}"} if token else {})  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            meta = json.load(response)
+    except OSError as error:
+        return f"model {name}: not served ({error})"
+    return f"model {name} version {', '.join(map(str, meta.get('versions') or []))} served ({uri})"
 
 
 def restore_verify(cron: KubeObject, ctx: PodContext, app_pods: list[Pod]) -> Row:

@@ -3,6 +3,7 @@ ports, Service aliases and the Prometheus scrape configuration from the monitors
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from aicml.kube.rehearsal.pods import (
     EnvError,
     PodContext,
     _port_number,
+    _write_files,
     container_env,
     expand,
     plan_container,
@@ -211,3 +213,17 @@ def test_pip_setup_mounts_the_ca_aside_and_the_local_index_roots(tmp_path: Path)
     volumes = [setup.volumes[i + 1] for i in range(0, len(setup.volumes), 2)]
     assert f"{ca.parent}:/run/host-ca:ro" in volumes
     assert f"{tmp_path / 'pypi'}:{tmp_path / 'pypi'}:ro" in volumes
+
+
+def test_secret_volume_files_follow_default_mode_and_fs_group(tmp_path: Path) -> None:
+    """defaultMode 0400 with an fsGroup: the kubelet makes the file group-readable by that group."""
+    ctx = context(tmp_path, secrets={"token": {"token": "t0k"}})
+    volume = {"name": "token", "secret": {"secretName": "token", "defaultMode": 0o400}}
+    gid = os.getgid()
+    path = _write_files("serving", "token", volume, ctx, gid) / "token"
+    assert path.read_text() == "t0k"
+    assert path.stat().st_mode & 0o777 == 0o440 and path.stat().st_gid == gid
+    without = _write_files("serving2", "token", volume, ctx) / "token"
+    assert without.stat().st_mode & 0o777 == 0o400
+    with pytest.raises(KubeError, match="does not exist"):
+        _write_files("p", "v", {"name": "v", "secret": {"secretName": "nope"}}, ctx)
