@@ -212,6 +212,7 @@ class ContainerPlan:
     run_args: list[str]
     env_secret: dict[str, str]
     spec: dict[str, Any]
+    env: dict[str, str] = field(default_factory=dict)  # the whole environment, for the rehearsal's own calls
 
 
 def security_args(container: Mapping[str, Any], pod_spec: Mapping[str, Any]) -> list[str]:
@@ -288,7 +289,7 @@ def plan_container(
         rest = command[1:] + rest
     image = ctx.image_for(str(container.get("image", "")))
     return ContainerPlan(
-        str(container["name"]), cname, image, [*args, image, *rest], secret_env, dict(container)
+        str(container["name"]), cname, image, [*args, image, *rest], secret_env, dict(container), env
     )
 
 

@@ -253,12 +253,13 @@ class Row:
     note: str = ""
     must_complete: bool = False
     flow_state: str = ""
+    checks_ok: bool = True
 
     @property
     def ok(self) -> bool:
         if self.started == "skipped":
             return True
-        if self.started != "yes":
+        if self.started != "yes" or not self.checks_ok:
             return False
         if self.flow_state:
             return self.flow_state == "Completed"
@@ -547,7 +548,7 @@ def _pod_env(objects: list[KubeObject], name: str, ctx: PodContext) -> dict[str,
 WORKER_DEPLOYMENTS = {"prefect-worker-cpu": "k8s-cpu", "prefect-worker-gpu": "k8s-gpu"}
 PIPELINE = "ml-pipeline/k8s-cpu"
 TRAINING_DATA_CLAIM = "training-data-pvc"  # the pools' training_data_claim default
-FLOW_RUN_TIMEOUT_S = 720.0
+FLOW_RUN_TIMEOUT_S = 600.0
 
 
 async def _take_scheduled(client: Any, pool: str) -> list[Any]:
@@ -626,7 +627,12 @@ def flow_runs(
         rows.append(Row("Prefect: pools and deployments", "no", note="prefect-server is not ready"))
         return
     from aicml.kube.prefect_setup import api_settings, register_platform, with_client
-    from aicml.kube.rehearsal.flowrun import render_flow_run_job, take_flow_run, wait_for_final_state
+    from aicml.kube.rehearsal.flowrun import (
+        render_flow_run_job,
+        report_exit,
+        take_flow_run,
+        wait_for_final_state,
+    )
 
     api_url = f"http://{prefect.ip}:4200/api"
     auth = _pod_env(objects, "prefect-server", ctx).get("PREFECT_SERVER_API_AUTH_STRING")
@@ -665,18 +671,59 @@ def flow_runs(
                     runs.append(start_flow_run_job(job, ctx, say))
         time.sleep(1)
     for run in runs:
+        pod = run.row.pod
         try:
-            final = wait_for_final_state(api_url, run.flow_run_id, auth_string=auth, timeout=20)
-            run.row.flow_state = final.state.name if final.state else "no state"
-        except Exception as error:
+            if pod is not None and pod.finished:  # the worker's part: a non-zero exit proposes Crashed
+                run.row.flow_state = report_exit(api_url, run.flow_run_id, pod.containers[0].exit_code or 0,
+                                                 auth_string=auth)  # fmt: skip
+            else:
+                if pod is not None:
+                    pod.stop()
+                    run.notes.append(f"stopped after {FLOW_RUN_TIMEOUT_S:.0f}s")
+                final = wait_for_final_state(api_url, run.flow_run_id, auth_string=auth, timeout=10)
+                run.row.flow_state = final.state.name if final.state else "no state"
+        except Exception as error:  # a timeout or an API error: reported
             run.row.flow_state = f"not final ({str(error)[:80]})"
         run.row.note = "; ".join([f"flow run {run.row.flow_state}", *run.notes])
         rows.append(run.row)
+    agents = next((row for row in rows if row.workload == "Deployment/agent-orchestration-service"), None)
+    if agents is not None and agents.pod is not None and agents.pod.ready:
+        agents.note = "; ".join(filter(None, [agents.note, agent_coordination(agents.pod)]))
+        agents.checks_ok = "FAILED" not in agents.note
     serving = next((row for row in rows if row.workload == "Deployment/model-serving" and row.pod), None)
     if serving is not None and serving.pod is not None and runs[0].row.flow_state == "Completed":
         say("model-serving: waiting for it to serve the champion")
         wait_ready([serving.pod], 180, say)
-        serving.note = "; ".join(filter(None, [serving.note, served_model(serving.pod, ctx)]))
+        served = served_model(serving.pod, ctx)
+        serving.note = "; ".join(filter(None, [serving.note, served]))
+        serving.checks_ok = "not served" not in served
+
+
+def _http_json(url: str, token: str, method: str = "GET", body: Any = None) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    request = urllib.request.Request(url, data=data, headers=headers, method=method)
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)
+
+
+def agent_coordination(pod: Pod) -> str:
+    """Register a rule agent, activate it, store a one-step coordination and invoke it, with the service's
+    token: what a client of agent-orchestration does."""
+    token = pod.containers[0].plan.env.get("AIC_AGENTS_TOKEN", "")
+    base = f"http://{pod.ip}:8080/v1"
+    agent = {"name": "rehearsal-reply", "version": "1",
+             "implementation": {"kind": "rule", "rule": "template", "config": {"template": "Routed to {skill}"}}}  # fmt: skip
+    try:
+        _http_json(f"{base}/agents", token, "POST", agent)
+        _http_json(f"{base}/agents/rehearsal-reply/versions/1/transition", token, "POST", {"to": "active"})
+        graph = {"graph": {"pattern": "pipeline", "steps": [{"agent": "rehearsal-reply"}]}}
+        _http_json(f"{base}/coordinations/rehearsal", token, "PUT", graph)
+        reply = _http_json(f"{base}/coordinations/rehearsal/invoke", token, "POST",
+                           {"correlation_id": "rehearsal-1", "payload": {"skill": "billing"}})  # fmt: skip
+    except (OSError, ValueError) as error:
+        return f"coordination FAILED: {error}"
+    return f"coordination answered: {reply.get('outcome')} {reply.get('payload', {}).get('text')!r}"
 
 
 def served_model(pod: Pod, ctx: PodContext) -> str:
