@@ -35,7 +35,9 @@ AUTH = "aic-admin:Rehearsal-Pa55word-7f3c"
 @contextlib.contextmanager
 def auth_prefect_server(tmp: Path) -> Iterator[str]:
     """The local stack's Prefect server (SQLite under ``tmp``) on a free port, with API auth and CSRF on."""
-    stack = LocalStack(AicSettings(home=tmp, prefect_port=free_port()))
+    # database_url=None: its own SQLite, even when the session's stack exported a PostgreSQL URL (two
+    # servers on one database would share their limits and automations).
+    stack = LocalStack(AicSettings(home=tmp, prefect_port=free_port(), database_url=None))
     for directory in (tmp / "prefect", stack.metrics_dir):
         directory.mkdir(parents=True, exist_ok=True)
     spec = next(s for s in stack.specs() if s.name == "prefect-server")
@@ -119,7 +121,7 @@ def test_register_platform_brings_the_server_to_the_platform_state_once(
     server: str, capfd: pytest.CaptureFixture[str]
 ) -> None:
     first = register_platform(server, auth_string=AUTH, project_dir=REPO)
-    assert {a.action for a in first.applied} == {"created"}
+    assert {a.action for a in first.applied} == {"created"}, "\n".join(first.lines())
 
     with api_settings(server, AUTH):
         pools, deployments, limit, automations = with_client(_state)
