@@ -101,16 +101,18 @@ k8s-images: $(STAMP) rehearsal-deps ## Build the rehearsal's base (debootstrap),
 k8s-rehearsal: k8s-images ## Rehearse the dev overlay with podman: every workload as a container, probed; one table
 	$(BIN)/aicml k8s rehearse --overlay dev --no-build
 
-k8s-smoke: $(STAMP) ## With Docker and kind (not on this machine): cluster, image, apply dev, rollouts, one flow per pool
+k8s-smoke: $(STAMP) ## With Docker and kind (not here): cluster, image, apply dev, rollouts, a flow per pool (k8s-gpu needs a GPU node)
 	kind create cluster --name $(KIND_CLUSTER)
-	trap 'kind delete cluster --name $(KIND_CLUSTER)' EXIT; set -e; \
+	trap 'kind delete cluster --name $(KIND_CLUSTER)' EXIT; set -e; ctx=kind-$(KIND_CLUSTER); \
+	  k="kubectl --context $$ctx -n aic-ai-ml"; \
 	  docker build -f docker/Dockerfile -t $(K8S_IMAGE) .; \
 	  kind load docker-image $(K8S_IMAGE) --name $(KIND_CLUSTER); \
-	  $(BIN)/aicml k8s apply --overlay dev --context kind-$(KIND_CLUSTER); \
-	  kubectl --context kind-$(KIND_CLUSTER) -n aic-ai-ml wait --for=condition=complete job/postgresql-ai-ml-init --timeout=300s; \
-	  for d in $$(kubectl --context kind-$(KIND_CLUSTER) -n aic-ai-ml get deploy -o name); do \
-	    kubectl --context kind-$(KIND_CLUSTER) -n aic-ai-ml rollout status $$d --timeout=600s; done; \
-	  kubectl --context kind-$(KIND_CLUSTER) -n aic-ai-ml port-forward svc/prefect-server 4200:4200 & pf=$$!; sleep 5; \
-	  PREFECT_API_URL=http://127.0.0.1:4200/api $(BIN)/prefect deployment run 'ml-pipeline/k8s-cpu' --watch; \
-	  PREFECT_API_URL=http://127.0.0.1:4200/api $(BIN)/prefect deployment run 'train-flow/k8s-gpu' --watch; \
-	  kill $$pf
+	  $(BIN)/aicml k8s apply --overlay dev --context $$ctx; \
+	  $$k wait --for=condition=complete job/postgresql-ai-ml-init --timeout=300s; \
+	  for d in $$($$k get deploy -o name); do $$k rollout status $$d --timeout=600s; done; \
+	  $$k run aic-seed --image $(K8S_IMAGE) --restart Never --overrides '{"spec": {"securityContext": {"runAsUser": 10001, "fsGroup": 10001}, "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "training-data-pvc"}}], "containers": [{"name": "aic-seed", "image": "$(K8S_IMAGE)", "command": ["sh", "-c", "aicml demo-data --out /mnt/data/churn --rows 5000 && rm /mnt/data/churn/churn-corrupted.csv"], "volumeMounts": [{"name": "data", "mountPath": "/mnt/data"}]}]}}'; \
+	  $$k wait --for=jsonpath='{.status.phase}'=Succeeded pod/aic-seed --timeout=300s; \
+	  $$k port-forward svc/prefect-server 4200:4200 & pf=$$!; trap 'kill $$pf; kind delete cluster --name $(KIND_CLUSTER)' EXIT; sleep 5; \
+	  export PREFECT_API_URL=http://127.0.0.1:4200/api; \
+	  export PREFECT_API_AUTH_STRING="$$($$k get secret prefect-api-auth -o jsonpath='{.data.auth-string}' | base64 -d)"; \
+	  $(BIN)/prefect deployment run 'ml-pipeline/k8s-cpu' --watch
