@@ -70,15 +70,29 @@ def apply(
     overlay: OverlayOption = OverlayName.dev,
     k8s_dir: K8sDirOption = None,
     context: ContextOption = None,
+    prefect: Annotated[
+        bool,
+        typer.Option(
+            help="Then register the work pools, deployments, training-slot limit and crash automation on the "
+            "cluster's Prefect server (through a port-forward)."
+        ),
+    ] = True,
+    project_dir: Annotated[
+        Path, typer.Option("--project-dir", help="Where prefect.yaml is (default: the current directory).")
+    ] = Path("."),
 ) -> None:
-    """Validate the overlay like `plan`, create missing Secrets, then server-side apply it (needs a cluster)."""
-    from aicml.kube.cluster import apply_manifest
+    """Validate the overlay like `plan`, create missing Secrets, server-side apply it, then bring the cluster's
+    Prefect to the platform's state (needs a cluster)."""
+    from aicml.kube.cluster import apply_manifest, register_prefect
     from aicml.kube.plan import plan_overlay
 
     try:
         report = plan_overlay(overlay.value, k8s_dir, checkov=False)
         report.raise_for_violations()
         print(apply_manifest(report.manifest, report.objects, context=context), end="")
+        if prefect:
+            for line in register_prefect(project_dir.resolve(), context=context):
+                print(f"prefect: {line}")
     except KubeError as error:
         print(f"error: {error}")
         raise typer.Exit(1) from error

@@ -112,3 +112,68 @@ def verify(context: str | None = None, namespace: str = NAMESPACE) -> list[Workl
         listed = json.loads(kubectl(["get", resource, "-n", namespace, "-o", "json"], context=context))
         items.extend(judge(item) for item in listed.get("items", []))
     return items
+
+
+PREFECT_AUTH_SECRET = ("prefect-api-auth", "auth-string")
+
+
+def read_secret_value(name: str, key: str, context: str | None = None, namespace: str = NAMESPACE) -> str:
+    """One key of a Secret, decoded (kept in memory, never printed)."""
+    import base64
+
+    encoded = kubectl(
+        ["get", "secret", name, "-n", namespace, "-o", f"jsonpath={{.data.{key}}}"], context=context
+    ).strip()
+    if not encoded:
+        raise KubeError(f"Secret {name} in {namespace} has no key {key!r}.")
+    return base64.b64decode(encoded).decode()
+
+
+def register_prefect(
+    project_dir: Any, context: str | None = None, namespace: str = NAMESPACE, timeout_s: int = 600
+) -> list[str]:
+    """The cluster's Prefect server brought to the platform's state: pools with their base job templates,
+    prefect.yaml's cluster deployments, the `training-slot` limit and the crash automation.
+
+    Waits for the server's rollout, reaches it through `kubectl port-forward` (so it works from a laptop
+    outside the cluster network) with the API auth string read from its Secret, and returns one line per
+    object (created, updated or unchanged).
+    """
+    import socket
+    import time
+
+    import httpx
+
+    from aicml.kube.prefect_setup import register_platform
+
+    kubectl(
+        ["rollout", "status", "deployment/prefect-server", "-n", namespace, f"--timeout={timeout_s}s"],
+        context=context,
+    )
+    auth = read_secret_value(*PREFECT_AUTH_SECRET, context=context, namespace=namespace)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [kubectl_binary(), *(["--context", context] if context else [])]
+    command += ["port-forward", "-n", namespace, "service/prefect-server", f"{port}:4200"]
+    forward = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    api_url = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{api_url}/health", timeout=2.0).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if forward.poll() is not None or time.monotonic() > deadline:
+                detail = (
+                    forward.stderr.read() if forward.stderr and forward.poll() is not None else "timed out"
+                )
+                raise KubeError(f"`kubectl port-forward service/prefect-server` failed: {detail}")
+            time.sleep(0.5)
+        report = register_platform(api_url, auth_string=auth, project_dir=project_dir)
+        return report.lines()
+    finally:
+        forward.terminate()
+        forward.wait(timeout=10)

@@ -26,7 +26,7 @@ from aicml.kube.rehearsal.flowrun import (
 from deployments.templates import base_job_template
 
 sys.path.append(str(Path(__file__).parent))
-from test_prefect_setup import AUTH, REPO, auth_prefect_server
+from prefect_servers import AUTH, REPO, auth_prefect_server
 
 POD_API_URL = "http://prefect-server.aic-ai-ml.svc.cluster.local:4200/api"
 CPU, GPU = "ml-pipeline/k8s-cpu", "train-flow/k8s-gpu"
