@@ -10,6 +10,9 @@ PYTEST_ARGS ?=
 TOOLS := .tools
 TOOLS_STAMP := $(TOOLS)/.installed
 export AIC_CHECKOV := $(CURDIR)/$(TOOLS)/bin/checkov
+NCA := $(TOOLS)/nca
+NCA_STAMP := $(NCA)/.installed
+export AIC_NCA := $(CURDIR)/$(NCA)/bin/nca
 
 .PHONY: help venv tools system-deps demo test test-fast lint fmt up down status bench clean \
 	rehearsal-deps k8s-images k8s-rehearsal k8s-smoke
@@ -32,7 +35,12 @@ $(TOOLS_STAMP): tools-requirements.txt
 	$(TOOLS)/bin/pip install -q -r tools-requirements.txt
 	@touch $(TOOLS_STAMP)
 
-tools: $(TOOLS_STAMP) ## Install checkov into its own venv (.tools/): its pins clash with torch's
+$(NCA_STAMP): tools-nca-requirements.txt
+	@test -x $(NCA)/bin/python || $(PYTHON) -m venv $(NCA)
+	$(NCA)/bin/pip install -q -r tools-nca-requirements.txt
+	@touch $(NCA_STAMP)
+
+tools: $(TOOLS_STAMP) $(NCA_STAMP) ## Install checkov (.tools/) and the NetworkPolicy analyser nca (.tools/nca): their pins clash with torch's and each other's
 
 system-deps: ## Debian packages the tests use (promtool/prometheus, pg_dump); installs only what is missing
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null || \
