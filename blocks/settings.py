@@ -99,9 +99,9 @@ class AicSettings(BaseSettings):
             self.mlflow_tracking_uri = user_variable("MLFLOW_TRACKING_URI")
         if self.prefect_api_url is None:
             self.prefect_api_url = user_variable("PREFECT_API_URL")
-        if self.database_url is None and (host := user_variable("PGHOST")):
+        host, user = user_variable("PGHOST"), user_variable("PGUSER")
+        if self.database_url is None and host and user:
             # The password stays in PGPASSWORD, which libpq and psycopg read themselves: never in a URL.
-            user = os.environ.get("PGUSER", "postgres")
             self.database_url = SecretStr(f"postgresql://{user}@{host}:{os.environ.get('PGPORT', '5432')}/")
         return self
 
@@ -140,3 +140,29 @@ class AicSettings(BaseSettings):
         _, _, rest = base.partition("://")
         hostpart = rest.split("/", 1)[0]
         return f"postgresql+{driver}://{hostpart}/{name}"
+
+
+def service_database_url(service: str, driver: str = "psycopg") -> str | None:
+    """The URL of a platform service's own database on Kubernetes, else None.
+
+    Each service's Secret reaches its pods as ``<SERVICE>_DB_USER``, ``<SERVICE>_DB_PASSWORD`` and
+    ``<SERVICE>_DB_NAME`` (``service`` is e.g. ``DATA_INTEGRATION``), the server as ``PGHOST``/``PGPORT``
+    from the platform ConfigMap. The URL carries the password, so keep it out of parameters and logs:
+    resolve it where it is used.
+    """
+    from sqlalchemy.engine import URL
+
+    prefix = service.upper()
+    database, user = os.environ.get(f"{prefix}_DB_NAME"), os.environ.get(f"{prefix}_DB_USER")
+    host = os.environ.get("PGHOST")
+    if not (database and user and host):
+        return None
+    url = URL.create(
+        f"postgresql+{driver}",
+        username=user,
+        password=os.environ.get(f"{prefix}_DB_PASSWORD") or None,
+        host=host,
+        port=int(os.environ.get("PGPORT", "5432")),
+        database=database,
+    )
+    return url.render_as_string(hide_password=False)

@@ -52,8 +52,13 @@ def ingest_source(source: str, table: str | None = None, dataset: str | None = N
 
 
 def ingest_state_url() -> str:
-    """Where incremental state lives: the stack's PostgreSQL database when configured, else SQLite
-    under the stack's home (next to Prefect's own database)."""
+    """Where incremental state (ledger, watermarks) lives: data integration's own database on Kubernetes
+    (data_integration_db), else the stack's PostgreSQL database when configured, else SQLite under the
+    stack's home (next to Prefect's own database)."""
+    from blocks.settings import service_database_url
+
+    if own := service_database_url("DATA_INTEGRATION"):
+        return own
     current = settings()
     url = current.database_for(current.prefect_database, "psycopg")
     return url or f"sqlite:///{current.root / 'ingest-state.db'}"

@@ -48,9 +48,12 @@ class StudyReport:
 
 
 def default_storage_url() -> str:
+    """Model tuning's own database on Kubernetes (tuning_db, shared by every trial worker of every run),
+    else SQLite under the stack's home."""
     from aicml.tuning.study import local_storage_url
+    from blocks.settings import service_database_url
 
-    return local_storage_url(data_dir("tuning"))
+    return service_database_url("TUNING") or local_storage_url(data_dir("tuning"))
 
 
 @task(name="open-study", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE, persist_result=False)

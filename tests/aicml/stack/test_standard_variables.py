@@ -75,3 +75,39 @@ def test_export_keeps_what_the_user_set(tmp_path: Path, monkeypatch: pytest.Monk
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+def test_a_service_database_comes_from_its_kubernetes_secret_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sqlalchemy.engine import make_url
+
+    from blocks.settings import service_database_url
+
+    assert service_database_url("TUNING") is None  # not on Kubernetes: callers fall back to the stack's
+    monkeypatch.setenv("PGHOST", "postgresql-service.aic-platform.svc.cluster.local")
+    monkeypatch.setenv("TUNING_DB_USER", "model_tuning")
+    monkeypatch.setenv("TUNING_DB_NAME", "tuning_db")
+    monkeypatch.setenv("TUNING_DB_PASSWORD", "p@ss:w/rd%")
+    url = make_url(service_database_url("TUNING") or "")
+    assert (url.drivername, url.username, url.database, url.port) == (
+        "postgresql+psycopg",
+        "model_tuning",
+        "tuning_db",
+        5432,
+    )
+    assert url.password == "p@ss:w/rd%"  # quoted in the URL, intact when parsed
+
+
+def test_the_ingest_ledger_and_the_tuning_storage_use_their_own_databases(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tasks.ingest import ingest_state_url
+    from tasks.tune import default_storage_url
+
+    monkeypatch.setenv("PGHOST", "db.example")
+    for service, database in (("DATA_INTEGRATION", "data_integration_db"), ("TUNING", "tuning_db")):
+        monkeypatch.setenv(f"{service}_DB_USER", service.lower())
+        monkeypatch.setenv(f"{service}_DB_NAME", database)
+    assert ingest_state_url().endswith("@db.example:5432/data_integration_db")
+    assert default_storage_url().endswith("@db.example:5432/tuning_db")
