@@ -37,12 +37,16 @@ class ClusterOptions:
     # someone will watch it; its periodic plot updates run in this process.
     dashboard: bool = False
     memory_limit: str = "auto"
-    image: str = "ghcr.io/dask/dask:2026.8.0-py3.11"
+    # The platform's image: workers unpickle and run aicml's partition code, so they must import aicml.
+    image: str = "ghcr.io/aic/aic-ml:0.1.0"
     namespace: str = "aic-ai-ml"
     cluster_name: str = "aic-ingest"
     worker_cpu: str = "1"
     worker_memory: str = "4Gi"
     env: dict[str, str] = field(default_factory=dict)
+
+
+DASK_POD_LABELS = {"app.kubernetes.io/part-of": "aic-ml", "aic.io/dask": "true"}
 
 
 def render_kubernetes_spec(options: ClusterOptions) -> dict[str, Any]:
@@ -61,15 +65,31 @@ def render_kubernetes_spec(options: ClusterOptions) -> dict[str, Any]:
         env=[{"name": k, "value": v} for k, v in sorted(options.env.items())],
     )
     spec["metadata"]["namespace"] = options.namespace
-    spec["metadata"].setdefault("labels", {})["app.kubernetes.io/part-of"] = "aic-ml"
+    spec["metadata"].setdefault("labels", {}).update(DASK_POD_LABELS)
     for role in ("worker", "scheduler"):
+        # The operator copies these labels to the pods: the NetworkPolicy `dask-within-namespace` keeps
+        # everything outside the namespace (and in it, everything but the ingest runs) away from them.
+        spec["spec"][role].setdefault("metadata", {}).setdefault("labels", {}).update(DASK_POD_LABELS)
         pod = spec["spec"][role]["spec"]
+        # Pod Security `restricted`, as every pod of the namespace.
+        pod["securityContext"] = {
+            "runAsNonRoot": True,
+            "runAsUser": 10001,
+            "runAsGroup": 10001,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        }
+        pod["automountServiceAccountToken"] = False
         for container in pod["containers"]:
             if container.get("env") is None:
                 container["env"] = []
+            container["env"].append({"name": "HOME", "value": "/tmp"})
             if container.get("resources") is None:
                 container["resources"] = resources
-            container.setdefault("securityContext", {"allowPrivilegeEscalation": False, "runAsNonRoot": True})
+            container["securityContext"] = {
+                "allowPrivilegeEscalation": False,
+                "runAsNonRoot": True,
+                "capabilities": {"drop": ["ALL"]},
+            }
     return spec
 
 

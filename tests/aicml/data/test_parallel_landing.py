@@ -30,6 +30,17 @@ def test_kubernetes_cluster_spec_is_valid_against_the_operator_crd() -> None:
     container = worker["spec"]["containers"][0]
     assert container["resources"]["limits"] == {"cpu": "1", "memory": "4Gi"}
     assert {"name": "AIC_HOME", "value": "/data"} in container["env"]
+    # Workers run aicml's partition code: the platform image, not the public Dask one.
+    assert container["image"].startswith("ghcr.io/aic/aic-ml:")
+    for role in ("worker", "scheduler"):
+        pod = spec["spec"][role]
+        # The labels the dask-within-namespace NetworkPolicy selects, and Pod Security `restricted`.
+        assert pod["metadata"]["labels"]["aic.io/dask"] == "true"
+        assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+        assert pod["spec"]["automountServiceAccountToken"] is False
+        assert all(
+            c["securityContext"]["capabilities"] == {"drop": ["ALL"]} for c in pod["spec"]["containers"]
+        )
 
 
 def test_invalid_cluster_specs_are_caught_offline() -> None:
