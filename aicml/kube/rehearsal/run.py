@@ -394,9 +394,10 @@ def rehearse(
     network = f"aicr-{run_id}"
     state_dir = Path(tempfile.mkdtemp(prefix=f"run-{run_id}-", dir=CACHE_DIR))
     services = of_kind(objects, "Service")
-    images = {repo: APP_IMAGE for repo in APP_REPOSITORIES}
+    app_image = os.environ.get("AIC_REHEARSAL_IMAGE", APP_IMAGE)  # another local image, e.g. a candidate fix
+    images = {repo: app_image for repo in APP_REPOSITORIES}
     images.update({"docker.io/library/postgres": EXTERNALS_IMAGE, "postgres": EXTERNALS_IMAGE})
-    say(f"replaced: images {', '.join(APP_REPOSITORIES)} -> {APP_IMAGE}; postgres -> {EXTERNALS_IMAGE}")
+    say(f"replaced: images {', '.join(APP_REPOSITORIES)} -> {app_image}; postgres -> {EXTERNALS_IMAGE}")
     ctx = PodContext(network=network, run_id=run_id, state_dir=state_dir, configmaps=configmaps, secrets=secrets,
                      services=services, images=images)  # fmt: skip
     rows: list[Row] = []
