@@ -336,6 +336,8 @@ def print_table(rows: list[Row], say: Say) -> None:
             ready = f"{pod.ready_after:.0f}" if pod.ready_after is not None else "NOT READY"
         elif pod is not None:
             ready = "completed" if pod.succeeded else "FAILED"
+            if row.flow_state:  # the pod may exit 0 with its flow run Failed: the run's state decides
+                ready = "completed" if row.flow_state == "Completed" else "FAILED"
         lines.append((row.workload, row.started, ready, str(pod.restarts if pod else "-"),
                       str(pod.probe_failures if pod else "-"), row.note))  # fmt: skip
     widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]

@@ -22,7 +22,7 @@ from aicml.kube.rehearsal.pods import (
     security_args,
     service_link_env,
 )
-from aicml.kube.rehearsal.run import RunningPod, aliases_for, rendered_data, scrape_config
+from aicml.kube.rehearsal.run import Row, RunningPod, aliases_for, print_table, rendered_data, scrape_config
 
 SERVICE = {"kind": "Service", "metadata": {"name": "mlflow-service", "labels": {"app": "mlflow"}},
            "spec": {"selector": {"app.kubernetes.io/name": "mlflow"},
@@ -227,3 +227,15 @@ def test_secret_volume_files_follow_default_mode_and_fs_group(tmp_path: Path) ->
     assert without.stat().st_mode & 0o777 == 0o400
     with pytest.raises(KubeError, match="does not exist"):
         _write_files("p", "v", {"name": "v", "secret": {"secretName": "nope"}}, ctx)
+
+
+def test_rows_fail_on_what_did_not_come_up_or_complete() -> None:
+    assert Row("Deployment/x", "skipped").ok
+    assert not Row("Deployment/x", "FAILED").ok
+    assert Row("Prefect: pools", "yes").ok
+    assert not Row("FlowRun/a", "yes", flow_state="Failed").ok
+    assert Row("FlowRun/a", "yes", flow_state="Completed").ok
+    assert not Row("Deployment/agents", "yes", checks_ok=False).ok
+    lines: list[str] = []
+    print_table([Row("Deployment/x", "skipped", note="replicas: 0")], lines.append)
+    assert lines[0].startswith("workload") and "replicas: 0" in lines[1]
