@@ -142,9 +142,8 @@ def register_prefect(
     import socket
     import time
 
-    import httpx
-
     from aicml.kube.prefect_setup import register_platform
+    from aicml.stack.processes import healthy
 
     kubectl(
         ["rollout", "status", "deployment/prefect-server", "-n", namespace, f"--timeout={timeout_s}s"],
@@ -160,12 +159,7 @@ def register_prefect(
     api_url = f"http://127.0.0.1:{port}/api"
     try:
         deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{api_url}/health", timeout=2.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
+        while not healthy(f"{api_url}/health"):
             if forward.poll() is not None or time.monotonic() > deadline:
                 detail = (
                     forward.stderr.read() if forward.stderr and forward.poll() is not None else "timed out"

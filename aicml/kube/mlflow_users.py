@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -52,20 +51,11 @@ def accounts_from_env(environ: Mapping[str, str]) -> list[Account]:
 
 
 def wait_for_server(tracking_uri: str, timeout_s: float = 300.0) -> None:
-    import httpx
+    from aicml.stack.processes import healthy, wait_until
 
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if httpx.get(f"{tracking_uri.rstrip('/')}/health", timeout=5.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise ConfigurationError(
-                f"MLflow at {tracking_uri} did not answer /health within {timeout_s:.0f} s."
-            )
-        time.sleep(2.0)
+    url = f"{tracking_uri.rstrip('/')}/health"
+    if not wait_until(lambda: healthy(url, timeout=5.0), timeout_s, interval=2.0):
+        raise ConfigurationError(f"MLflow at {tracking_uri} did not answer /health within {timeout_s:.0f} s.")
 
 
 def ensure_accounts(tracking_uri: str, admin: Account, accounts: list[Account]) -> dict[str, str]:
