@@ -210,7 +210,6 @@ def build_cached(
     started = time.monotonic()
     if image_exists(tag) and image_label(tag, INPUTS_LABEL) == digest:
         return BuildResult(tag, False, 0.0)
-    previous = image_id(tag) if image_exists(tag) else None
     args = ["build", "--network", "host", *ULIMITS, "-f", str(dockerfile), "-t", tag,
             "--label", f"{INPUTS_LABEL}={digest}", *volumes]  # fmt: skip
     for key, value in build_args.items():
@@ -225,8 +224,6 @@ def build_cached(
     if done.returncode != 0:
         tail = log_path.read_text()[-3000:] if log_path else ""
         raise KubeError(f"podman build of {tag} failed (log: {log_path}):\n{tail}")
-    if previous and previous != image_id(tag):
-        podman("rmi", previous, check=False)  # the image this one replaces (its layers stay as build cache)
     return BuildResult(tag, True, time.monotonic() - started)
 
 
