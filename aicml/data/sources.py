@@ -141,9 +141,6 @@ def read_source(spec: SourceSpec) -> pd.DataFrame:
 
 def redact(source: str) -> str:
     """``source`` with any password in a URL replaced by ***, safe for logs and artifacts."""
-    if "://" not in source or "@" not in source.split("#", 1)[0]:
-        return source
-    scheme, rest = source.split("://", 1)
-    credentials, _, host = rest.partition("@")
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in credentials else source
+    from aicml.redaction import redact as redact_text
+
+    return redact_text(source)

@@ -197,12 +197,9 @@ def open_study(
 
 def redact(url: str) -> str:
     """The URL without its password, for logs, MLflow params and artifacts."""
-    from sqlalchemy.engine import make_url
+    from aicml.redaction import redact as redact_text
 
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<unparseable storage URL>"
+    return redact_text(url)
 
 
 @contextlib.contextmanager
