@@ -33,11 +33,13 @@ def serve(
     from aicml.agents.server import build_app
     from aicml.agents.settings import AgentSettings
     from aicml.errors import AicError
+    from aicml.serving.auth import refuse_open_server
 
     settings = AgentSettings()
     if database_url:
         settings.database_url = SecretStr(database_url)
     try:
+        refuse_open_server(host, settings.auth_disabled, "AIC_AGENTS_AUTH_DISABLED")
         asgi = build_app(settings)
     except AicError as exc:
         _fail(str(exc))

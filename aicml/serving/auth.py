@@ -20,6 +20,27 @@ from aicml.errors import ConfigurationError
 TOKEN_ENV = "AIC_SERVE_TOKEN"
 
 
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps a server on this machine (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name or a wildcard such as 0.0.0.0: reachable from elsewhere
+
+
+def refuse_open_server(host: str, auth_disabled: bool, switch: str) -> None:
+    """A server without authentication binds only to loopback; anything else is refused before it starts."""
+    if auth_disabled and not is_loopback(host):
+        raise ConfigurationError(
+            f"{switch} is for local use: the server would accept anyone on {host}. Bind to 127.0.0.1, or "
+            "give it a token."
+        )
+
+
 @dataclass(frozen=True)
 class BearerAuth:
     """Checks ``Authorization: Bearer <token>``; ``token=None`` means authentication is disabled."""

@@ -63,7 +63,7 @@ def serve(
     from aicml.registry.canary import RolloutPlan
     from aicml.registry.checksums import parse_model_uri
     from aicml.serving.app import ServerOptions
-    from aicml.serving.auth import resolve_auth
+    from aicml.serving.auth import refuse_open_server, resolve_auth
     from aicml.serving.server import ServeConfig, run_server
 
     try:
@@ -79,6 +79,7 @@ def serve(
             )
         # Refuse a bad URI or a missing token before touching MLflow's process-wide settings.
         parse_model_uri(model_uri)
+        refuse_open_server(host, no_auth, "--no-auth")
         resolve_auth(token_file, secret_block=token_block, disabled=no_auth)
         if tracking_uri is None and not os.environ.get("MLFLOW_TRACKING_URI"):
             from blocks.settings import AicSettings

@@ -42,3 +42,19 @@ def test_token_is_required_unless_auth_is_disabled_explicitly(monkeypatch: pytes
     assert "abc" not in repr(AgentSettings())
     monkeypatch.setenv("AIC_AGENTS_AUTH_DISABLED", "true")
     assert AgentSettings().bearer_token() is None
+
+
+def test_the_agent_service_without_auth_binds_only_to_loopback(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from aicml.agents.cli import app
+
+    monkeypatch.setenv("AIC_AGENTS_AUTH_DISABLED", "true")
+    result = CliRunner().invoke(
+        app, ["serve", "--host", "0.0.0.0", "--database-url", f"sqlite:///{tmp_path / 'agents.db'}"]
+    )
+    assert result.exit_code == 1
+    assert "AIC_AGENTS_AUTH_DISABLED is for local use" in result.output
+    assert not (tmp_path / "agents.db").exists()  # refused before anything was opened

@@ -40,3 +40,19 @@ def test_short_tokens_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIC_SERVE_TOKEN", "short")
     result = CliRunner().invoke(app, ["models:/churn@champion", "--tracking-uri", "sqlite:///unused.db"])
     assert result.exit_code == 1 and "shorter than 16" in result.output
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.1.2.3", "model-serving.aic-ai-ml.svc"])
+def test_no_auth_is_refused_off_loopback(host: str) -> None:
+    result = CliRunner().invoke(
+        app, ["models:/churn@champion", "--no-auth", "--host", host, "--tracking-uri", "sqlite:///unused.db"]
+    )
+    assert result.exit_code == 1
+    assert "--no-auth is for local use" in result.output and host in result.output
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"])
+def test_loopback_hosts_count_as_local(host: str) -> None:
+    from aicml.serving.auth import is_loopback
+
+    assert is_loopback(host)
