@@ -47,13 +47,36 @@ def alive(pid: int) -> bool:
     return True
 
 
+def start_time(pid: int) -> str | None:
+    """When the process started (clock ticks since boot, from /proc), or None when it cannot be read."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 22; the fields after the command name, which is in parentheses and may hold spaces.
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def write_pid(run_dir: Path, name: str, pid: int) -> None:
+    """Record ``pid`` with its start time, so that a later pid reuse is never taken for our process."""
+    started = start_time(pid)
+    pid_file(run_dir, name).write_text(f"{pid} {started}" if started else str(pid))
+
+
 def read_pid(run_dir: Path, name: str) -> int | None:
+    """The live process the pid file names, or None: a dead pid, or a pid now used by another process
+    (its start time differs from the one recorded), is not ours to report or signal."""
     path = pid_file(run_dir, name)
     try:
-        pid = int(path.read_text().strip())
-    except (FileNotFoundError, ValueError):
+        fields = path.read_text().split()
+        pid = int(fields[0])
+    except (FileNotFoundError, ValueError, IndexError):
         return None
-    return pid if alive(pid) else None
+    if not alive(pid):
+        return None
+    if len(fields) > 1 and start_time(pid) not in (None, fields[1]):
+        return None
+    return pid
 
 
 def healthy(url: str, timeout: float = 2.0) -> bool:
@@ -90,7 +113,7 @@ def start(spec: ServiceSpec, run_dir: Path, log_dir: Path, timeout: float = 300.
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-    pid_file(run_dir, spec.name).write_text(str(process.pid))
+    write_pid(run_dir, spec.name, process.pid)
     if spec.health_url is not None:
         url = spec.health_url
         ok = wait_until(lambda: process.poll() is None and healthy(url), timeout)

@@ -43,7 +43,7 @@ def test_down_stops_exactly_what_up_started(tmp_path: Path) -> None:
         local.up(services=("metrics-exporter",))
         pid = next(s.pid for s in local.status() if s.name == "metrics-exporter")
         assert pid is not None and alive(pid)
-        assert (local.run_dir / "metrics-exporter.pid").read_text() == str(pid)
+        assert (local.run_dir / "metrics-exporter.pid").read_text().split()[0] == str(pid)
         # Another process (as a flow run would) records a sample; the exporter serves the merged view.
         code = (
             "from aicml.observability.metrics import TRAINING_JOBS as t; t.labels(outcome='success').inc(3)"
@@ -73,6 +73,30 @@ def test_a_stale_pid_file_is_not_trusted(tmp_path: Path) -> None:
     (local.run_dir / "worker.pid").write_text(str(dead.pid))
     assert {s.name: s.pid for s in local.status()}["worker"] is None
     assert local.down() == []
+
+
+def test_a_reused_pid_is_never_signalled(tmp_path: Path) -> None:
+    """A pid file whose pid now belongs to another process (its start time differs) is not ours: `down`
+    leaves that process alone."""
+    from aicml.stack.processes import start_time, write_pid
+
+    local = LocalStack(AicSettings(home=tmp_path / "aic"))
+    local.run_dir.mkdir(parents=True)
+    bystander = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True
+    )
+    try:
+        write_pid(local.run_dir, "worker", bystander.pid)
+        assert (local.run_dir / "worker.pid").read_text() == f"{bystander.pid} {start_time(bystander.pid)}"
+        assert {s.name: s.pid for s in local.status()}["worker"] == bystander.pid  # ours while it matches
+        recorded_start = int(start_time(bystander.pid) or 0)
+        (local.run_dir / "worker.pid").write_text(f"{bystander.pid} {recorded_start - 1}")  # as after a reuse
+        assert {s.name: s.pid for s in local.status()}["worker"] is None
+        assert local.down() == []
+        assert bystander.poll() is None  # still running: never signalled
+    finally:
+        bystander.kill()
+        bystander.wait()
 
 
 def test_exported_client_env_reaches_a_prefect_imported_before(tmp_path: Path) -> None:
