@@ -107,7 +107,8 @@ def watch_rollout_task(
     from aicml.serving.local import watch_rollout
 
     token = Path(server.token_file).read_text().strip()
-    decision = watch_rollout(server.url, token, objectives, poll_seconds, timeout_s)
+    control = Path(server.control_token_file).read_text().strip() if server.control_token_file else None
+    decision = watch_rollout(server.url, token, objectives, poll_seconds, timeout_s, control_token=control)
     get_run_logger().info("Rollout decision: %s: %s", decision.action, decision.reason)
     return decision
 

@@ -100,6 +100,11 @@ SECRET_SPECS: tuple[SecretSpec, ...] = (
         (SecretKey("token", env="AIC_K8S_SERVING_TOKEN", generate=True),),
     ),
     SecretSpec(
+        "model-serving-control-token",
+        "bearer token of the rollout controller (POST /router/freeze of a server with a challenger)",
+        (SecretKey("token", env="AIC_K8S_SERVING_CONTROL_TOKEN", generate=True),),
+    ),
+    SecretSpec(
         "agent-orchestration-token",
         "bearer token of the agent API",
         (SecretKey("token", env="AIC_K8S_AGENTS_TOKEN", generate=True),),

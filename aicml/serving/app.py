@@ -68,12 +68,16 @@ class ModelServer:
     challenger: ModelHost | None = None
     router: TrafficRouter | None = None
     cleanup_dir: Path | None = None  # a private download cache to remove at shutdown
+    # The rollout controller's token (POST /router/freeze), never the predict clients' one. None: control
+    # is refused, unless the whole server runs without auth (loopback only).
+    control_auth: BearerAuth | None = None
 
     def __post_init__(self) -> None:
         self.name = self.champion.ref.name
         self.in_flight = 0
         self.shed = 0
         self._expected_auth = self.auth.expected_header()
+        self._expected_control = None if self.control_auth is None else self.control_auth.expected_header()
         self._openapi: bytes | None = None
         self._openapi_version: str | None = None
         self._shadow_tasks: set[asyncio.Task[None]] = set()
@@ -298,9 +302,20 @@ class ModelServer:
 
     async def _freeze(self, scope: Scope, receive: Receive, send: Send) -> int:
         """Stop sending traffic to the challenger once the controller has decided (body: {"action": ...})."""
-        if not self.auth.allows(self._header(scope, b"authorization"), self._expected_auth):
+        if self.control_auth is None and self.auth.enabled:
             return await self._error(
-                send, InputError(401, "Missing or wrong bearer token.", code="UNAUTHENTICATED")
+                send,
+                InputError(
+                    403,
+                    "Rollout control is off on this server: start it with --control-token-file.",
+                    code="PERMISSION_DENIED",
+                ),
+            )
+        if self.control_auth is not None and not self.control_auth.allows(
+            self._header(scope, b"authorization"), self._expected_control
+        ):
+            return await self._error(
+                send, InputError(401, "Missing or wrong control token.", code="UNAUTHENTICATED")
             )
         try:
             payload = parse_json(await self._body(scope, receive))

@@ -18,6 +18,7 @@ from pydantic import SecretStr
 from aicml.errors import ConfigurationError
 
 TOKEN_ENV = "AIC_SERVE_TOKEN"
+CONTROL_TOKEN_ENV = "AIC_SERVE_CONTROL_TOKEN"
 
 
 def is_loopback(host: str) -> bool:
@@ -98,3 +99,16 @@ def resolve_auth(
     if len(token) < 16:
         raise ConfigurationError("The serving token is shorter than 16 characters; use a random one.")
     return BearerAuth(SecretStr(token))
+
+
+def resolve_control_auth(token_file: Path | None, predict: BearerAuth) -> BearerAuth | None:
+    """The rollout controller's token (file, else AIC_SERVE_CONTROL_TOKEN), or None when none is given.
+
+    It must differ from the predict token: a predict client must never be able to freeze a rollout.
+    """
+    if token_file is None and not os.environ.get(CONTROL_TOKEN_ENV):
+        return None
+    control = resolve_auth(token_file, token_env=CONTROL_TOKEN_ENV)
+    if predict.token is not None and control.expected_header() == predict.expected_header():
+        raise ConfigurationError("The control token must differ from the predict token.")
+    return control

@@ -37,6 +37,12 @@ def serve(
     token_file: Annotated[
         Path | None, typer.Option(help="File holding the bearer token (a mounted Secret).")
     ] = None,
+    control_token_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="File holding the rollout controller's token (POST /router/freeze); not the predict token."
+        ),
+    ] = None,
     token_block: Annotated[
         str | None, typer.Option(help="Prefect Secret block holding the bearer token.")
     ] = None,
@@ -63,7 +69,7 @@ def serve(
     from aicml.registry.canary import RolloutPlan
     from aicml.registry.checksums import parse_model_uri
     from aicml.serving.app import ServerOptions
-    from aicml.serving.auth import refuse_open_server, resolve_auth
+    from aicml.serving.auth import refuse_open_server, resolve_auth, resolve_control_auth
     from aicml.serving.server import ServeConfig, run_server
 
     try:
@@ -80,7 +86,8 @@ def serve(
         # Refuse a bad URI or a missing token before touching MLflow's process-wide settings.
         parse_model_uri(model_uri)
         refuse_open_server(host, no_auth, "--no-auth")
-        resolve_auth(token_file, secret_block=token_block, disabled=no_auth)
+        predict_auth = resolve_auth(token_file, secret_block=token_block, disabled=no_auth)
+        resolve_control_auth(control_token_file, predict_auth)
         if tracking_uri is None and not os.environ.get("MLFLOW_TRACKING_URI"):
             from blocks.settings import AicSettings
 
@@ -98,6 +105,7 @@ def serve(
             token_file=token_file,
             token_block=token_block,
             no_auth=no_auth,
+            control_token_file=control_token_file,
             poll_seconds=poll_seconds,
             max_rows=max_rows,
             options=ServerOptions(max_body_bytes=max_body_bytes, max_in_flight=max_in_flight),

@@ -16,6 +16,7 @@ from aicml.errors import ConfigurationError
 
 SERVER_PORT = 8080
 TOKEN_DIR = "/var/run/aicml/token"
+CONTROL_TOKEN_DIR = "/var/run/aicml/control-token"
 # What `apply_manifests` asks of the API server per object: server-side apply (a PATCH, authorised as
 # `create` too when the object is missing) after discovery, which needs no Role.
 APPLY_VERBS = ("create", "patch")
@@ -68,6 +69,8 @@ class KubeServingSpec:
     image: str = "ghcr.io/aic/aic-ml:0.1.0"
     tracking_uri: str = "http://mlflow-service.aic-ai-ml.svc.cluster.local:5000"
     token_secret: str = "model-serving-token"
+    # The rollout controller's token (only with a challenger): predict clients cannot freeze a rollout.
+    control_token_secret: str = "model-serving-control-token"
     # The server's own MLflow account (read-only), never the admin's.
     mlflow_secret: str = "mlflow-user-serving"
     # Name of every object; None derives it from the model (aicml-serve-<model>).
@@ -125,8 +128,10 @@ def render_manifests(spec: KubeServingSpec) -> list[dict[str, Any]]:
         "--token-file",
         f"{TOKEN_DIR}/token",
     ]
+    control = bool(spec.challenger_alias)
     if spec.challenger_alias:
         args += ["--challenger", f"models:/{spec.model_name}@{spec.challenger_alias}", "--mode", spec.mode]
+        args += ["--control-token-file", f"{CONTROL_TOKEN_DIR}/token"]
     probe = {
         "httpGet": {"path": "/v2/health/ready", "port": "http"},
         "periodSeconds": 5,
@@ -210,6 +215,17 @@ def render_manifests(spec: KubeServingSpec) -> list[dict[str, Any]]:
                             },
                             "volumeMounts": [
                                 {"name": "token", "mountPath": TOKEN_DIR, "readOnly": True},
+                                *(
+                                    [
+                                        {
+                                            "name": "control-token",
+                                            "mountPath": CONTROL_TOKEN_DIR,
+                                            "readOnly": True,
+                                        }
+                                    ]
+                                    if control
+                                    else []
+                                ),
                                 {"name": "tmp", "mountPath": "/tmp"},
                                 *([{"name": "models", "mountPath": MODELS_DIR}] if spec.models_claim else []),
                             ],
@@ -217,6 +233,16 @@ def render_manifests(spec: KubeServingSpec) -> list[dict[str, Any]]:
                     ],
                     "volumes": [
                         {"name": "token", "secret": {"secretName": spec.token_secret, "defaultMode": 0o400}},
+                        *(
+                            [
+                                {
+                                    "name": "control-token",
+                                    "secret": {"secretName": spec.control_token_secret, "defaultMode": 0o400},
+                                }
+                            ]
+                            if control
+                            else []
+                        ),
                         {"name": "tmp", "emptyDir": {"sizeLimit": "2Gi"}},
                         *(
                             [{"name": "models", "persistentVolumeClaim": {"claimName": spec.models_claim}}]

@@ -35,6 +35,7 @@ class LocalServer:
     token_file: str
     run_dir: str
     log_dir: str
+    control_token_file: str | None = None
 
 
 def ensure_token_file(path: Path) -> Path:
@@ -63,10 +64,13 @@ def start_local_server(
 ) -> LocalServer:
     """Start `aicml serve models:/NAME@champion` (with the challenger beside it) and wait until it is ready."""
     name = f"serve-{model_name}-{port}"
+    # The controller's own token, beside the predict token: predict clients cannot freeze the rollout.
+    control_token_file = ensure_token_file(token_file.with_name(f"{token_file.name}.control"))
     command = [
         sys.executable, "-m", "aicml.serving.cli", f"models:/{model_name}@champion",
         "--host", host, "--port", str(port), "--token-file", str(token_file),
         "--tracking-uri", tracking_uri, "--poll-seconds", str(poll_seconds),
+        "--control-token-file", str(control_token_file),
     ]  # fmt: skip
     if challenger:
         command += [
@@ -83,7 +87,9 @@ def start_local_server(
     )
     run_dir, log_dir = home / "run", home / "logs"
     pid, _ = start(spec, run_dir, log_dir, timeout=180)
-    return LocalServer(name, spec.address, pid, str(token_file), str(run_dir), str(log_dir))
+    return LocalServer(
+        name, spec.address, pid, str(token_file), str(run_dir), str(log_dir), str(control_token_file)
+    )
 
 
 def stop_local_server(server: LocalServer) -> bool:
@@ -95,10 +101,17 @@ def _stats(arm: dict[str, float]) -> ArmStats:
 
 
 def watch_rollout(
-    url: str, token: str, objectives: Objectives, poll_seconds: float = 1.0, timeout_s: float = 600.0
+    url: str,
+    token: str,
+    objectives: Objectives,
+    poll_seconds: float = 1.0,
+    timeout_s: float = 600.0,
+    control_token: str | None = None,
 ) -> Decision:
-    """Poll the server's evidence until the decision is final (or hold at ``timeout_s``), then freeze it."""
+    """Poll the server's evidence until the decision is final (or hold at ``timeout_s``), then freeze it
+    with the controller's token (``control_token``; the predict ``token`` only reads the evidence)."""
     headers = {"Authorization": f"Bearer {token}"}
+    control = {"Authorization": f"Bearer {control_token or token}"}
     deadline = time.monotonic() + timeout_s
     with httpx.Client(base_url=url, headers=headers, timeout=10) as client:
         while True:
@@ -122,6 +135,8 @@ def watch_rollout(
                     decision.tests,
                 )
             if decision.final:
-                client.post("/router/freeze", json={"action": decision.action}).raise_for_status()
+                client.post(
+                    "/router/freeze", json={"action": decision.action}, headers=control
+                ).raise_for_status()
                 return decision
             time.sleep(poll_seconds)

@@ -11,7 +11,7 @@ from typing import Any
 from aicml.registry.canary import RolloutPlan, TrafficRouter
 from aicml.registry.checksums import parse_model_uri
 from aicml.serving.app import ModelServer, ServerOptions
-from aicml.serving.auth import resolve_auth
+from aicml.serving.auth import resolve_auth, resolve_control_auth
 from aicml.serving.runtime import ModelHost
 
 
@@ -28,6 +28,7 @@ class ServeConfig:
     token_file: Path | None = None
     token_block: str | None = None
     no_auth: bool = False
+    control_token_file: Path | None = None
     cache_dir: Path | None = None
     poll_seconds: float = 10.0
     max_rows: int = 10_000
@@ -55,7 +56,8 @@ def build_server(config: ServeConfig) -> ModelServer:
         )
         router = TrafficRouter(config.rollout or RolloutPlan(), slow_after_s=config.slow_after_s)
     auth = resolve_auth(config.token_file, secret_block=config.token_block, disabled=config.no_auth)
-    return ModelServer(champion, auth, config.options, challenger, router)
+    control = resolve_control_auth(config.control_token_file, auth)
+    return ModelServer(champion, auth, config.options, challenger, router, control_auth=control)
 
 
 def run_server(config: ServeConfig) -> None:

@@ -120,3 +120,57 @@ def test_shadow_never_changes_the_answer_and_counts_disagreements(
     shadow = status["router"]["shadow"]  # type: ignore[index]
     assert 15 < shadow["compared"] < 45
     assert shadow["disagreements"] == shadow["compared"]  # the flipped challenger disagrees every time
+
+
+PREDICT_TOKEN, CONTROL_TOKEN = "predict-token-0123456789", "control-token-9876543210"
+
+
+@pytest.mark.parametrize("control", [True, False])
+def test_only_the_control_token_freezes_a_rollout(
+    tmp_path: Path, rows: list[dict[str, object]], control: bool
+) -> None:
+    from pydantic import SecretStr
+
+    champion, challenger = local_host(tmp_path, "m", "1", False), local_host(tmp_path, "m", "2", True)
+    router = TrafficRouter(RolloutPlan(steps=(0.5,), seed=1))
+    server = ModelServer(
+        champion,
+        BearerAuth(SecretStr(PREDICT_TOKEN)),
+        challenger=challenger,
+        router=router,
+        control_auth=BearerAuth(SecretStr(CONTROL_TOKEN)) if control else None,
+    )
+
+    def bearer(token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"}
+
+    async def scenario(client: httpx.AsyncClient) -> list[int]:
+        statuses = [
+            (await client.post("/router/freeze", json={"action": "rollback"}, headers=bearer(PREDICT_TOKEN))).status_code,
+            (await client.post("/router/freeze", json={"action": "rollback"})).status_code,
+            (await client.post("/router/freeze", json={"action": "rollback"}, headers=bearer(CONTROL_TOKEN))).status_code,
+            # The control token is not a predict credential either.
+            (await client.post("/invocations", json={"dataframe_records": [rows[0]]}, headers=bearer(CONTROL_TOKEN))).status_code,
+        ]  # fmt: skip
+        return statuses
+
+    statuses = run(server, scenario)
+    if control:
+        assert statuses == [401, 401, 200, 401]
+        assert server.router is not None and server.router.frozen is not None
+    else:  # control not configured: refused whoever asks, and the rollout goes on
+        assert statuses == [403, 403, 403, 401]
+        assert server.router is not None and server.router.frozen is None
+
+
+def test_the_control_token_must_differ_from_the_predict_token(tmp_path: Path) -> None:
+    from pydantic import SecretStr
+
+    from aicml.errors import ConfigurationError
+    from aicml.serving.auth import resolve_control_auth
+
+    shared = tmp_path / "token"
+    shared.write_text(PREDICT_TOKEN)
+    with pytest.raises(ConfigurationError, match="must differ"):
+        resolve_control_auth(shared, BearerAuth(SecretStr(PREDICT_TOKEN)))
+    assert resolve_control_auth(None, BearerAuth(SecretStr(PREDICT_TOKEN))) is None

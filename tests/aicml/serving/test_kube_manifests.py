@@ -84,3 +84,17 @@ def test_apply_to_a_live_cluster() -> None:
     spec = KubeServingSpec("churn", namespace=os.environ.get("AIC_TEST_NAMESPACE", "aic-ai-ml"))
     applied = apply_manifests(render_manifests(spec))
     assert "Deployment/aicml-serve-churn" in applied
+
+
+def test_a_rollout_server_gets_the_controller_s_own_token() -> None:
+    from aicml.kube.secrets import spec_named
+
+    plain = by_kind(render_manifests(KubeServingSpec("churn")))["Deployment"]
+    rollout = by_kind(render_manifests(KubeServingSpec("churn", challenger_alias="challenger")))["Deployment"]
+    assert "--control-token-file" not in str(plain)
+    pod = rollout["spec"]["template"]["spec"]  # type: ignore[index]
+    args = pod["containers"][0]["args"]
+    assert args[args.index("--control-token-file") + 1].startswith("/var/run/aicml/control-token/")
+    secrets = {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    assert secrets == {"model-serving-token", "model-serving-control-token"}
+    assert spec_named("model-serving-control-token").key_names == ("token",)  # created by `aicml k8s apply`
