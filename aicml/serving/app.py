@@ -205,7 +205,7 @@ class ModelServer:
                 status = await self._predict_endpoint(scope, receive, send, v2=route != "/invocations")
                 return
             status, body, headers = self._read_only(path, method, scope)
-            route = path if status != 404 else "unmatched"
+            route = _route_label(path, self.name) if status != 404 else "unmatched"
             await self._send(send, status, body, headers)
         except Exception:  # a bug must become a 500 with a message, never a dropped connection
             log.exception("Unhandled error on %s %s", method, path)
@@ -497,6 +497,20 @@ _UNAUTHORIZED = orjson.dumps({"error_code": "UNAUTHENTICATED", "message": "Missi
 _USE_POST = orjson.dumps({"error_code": "METHOD_NOT_ALLOWED", "message": "Use POST."})
 _USE_GET = orjson.dumps({"error_code": "METHOD_NOT_ALLOWED", "message": "Use GET."})
 _GET_ROUTES = {"/ping", "/health", "/version", "/metrics", "/openapi.json", "/router"}
+_V2_ROUTES = {"/v2", "/v2/health/live", "/v2/health/ready", "/v2/openapi.json"}
+
+
+def _route_label(path: str, served: str) -> str:
+    """The metrics label of a request's route: one of a fixed set, so that no caller can create label
+    sets (and memory in every scraper) by inventing paths or model names."""
+    if path in _GET_ROUTES or path in _V2_ROUTES:
+        return path
+    prefix = f"/v2/models/{served}"
+    if path == prefix or path == f"{prefix}/ready":
+        return path.replace(served, "{name}", 1)
+    if path.startswith(f"{prefix}/versions/"):
+        return "/v2/models/{name}/versions/{version}" + ("/ready" if path.endswith("/ready") else "")
+    return "unmatched"
 
 
 def _mlflow_response(predictions: Any) -> bytes:

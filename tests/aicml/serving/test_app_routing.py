@@ -174,3 +174,31 @@ def test_the_control_token_must_differ_from_the_predict_token(tmp_path: Path) ->
     with pytest.raises(ConfigurationError, match="must differ"):
         resolve_control_auth(shared, BearerAuth(SecretStr(PREDICT_TOKEN)))
     assert resolve_control_auth(None, BearerAuth(SecretStr(PREDICT_TOKEN))) is None
+
+
+def test_invented_paths_and_models_share_one_metrics_label(tmp_path: Path) -> None:
+    from aicml.serving.metrics import HTTP_REQUESTS
+
+    champion = local_host(tmp_path, "m", "1", False)
+    server = ModelServer(champion, BearerAuth(None))
+
+    def label_sets() -> int:
+        return len(
+            [s for metric in HTTP_REQUESTS.collect() for s in metric.samples if s.name.endswith("_total")]
+        )
+
+    async def scenario(client: httpx.AsyncClient) -> list[int]:
+        statuses = []
+        for i in range(200):
+            statuses.append((await client.delete(f"/v2/junk-{i}")).status_code)
+            statuses.append((await client.get(f"/v2/models/other-{i}")).status_code)
+            statuses.append((await client.post(f"/v2/models/other-{i}/infer", json={})).status_code)
+            statuses.append((await client.get(f"/nothing/{i}")).status_code)
+        statuses.append((await client.get("/v2/models/m/versions/1")).status_code)
+        return statuses
+
+    before = label_sets()
+    statuses = run(server, scenario)
+    assert set(statuses) <= {200, 400, 404, 405, 422}
+    # 800 invented requests: at most a handful of (route, status) label sets, not hundreds.
+    assert label_sets() - before <= 8
