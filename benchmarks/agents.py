@@ -30,7 +30,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-TOKEN = "bench-token"
+TOKEN = "bench-token-0123456789"
 NOOP_ANSWER = {"ok": True}
 
 

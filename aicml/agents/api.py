@@ -67,6 +67,36 @@ def _json(body: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
+# The largest request body the agent API reads (a message, a graph, an agent definition): 1 MiB.
+MAX_BODY_BYTES = 1 << 20
+
+
+class BodyTooLarge(ValueError):
+    """A request body over MAX_BODY_BYTES (answered 413 before the rest is read)."""
+
+
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The request body, refused as soon as it is known to exceed ``limit`` (header or streamed bytes)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"the request body is over {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"the request body is over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def json_object(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object; anything else (a list, a number) is a client error, not a crash."""
+    value = orjson.loads(body)
+    if not isinstance(value, dict):
+        raise ValueError(f"the request body must be a JSON object, not {type(value).__name__}")
+    return value
+
+
 def _error(status: int, message: str) -> Response:
     return _json({"error": message}, status)
 
@@ -108,11 +138,13 @@ def create_app(service: AgentService, token: str | None) -> ASGIApp:
         return given or request.headers.get("x-actor") or "api"
 
     async def parse(request: Request, model: type[BaseModel]) -> Any:
-        return model.model_validate_json(await request.body())
+        return model.model_validate_json(await read_body(request))
 
     async def guarded(fn: Callable[[], Awaitable[Response]]) -> Response:
         try:
             return await fn()
+        except BodyTooLarge as exc:
+            return _error(413, str(exc))
         except ValidationError as exc:
             return _json(
                 {"error": "invalid request body", "detail": orjson.loads(exc.json(include_url=False))}, 422
@@ -184,7 +216,7 @@ def create_app(service: AgentService, token: str | None) -> ASGIApp:
 
     async def invoke(request: Request) -> Response:
         async def go() -> Response:
-            message = AgentMessage.model_validate_json(await request.body())
+            message = AgentMessage.model_validate_json(await read_body(request))
             return _reply(await service.invoke(request.path_params["name"], message))
 
         return await guarded(go)
@@ -250,7 +282,7 @@ def create_app(service: AgentService, token: str | None) -> ASGIApp:
 
     async def put_graph(request: Request) -> Response:
         async def go() -> Response:
-            body = orjson.loads(await request.body())
+            body = json_object(await read_body(request))
             coordination = Coordination.model_validate({**body, "name": request.path_params["name"]})
             await run_in_threadpool(service.store.save_graph, coordination)
             return _json({"name": coordination.name, "edges": coordination.edges()}, 200)
@@ -269,7 +301,7 @@ def create_app(service: AgentService, token: str | None) -> ASGIApp:
     async def invoke_graph(request: Request) -> Response:
         async def go() -> Response:
             name = request.path_params["name"]
-            message = AgentMessage.model_validate_json(await request.body())
+            message = AgentMessage.model_validate_json(await read_body(request))
             coordination = graph_cache.get(name)
             if coordination is None or service.catalog.refresh_if_stale():
                 coordination = graph_cache[name] = await run_in_threadpool(service.store.graph, name)
@@ -281,7 +313,7 @@ def create_app(service: AgentService, token: str | None) -> ASGIApp:
         """An ad-hoc graph in the body: ``{"coordination": {...}, "message": {...}}``."""
 
         async def go() -> Response:
-            body = orjson.loads(await request.body())
+            body = json_object(await read_body(request))
             coordination = Coordination.model_validate(body.get("coordination"))
             message = AgentMessage.model_validate(body.get("message") or {})
             return _reply(await service.coordinate(coordination, message))

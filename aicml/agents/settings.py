@@ -71,7 +71,7 @@ class AgentSettings(BaseSettings):
         if self.auth_disabled:
             return None
         if self.token is not None and self.token.get_secret_value():
-            return self.token.get_secret_value()
+            return _long_enough(self.token.get_secret_value())
         if self.token_secret_block:
             from prefect.blocks.system import Secret
 
@@ -80,8 +80,19 @@ class AgentSettings(BaseSettings):
                 raise AgentConfigurationError(
                     f"Prefect Secret block {self.token_secret_block!r} holds no token string; save one."
                 )
-            return value
+            return _long_enough(value)
         raise AgentConfigurationError(
             "The agent API needs a bearer token: set AIC_AGENTS_TOKEN, or AIC_AGENTS_TOKEN_SECRET_BLOCK to the "
             "name of a Prefect Secret block, or AIC_AGENTS_AUTH_DISABLED=true to serve without auth on purpose."
         )
+
+
+MIN_TOKEN_LENGTH = 16
+
+
+def _long_enough(token: str) -> str:
+    if len(token.strip()) < MIN_TOKEN_LENGTH:
+        raise AgentConfigurationError(
+            f"The agent API token is shorter than {MIN_TOKEN_LENGTH} characters; use a random one."
+        )
+    return token

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from aicml.agents.cli import app
 
-TOKEN = "test-token-123"
+TOKEN = "test-token-1234567890"
 REPO = Path(__file__).resolve().parents[3]
 
 CLASSIFY = {
@@ -214,3 +214,23 @@ def test_load_command_registers_and_activates_from_yaml(
         assert store.graph("one").graph.pattern == "pipeline"
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [
+        ("PUT", "/v1/coordinations/x", b"[1, 2]", 422),  # a JSON list, not an object: was a 500
+        ("PUT", "/v1/coordinations/x", b"42", 422),
+        ("POST", "/v1/coordinations", b'"text"', 422),
+        ("PUT", "/v1/coordinations/x", b"{" + b" " * (1 << 20) + b"}", 413),  # over the 1 MiB cap
+        ("POST", "/v1/agents", b"[" + b"0," * (600 * 1024) + b"0]", 413),
+    ],
+)
+def test_malformed_and_oversize_bodies_are_client_errors(
+    client: httpx.Client, method: str, path: str, body: bytes, status: int
+) -> None:
+    answer = client.request(method, path, content=body, headers={"content-type": "application/json"})
+    assert answer.status_code == status, answer.text
+    assert "error" in answer.json()
+    assert client.get("/v1/coordinations").status_code == 200  # and the service is still there
+    assert "x" not in {g["name"] for g in client.get("/v1/coordinations").json().get("coordinations", [])}

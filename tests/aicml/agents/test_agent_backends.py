@@ -161,5 +161,5 @@ def test_bearer_token_from_a_prefect_secret_block(stack, monkeypatch: pytest.Mon
 
     monkeypatch.delenv("AIC_AGENTS_TOKEN", raising=False)
     name = f"agents-token-{uuid.uuid4().hex[:6]}"
-    Secret(value="from-the-block").save(name, overwrite=True)
-    assert AgentSettings(token_secret_block=name).bearer_token() == "from-the-block"
+    Secret(value="from-the-block-0123456789").save(name, overwrite=True)
+    assert AgentSettings(token_secret_block=name).bearer_token() == "from-the-block-0123456789"

@@ -38,8 +38,11 @@ def test_token_is_required_unless_auth_is_disabled_explicitly(monkeypatch: pytes
     with pytest.raises(AgentConfigurationError, match="AIC_AGENTS_TOKEN"):
         AgentSettings().bearer_token()
     monkeypatch.setenv("AIC_AGENTS_TOKEN", "abc")
-    assert AgentSettings().bearer_token() == "abc"
-    assert "abc" not in repr(AgentSettings())
+    with pytest.raises(AgentConfigurationError, match="shorter than 16"):
+        AgentSettings().bearer_token()
+    monkeypatch.setenv("AIC_AGENTS_TOKEN", "abc-0123456789-xyz")
+    assert AgentSettings().bearer_token() == "abc-0123456789-xyz"
+    assert "abc-0123456789-xyz" not in repr(AgentSettings())
     monkeypatch.setenv("AIC_AGENTS_AUTH_DISABLED", "true")
     assert AgentSettings().bearer_token() is None
 
