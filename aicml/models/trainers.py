@@ -264,8 +264,9 @@ def _last_epoch(checkpoint: Path) -> int:
     """The 0-based epoch a Lightning checkpoint was written after."""
     import torch
 
-    # Our own file, written by Lightning in this job's directory; it holds more than tensors.
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    # weights_only: a checkpoint on a shared volume is data; unpickling arbitrary objects from it would
+    # run whatever code a writer of that volume put there.
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     return int(state["epoch"])
 
 
@@ -379,8 +380,8 @@ class LightningTrainer:
             torch.set_num_threads(threads)
         best = saver.best_model_path if saver is not None and saver.best_model_path else None
         if best:
-            # Serve the best epoch's weights (the checkpoint is our own file; it holds more than tensors).
-            state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+            # Serve the best epoch's weights (tensors and plain values only: see _last_epoch).
+            state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
             module.load_state_dict(state)
         report = FitReport(
             epochs=int(trainer.current_epoch),
