@@ -23,3 +23,20 @@ def redact(text: str) -> str:
     if "://" not in text or "@" not in text:
         return text
     return _URL.sub(_hide, text)
+
+
+def has_password(text: str) -> bool:
+    """Whether any URL in ``text`` carries a password."""
+    return any(_hide(match) != match.group(0) for match in _URL.finditer(text)) if "@" in text else False
+
+
+def refuse_password(value: str | None) -> str | None:
+    """A pydantic validator for parameters that name data: a URL with a password is refused, because
+    a flow run's parameters are stored by Prefect and shown in its UI."""
+    if value and has_password(value):
+        raise ValueError(
+            "must not carry a password (flow-run parameters are stored and shown in the UI): keep the URL "
+            "without it and put the credentials in a block (aic-sql-database, aic-s3-storage) or the "
+            "environment (PGPASSWORD, AWS_*)"
+        )
+    return value

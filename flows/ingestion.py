@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Literal, cast
+from typing import Annotated, Any, Literal, cast
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from aicml.data.connectors import connector_for
 from aicml.data.integration import IngestJob
@@ -19,6 +19,7 @@ from aicml.data.sinks import ParquetSink, SqlSink
 from aicml.data.transforms import TransformSpec
 from aicml.errors import ConfigurationError
 from aicml.observability.metrics import PIPELINE_EXECUTIONS, PIPELINE_EXECUTIONS_DURATION
+from aicml.redaction import refuse_password
 from blocks.data import S3Storage, SqlDatabase
 from tasks.context import data_dir
 from tasks.ingest import ingest_batch, ingest_state_url
@@ -30,8 +31,11 @@ NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 class IngestParams(BaseModel):
     """Parameters of `ingest-flow`; Prefect builds the deployment form from these."""
 
+    # A refused value may hold a secret: errors name the field, never echo the input.
+    model_config = ConfigDict(hide_input_in_errors=True)
+
     load: str = Field(pattern=NAME, description="Name of this load: its suite, state, quarantine and output.")
-    source: str = Field(
+    source: Annotated[str, AfterValidator(refuse_password)] = Field(
         description=(
             "Path, glob or directory of CSV/Parquet/JSON-lines files (optionally .gz), an s3:// URL, an "
             "http(s) URL of a JSON API, or a SQLAlchemy URL with the table after '#'."
@@ -97,7 +101,7 @@ class IngestParams(BaseModel):
     partition_by: list[str] = Field(
         default_factory=list, description="Hive partition columns of the Parquet sink."
     )
-    sink_url: str | None = Field(
+    sink_url: Annotated[str | None, AfterValidator(refuse_password)] = Field(
         default=None, description="SQLAlchemy URL of the SQL sink (no password here)."
     )
     sink_block: str | None = Field(

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from prefect import flow, get_run_logger
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 from prefect.transactions import transaction
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from aicml.models.options import TrainerOptions
 from aicml.observability.metrics import PIPELINE_EXECUTIONS, PIPELINE_EXECUTIONS_DURATION
+from aicml.redaction import refuse_password
 from flows.tuning import SearchOptions, tune_before_training
 from tasks.context import settings
 from tasks.ingest import ingest_source
@@ -30,7 +31,10 @@ CACHE_FOR = timedelta(days=7)
 class PipelineParams(BaseModel):
     """Parameters of `ml-pipeline`; Prefect builds the deployment form from these."""
 
-    source: str = Field(
+    # A refused value may hold a secret: errors name the field, never echo the input.
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+    source: Annotated[str, AfterValidator(refuse_password)] = Field(
         description=(
             "Path, glob or URL of CSV / Parquet / JSON-lines files (optionally .gz), or a SQLAlchemy URL "
             "with the table after '#', e.g. sqlite:///data/churn.db#churn."

@@ -4,14 +4,15 @@ or the pipeline's candidates when the pipeline runs its train stage on another w
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from prefect import flow, get_run_logger
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from aicml.models.jobs import TrainingJobSpec, derive_job_id
 from aicml.models.options import TrainerOptions
 from aicml.models.training import TrainingOutcome
+from aicml.redaction import refuse_password
 from blocks.training import TrainingSettings
 from tasks.context import settings
 from tasks.train import train_job, train_validated
@@ -19,6 +20,9 @@ from tasks.train import train_job, train_validated
 
 class TrainParams(BaseModel):
     """Parameters of `train-flow`; Prefect builds the deployment form from these."""
+
+    # A refused value may hold a secret: errors name the field, never echo the input.
+    model_config = ConfigDict(hide_input_in_errors=True)
 
     family: Literal["tabular", "digits"] = Field(
         default="digits",
@@ -28,7 +32,7 @@ class TrainParams(BaseModel):
         default="lightning",
         description="Trainer: Lightning, a scikit-learn estimator, or Keras (extra `tensorflow`).",
     )
-    source: str | None = Field(
+    source: Annotated[str | None, AfterValidator(refuse_password)] = Field(
         default=None,
         description="Tabular data: path, glob or URL of CSV/Parquet/JSON-lines files, or SQL URL#table.",
     )

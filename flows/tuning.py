@@ -7,12 +7,13 @@ cluster at ``dask_address``) -> plots + leaderboard -> final model -> `challenge
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from prefect import flow, get_run_logger
-from pydantic import BaseModel, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from aicml.models.options import TrainerOptions
+from aicml.redaction import refuse_password
 from aicml.tuning.space import Budget, ModelKind, PruningOptions, SamplerName, SearchSpace, default_space
 from tasks.context import settings
 from tasks.ingest import ingest_source
@@ -120,7 +121,10 @@ def storage_url_of(options: SearchOptions) -> str:
 class TuneParams(SearchOptions):
     """Parameters of `tune`; Prefect builds the deployment form from these."""
 
-    source: str = Field(
+    # A refused value may hold a secret: errors name the field, never echo the input.
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+    source: Annotated[str, AfterValidator(refuse_password)] = Field(
         description="Path, glob or URL of CSV / Parquet / JSON-lines files, or a SQLAlchemy URL with '#table'."
     )
     table: str | None = Field(
