@@ -14,7 +14,7 @@ NCA := $(TOOLS)/nca
 NCA_STAMP := $(NCA)/.installed
 export AIC_NCA := $(CURDIR)/$(NCA)/bin/nca
 
-.PHONY: help venv tools system-deps demo test test-fast lint fmt up down status bench clean \
+.PHONY: help venv tools system-deps demo test test-fast lint fmt up down status bench clean audit \
 	rehearsal-deps k8s-images k8s-rehearsal k8s-smoke
 
 help: ## List every target
@@ -75,6 +75,15 @@ test: lint tools system-deps ## Lint, then the whole test suite on real services
 
 test-fast: $(STAMP) tools ## The suite without tests marked slow
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+AUDIT := $(TOOLS)/audit
+$(AUDIT)/.installed: tools-audit-requirements.txt
+	@test -x $(AUDIT)/bin/python || $(PYTHON) -m venv $(AUDIT)
+	$(AUDIT)/bin/pip install -q -r tools-audit-requirements.txt
+	@touch $(AUDIT)/.installed
+
+audit: $(AUDIT)/.installed ## pip-audit over the pinned constraints (PyPI advisories); exits 1 on a finding or a package it could not check
+	$(AUDIT)/bin/pip-audit --strict --disable-pip --no-deps -r constraints.txt --progress-spinner off
 
 bench: $(STAMP) ## Run the side-by-side benchmarks; each prints a JSON line last
 	$(BIN)/python benchmarks/pipeline_overhead.py
