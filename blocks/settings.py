@@ -91,6 +91,36 @@ class AicSettings(BaseSettings):
         description="When set, `aicml up` makes Prefect POST to it whenever a flow run fails or crashes.",
     )
     experiment: str = Field(default="aic-ml", description="MLflow experiment the pipeline logs to.")
+    data_roots: str | None = Field(
+        default=None,
+        description=(
+            "Directories (comma-separated) that file sources of deployment flow runs must lie in, after "
+            "symlinks and '..' are resolved. Unset: `home` and /mnt/data (the data volume of the "
+            "Kubernetes job templates). A flow's `base_dir` narrows it further."
+        ),
+    )
+    confine_sources: bool = Field(
+        default=False,
+        description=(
+            "Confine file sources to `data_roots` in every run, not only in flow runs of a deployment "
+            "(direct calls from a notebook or a test act with their caller's own file access)."
+        ),
+    )
+    ingest_allowed_hosts: str = Field(
+        default="",
+        description=(
+            "Hosts (comma-separated names, IP addresses or CIDR networks) that HTTP sources may reach "
+            "although they are loopback, private, link-local or otherwise not public. Empty: public "
+            "addresses only."
+        ),
+    )
+    landing_dir: Path | None = Field(
+        default=None,
+        description=(
+            "The watched landing directory: `aicml.data.file.landed` events name files in it. Unset: "
+            "`<home>/landing`."
+        ),
+    )
 
     @model_validator(mode="after")
     def _standard_fallbacks(self) -> AicSettings:

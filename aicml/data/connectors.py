@@ -12,14 +12,23 @@ import glob
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import pandas as pd
 
+from aicml.data.netguard import ForbiddenSchemeError, GuardedClient, NetworkPolicy, check_url, fetch
 from aicml.data.readers import ReadOptions, ReadResult, format_of, read_bytes, read_capped
-from aicml.data.safety import check_identifier, check_inside, check_table_name, resolve_within
+from aicml.data.safety import (
+    check_identifier,
+    check_in_roots,
+    check_inside,
+    check_table_name,
+    narrow_roots,
+    resolve_within,
+)
 from aicml.errors import ConfigurationError, SourceError
 
 
@@ -72,6 +81,11 @@ class FileConnector:
 
     With ``base_dir``, ``path`` is a name relative to it and nothing may escape it (``..``,
     absolute or percent-encoded names, symlinks pointing out).
+
+    With ``roots`` (set for flow runs of a deployment, see ``tasks.ingest.source_roots``), every
+    local file must resolve into one of them (``base_dir`` narrows them and must lie inside). With
+    ``network``, remote paths are limited to object storage and http(s), and http(s) files are
+    fetched through the guarded client (no private addresses, size cap while streaming).
     """
 
     path: str
@@ -81,11 +95,29 @@ class FileConnector:
     storage_options: dict[str, Any] = field(default_factory=dict)
     # Incremental loads of a landing area: nothing there yet is a normal, empty batch.
     allow_empty: bool = False
+    roots: tuple[str, ...] | None = None
+    network: NetworkPolicy | None = None
 
     def _is_remote(self) -> bool:
         return "://" in self.path and not self.path.startswith("file://")
 
+    def _is_guarded_http(self) -> bool:
+        return self.network is not None and self.path.split("://", 1)[0].lower() in ("http", "https")
+
+    def _check_remote_scheme(self) -> None:
+        scheme = self.path.split("://", 1)[0].lower()
+        if self.network is not None and scheme not in REMOTE_SCHEMES:
+            raise ForbiddenSchemeError(
+                f"File source {self.path!r} uses scheme {scheme!r}; allowed are local paths, "
+                f"{', '.join(s + '://' for s in REMOTE_SCHEMES)}."
+            )
+
     def _local_files(self) -> tuple[str, list[str]]:
+        roots = narrow_roots(self.roots, self.base_dir) if self.roots is not None else None
+        if roots is not None:
+            given = self.path.removeprefix("file://")
+            prefix = given if not _has_glob(given) else re.split(r"[*?\[]", given, maxsplit=1)[0] or "."
+            check_in_roots(Path(self.base_dir) / prefix if self.base_dir else prefix, roots)
         if self.base_dir is not None:
             root = Path(self.base_dir).resolve()
             pattern = str(resolve_within(root, self.path)) if not _has_glob(self.path) else None
@@ -114,6 +146,8 @@ class FileConnector:
                 continue  # temporary and marker files (.tmp-*, _SUCCESS) are never data
             if self.base_dir is not None:
                 check_inside(self.base_dir, path)
+            if roots is not None:
+                check_in_roots(path, roots)
             files.append(path)
         return str(root), files
 
@@ -121,6 +155,13 @@ class FileConnector:
         """Every matching file as a partition; ``since`` is ignored (files use a ledger instead)."""
         out = []
         if self._is_remote():
+            self._check_remote_scheme()
+        if self._is_guarded_http():
+            assert self.network is not None
+            check_url(self.path, self.network)
+            format_of(self.path, self.options.format)
+            out.append(Partition(key=self.path, identity="", location=self.path))
+        elif self._is_remote():
             import fsspec
 
             fs, _, paths = fsspec.get_fs_token_paths(self.path, storage_options=self.storage_options)
@@ -163,6 +204,14 @@ class FileConnector:
         import fsspec
 
         name = partition.location
+        if self._is_guarded_http():
+            assert self.network is not None
+            data = fetch(name, self.network, self.options.max_bytes)
+            result = read_bytes(data, name, self.options)
+            result.identity = hashlib.sha256(data).hexdigest()[:16]
+            return result
+        if self.roots is not None and not self._is_remote():
+            check_in_roots(name.removeprefix("file://"), narrow_roots(self.roots, self.base_dir))
         try:
             with fsspec.open(name, "rb", **self.storage_options) as stream:
                 data = read_capped(stream, self.options.max_bytes, name)
@@ -179,6 +228,11 @@ class FileConnector:
 
 def _has_glob(text: str) -> bool:
     return any(ch in text for ch in "*?[")
+
+
+# Remote file schemes a parameter may name when a network policy applies: object storage (its
+# endpoint and credentials come from blocks) and http(s) through the guarded client.
+REMOTE_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "https", "http")
 
 
 @dataclass(frozen=True)
@@ -371,6 +425,7 @@ class HttpJsonConnector:
     max_pages: int = 10_000
     timeout_s: float = 30.0
     max_bytes: int = 1024**3
+    network: NetworkPolicy | None = None
 
     def partitions(self, since: str | None = None) -> list[Partition]:
         return [Partition(key=f"{self.name}:{self.url}", identity="", location=self.url)]
@@ -383,24 +438,23 @@ class HttpJsonConnector:
         url: str | None = self.url
         params = dict(self.params)
         page, total = 1, 0
-        with httpx.Client(timeout=self.timeout_s, headers=self.headers, follow_redirects=False) as client:
+        # A connector built in code without a policy is the caller's own business; parameters
+        # always come through connector_for, which sets the operator's policy.
+        policy = self.network or NetworkPolicy(allow_all=True)
+        with GuardedClient(policy, self.url, self.headers, self.timeout_s) as client:
             for _ in range(self.max_pages):
                 if url is None:
                     break
                 if self.page_param:
                     params[self.page_param] = page
+                # Next links carry their own query; params={} would strip it in httpx.
+                content = client.get(
+                    url, params or None, self.max_bytes - total, f"HTTP source {self.url!r} (page {page})"
+                )
+                total += len(content)
+                digest.update(content)
                 try:
-                    # Next links carry their own query; params={} would strip it in httpx.
-                    response = client.get(url, params=params or None)
-                    response.raise_for_status()
-                except httpx.HTTPError as exc:
-                    raise SourceError(f"HTTP source {url!r} failed: {exc}") from exc
-                total += len(response.content)
-                if total > self.max_bytes:
-                    raise SourceError(f"HTTP source {self.url!r} returned more than {self.max_bytes} bytes.")
-                digest.update(response.content)
-                try:
-                    body = response.json()
+                    body = json.loads(content)
                 except ValueError as exc:
                     raise SourceError(f"HTTP source {url!r} did not return JSON (page {page}).") from exc
                 batch = body.get(self.records_field) if isinstance(body, dict) else body
@@ -447,9 +501,16 @@ def connector_for(
     next_field: str | None = "next",
     page_param: str | None = None,
     allow_empty: bool = False,
+    roots: tuple[str, ...] | None = None,
+    network: NetworkPolicy | None = None,
 ) -> Connector:
     """The connector a source string names: a SQLAlchemy URL (table after '#', or ``table=``/
-    ``query=``), an http(s) URL of a JSON API, or a path, glob, directory or fsspec URL of files."""
+    ``query=``), an http(s) URL of a JSON API, or a path, glob, directory or fsspec URL of files.
+
+    ``source`` is a parameter: http(s) and remote files always get a network policy (``network``, by
+    default the operator's ``AIC_INGEST_ALLOWED_HOSTS``); local files are confined to ``roots`` when
+    given (None: not confined, a caller's own run).
+    """
     from aicml.data.sources import SQL_SCHEMES
 
     scheme = source.split("://", 1)[0].split("+", 1)[0].lower() if "://" in source else ""
@@ -467,9 +528,16 @@ def connector_for(
             columns=columns,
             watermark_column=watermark_column,
         )
+    network = network or NetworkPolicy.from_settings()
     if kind == "http":
+        check_url(source, network)
         return HttpJsonConnector(
-            source, name=name, records_field=records_field, next_field=next_field, page_param=page_param
+            source,
+            name=name,
+            records_field=records_field,
+            next_field=next_field,
+            page_param=page_param,
+            network=network,
         )
     return FileConnector(
         source,
@@ -478,4 +546,6 @@ def connector_for(
         options=read_options or ReadOptions(),
         storage_options=dict(storage_options or {}),
         allow_empty=allow_empty,
+        roots=roots,
+        network=network,
     )

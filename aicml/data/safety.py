@@ -95,3 +95,50 @@ def check_inside(base: str | Path, path: str | Path) -> Path:
             "(a symlink escaping it?)."
         )
     return resolved
+
+
+class OutsideRootsError(ConfigurationError):
+    """A file source lies outside the data roots the operator allowed."""
+
+
+# The data volume the Kubernetes job templates mount (deployments/k8s_*.json).
+KUBERNETES_DATA_ROOT = "/mnt/data"
+
+
+def configured_roots() -> tuple[str, ...]:
+    """The data roots of the operator's settings: ``AIC_DATA_ROOTS`` (comma-separated), else the
+    stack's home and the Kubernetes data volume."""
+    from blocks.settings import AicSettings
+
+    current = AicSettings()
+    if current.data_roots:
+        return tuple(str(Path(p.strip()).resolve()) for p in current.data_roots.split(",") if p.strip())
+    return (str(current.root), KUBERNETES_DATA_ROOT)
+
+
+def _inside(resolved: Path, root: Path) -> bool:
+    return resolved == root or root in resolved.parents
+
+
+def check_in_roots(path: str | Path, roots: tuple[str, ...]) -> Path:
+    """The real path of ``path`` (symlinks and '..' resolved) if it lies in one of ``roots``; else
+    OutsideRootsError naming the path and the roots."""
+    text = str(path)
+    if "\x00" in text:
+        raise UnsafePathError(f"File name {text!r} contains a NUL byte.")
+    resolved = Path(os.path.expanduser(text)).resolve()
+    for root in roots:
+        if _inside(resolved, Path(root).resolve()):
+            return resolved
+    shown = "" if str(resolved) == text else f" (resolves to {str(resolved)!r})"
+    raise OutsideRootsError(
+        f"File source {text!r}{shown} is outside the allowed data roots {list(roots)}; the operator "
+        "sets them with AIC_DATA_ROOTS."
+    )
+
+
+def narrow_roots(roots: tuple[str, ...], base_dir: str | None) -> tuple[str, ...]:
+    """``roots`` narrowed to ``base_dir`` (which must itself lie in them)."""
+    if base_dir is None:
+        return roots
+    return (str(check_in_roots(base_dir, roots)),)
