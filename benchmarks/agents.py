@@ -111,7 +111,9 @@ def bench_http(n: int, workdir: Path) -> tuple[list[float], float]:
     port = free_port()
     env = {
         **os.environ,
-        "AIC_AGENTS_TOKEN": TOKEN,
+        "AIC_AGENTS_TOKEN": "bench-invoke-token-0123456789",
+        "AIC_AGENTS_ADMIN_TOKEN": TOKEN,  # registers and activates, then invokes (an admin may do both)
+        "AIC_AGENTS_PYTHON_MODULES": "benchmarks.agents",
         "AIC_AGENTS_TRACING": "false",
         "AIC_AGENTS_CATALOG_TTL_S": "5",
         "PYTHONPATH": str(ROOT),

@@ -1,7 +1,11 @@
 """REST API of the agent service (ASGI, Starlette): ``/v1/agents``, ``/v1/coordinations``, ``/healthz``, ``/metrics``.
 
 Every ``/v1`` route needs ``Authorization: Bearer <token>`` unless auth was disabled on purpose;
-``/healthz`` and ``/metrics`` stay open for probes and Prometheus. Invoke routes are async and never
+``/healthz``, ``/metrics`` and ``/openapi.json`` stay open for probes, Prometheus and clients. Two
+identities: the invoker's token calls agents and coordinations and reads; the administrator's token also
+registers agents, moves them through their lifecycle, runs health checks and rollouts and stores
+coordinations (an invoker gets 403 there). The audit trail records the authenticated identity, never a
+name the client sends. Invoke routes are async and never
 block the event loop on the database except through the catalog's cached refresh (in a thread).
 """
 
@@ -29,6 +33,7 @@ from aicml.agents.errors import (
 )
 from aicml.agents.graph import Coordination
 from aicml.agents.messages import AgentMessage, AgentReply, Outcome
+from aicml.agents.policy import AgentPolicyError
 from aicml.agents.service import AgentService
 from aicml.agents.spec import AgentSpec, LifecycleState
 
@@ -47,7 +52,6 @@ STATUS_OF_OUTCOME = {
 class TransitionRequest(BaseModel):
     to: LifecycleState = Field(description="Target state.")
     reason: str = Field(default="", max_length=2000)
-    actor: str | None = Field(default=None, max_length=128, description="Who; default the X-Actor header.")
     force: bool = Field(default=False, description="Activate even if the health check fails.")
 
 
@@ -60,7 +64,6 @@ class RolloutRequest(BaseModel):
     slow_after_ms: float | None = Field(
         default=None, gt=0, description="A call slower than this counts against the latency objective."
     )
-    actor: str | None = None
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -109,33 +112,75 @@ def _reply(reply: AgentReply) -> Response:
     )
 
 
+ROLE_KEY = "aicml.agents.role"
+ADMIN, INVOKER, LOCAL = "admin", "invoker", "local"
+OPEN_PATHS = ("/healthz", "/metrics", "/openapi.json")
+
+
+async def _answer(send: Any, status: int, body: bytes, *headers: tuple[bytes, bytes]) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), *headers]})  # fmt: skip
+    await send({"type": "http.response.body", "body": body})
+
+
 class BearerAuth:
-    """Pure ASGI middleware (no per-request task, unlike BaseHTTPMiddleware): constant-time token check."""
+    """Pure ASGI middleware (no per-request task, unlike BaseHTTPMiddleware): constant-time token check.
+
+    Sets the caller's role in the scope: ``admin`` or ``invoker`` by the token sent, ``local`` when auth is off.
+    """
 
     def __init__(
-        self, app: ASGIApp, token: str | None, open_paths: tuple[str, ...] = ("/healthz", "/metrics")
+        self,
+        app: ASGIApp,
+        token: str | None,
+        admin_token: str | None = None,
+        open_paths: tuple[str, ...] = OPEN_PATHS,
     ):
         self.app = app
         self.expected = f"Bearer {token}".encode() if token else None
+        self.admin = f"Bearer {admin_token}".encode() if admin_token else None
         self.open_paths = open_paths
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if self.expected is not None and scope["type"] == "http" and scope["path"] not in self.open_paths:
-            given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
-            if not hmac.compare_digest(given, self.expected):
-                body = b'{"error":"missing or wrong bearer token: send Authorization: Bearer <token>"}'
-                await send({"type": "http.response.start", "status": 401, "headers": [
-                    (b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]})  # fmt: skip
-                await send({"type": "http.response.body", "body": body})
-                return
+        if scope["type"] == "http":
+            scope[ROLE_KEY] = LOCAL
+            if self.expected is not None and scope["path"] not in self.open_paths:
+                given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+                # Both comparisons always run: the time taken says nothing about which token was close.
+                is_admin = self.admin is not None and hmac.compare_digest(given, self.admin)
+                is_invoker = hmac.compare_digest(given, self.expected)
+                if not (is_admin or is_invoker):
+                    body = b'{"error":"missing or wrong bearer token: send Authorization: Bearer <token>"}'
+                    await _answer(send, 401, body, (b"www-authenticate", b"Bearer"))
+                    return
+                scope[ROLE_KEY] = ADMIN if is_admin else INVOKER
         await self.app(scope, receive, send)
 
 
-def create_app(service: AgentService, token: str | None) -> ASGIApp:
-    """The ASGI app; ``token=None`` serves /v1 without auth (the caller decided that on purpose)."""
+def admin_only(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """A route for administrators: an invoker gets 403 before the body is read or anything is done."""
 
-    def actor_of(request: Request, given: str | None = None) -> str:
-        return given or request.headers.get("x-actor") or "api"
+    async def guarded(request: Request) -> Response:
+        if request.scope.get(ROLE_KEY, LOCAL) not in (ADMIN, LOCAL):
+            return _error(
+                403,
+                f"{request.method} {request.url.path} needs the administrator's token (AIC_AGENTS_ADMIN_TOKEN); "
+                "the invoker's token only calls agents and coordinations and reads.",
+            )
+        return await handler(request)
+
+    return guarded
+
+
+def create_app(service: AgentService, token: str | None, admin_token: str | None = None) -> ASGIApp:
+    """The ASGI app; ``token=None`` serves /v1 without auth (the caller decided that on purpose).
+
+    ``admin_token``: the administrators' token; None with auth on: no administration over the API.
+    """
+
+    def actor_of(request: Request) -> str:
+        """Who, for the audit trail: the authenticated identity (never a header or field the client sends)."""
+        return str(request.scope.get(ROLE_KEY, LOCAL))
 
     async def parse(request: Request, model: type[BaseModel]) -> Any:
         return model.model_validate_json(await read_body(request))
@@ -147,10 +192,16 @@ def create_app(service: AgentService, token: str | None) -> ASGIApp:
             return _error(413, str(exc))
         except ValidationError as exc:
             return _json(
-                {"error": "invalid request body", "detail": orjson.loads(exc.json(include_url=False))}, 422
+                {
+                    "error": "invalid request body",
+                    "detail": orjson.loads(exc.json(include_url=False, include_input=False)),
+                },
+                422,
             )
         except AgentNotFound as exc:
             return _error(404, str(exc))
+        except AgentPolicyError as exc:
+            return _error(403, str(exc))
         except (AgentConflict, LifecycleError) as exc:
             return _error(409, str(exc))
         except AgentUnavailable as exc:
@@ -162,6 +213,11 @@ def create_app(service: AgentService, token: str | None) -> ASGIApp:
 
     async def healthz(request: Request) -> Response:
         return _json({"status": "ok"})
+
+    async def openapi(request: Request) -> Response:
+        from aicml.agents.openapi import openapi_document
+
+        return _json(openapi_document(auth=token is not None))
 
     async def metrics(request: Request) -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST
@@ -226,8 +282,7 @@ def create_app(service: AgentService, token: str | None) -> ASGIApp:
             body = await parse(request, TransitionRequest)
             p = request.path_params
             record = await run_in_threadpool(
-                service.transition, p["name"], p["version"], body.to, actor_of(request, body.actor), body.reason,
-                body.force,
+                service.transition, p["name"], p["version"], body.to, actor_of(request), body.reason, body.force,
             )  # fmt: skip
             return _json(record.summary())
 
@@ -257,7 +312,7 @@ def create_app(service: AgentService, token: str | None) -> ASGIApp:
                 body = await parse(request, RolloutRequest)
                 done = await run_in_threadpool(
                     lambda: service.start_rollout(
-                        name, body.canary, actor_of(request, body.actor), body.steps,
+                        name, body.canary, actor, body.steps,
                         step_requests=body.step_requests, slow_after_ms=body.slow_after_ms,
                     )
                 )  # fmt: skip
@@ -323,22 +378,23 @@ def create_app(service: AgentService, token: str | None) -> ASGIApp:
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
-        Route("/v1/agents", register, methods=["POST"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/v1/agents", admin_only(register), methods=["POST"]),
         Route("/v1/agents", list_agents, methods=["GET"]),
         Route("/v1/agents/{name}", get_agent, methods=["GET"]),
         Route("/v1/agents/{name}/invoke", invoke, methods=["POST"]),
         Route("/v1/agents/{name}/transitions", transitions, methods=["GET"]),
-        Route("/v1/agents/{name}/rollout", rollout, methods=["POST"]),
+        Route("/v1/agents/{name}/rollout", admin_only(rollout), methods=["POST"]),
         Route("/v1/agents/{name}/rollout", get_rollout, methods=["GET"]),
-        Route("/v1/agents/{name}/rollout/{action}", rollout, methods=["POST"]),
+        Route("/v1/agents/{name}/rollout/{action}", admin_only(rollout), methods=["POST"]),
         Route("/v1/agents/{name}/versions/{version}", get_version, methods=["GET"]),
-        Route("/v1/agents/{name}/versions/{version}/transition", transition, methods=["POST"]),
+        Route("/v1/agents/{name}/versions/{version}/transition", admin_only(transition), methods=["POST"]),
         Route("/v1/agents/{name}/versions/{version}/transitions", transitions, methods=["GET"]),
-        Route("/v1/agents/{name}/versions/{version}/health", health, methods=["POST"]),
+        Route("/v1/agents/{name}/versions/{version}/health", admin_only(health), methods=["POST"]),
         Route("/v1/coordinations", list_graphs, methods=["GET"]),
         Route("/v1/coordinations", run_graph, methods=["POST"]),
-        Route("/v1/coordinations/{name}", put_graph, methods=["PUT"]),
+        Route("/v1/coordinations/{name}", admin_only(put_graph), methods=["PUT"]),
         Route("/v1/coordinations/{name}/invoke", invoke_graph, methods=["POST"]),
     ]
     app = Starlette(routes=routes)
-    return BearerAuth(app, token)
+    return BearerAuth(app, token, admin_token)

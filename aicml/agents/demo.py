@@ -19,11 +19,13 @@ from typing import Any
 from aicml.agents.graph import Blackboard, Coordination, FanOut, Pipeline, Step, Supervisor
 from aicml.agents.llm_stub import serve_stub_llm
 from aicml.agents.messages import AgentMessage, AgentReply
+from aicml.agents.policy import AgentPolicy
 from aicml.agents.service import AgentService
 from aicml.agents.settings import AgentSettings
 from aicml.agents.spec import AgentSpec, LifecycleState
 from aicml.agents.store import AgentStore
 from aicml.agents.tracing import describe_trace
+from aicml.registry.checksums import stamp_checksum
 
 KB = [
     "Billing: a duplicate charge is refunded within 5 business days after we confirm it.",
@@ -177,7 +179,9 @@ def train_churn_model(tracking_uri: str) -> str:
             LogisticRegression().fit(frame, label), name="model", registered_model_name="agent-churn-risk",
             input_example=frame.head(2), pip_requirements=["scikit-learn"],
         )  # fmt: skip
-    return f"models:/agent-churn-risk/{info.registered_model_version}"
+    version = str(info.registered_model_version)
+    stamp_checksum("agent-churn-risk", version)  # model agents load only versions whose files match this
+    return f"models:/agent-churn-risk/{version}"
 
 
 def run_demo(
@@ -197,10 +201,12 @@ def run_demo(
         from aicml.agents.tracing import MlflowTraceExporter
 
         hook = MlflowTraceExporter(tracking_uri, "aic-agents-demo", background=False)
-    service = AgentService(AgentStore(url), catalog_ttl_s=600, on_complete=hook)
     report: dict[str, Any] = {"agent_db": url.split("@")[-1], "mlflow": tracking_uri, "coordinations": {}}
-    try:
-        with serve_stub_llm() as llm_url:
+    with serve_stub_llm() as llm_url:
+        # The demo is the operator here: it allows its own stub LLM's address and nothing else.
+        policy = AgentPolicy(remote_urls=(llm_url,))
+        service = AgentService(AgentStore(url), catalog_ttl_s=600, on_complete=hook, policy=policy)
+        try:
             echo(f"1. Registering agents in agent_db ({report['agent_db']}); LLM = local stub at {llm_url}")
             churn_uri = train_churn_model(tracking_uri) if tracking_uri else None
             for spec in demo_agents(llm_url, churn_uri):
@@ -237,8 +243,8 @@ def run_demo(
                 f"4. Batch input for `prefect deployment run agent-batch/local`: {tickets_path} ({len(TICKETS) * 5})"
             )
             report["audit_classify"] = [t.as_dict() for t in service.store.transitions("classify")]
-    finally:
-        service.close()
+        finally:
+            service.close()
     return report
 
 

@@ -14,6 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from aicml.agents.spec import NAME_PATTERN
 
+# Bounds on what one request can make the router do: branches started at once by a fan-out, and agent
+# calls a graph can name in all (steps, branches, routes, board agents, classifier and fallback).
+MAX_FANOUT = 32
+MAX_GRAPH_STEPS = 64
+
 
 class Step(BaseModel):
     """One agent call in a pattern, with per-step overrides of the agent's timeout and retries."""
@@ -69,6 +74,10 @@ class FanOut(BaseModel):
 
     @model_validator(mode="after")
     def _vote_needs_field(self) -> FanOut:
+        if len(self.branches) > MAX_FANOUT:
+            raise ValueError(
+                f"a fan-out has at most {MAX_FANOUT} branches (MAX_FANOUT), this one has {len(self.branches)}"
+            )
         if self.combine == "vote" and not self.vote_field:
             raise ValueError("combine='vote' needs vote_field: the output field the branches vote on")
         if self.min_success > len(self.branches):
@@ -123,6 +132,15 @@ class Coordination(BaseModel):
     timeout_ms: float | None = Field(
         default=None, gt=0, description="Deadline of the whole coordination when the message sets none."
     )
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Coordination:
+        count = len(self.steps())
+        if count > MAX_GRAPH_STEPS:
+            raise ValueError(
+                f"a coordination graph has at most {MAX_GRAPH_STEPS} steps (MAX_GRAPH_STEPS), this one has {count}"
+            )
+        return self
 
     def steps(self) -> list[Step]:
         """Every step the graph can call (for validation and display)."""

@@ -12,6 +12,7 @@ import os
 import time
 import weakref
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from aicml.agents.errors import AgentCallError, AgentConfigurationError, MessageError
@@ -37,14 +38,26 @@ def _per_loop(factory: Callable[[], Any]) -> Callable[[], Any]:
     return get
 
 
+def model_cache_dir() -> Path:
+    """Where model agents' verified files are downloaded: ``<AIC_HOME>/agents/models``."""
+    return Path(os.environ.get("AIC_HOME", ".aic")).resolve() / "agents" / "models"
+
+
 def mlflow_agent(impl: MlflowImpl) -> SyncFn:
-    """A pyfunc model: payload ``{"records": [{...}, ...]}`` or ``{"features": {...}}`` -> predictions."""
+    """A pyfunc model: payload ``{"records": [{...}, ...]}`` or ``{"features": {...}}`` -> predictions.
+
+    Only a registry URI is loaded, and only after its files hash to the checksum recorded at registration
+    (the model server's check, ``aicml.registry.checksums.fetch_verified``).
+    """
     import mlflow.pyfunc
     import pandas as pd
 
+    from aicml.registry.checksums import fetch_verified, parse_model_uri, resolve_version
     from aicml.serving.smoke import align_to_signature
 
-    model = mlflow.pyfunc.load_model(impl.model_uri)
+    ref = parse_model_uri(impl.model_uri)
+    path = fetch_verified(ref.name, resolve_version(ref), model_cache_dir())
+    model = mlflow.pyfunc.load_model(str(path))
 
     def run(payload: dict[str, Any]) -> dict[str, Any]:
         if "records" in payload:
@@ -136,13 +149,14 @@ def llm_agent(impl: LlmImpl) -> AsyncFn:
     return run
 
 
-def http_agent(impl: HttpImpl, name: str) -> AsyncFn:
-    """Forward the payload as an ``AgentMessage`` to another agent service and return its reply payload."""
+def http_agent(impl: HttpImpl, name: str, token: str | None = None) -> AsyncFn:
+    """Forward the payload as an ``AgentMessage`` to another agent service and return its reply payload.
+
+    ``token``: the operator's bearer token for that URL (``AgentPolicy.token_for``); a definition never
+    chooses what is sent.
+    """
     import httpx
 
-    token = os.environ.get(impl.token_env) if impl.token_env else None
-    if impl.token_env and not token:
-        raise AgentConfigurationError(f"Agent {name!r} needs its token in ${impl.token_env}, which is empty.")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     client = _per_loop(lambda: httpx.AsyncClient(headers=headers, timeout=None))  # wait_for bounds each call
 

@@ -29,6 +29,7 @@ from aicml.agents.errors import (
 )
 from aicml.agents.graph import Blackboard, Coordination, FanOut, Pipeline, Step, Supervisor
 from aicml.agents.messages import CURRENT_COORDINATION, AgentMessage, AgentReply, CallRecord, Outcome
+from aicml.agents.policy import AgentPolicy
 from aicml.agents.runtime import LoadedAgent, load_agent
 from aicml.agents.spec import AgentSpec, LifecycleState
 from aicml.agents.versions import CanaryVersionRouter
@@ -102,8 +103,10 @@ class StoreCatalog:
         ttl_s: float = 2.0,
         preload: bool = False,
         versions: CanaryVersionRouter | None = None,
+        policy: AgentPolicy | None = None,
     ) -> None:
         self.store = store
+        self.policy = policy
         self.ttl_s = ttl_s
         self.preload = preload
         self._loaded: dict[tuple[str, str], LoadedAgent] = {}
@@ -148,7 +151,7 @@ class StoreCatalog:
             # never waits for a model to load; one that fails to load is retried, and reported, by resolve.
             if key not in self._loaded:
                 try:
-                    self._loaded[key] = load_agent(spec)
+                    self._loaded[key] = load_agent(spec, self.policy)
                 except Exception:  # resolve() raises the same error where a caller sees it
                     continue
         self._active, self._skills = active, skills
@@ -167,7 +170,7 @@ class StoreCatalog:
             )
         loaded = self._loaded.get((agent, spec.version))
         if loaded is None:
-            loaded = self._loaded[(agent, spec.version)] = load_agent(spec)
+            loaded = self._loaded[(agent, spec.version)] = load_agent(spec, self.policy)
         return loaded
 
     def with_skill(self, skill: str) -> list[str]:

@@ -17,6 +17,7 @@ from typing import Any
 
 from aicml.agents.builtin import build_rule
 from aicml.agents.errors import AgentConfigurationError, MessageError
+from aicml.agents.policy import AgentPolicy
 from aicml.agents.spec import (
     AgentSpec,
     HttpImpl,
@@ -87,9 +88,15 @@ def _import(target: str) -> Callable[..., Any]:
         raise AgentConfigurationError(f"Cannot import agent callable {target!r}: {exc}") from exc
 
 
-def load_agent(spec: AgentSpec) -> LoadedAgent:
-    """Resolve the implementation; heavy models load here, once per version and process."""
+def load_agent(spec: AgentSpec, policy: AgentPolicy | None = None) -> LoadedAgent:
+    """Resolve the implementation; heavy models load here, once per version and process.
+
+    With a ``policy`` (the service's), nothing is imported, loaded or contacted unless the operator allowed it.
+    Model agents are always loaded from the registry with their checksum verified.
+    """
     impl = spec.implementation
+    if policy is not None:
+        policy.check(spec)
     loaded = LoadedAgent(
         spec, check_input=_validator(spec.input_schema), check_output=_validator(spec.output_schema)
     )
@@ -117,7 +124,7 @@ def load_agent(spec: AgentSpec) -> LoadedAgent:
     elif isinstance(impl, HttpImpl):
         from aicml.agents.implementations import http_agent
 
-        loaded.async_ = http_agent(impl, spec.name)
+        loaded.async_ = http_agent(impl, spec.name, policy.token_for(impl.url) if policy else None)
     else:  # pragma: no cover - the discriminated union is exhaustive
         raise AgentConfigurationError(f"Unknown implementation kind {impl!r}")
     return loaded

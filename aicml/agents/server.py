@@ -31,6 +31,7 @@ def build_service(settings: AgentSettings, tracking_uri: str | None = None) -> A
         on_complete=hook,
         preload=True,
         on_decision=decision_audit(settings.resolved_audit_path(), emit_events=settings.decision_events),
+        policy=settings.policy(),
     )
     # Warm up before the first request: active agents (and their models) load now, not on a request's clock.
     service.catalog.refresh()
@@ -40,5 +41,5 @@ def build_service(settings: AgentSettings, tracking_uri: str | None = None) -> A
 def build_app(settings: AgentSettings | None = None, tracking_uri: str | None = None) -> Any:
     """The ASGI app; refuses to build without a token unless auth is disabled explicitly."""
     settings = settings or AgentSettings()
-    token = settings.bearer_token()
-    return create_app(build_service(settings, tracking_uri), token)
+    token, admin_token = settings.bearer_token(), settings.admin_bearer_token()
+    return create_app(build_service(settings, tracking_uri), token, admin_token)

@@ -13,6 +13,7 @@ from aicml.agents.errors import AgentUnavailable
 from aicml.agents.graph import Coordination
 from aicml.agents.leases import LeaseManager
 from aicml.agents.messages import AgentMessage, AgentReply
+from aicml.agents.policy import AgentPolicy
 from aicml.agents.router import CompletionHook, Router, StoreCatalog
 from aicml.agents.runtime import load_agent
 from aicml.agents.spec import AgentSpec, LifecycleState
@@ -33,16 +34,21 @@ class AgentService:
         preload: bool = False,
         on_decision: DecisionHook | None = None,
         actor: str = "agent-router",
+        policy: AgentPolicy | None = None,
     ) -> None:
         """``preload``: load every active agent when the catalog refreshes (a server), not on first use.
 
         ``on_decision`` hears every rollout decision this service makes or is told (audit line, event);
-        ``actor`` is who automatic decisions are recorded as.
+        ``actor`` is who automatic decisions are recorded as. ``policy``: what definitions may name (python
+        modules, remote URLs); default the operator's settings (``AIC_AGENTS_PYTHON_MODULES``, ...).
         """
+        self.policy = policy if policy is not None else AgentPolicy.from_settings()
         self.store = store
         self.on_decision = on_decision
         self.versions = CanaryVersionRouter(store, actor=actor, on_decision=on_decision)
-        self.catalog = StoreCatalog(store, ttl_s=catalog_ttl_s, preload=preload, versions=self.versions)
+        self.catalog = StoreCatalog(
+            store, ttl_s=catalog_ttl_s, preload=preload, versions=self.versions, policy=self.policy
+        )
         self.leases = LeaseManager(store)
         self.router = Router(self.catalog, leases=self.leases, on_complete=on_complete)
 
@@ -55,14 +61,19 @@ class AgentService:
 
     # --- registry and lifecycle ---------------------------------------------------------------------
     def register(self, spec: AgentSpec, actor: str) -> AgentRecord:
+        """Store a new version; a definition the policy refuses is never stored (``AgentPolicyError``)."""
+        self.policy.check(spec)
         return self.store.register(spec, actor)
 
     def check_health(self, name: str, version: str) -> tuple[bool, str]:
-        """Load the version and, if it declares ``health_input``, call it and check its output schema."""
+        """Load the version and, if it declares ``health_input``, call it and check its output schema.
+
+        A definition the policy now refuses is unhealthy without being imported, loaded or called.
+        """
         spec = self.store.get(name, version).spec
         started = time.perf_counter()
         try:
-            agent = load_agent(spec)
+            agent = load_agent(spec, self.policy)
             if spec.health_input is not None:
                 if agent.check_input is not None:
                     agent.check_input(spec.health_input)

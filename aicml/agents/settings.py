@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from aicml.agents.errors import AgentConfigurationError
 
@@ -26,9 +27,34 @@ class AgentSettings(BaseSettings):
         default=None,
         description="SQLAlchemy URL of agent_db, e.g. postgresql+psycopg://postgres@127.0.0.1:5432/agent_db.",
     )
-    token: SecretStr | None = Field(default=None, description="Bearer token callers of /v1 must send.")
+    token: SecretStr | None = Field(
+        default=None, description="Bearer token of invokers: they call agents and coordinations and read."
+    )
     token_secret_block: str | None = Field(
-        default=None, description="Name of a Prefect Secret block holding the bearer token."
+        default=None, description="Name of a Prefect Secret block holding the invokers' bearer token."
+    )
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token of administrators: register agents, transitions, rollouts, health checks, "
+        "storing coordinations. Unset: nobody can administer over the API (403).",
+    )
+    admin_token_secret_block: str | None = Field(
+        default=None, description="Name of a Prefect Secret block holding the administrators' bearer token."
+    )
+    python_modules: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Modules (comma-separated) whose functions `python` agents may name; a package allows its "
+        "submodules. Empty: no python agents.",
+    )
+    remote_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="URL prefixes (comma-separated, scheme://host[:port]/path) that `http` agents and `llm` "
+        "agents' base_url may point at. Empty: none.",
+    )
+    remote_tokens: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description='JSON object {"<URL prefix>": "<token>"}: the bearer token sent to remote agents under that '
+        "prefix (the operator's, never the caller's choice).",
     )
     auth_disabled: bool = Field(
         default=False, description="Serve /v1 without auth; only on purpose (a laptop, a benchmark)."
@@ -46,6 +72,13 @@ class AgentSettings(BaseSettings):
     )
     tracing: bool = Field(default=True, description="Export each coordination as an MLflow trace.")
     experiment: str = Field(default="aic-agents", description="MLflow experiment the traces go to.")
+
+    @field_validator("python_modules", "remote_urls", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
 
     def resolved_database_url(self) -> str:
         """agent_db's URL: the setting, else PostgreSQL from the Kubernetes env, else SQLite under AIC_HOME."""
@@ -67,32 +100,59 @@ class AgentSettings(BaseSettings):
         return Path(os.environ.get("AIC_HOME", ".aic")).resolve() / "audit" / "agents.jsonl"
 
     def bearer_token(self) -> str | None:
-        """The token /v1 requires, or None when auth is disabled on purpose; refuses to run open by accident."""
+        """The invokers' token, or None when auth is disabled on purpose; refuses to run open by accident."""
         if self.auth_disabled:
             return None
-        if self.token is not None and self.token.get_secret_value():
-            return _long_enough(self.token.get_secret_value())
-        if self.token_secret_block:
-            from prefect.blocks.system import Secret
+        token = _secret(self.token, self.token_secret_block, "AIC_AGENTS_TOKEN")
+        if token is None:
+            raise AgentConfigurationError(
+                "The agent API needs a bearer token: set AIC_AGENTS_TOKEN, or AIC_AGENTS_TOKEN_SECRET_BLOCK to the "
+                "name of a Prefect Secret block, or AIC_AGENTS_AUTH_DISABLED=true to serve without auth on purpose."
+            )
+        return token
 
-            value = Secret.load(self.token_secret_block, _sync=True).get()  # type: ignore[union-attr,call-arg]
-            if not isinstance(value, str) or not value:
-                raise AgentConfigurationError(
-                    f"Prefect Secret block {self.token_secret_block!r} holds no token string; save one."
-                )
-            return _long_enough(value)
-        raise AgentConfigurationError(
-            "The agent API needs a bearer token: set AIC_AGENTS_TOKEN, or AIC_AGENTS_TOKEN_SECRET_BLOCK to the "
-            "name of a Prefect Secret block, or AIC_AGENTS_AUTH_DISABLED=true to serve without auth on purpose."
+    def admin_bearer_token(self) -> str | None:
+        """The administrators' token (None: no administration over the API); never the invokers' token."""
+        if self.auth_disabled:
+            return None
+        admin = _secret(self.admin_token, self.admin_token_secret_block, "AIC_AGENTS_ADMIN_TOKEN")
+        if admin is not None and admin == self.bearer_token():
+            raise AgentConfigurationError(
+                "AIC_AGENTS_ADMIN_TOKEN equals AIC_AGENTS_TOKEN: administrators and invokers need different tokens."
+            )
+        return admin
+
+    def policy(self) -> Any:
+        """What agent definitions may name (python modules, remote URLs and their tokens): ``AgentPolicy``."""
+        from aicml.agents.policy import AgentPolicy
+
+        return AgentPolicy(
+            python_modules=tuple(self.python_modules),
+            remote_urls=tuple(self.remote_urls),
+            remote_tokens={k: v.get_secret_value() for k, v in self.remote_tokens.items()},
         )
 
 
 MIN_TOKEN_LENGTH = 16
 
 
-def _long_enough(token: str) -> str:
+def _long_enough(token: str, setting: str = "AIC_AGENTS_TOKEN") -> str:
     if len(token.strip()) < MIN_TOKEN_LENGTH:
         raise AgentConfigurationError(
-            f"The agent API token is shorter than {MIN_TOKEN_LENGTH} characters; use a random one."
+            f"The agent API token ({setting}) is shorter than {MIN_TOKEN_LENGTH} characters; use a random one."
         )
     return token
+
+
+def _secret(value: SecretStr | None, block: str | None, setting: str) -> str | None:
+    """A token from its setting, else from the Prefect Secret block named; None when neither is set."""
+    if value is not None and value.get_secret_value():
+        return _long_enough(value.get_secret_value(), setting)
+    if block:
+        from prefect.blocks.system import Secret
+
+        loaded = Secret.load(block, _sync=True).get()  # type: ignore[union-attr,call-arg]
+        if not isinstance(loaded, str) or not loaded:
+            raise AgentConfigurationError(f"Prefect Secret block {block!r} holds no token string; save one.")
+        return _long_enough(loaded, setting)
+    return None

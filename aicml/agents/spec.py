@@ -114,9 +114,14 @@ class HttpImpl(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["http"] = "http"
-    url: str = Field(description="Invoke URL, e.g. http://host:8080/v1/agents/triage/invoke.")
+    url: str = Field(
+        description="Invoke URL, e.g. http://host:8080/v1/agents/triage/invoke; under a prefix in "
+        "AIC_AGENTS_REMOTE_URLS."
+    )
     token_env: str | None = Field(
-        default=None, description="Environment variable holding the bearer token of that service."
+        default=None,
+        description="Refused (kept so old definitions still parse): the token sent is the operator's, from "
+        "AIC_AGENTS_REMOTE_TOKENS.",
     )
 
 

@@ -1,11 +1,21 @@
-"""agent_db for tests: a throwaway PostgreSQL database (dropped after) and a SQLite file."""
+"""agent_db for tests: a throwaway PostgreSQL database (dropped after) and a SQLite file; the agent service as a
+real process."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
+from services import free_port
 
 
 @pytest.fixture
@@ -25,3 +35,72 @@ def agent_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield f"sqlite:///{tmp_path / 'agent_db.sqlite'}"
     else:
         yield request.getfixturevalue("pg_agent_db")
+
+
+REPO = Path(__file__).resolve().parents[3]
+INVOKE_TOKEN = "test-token-1234567890"
+ADMIN_TOKEN = "test-admin-token-0987654321"
+
+
+@dataclass(frozen=True)
+class RunningAgents:
+    url: str
+    invoke_token: str = INVOKE_TOKEN
+    admin_token: str = ADMIN_TOKEN
+
+    def headers(self, role: str = "admin") -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_token if role == 'admin' else self.invoke_token}"}
+
+
+@contextmanager
+def running_agent_service(workdir: Path, **env: str) -> Iterator[RunningAgents]:
+    """``aicml agents serve`` as a real process on loopback (cwd and AIC_HOME in ``workdir``).
+
+    Invokers send INVOKE_TOKEN, administrators ADMIN_TOKEN; python agents only from ``testagents``
+    unless ``env`` says otherwise.
+    """
+    port = free_port()
+    full = {**os.environ, "AIC_AGENTS_TOKEN": INVOKE_TOKEN, "AIC_AGENTS_ADMIN_TOKEN": ADMIN_TOKEN,
+            "AIC_AGENTS_TRACING": "false", "AIC_AGENTS_PYTHON_MODULES": "testagents",
+            "AIC_HOME": str(workdir / "home"), **env}  # fmt: skip
+    full["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests"), str(REPO), full.get("PYTHONPATH", "")])
+    full["AIC_AGENTS_REMOTE_URLS"] = full.get("AIC_AGENTS_REMOTE_URLS", "").replace(
+        "{self}", f"127.0.0.1:{port}"
+    )
+    full["AIC_AGENTS_REMOTE_TOKENS"] = full.get("AIC_AGENTS_REMOTE_TOKENS", "{}").replace(
+        "{self}", f"127.0.0.1:{port}"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aicml.agents.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+         "--database-url", f"sqlite:///{workdir / 'agent_db.sqlite'}"],
+        env=full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=workdir,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+            time.sleep(0.2)
+        else:
+            pytest.fail("agent service did not answer /healthz within 60 s")
+        yield RunningAgents(url)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def launch_agent_service() -> Any:
+    """``running_agent_service`` for test modules (conftest modules are not imported by tests)."""
+    return running_agent_service
+
+
+@pytest.fixture
+def python_agents_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process services (AgentService's default policy reads the settings) may load `testagents`."""
+    monkeypatch.setenv("AIC_AGENTS_PYTHON_MODULES", "testagents")

@@ -3,22 +3,18 @@ coordinations, an agent that calls another over HTTP, /healthz and /metrics."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
+import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from services import free_port
 from typer.testing import CliRunner
 
 from aicml.agents.cli import app
 
-TOKEN = "test-token-1234567890"
-REPO = Path(__file__).resolve().parents[3]
+TOKEN = "test-token-1234567890"  # the invokers' token the service is started with (conftest)
 
 CLASSIFY = {
     "name": "classify",
@@ -35,38 +31,23 @@ CLASSIFY = {
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    db = tmp_path_factory.mktemp("agents") / "agent_db.sqlite"
-    env = {**os.environ, "AIC_AGENTS_TOKEN": TOKEN, "AIC_AGENTS_TRACING": "false", "REMOTE_TOKEN": TOKEN}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests"), env.get("PYTHONPATH", "")])
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "aicml.agents.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-         "--database-url", f"sqlite:///{db}"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-            time.sleep(0.2)
-        else:
-            pytest.fail("agent service did not answer /healthz within 60 s")
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
+def running(tmp_path_factory: pytest.TempPathFactory, launch_agent_service: Any) -> Iterator[Any]:
+    # The service may call itself as a remote agent, with the invokers' token the operator configured for it.
+    remote = {"AIC_AGENTS_REMOTE_URLS": "http://{self}/v1/agents/",
+              "AIC_AGENTS_REMOTE_TOKENS": json.dumps({"http://{self}/v1/agents/": TOKEN})}  # fmt: skip
+    with launch_agent_service(tmp_path_factory.mktemp("agents"), **remote) as service:
+        yield service
+
+
+@pytest.fixture(scope="module")
+def server(running: Any) -> str:
+    return str(running.url)
 
 
 @pytest.fixture
-def client(server: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as c:
+def client(running: Any) -> Iterator[httpx.Client]:
+    """An administrator (who may also invoke and read)."""
+    with httpx.Client(base_url=running.url, headers=running.headers("admin"), timeout=30) as c:
         yield c
 
 
@@ -113,9 +94,10 @@ def test_register_transition_invoke_and_audit(client: httpx.Client) -> None:
     assert client.get("/v1/agents/classify/versions/1").json()["spec"]["skills"] == ["triage"]
     assert client.get("/v1/agents/nope").status_code == 404
     trail = client.get("/v1/agents/classify/versions/1/transitions").json()["transitions"]
+    # The actor is the authenticated identity; the X-Actor header the client sent is not believed.
     assert [(t["from_state"], t["to_state"], t["actor"]) for t in trail] == [
-        (None, "draft", "alice"),
-        ("draft", "active", "alice"),
+        (None, "draft", "admin"),
+        ("draft", "active", "admin"),
     ]
 
 
@@ -128,7 +110,6 @@ def test_stored_coordination_with_an_agent_over_http(client: httpx.Client, serve
         "implementation": {
             "kind": "http",
             "url": f"{server}/v1/agents/classify/invoke",
-            "token_env": "REMOTE_TOKEN",
         },
     }
     reply_agent = {

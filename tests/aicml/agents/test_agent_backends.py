@@ -10,6 +10,7 @@ import uuid
 import mlflow
 import numpy as np
 import pytest
+from mlflow import MlflowClient
 from sklearn.linear_model import LogisticRegression
 
 from aicml.agents.graph import Coordination, FanOut, Pipeline, Step
@@ -18,6 +19,7 @@ from aicml.agents.messages import AgentMessage, Outcome
 from aicml.agents.router import Router, StaticCatalog
 from aicml.agents.spec import AgentSpec
 from aicml.agents.tracing import MlflowTraceExporter, trace_summary
+from aicml.registry.checksums import CHECKSUM_TAG, ChecksumError, stamp_checksum
 
 
 def _run(router: Router, coordination: Coordination, payload: dict, **kw) -> object:
@@ -42,6 +44,7 @@ def test_sklearn_model_agent_from_the_registry(stack) -> None:
             input_example=frame.head(2),
             pip_requirements=["scikit-learn"],  # skips the slow requirement-inference subprocess
         )
+    stamp_checksum(name, "1")  # model agents load only versions whose files match the registry's checksum
     spec = AgentSpec(
         name="risk",
         version="1",
@@ -57,6 +60,9 @@ def test_sklearn_model_agent_from_the_registry(stack) -> None:
     assert reply.payload["predictions"] == [1, 0]
     bad = _run(router, coordination, {"rows": []})
     assert bad.outcome == Outcome.FAILURE and "records" in bad.errors[0]
+    MlflowClient().set_model_version_tag(name, "1", CHECKSUM_TAG, "0" * 64)  # files no longer match
+    with pytest.raises(ChecksumError, match="hash to"):
+        StaticCatalog([spec])
 
 
 def test_llm_agent_through_a_block_and_an_openai_compatible_server(stack) -> None:

@@ -100,7 +100,9 @@ def test_timeouts_budgets_and_bad_requests(agent_db_url: str) -> None:
         store.close()
 
 
-def test_router_limits_concurrent_calls_and_spends_token_budgets(agent_db_url: str) -> None:
+def test_router_limits_concurrent_calls_and_spends_token_budgets(
+    agent_db_url: str, python_agents_allowed: None
+) -> None:
     service = AgentService.from_url(agent_db_url, catalog_ttl_s=600)
     try:
         limited = AgentSpec(

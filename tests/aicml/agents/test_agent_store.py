@@ -72,7 +72,7 @@ def test_lifecycle_is_a_state_machine_and_every_transition_is_audited(agent_db_u
         store.close()
 
 
-def test_activation_needs_a_passing_health_check(agent_db_url: str) -> None:
+def test_activation_needs_a_passing_health_check(agent_db_url: str, python_agents_allowed: None) -> None:
     service = AgentService.from_url(agent_db_url)
     try:
         sick = AgentSpec(
