@@ -53,6 +53,14 @@ def serve(
         str | None, typer.Option(help="MLflow server; defaults to the local stack's.")
     ] = None,
     poll_seconds: Annotated[float, typer.Option(help="How often to check whether the alias moved.")] = 10.0,
+    wait_for_model: Annotated[
+        bool,
+        typer.Option(
+            "--wait-for-model",
+            help="Start even when the alias does not resolve yet: not ready until it does (a platform "
+            "deployed before its first champion).",
+        ),
+    ] = False,
     max_in_flight: Annotated[int, typer.Option(help="Predict requests at once before answering 503.")] = 64,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body (413 beyond).")] = 1 << 20,
     max_rows: Annotated[int, typer.Option(help="Most rows in one request (413 beyond).")] = 10_000,
@@ -107,6 +115,7 @@ def serve(
             no_auth=no_auth,
             control_token_file=control_token_file,
             poll_seconds=poll_seconds,
+            wait_for_model=wait_for_model,
             max_rows=max_rows,
             options=ServerOptions(max_body_bytes=max_body_bytes, max_in_flight=max_in_flight),
         )

@@ -42,6 +42,7 @@ def platform_serving_spec() -> KubeServingSpec:
         memory_request="1Gi",
         memory_limit="1Gi",
         models_claim="model-deployment-pvc",
+        wait_for_model=True,
     )
 
 
@@ -89,6 +90,8 @@ class KubeServingSpec:
     service_port: int = 80
     # A claim for the server's home (downloaded models, audit); None keeps it in the pod's tmp.
     models_claim: str | None = None
+    # Start not ready and poll until the alias exists (the platform's server, deployed before any model).
+    wait_for_model: bool = False
     labels: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -129,6 +132,8 @@ def render_manifests(spec: KubeServingSpec) -> list[dict[str, Any]]:
         f"{TOKEN_DIR}/token",
     ]
     control = bool(spec.challenger_alias)
+    if spec.wait_for_model:
+        args.append("--wait-for-model")
     if spec.challenger_alias:
         args += ["--challenger", f"models:/{spec.model_name}@{spec.challenger_alias}", "--mode", spec.mode]
         args += ["--control-token-file", f"{CONTROL_TOKEN_DIR}/token"]

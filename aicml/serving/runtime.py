@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from aicml.errors import AicError
+from aicml.errors import AicError, RegistryError
 from aicml.registry.checksums import ModelRef, fetch_verified, resolve_version
 from aicml.serving.inputs import V2_NATIVE, Batch, InputError, InputSchema
 
@@ -290,8 +290,12 @@ class ModelHost:
         max_batch_rows: int = 2048,
         poll_seconds: float = 10.0,
         threaded: bool = False,
+        wait_for_alias: bool = False,
     ) -> None:
         self.threaded = threaded
+        # Start without a model when the alias does not resolve yet (a platform deployed before its first
+        # champion): not ready, polling, instead of exiting into a crash loop.
+        self.wait_for_alias = wait_for_alias
         self.ref = ref
         self.cache_dir = cache_dir
         self.max_rows = max_rows
@@ -325,9 +329,15 @@ class ModelHost:
 
     async def start(self) -> None:
         if self.model is None:
-            await asyncio.to_thread(self.load_now)
-        assert self.model is not None
-        self.install(self.model)
+            try:
+                await asyncio.to_thread(self.load_now)
+            except RegistryError as exc:
+                if not (self.wait_for_alias and self.ref.alias is not None and self.poll_seconds > 0):
+                    raise
+                self.last_error = str(exc)
+                log.warning("Not ready: %s Checking again every %.0f s.", exc, self.poll_seconds)
+        if self.model is not None:
+            self.install(self.model)
         if self.ref.alias is not None and self.poll_seconds > 0:
             self._follow = asyncio.get_running_loop().create_task(self._follow_alias())
 

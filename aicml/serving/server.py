@@ -31,6 +31,7 @@ class ServeConfig:
     control_token_file: Path | None = None
     cache_dir: Path | None = None
     poll_seconds: float = 10.0
+    wait_for_model: bool = False
     max_rows: int = 10_000
     max_batch_rows: int = 2048
     options: ServerOptions = field(default_factory=ServerOptions)
@@ -42,7 +43,12 @@ def build_server(config: ServeConfig) -> ModelServer:
     """The ASGI app for ``config``; models load in its lifespan startup, before it accepts requests."""
     cache = config.cache_dir or Path(tempfile.mkdtemp(prefix="aic-serve-"))
     champion = ModelHost(
-        parse_model_uri(config.model_uri), cache, config.max_rows, config.max_batch_rows, config.poll_seconds
+        parse_model_uri(config.model_uri),
+        cache,
+        config.max_rows,
+        config.max_batch_rows,
+        config.poll_seconds,
+        wait_for_alias=config.wait_for_model,
     )
     challenger = None
     router = None
