@@ -315,15 +315,15 @@ class RestoreCheck:
 
 def resolve_artifact_location(location: str, artifacts_root: Path | None) -> bool:
     """Whether a model version's artifact location exists: local paths and file: URIs on disk,
-    mlflow-artifacts: URIs under `artifacts_root` (the server's --artifacts-destination), anything
-    else through MLflow's artifact repositories (lists the location, downloads nothing)."""
+    mlflow-artifacts: URIs under `artifacts_root` (the server's --artifacts-destination) when given,
+    anything else through MLflow's artifact repositories (lists the location, downloads nothing)."""
     parts = urlsplit(location)
     if parts.scheme in {"", "file"}:
         return Path(unquote(parts.path)).exists()
-    if parts.scheme == "mlflow-artifacts":
-        if artifacts_root is None:
-            return False
+    if parts.scheme == "mlflow-artifacts" and artifacts_root is not None:
         return (artifacts_root / unquote(parts.path).lstrip("/")).exists()
+    # Without a local root (a cluster keeps artifacts in object storage, behind the server's proxy),
+    # mlflow-artifacts: locations are listed through the tracking server, like any remote store.
     try:
         from mlflow.artifacts import list_artifacts
 
