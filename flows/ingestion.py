@@ -15,6 +15,7 @@ from aicml.data.connectors import connector_for
 from aicml.data.integration import IngestJob
 from aicml.data.parallel import ClusterOptions
 from aicml.data.readers import DEFAULT_MAX_BYTES, DEFAULT_MAX_FIELD_BYTES, ReadOptions
+from aicml.data.safety import check_in_roots, configured_roots
 from aicml.data.sinks import ParquetSink, SqlSink
 from aicml.data.transforms import TransformSpec
 from aicml.errors import ConfigurationError
@@ -22,7 +23,7 @@ from aicml.observability.metrics import PIPELINE_EXECUTIONS, PIPELINE_EXECUTIONS
 from aicml.redaction import refuse_password
 from blocks.data import S3Storage, SqlDatabase
 from tasks.context import data_dir
-from tasks.ingest import ingest_batch, ingest_state_url
+from tasks.ingest import check_landed_source, ingest_batch, ingest_state_url, source_roots
 from tasks.validate import check_drift, publish_batch_quality, resolve_suite
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
@@ -166,6 +167,13 @@ def build_job(params: IngestParams) -> IngestJob:
     """The engine's job for ``params``, with credentials resolved from blocks at run time."""
     storage_options = _s3_options(params.s3_block) if params.s3_block else {}
     source = params.source
+    # Parameters are data: in a deployment's runs, files stay inside the operator's data roots.
+    check_landed_source(source)
+    roots = source_roots()
+    if roots is not None:
+        for path in (params.output, params.suite_path):
+            if path is not None:
+                check_in_roots(path, configured_roots())
     if params.source_block:
         fragment = source.partition("#")[2]
         url = _sql_url(params.source_block)
@@ -191,6 +199,7 @@ def build_job(params: IngestParams) -> IngestJob:
         next_field=params.next_field,
         page_param=params.page_param,
         allow_empty=params.incremental,
+        roots=roots,
     )
     sink: ParquetSink | SqlSink
     if params.sink == "sql":

@@ -14,10 +14,60 @@ from aicml.observability.metrics import DATA_INTEGRATION_RECORDS
 from tasks.context import data_dir, settings
 from tasks.policies import retry_unless_aic_error
 
+# The deployment of ingest-flow that the `aicml.data.file.landed` trigger starts (prefect.yaml).
+LANDED_DEPLOYMENT = "on-file-landed"
+
+
+def in_deployment() -> bool:
+    """Whether this code runs in a flow run of a deployment, whose parameters anyone allowed to
+    start runs may have written. When Prefect cannot tell, the answer is yes (confine)."""
+    from prefect.runtime import deployment
+
+    try:
+        return deployment.id is not None
+    except Exception:
+        return True
+
+
+def source_roots() -> tuple[str, ...] | None:
+    """The data roots file sources must lie in, or None when they are not confined.
+
+    Confined in flow runs of a deployment (parameters from the API, a schedule or an event) and
+    everywhere when ``AIC_CONFINE_SOURCES`` is set; a flow called directly (a notebook, a test) reads
+    with its caller's own file access. In the on-file-landed deployment the only root is the watched
+    landing directory. Roots are ``AIC_DATA_ROOTS``, else the stack's home and /mnt/data.
+    """
+    from aicml.data.landing import landing_directory
+    from aicml.data.safety import configured_roots
+
+    if not (settings().confine_sources or in_deployment()):
+        return None
+    if deployment_name() == LANDED_DEPLOYMENT:
+        return (str(landing_directory()),)
+    return configured_roots()
+
+
+def deployment_name() -> str | None:
+    from prefect.runtime import deployment
+
+    try:
+        return deployment.name
+    except Exception:
+        return None
+
+
+def check_landed_source(source: str) -> None:
+    """In the on-file-landed deployment, the event's path (now ``source``) must be a file in the
+    watched landing directory; ConfigurationError otherwise."""
+    from aicml.data.landing import check_landed
+
+    if deployment_name() == LANDED_DEPLOYMENT:
+        check_landed(source)
+
 
 def ingest(source: str, table: str | None = None, dataset: str | None = None) -> Snapshot:
     """The task's body as a plain function (used by the benchmark and tests)."""
-    spec = parse_source(source, table)
+    spec = parse_source(source, table, roots=source_roots())
     frame = read_source(spec)
     name = dataset or dataset_name(spec.table or source)
     snapshot = write_snapshot(frame, name, data_dir("snapshots"))

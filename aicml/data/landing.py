@@ -79,3 +79,32 @@ class LandingWatcher:
             self.poll()
             polls += 1
             time.sleep(interval_s)
+
+
+def landing_directory() -> Path:
+    """The watched landing directory: ``AIC_LANDING_DIR``, else ``<home>/landing``."""
+    from blocks.settings import AicSettings
+
+    current = AicSettings()
+    return (current.landing_dir or current.root / "landing").resolve()
+
+
+def check_landed(path: str, directory: Path | None = None) -> Path:
+    """The real path of a landed-file event's file, if it lies in the watched landing directory.
+
+    The event's ``aicml.path`` becomes the flow run's ``source``; whoever can emit events must not
+    be able to point the run at any other file (symlinks and '..' are resolved before the check).
+    """
+    from aicml.errors import ConfigurationError
+
+    root = (directory or landing_directory()).resolve()
+    if "\x00" in path:
+        raise ConfigurationError(f"Landed file {path!r} contains a NUL byte.")
+    resolved = Path(path).resolve()
+    if resolved != root and root not in resolved.parents:
+        shown = "" if str(resolved) == path else f" (resolves to {str(resolved)!r})"
+        raise ConfigurationError(
+            f"Landed file {path!r}{shown} is not inside the watched landing directory {str(root)!r}; "
+            "landed-file events are accepted only for files in it (AIC_LANDING_DIR)."
+        )
+    return resolved

@@ -33,6 +33,8 @@ FORMATS = {
 DELIMITERS = ",;\t|"
 DEFAULT_MAX_BYTES = 4 * 1024**3
 DEFAULT_MAX_FIELD_BYTES = 1024**2
+# Rows one file may declare; a Parquet file's footer is checked against it before any page is read.
+DEFAULT_MAX_ROWS = 200_000_000
 # pyarrow needs a whole row inside one block; 64 MiB lets a 10 MB field parse so that the field
 # cap (not the parser) decides, with a clear reason.
 BLOCK_SIZE = 64 * 1024**2
@@ -110,6 +112,7 @@ class ReadOptions:
     encoding: str | None = None
     max_bytes: int = DEFAULT_MAX_BYTES
     max_field_bytes: int = DEFAULT_MAX_FIELD_BYTES
+    max_rows: int = DEFAULT_MAX_ROWS
     # Parse a CSV on pyarrow's thread pool. The engine turns it off while partitions already run
     # side by side (one per core): nested pools oversubscribe the cores and cost about 20% more CPU.
     threads: bool = True
@@ -304,18 +307,60 @@ def read_bytes(data: bytes, name: str, options: ReadOptions | None = None) -> Re
         raise EmptyInputError(f"{name!r} is empty.")
     try:
         if fmt == "parquet":
-            import pyarrow.parquet as pq
-
-            frame = pq.read_table(io.BytesIO(data)).to_pandas()
+            frame = _parquet(data, name, options).to_pandas()
         else:
             import pyarrow.json as pajson
 
             frame = pajson.read_json(io.BytesIO(data)).to_pandas()
+    except SourceError:
+        raise
     except Exception as exc:  # pyarrow raises several unrelated types for a broken file
         raise SourceError(f"Cannot read {fmt} file {name!r}: {exc}") from exc
     if frame.empty:
         raise EmptyInputError(f"{name!r} has no rows.")
     return ReadResult(frame=frame)
+
+
+def _parquet(data: bytes, name: str, options: ReadOptions) -> Any:
+    """A Parquet file's table, after its footer passed the caps: declared rows and uncompressed size.
+
+    A few kilobytes of compressed pages can expand to gigabytes (a decompression bomb); the footer
+    declares both numbers, so such a file is refused before a single page is decompressed.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(io.BytesIO(data))
+    except (pa.ArrowException, OSError) as exc:
+        raise SourceError(f"Cannot read parquet file {name!r}: {exc}") from exc
+    meta = parquet.metadata
+    if meta.num_rows > options.max_rows:
+        raise InputTooLargeError(
+            f"{name!r} declares {meta.num_rows} rows in its Parquet metadata, more than the cap of "
+            f"{options.max_rows}; refusing it before reading."
+        )
+    uncompressed = 0
+    for group in range(meta.num_row_groups):
+        row_group = meta.row_group(group)
+        columns = sum(
+            max(row_group.column(c).total_uncompressed_size, 0) for c in range(row_group.num_columns)
+        )
+        uncompressed += max(row_group.total_byte_size, columns)
+    # Dictionary and run-length encoding shrink repeated values before compression, so the encoded
+    # size can be tiny too: fixed-width columns also count as rows x width, as they will in memory.
+    widths = {"BOOLEAN": 1, "INT32": 4, "FLOAT": 4, "INT64": 8, "DOUBLE": 8, "INT96": 12, "BYTE_ARRAY": 4}
+    decoded = sum(
+        meta.num_rows * (widths.get(column.physical_type) or max(column.length or 0, 0))
+        for column in meta.schema
+    )
+    declared = max(uncompressed, decoded)
+    if declared > options.max_bytes:
+        raise InputTooLargeError(
+            f"{name!r} declares {declared} bytes uncompressed in its Parquet metadata, more than "
+            f"the cap of {options.max_bytes}; refusing it before reading (a decompression bomb?)."
+        )
+    return parquet.read()
 
 
 def oversized_fields(frame: pd.DataFrame, max_field_bytes: int) -> pd.Series:
