@@ -133,9 +133,8 @@ class NetworkPolicy:
             return ip
         if ip not in METADATA_ADDRESSES and any(ip in net for net in self._networks()):
             return ip
-        shown = host if host.strip("[]") == str(ip) else f"{host} (resolves to {ip})"
         raise ForbiddenAddressError(
-            f"HTTP source host {shown} is a {reason} address; ingest sources may only reach public "
+            f"HTTP source host {_shown(host, ip)} is a {reason} address; ingest sources may only reach public "
             "addresses unless the operator lists the host in AIC_INGEST_ALLOWED_HOSTS."
         )
 
@@ -152,6 +151,17 @@ class NetworkPolicy:
         for address in addresses:
             self.check_address(host, address)
         return addresses
+
+
+def _shown(host: str, ip: IPAddress) -> str:
+    """``host``, with the address it resolved to when it is a name."""
+    bare = host.strip("[]")
+    try:
+        if ipaddress.ip_address(bare.split("%", 1)[0]) == ip:
+            return bare
+    except ValueError:
+        pass
+    return f"{bare} (resolves to {ip})"
 
 
 def split_list(text: str | None) -> tuple[str, ...]:

@@ -79,9 +79,10 @@ def parse_source(source: str, table: str | None = None, roots: tuple[str, ...] |
             raise SourceError(f"SQL source {url!r} names no table: append '#<table>' or pass table=.")
         return SourceSpec(raw=source, sql_url=url, table=name)
     network = None
-    if "://" in source and scheme not in ("file", "") and scheme not in REMOTE_SCHEMES:
+    raw_scheme = source.split("://", 1)[0].lower() if "://" in source else ""
+    if raw_scheme not in ("file", "", *REMOTE_SCHEMES):
         raise ForbiddenSchemeError(
-            f"Source {source!r} uses scheme {scheme!r}; allowed are local paths, SQLAlchemy URLs and "
+            f"Source {source!r} uses scheme {raw_scheme!r}; allowed are local paths, SQLAlchemy URLs and "
             f"{', '.join(s + '://' for s in REMOTE_SCHEMES)}."
         )
     if scheme in ("http", "https"):
