@@ -105,11 +105,12 @@ def _error(status: int, message: str) -> Response:
 
 
 def _reply(reply: AgentReply) -> Response:
-    return Response(
-        reply.model_dump_json().encode(),
-        status_code=STATUS_OF_OUTCOME[reply.outcome],
-        media_type="application/json",
-    )
+    status = STATUS_OF_OUTCOME[reply.outcome]
+    if status == 502 and not reply.calls:
+        # No agent was called, so no agent failed: the graph could not run on this input (a blackboard whose
+        # goal no agent can reach, say). That is the request's problem, not a bad gateway.
+        status = 422
+    return Response(reply.model_dump_json().encode(), status_code=status, media_type="application/json")
 
 
 ROLE_KEY = "aicml.agents.role"
@@ -170,6 +171,15 @@ def admin_only(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[R
         return await handler(request)
 
     return guarded
+
+
+def _route(path: str, **handlers: Callable[[Request], Awaitable[Response]]) -> Route:
+    """One route per path, whatever its methods, so a 405 lists every method the path has in ``Allow``."""
+
+    async def endpoint(request: Request) -> Response:
+        return await handlers["GET" if request.method == "HEAD" else request.method](request)
+
+    return Route(path, endpoint, methods=list(handlers))
 
 
 def create_app(service: AgentService, token: str | None, admin_token: str | None = None) -> ASGIApp:
@@ -376,25 +386,22 @@ def create_app(service: AgentService, token: str | None, admin_token: str | None
         return await guarded(go)
 
     routes = [
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
-        Route("/openapi.json", openapi, methods=["GET"]),
-        Route("/v1/agents", admin_only(register), methods=["POST"]),
-        Route("/v1/agents", list_agents, methods=["GET"]),
-        Route("/v1/agents/{name}", get_agent, methods=["GET"]),
-        Route("/v1/agents/{name}/invoke", invoke, methods=["POST"]),
-        Route("/v1/agents/{name}/transitions", transitions, methods=["GET"]),
-        Route("/v1/agents/{name}/rollout", admin_only(rollout), methods=["POST"]),
-        Route("/v1/agents/{name}/rollout", get_rollout, methods=["GET"]),
-        Route("/v1/agents/{name}/rollout/{action}", admin_only(rollout), methods=["POST"]),
-        Route("/v1/agents/{name}/versions/{version}", get_version, methods=["GET"]),
-        Route("/v1/agents/{name}/versions/{version}/transition", admin_only(transition), methods=["POST"]),
-        Route("/v1/agents/{name}/versions/{version}/transitions", transitions, methods=["GET"]),
-        Route("/v1/agents/{name}/versions/{version}/health", admin_only(health), methods=["POST"]),
-        Route("/v1/coordinations", list_graphs, methods=["GET"]),
-        Route("/v1/coordinations", run_graph, methods=["POST"]),
-        Route("/v1/coordinations/{name}", admin_only(put_graph), methods=["PUT"]),
-        Route("/v1/coordinations/{name}/invoke", invoke_graph, methods=["POST"]),
+        _route("/healthz", GET=healthz),
+        _route("/metrics", GET=metrics),
+        _route("/openapi.json", GET=openapi),
+        _route("/v1/agents", POST=admin_only(register), GET=list_agents),
+        _route("/v1/agents/{name}", GET=get_agent),
+        _route("/v1/agents/{name}/invoke", POST=invoke),
+        _route("/v1/agents/{name}/transitions", GET=transitions),
+        _route("/v1/agents/{name}/rollout", POST=admin_only(rollout), GET=get_rollout),
+        _route("/v1/agents/{name}/rollout/{action}", POST=admin_only(rollout)),
+        _route("/v1/agents/{name}/versions/{version}", GET=get_version),
+        _route("/v1/agents/{name}/versions/{version}/transition", POST=admin_only(transition)),
+        _route("/v1/agents/{name}/versions/{version}/transitions", GET=transitions),
+        _route("/v1/agents/{name}/versions/{version}/health", POST=admin_only(health)),
+        _route("/v1/coordinations", GET=list_graphs, POST=run_graph),
+        _route("/v1/coordinations/{name}", PUT=admin_only(put_graph)),
+        _route("/v1/coordinations/{name}/invoke", POST=invoke_graph),
     ]
     app = Starlette(routes=routes)
     return BearerAuth(app, token, admin_token)

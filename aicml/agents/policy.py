@@ -36,7 +36,11 @@ def _normalised(url: str) -> tuple[str, str, str] | None:
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
         return None
     segments = parts.path.lower().replace("%2e", ".").split("/")
-    if any(segment in (".", "..") for segment in segments) or "\\" in parts.path or "%2f" in parts.path.lower():
+    if (
+        any(segment in (".", "..") for segment in segments)
+        or "\\" in parts.path
+        or "%2f" in parts.path.lower()
+    ):
         return None  # a path that a client would normalise out of the allowed prefix
     port = parts.port or (443 if parts.scheme == "https" else 80)
     return parts.scheme, f"{parts.hostname.lower()}:{port}", parts.path or "/"
