@@ -107,13 +107,24 @@ KUBERNETES_DATA_ROOT = "/mnt/data"
 
 def configured_roots() -> tuple[str, ...]:
     """The data roots of the operator's settings: ``AIC_DATA_ROOTS`` (comma-separated), else the
-    stack's home and the Kubernetes data volume."""
+    stack's home and the Kubernetes data volume.
+
+    A throwaway stack whose home lies in the system's temporary directory (tests, CI, a quick try)
+    also reads from that directory, where such a stack's data is put; a real stack (home in the
+    project, under /srv, in a pod) never gets it. ``AIC_DATA_ROOTS`` replaces all of this.
+    """
+    import tempfile
+
     from blocks.settings import AicSettings
 
     current = AicSettings()
     if current.data_roots:
         return tuple(str(Path(p.strip()).resolve()) for p in current.data_roots.split(",") if p.strip())
-    return (str(current.root), KUBERNETES_DATA_ROOT)
+    roots = [str(current.root), KUBERNETES_DATA_ROOT]
+    temp = Path(tempfile.gettempdir()).resolve()
+    if temp in current.root.parents:
+        roots.append(str(temp))
+    return tuple(roots)
 
 
 def _inside(resolved: Path, root: Path) -> bool:

@@ -160,7 +160,8 @@ def connects(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 @pytest.fixture
 def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
-    """Settings of a stack whose home is the only data root, as a deployment's flow run sees them."""
+    """Settings of a stack whose home is the only data root, as a deployment's flow run sees them
+    (set explicitly: a home in the temporary directory would also allow that directory)."""
     home, outside = tmp_path / "home", tmp_path / "outside"
     (home / "data").mkdir(parents=True)
     (home / "landing").mkdir()
@@ -168,7 +169,7 @@ def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
     pd.DataFrame({"id": [1, 2], "secret": ["s1", "s2"]}).to_csv(outside / "secret.csv", index=False)
     pd.DataFrame({"id": [1, 2], "x": [0.5, 1.5]}).to_csv(home / "data" / "good.csv", index=False)
     monkeypatch.setenv("AIC_HOME", str(home))
-    monkeypatch.delenv("AIC_DATA_ROOTS", raising=False)
+    monkeypatch.setenv("AIC_DATA_ROOTS", str(home))
     monkeypatch.delenv("AIC_INGEST_ALLOWED_HOSTS", raising=False)
     monkeypatch.delenv("AIC_LANDING_DIR", raising=False)
     monkeypatch.setattr(tasks.ingest, "in_deployment", lambda: True)
@@ -516,3 +517,22 @@ def test_parquet_with_too_many_rows_is_refused_from_its_footer() -> None:
     ):
         read_bytes(data, "rows.parquet", ReadOptions(max_rows=1000))
     assert len(read_bytes(data, "rows.parquet", ReadOptions()).frame) == 5000
+
+
+# --- default roots ----------------------------------------------------------------------------------
+
+
+def test_default_roots_are_the_home_and_the_data_volume(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from aicml.data.safety import configured_roots
+
+    monkeypatch.delenv("AIC_DATA_ROOTS", raising=False)
+    monkeypatch.setenv("AIC_HOME", "/srv/aic-home")
+    assert configured_roots() == ("/srv/aic-home", "/mnt/data")
+    monkeypatch.setenv("AIC_HOME", str(tmp_path / "home"))  # a throwaway stack in the temp directory
+    import tempfile
+
+    assert configured_roots()[-1] == str(Path(tempfile.gettempdir()).resolve())
+    monkeypatch.setenv("AIC_DATA_ROOTS", "/srv/a, /srv/b")
+    assert configured_roots() == ("/srv/a", "/srv/b")
