@@ -12,7 +12,8 @@ from aicml.agents.settings import AgentSettings
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in ("AIC_AGENTS_DATABASE_URL", "AIC_AGENTS_TOKEN", "AIC_AGENTS_TOKEN_SECRET_BLOCK",
+    for name in ("AIC_AGENTS_DATABASE_URL", "AIC_AGENTS_TOKEN", "AIC_AGENTS_TOKEN_SECRET_BLOCK", "AIC_AGENTS_ADMIN_TOKEN",
+                 "AIC_AGENTS_PYTHON_MODULES", "AIC_AGENTS_REMOTE_URLS", "AIC_AGENTS_REMOTE_TOKENS",
                  "AIC_AGENTS_AUTH_DISABLED", "AGENT_DB_NAME", "AGENT_DB_USER", "PGHOST", "PGPORT"):  # fmt: skip
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AIC_HOME", str(tmp_path / "home"))
@@ -61,3 +62,38 @@ def test_the_agent_service_without_auth_binds_only_to_loopback(
     assert result.exit_code == 1
     assert "AIC_AGENTS_AUTH_DISABLED is for local use" in result.output
     assert not (tmp_path / "agents.db").exists()  # refused before anything was opened
+
+
+def test_admin_token_is_separate_long_and_optional(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIC_AGENTS_TOKEN", "invoke-0123456789-abc")
+    assert AgentSettings().admin_bearer_token() is None  # no administration over the API
+    monkeypatch.setenv("AIC_AGENTS_ADMIN_TOKEN", "short")
+    with pytest.raises(AgentConfigurationError, match=r"AIC_AGENTS_ADMIN_TOKEN.*shorter than 16"):
+        AgentSettings().admin_bearer_token()
+    monkeypatch.setenv("AIC_AGENTS_ADMIN_TOKEN", "invoke-0123456789-abc")
+    with pytest.raises(AgentConfigurationError, match="different tokens"):
+        AgentSettings().admin_bearer_token()
+    monkeypatch.setenv("AIC_AGENTS_ADMIN_TOKEN", "admin-0123456789-xyz")
+    assert AgentSettings().admin_bearer_token() == "admin-0123456789-xyz"
+    assert "admin-0123456789-xyz" not in repr(AgentSettings())
+
+
+def test_allowlists_come_from_comma_separated_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aicml.agents.policy import AgentPolicy
+
+    assert AgentPolicy.from_settings() == AgentPolicy()  # nothing allowed by default
+    monkeypatch.setenv("AIC_AGENTS_PYTHON_MODULES", "mypkg.agents, other")
+    monkeypatch.setenv("AIC_AGENTS_REMOTE_URLS", "https://partner.example:8443/v1/agents/")
+    monkeypatch.setenv(
+        "AIC_AGENTS_REMOTE_TOKENS", '{"https://partner.example:8443/v1/agents/": "partner-tok"}'
+    )
+    policy = AgentPolicy.from_settings()
+    assert policy.module_allowed("mypkg.agents") and policy.module_allowed("mypkg.agents.triage")
+    assert not policy.module_allowed("mypkg") and not policy.module_allowed("mypkg.agentsx")
+    assert policy.url_allowed("https://partner.example:8443/v1/agents/triage/invoke")
+    assert not policy.url_allowed("https://partner.example/v1/agents/triage/invoke")  # another port
+    assert not policy.url_allowed("http://partner.example:8443/v1/agents/x")  # another scheme
+    assert not policy.url_allowed("https://partner.example:8443/v1/agents/%2e%2e/admin")
+    assert policy.token_for("https://partner.example:8443/v1/agents/triage/invoke") == "partner-tok"
+    assert policy.token_for("https://elsewhere.example/") is None
+    assert "partner-tok" not in repr(policy)
