@@ -26,7 +26,11 @@ def serve(
     ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
 ) -> None:
-    """Serve /v1/agents, /v1/coordinations, /healthz and /metrics (bearer token from AIC_AGENTS_TOKEN)."""
+    """Serve /v1/agents, /v1/coordinations, /healthz, /metrics and /openapi.json.
+
+    Invokers send AIC_AGENTS_TOKEN, administrators AIC_AGENTS_ADMIN_TOKEN; python agents only from
+    AIC_AGENTS_PYTHON_MODULES, remote agents only under AIC_AGENTS_REMOTE_URLS.
+    """
     import uvicorn
     from pydantic import SecretStr
 
