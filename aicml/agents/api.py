@@ -57,7 +57,9 @@ class TransitionRequest(BaseModel):
 
 class RolloutRequest(BaseModel):
     canary: str = Field(description="Version to roll out.")
-    steps: list[int] | None = Field(default=None, description="Canary percentages, ending at 100.")
+    steps: list[int] | None = Field(
+        default=None, max_length=20, description="Canary percentages, ending at 100 (at most 20 steps)."
+    )
     step_requests: int | None = Field(
         default=None, ge=1, description="Calls at a step before the router moves to the next (default 500)."
     )

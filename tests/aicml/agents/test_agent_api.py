@@ -136,6 +136,22 @@ def test_stored_coordination_with_an_agent_over_http(client: httpx.Client, serve
     assert 'outcome="rejected",pattern="single"' in metrics
 
 
+def test_an_invoker_calls_and_reads_but_does_not_administer(client: httpx.Client, running: Any) -> None:
+    if client.get("/v1/agents/classify").status_code == 404:
+        test_register_transition_invoke_and_audit(client)
+    with httpx.Client(base_url=running.url, headers=running.headers("invoker"), timeout=30) as invoker:
+        assert invoker.get("/v1/agents").status_code == 200
+        assert invoker.get("/v1/agents/classify/versions/1/transitions").status_code == 200
+        reply = invoker.post("/v1/agents/classify/invoke", json={"payload": {"text": "refund"}})
+        assert reply.status_code == 200, reply.text
+        adhoc = {"coordination": {"name": "adhoc", "graph": {"pattern": "pipeline", "steps": [{"agent": "classify"}]}},
+                 "message": {"payload": {"text": "invoice"}}}  # fmt: skip
+        assert invoker.post("/v1/coordinations", json=adhoc).status_code == 200
+        refused = invoker.post("/v1/agents/classify/versions/1/transition", json={"to": "paused"})
+        assert refused.status_code == 403 and "AIC_AGENTS_ADMIN_TOKEN" in refused.json()["error"]
+    assert client.get("/v1/agents/classify/versions/1").json()["state"] == "active"
+
+
 def test_serve_refuses_to_run_open_by_accident(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in ("AIC_AGENTS_TOKEN", "AIC_AGENTS_TOKEN_SECRET_BLOCK", "AIC_AGENTS_AUTH_DISABLED"):
         monkeypatch.delenv(name, raising=False)
