@@ -46,7 +46,11 @@ class IngestParams(BaseModel):
         default="auto", description="Source kind; auto guesses."
     )
     base_dir: str | None = Field(
-        default=None, description="When set, `source` is a name relative to it and may not escape it."
+        default=None,
+        description=(
+            "When set, `source` is a name relative to it and may not escape it. In a deployment's runs "
+            "it must lie in the operator's data roots (AIC_DATA_ROOTS) and narrows them."
+        ),
     )
     format: Literal["csv", "parquet", "jsonl"] | None = Field(
         default=None, description="File format; by suffix."
