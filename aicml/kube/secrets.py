@@ -106,8 +106,13 @@ SECRET_SPECS: tuple[SecretSpec, ...] = (
     ),
     SecretSpec(
         "agent-orchestration-token",
-        "bearer token of the agent API",
+        "bearer token of the agent API's invokers",
         (SecretKey("token", env="AIC_K8S_AGENTS_TOKEN", generate=True),),
+    ),
+    SecretSpec(
+        "agent-orchestration-admin-token",
+        "bearer token of the agent API's administrators (register, transitions, rollouts, coordinations)",
+        (SecretKey("token", env="AIC_K8S_AGENTS_ADMIN_TOKEN", generate=True),),
     ),
     SecretSpec(
         "mlflow-s3",

@@ -4,6 +4,7 @@ it, and its validated rows appear in the dataset; the latency is measured and pr
 from __future__ import annotations
 
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,11 @@ REPO = Path(__file__).resolve().parents[2]
 def test_landed_file_is_loaded_by_the_event_triggered_deployment(stack: Any, tmp_path: Path) -> None:
     names = register_deployments(stack, REPO, "local")
     assert {"ingest-flow/full", "ingest-flow/incremental", "ingest-flow/on-file-landed"} <= set(names)
-    landing = tmp_path / "landing"
-    landing.mkdir()
-    path = landing / "orders-1.csv"
+    # The watched landing directory (AIC_LANDING_DIR, default <home>/landing): the trigger loads only
+    # files inside it.
+    landing = Path(stack.home) / "landing"
+    landing.mkdir(exist_ok=True)
+    path = landing / f"orders-{uuid.uuid4().hex[:6]}.csv"
     pd.DataFrame({"order_id": range(500), "amount": [float(i % 50) for i in range(500)]}).to_csv(
         path, index=False
     )
