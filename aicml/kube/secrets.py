@@ -85,6 +85,7 @@ SECRET_SPECS: tuple[SecretSpec, ...] = (
     _mlflow_user("mlflow-user-pipeline", "aicml-pipeline", "flow runs (training, tuning, registration)"),
     _mlflow_user("mlflow-user-serving", "aicml-serving", "the model server (reads models)"),
     _mlflow_user("mlflow-user-agents", "aicml-agents", "agent orchestration (reads models, writes traces)"),
+    _mlflow_user("mlflow-user-backup", "aicml-backup", "backup verification (reads model artifacts)"),
     SecretSpec(
         "prefect-api-auth",
         "basic auth of the Prefect server's API (`user:password`), sent by workers and flow runs",

@@ -713,15 +713,17 @@ def _http_json(url: str, token: str, method: str = "GET", body: Any = None) -> A
 def agent_coordination(pod: Pod) -> str:
     """Register a rule agent, activate it, store a one-step coordination and invoke it, with the service's
     token: what a client of agent-orchestration does."""
-    token = pod.containers[0].plan.env.get("AIC_AGENTS_TOKEN", "")
+    env = pod.containers[0].plan.env
+    # Registering and storing are the admin's; invoking is an invoker's, as the API's roles say.
+    token, admin = env.get("AIC_AGENTS_TOKEN", ""), env.get("AIC_AGENTS_ADMIN_TOKEN", "")
     base = f"http://{pod.ip}:8080/v1"
     agent = {"name": "rehearsal-reply", "version": "1",
              "implementation": {"kind": "rule", "rule": "template", "config": {"template": "Routed to {skill}"}}}  # fmt: skip
     try:
-        _http_json(f"{base}/agents", token, "POST", agent)
-        _http_json(f"{base}/agents/rehearsal-reply/versions/1/transition", token, "POST", {"to": "active"})
+        _http_json(f"{base}/agents", admin, "POST", agent)
+        _http_json(f"{base}/agents/rehearsal-reply/versions/1/transition", admin, "POST", {"to": "active"})
         graph = {"graph": {"pattern": "pipeline", "steps": [{"agent": "rehearsal-reply"}]}}
-        _http_json(f"{base}/coordinations/rehearsal", token, "PUT", graph)
+        _http_json(f"{base}/coordinations/rehearsal", admin, "PUT", graph)
         reply = _http_json(f"{base}/coordinations/rehearsal/invoke", token, "POST",
                            {"correlation_id": "rehearsal-1", "payload": {"skill": "billing"}})  # fmt: skip
     except (OSError, ValueError) as error:

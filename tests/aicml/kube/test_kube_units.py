@@ -23,9 +23,9 @@ def test_all_missing_secrets_resolve_with_generated_passwords() -> None:
     assert values["mlflow-db"]["password"] != values["agent-orchestration-db"]["password"]
     # Each workload has its own MLflow account, none of them the admin's.
     users = {name: values[name] for name in values if name.startswith("mlflow-user-")}
-    assert len(users) == 3
+    assert len(users) == 4
     passwords = {user["password"] for user in users.values()} | {values["mlflow-admin"]["password"]}
-    assert len(passwords) == 4
+    assert len(passwords) == 5
     assert "admin" not in {user["username"] for user in users.values()}
     auth = values["prefect-api-auth"]["auth-string"]
     assert auth.startswith("aicml:") and len(auth) == len("aicml:") + 48
