@@ -186,12 +186,14 @@ def train_validated(
     """The pipeline's candidates on validated rows at ``source`` (the pipeline's train stage, run remotely)."""
     from aicml.data.sources import parse_source, read_source
     from aicml.errors import ConfigurationError
+    from tasks.ingest import source_roots
 
     if not source or not target:
         raise ConfigurationError(
             "Training the pipeline's candidates needs `source` (validated rows) and `target`."
         )
-    frame = read_source(parse_source(source))
+    # Confined to the data roots in deployment runs, like every file source of a parameter.
+    frame = read_source(parse_source(source, roots=source_roots()))
     outcome = train_frame(
         frame, target, problem, options, seed, experiment, parent_run_id, validated_path=source
     )
