@@ -97,7 +97,9 @@ def restore(
     artifacts_root: Annotated[
         Path | None,
         typer.Option(
-            "--artifacts-root", help="Where mlflow-artifacts:/ URIs live (default: $AIC_HOME/mlartifacts)."
+            "--artifacts-root",
+            help="Where mlflow-artifacts:/ URIs live (default: $AIC_HOME/mlartifacts when it exists, else "
+            "through the tracking server).",
         ),
     ] = None,
     no_owner: Annotated[
@@ -119,9 +121,11 @@ def restore(
         dump = restore_database(chosen, database, server_url, name, no_owner=no_owner)
         print(f"restored {database} from {chosen} into {name}")
         if verify:
-            check = verify_restore(
-                server_url, name, dump.mlflow_counts, artifacts_root=artifacts_root or _home() / "mlartifacts"
-            )
+            # The local stack keeps proxied artifacts under its home; a cluster keeps them in object
+            # storage, reached through the tracking server (MLFLOW_TRACKING_URI) when no root exists here.
+            local_root = _home() / "mlartifacts"
+            root = artifacts_root or (local_root if local_root.is_dir() else None)
+            check = verify_restore(server_url, name, dump.mlflow_counts, artifacts_root=root)
             if dump.mlflow_counts is None:
                 print(f"error: {database} holds no MLflow schema in this backup; nothing to verify against")
                 raise typer.Exit(1)
