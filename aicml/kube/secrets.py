@@ -56,6 +56,11 @@ def _mlflow_user(name: str, username: str, purpose: str) -> SecretSpec:
     )
 
 
+def _token(name: str, purpose: str, env: str) -> SecretSpec:
+    """A generated bearer token (or the operator's, from ``env``), one key ``token``."""
+    return SecretSpec(name=name, purpose=purpose, keys=(SecretKey("token", env=env, generate=True),))
+
+
 SECRET_SPECS: tuple[SecretSpec, ...] = (
     _database_secret("agent-orchestration-db", "agent_orchestration", "agent_db", "agent orchestration"),
     _database_secret("model-training-db", "model_training", "training_db", "model training"),
@@ -95,25 +100,25 @@ SECRET_SPECS: tuple[SecretSpec, ...] = (
             ),
         ),
     ),
-    SecretSpec(
+    _token(
         "model-serving-token",
         "bearer token of the model server's predict endpoints",
-        (SecretKey("token", env="AIC_K8S_SERVING_TOKEN", generate=True),),
+        "AIC_K8S_SERVING_TOKEN",
     ),
-    SecretSpec(
+    _token(
         "model-serving-control-token",
         "bearer token of the rollout controller (POST /router/freeze of a server with a challenger)",
-        (SecretKey("token", env="AIC_K8S_SERVING_CONTROL_TOKEN", generate=True),),
+        "AIC_K8S_SERVING_CONTROL_TOKEN",
     ),
-    SecretSpec(
+    _token(
         "agent-orchestration-token",
         "bearer token of the agent API's invokers",
-        (SecretKey("token", env="AIC_K8S_AGENTS_TOKEN", generate=True),),
+        "AIC_K8S_AGENTS_TOKEN",
     ),
-    SecretSpec(
+    _token(
         "agent-orchestration-admin-token",
         "bearer token of the agent API's administrators (register, transitions, rollouts, coordinations)",
-        (SecretKey("token", env="AIC_K8S_AGENTS_ADMIN_TOKEN", generate=True),),
+        "AIC_K8S_AGENTS_ADMIN_TOKEN",
     ),
     SecretSpec(
         "mlflow-s3",
