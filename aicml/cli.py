@@ -24,14 +24,23 @@ def _fail(message: str) -> None:
 
 
 @app.command()
-def up() -> None:
+def up(
+    auth: Annotated[
+        bool | None,
+        typer.Option(
+            "--auth/--no-auth",
+            help="Require a password for the Prefect API and UI (kept in <home>/prefect-api-auth, mode 0600). "
+            "Default: as the stack was last started.",
+        ),
+    ] = None,
+) -> None:
     """Start the local stack (Prefect server, MLflow server, metrics exporter, worker); idempotent."""
     from aicml.errors import AicError
 
     stack = _stack()
     typer.echo(f"Starting the local stack under {stack.home} ...")
     try:
-        stack.up()
+        stack.up(auth=auth)
     except AicError as exc:
         _fail(str(exc))
     status()
@@ -58,10 +67,13 @@ def status(
     s = stack.settings
     typer.echo(f"\n  Prefect UI : {s.prefect_ui_url}\n  MLflow UI  : {s.tracking_uri}")
     typer.echo(f"  Metrics    : http://{s.host}:{s.metrics_port}/metrics\n  State      : {stack.home}")
+    if stack.auth_string() is not None:  # the file's name only: a password is never printed
+        typer.echo(f"  Prefect API auth: on; user `aicml`, password in {stack.auth_file}")
     if next(st for st in states if st.name == "prefect-server").healthy:
         from aicml.stack.history import deployment_health
 
-        health = deployment_health(s.prefect_url, last)
+        with stack.prefect_api():
+            health = deployment_health(s.prefect_url, last)
         if health:
             typer.echo(f"\n  Deployments (last {last} runs; the seed's target is 95% success):")
         for h in health:

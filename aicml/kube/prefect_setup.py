@@ -23,7 +23,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -32,6 +32,7 @@ from typing import Any, Literal, cast
 import yaml
 
 from aicml.errors import ConfigurationError, StackError
+from aicml.stack.prefect_api import api_env, api_settings
 
 Action = Literal["created", "updated", "unchanged"]
 PRESET_STEP = "deployments.presets.preset"
@@ -79,30 +80,6 @@ def scrub(text: str, secret: str | None) -> str:
         if len(part) >= 4:
             text = text.replace(part, "***")
     return text
-
-
-@contextlib.contextmanager
-def api_settings(api_url: str, auth_string: str | None) -> Iterator[None]:
-    """Prefect settings for a client of the server at ``api_url`` (basic auth when ``auth_string``)."""
-    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_KEY, PREFECT_API_URL, temporary_settings
-
-    updates: dict[Any, Any] = {PREFECT_API_URL: api_url}
-    restore: set[Any] = {PREFECT_API_KEY}  # a Cloud key would be sent instead of basic auth
-    if auth_string:
-        updates[PREFECT_API_AUTH_STRING] = auth_string
-    else:
-        restore.add(PREFECT_API_AUTH_STRING)
-    with temporary_settings(updates=updates, restore_defaults=restore):
-        yield
-
-
-def api_env(api_url: str, auth_string: str | None) -> dict[str, str]:
-    """The process environment for a Prefect CLI talking to ``api_url``; the caller's other variables kept."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_KEY", "PREFECT_API_AUTH_STRING")}
-    env["PREFECT_API_URL"] = api_url
-    if auth_string:
-        env["PREFECT_API_AUTH_STRING"] = auth_string
-    return env
 
 
 # --- prefect.yaml ---------------------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import secrets
 import sys
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +62,42 @@ class LocalStack:
     def metrics_dir(self) -> Path:
         return self.home / "metrics"
 
+    @property
+    def auth_file(self) -> Path:
+        """``user:password`` of the Prefect API when the stack runs with ``aicml up --auth`` (mode 0600)."""
+        return self.home / "prefect-api-auth"
+
+    def auth_string(self) -> str | None:
+        """The Prefect API's auth string when the stack was started with auth, else None."""
+        try:
+            return self.auth_file.read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def _set_auth(self, enabled: bool) -> None:
+        """Turn Prefect API auth on (a new random password) or off; only while the Prefect server is down."""
+        if enabled == (self.auth_string() is not None):
+            return
+        if read_pid(self.run_dir, "prefect-server") is not None:
+            now = "with" if self.auth_string() else "without"
+            raise StackError(
+                f"The Prefect server already runs {now} API auth; run `aicml down` first, then `aicml up "
+                f"{'--auth' if enabled else '--no-auth'}`."
+            )
+        if enabled:
+            self.home.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.auth_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(f"aicml:{secrets.token_urlsafe(32)}\n")
+        else:
+            self.auth_file.unlink()
+
+    def prefect_api(self) -> AbstractContextManager[None]:
+        """Prefect client settings for this stack's server (its auth string included when auth is on)."""
+        from aicml.stack.prefect_api import api_settings
+
+        return api_settings(self.settings.local_prefect_url, self.auth_string())
+
     def client_env(self) -> dict[str, str]:
         """Environment for anything that talks to this stack: CLI commands, workers, flow runs."""
         s = self.settings
@@ -81,6 +119,9 @@ class LocalStack:
             # Persisted task results (resume skips completed stages) live with the stack.
             "PREFECT_LOCAL_STORAGE_PATH": str(self.home / "prefect" / "storage"),
         }
+        auth = self.auth_string()
+        if auth is not None:
+            env["PREFECT_API_AUTH_STRING"] = auth
         if s.database_url is not None:
             env["AIC_DATABASE_URL"] = s.database_url.get_secret_value()
             # Without these a client would look for the default database names on that server
@@ -101,6 +142,8 @@ class LocalStack:
             "PREFECT_API_DATABASE_CONNECTION_URL": prefect_db,
             "PREFECT_UI_API_URL": s.local_prefect_url,
         }
+        if "PREFECT_API_AUTH_STRING" in env:
+            server_env["PREFECT_SERVER_API_AUTH_STRING"] = env["PREFECT_API_AUTH_STRING"]
         return [
             ServiceSpec(
                 name="prefect-server",
@@ -183,9 +226,15 @@ class LocalStack:
             ),
         ]
 
-    def up(self, services: tuple[str, ...] = SERVICES) -> list[ServiceStatus]:
-        """Start what is not running (idempotent); create PostgreSQL databases and the work pool first."""
+    def up(self, services: tuple[str, ...] = SERVICES, auth: bool | None = None) -> list[ServiceStatus]:
+        """Start what is not running (idempotent); create PostgreSQL databases and the work pool first.
+
+        ``auth`` True starts the Prefect server with API auth (a random password in ``auth_file``), False
+        without; None keeps how this stack's home was last started.
+        """
         s = self.settings
+        if auth is not None:
+            self._set_auth(auth)
         for directory in (self.home, self.home / "prefect", self.home / "mlartifacts", self.metrics_dir):
             directory.mkdir(parents=True, exist_ok=True)
         if s.database_url is not None:
@@ -204,13 +253,11 @@ class LocalStack:
 
     def ensure_automations(self) -> None:
         """The crash automation always; the failure notification when a webhook URL is configured."""
-        from prefect.settings import PREFECT_API_URL, temporary_settings
-
         from aicml.stack.automations import ensure_crash_automation, ensure_failure_notification
         from aicml.stack.limits import ensure_concurrency_limits
 
-        ensure_concurrency_limits(self.settings.local_prefect_url)
-        with temporary_settings(updates={PREFECT_API_URL: self.settings.local_prefect_url}):
+        with self.prefect_api():
+            ensure_concurrency_limits(self.settings.local_prefect_url)
             ensure_crash_automation()
             if self.settings.failure_webhook_url:
                 ensure_failure_notification(self.settings.failure_webhook_url)
@@ -218,9 +265,10 @@ class LocalStack:
     def ensure_work_pool(self) -> None:
         from aicml.stack.pools import ensure_process_pool
 
-        ensure_process_pool(
-            self.settings.local_prefect_url, self.settings.work_pool, self.settings.pool_concurrency
-        )
+        with self.prefect_api():
+            ensure_process_pool(
+                self.settings.local_prefect_url, self.settings.work_pool, self.settings.pool_concurrency
+            )
 
     def down(self) -> list[str]:
         """Stop, by pid, what `up` started (worker first) and the model servers the stack's flows started.

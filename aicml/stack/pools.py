@@ -6,12 +6,13 @@ from aicml.errors import StackError
 
 
 def ensure_process_pool(api_url: str, name: str, concurrency: int | None = None) -> None:
-    """Create process work pool ``name`` unless it exists."""
+    """Create process work pool ``name`` unless it exists (API auth from the current Prefect settings)."""
     from prefect.client.orchestration import SyncPrefectClient
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+    from prefect.settings import PREFECT_API_AUTH_STRING
 
-    with SyncPrefectClient(api_url) as client:
+    with SyncPrefectClient(api_url, auth_string=PREFECT_API_AUTH_STRING.value()) as client:
         try:
             client.read_work_pool(name)
             return
