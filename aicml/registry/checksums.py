@@ -8,6 +8,7 @@ downloaded files do not hash to it, so what serves is exactly what was registere
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
 import tempfile
@@ -122,3 +123,19 @@ def fetch_verified(name: str, version: str, cache_dir: Path) -> Path:
             f"recorded {expected[:12]}...; the artifacts changed after registration. Re-register the model."
         )
     return path
+
+
+def verified_cache_dir() -> Path:
+    """Where loaders outside the model server keep verified downloads: ``<AIC_HOME>/models``."""
+    return Path(os.environ.get("AIC_HOME", ".aic")).resolve() / "models"
+
+
+def load_verified(uri: str, cache_dir: Path | None = None) -> object:
+    """Load ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` as a pyfunc, only after its files match the
+    digest recorded at registration. Every loader (server, agents, smoke test, ``aicml predict``, the
+    champion's re-scoring) goes through here or ``fetch_verified``: nothing loads unverified files."""
+    import mlflow.pyfunc
+
+    ref = parse_model_uri(uri)
+    path = fetch_verified(ref.name, resolve_version(ref), cache_dir or verified_cache_dir())
+    return mlflow.pyfunc.load_model(str(path))

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import mlflow.pyfunc
 import pandas as pd
+
+from aicml.registry.checksums import load_verified
 
 
 def align_to_signature(model: Any, frame: pd.DataFrame) -> pd.DataFrame:
@@ -27,8 +28,8 @@ def align_to_signature(model: Any, frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def predict_rows(model_uri: str, frame: pd.DataFrame) -> list[Any]:
-    """Predictions of ``model_uri`` for ``frame`` as plain Python values."""
-    model = mlflow.pyfunc.load_model(model_uri)
+    """Predictions of registered ``model_uri`` for ``frame`` as plain Python values (checksum verified)."""
+    model: Any = load_verified(model_uri)
     predictions = model.predict(align_to_signature(model, frame))
     values = predictions.tolist() if hasattr(predictions, "tolist") else list(predictions)
     return [v.item() if hasattr(v, "item") else v for v in values]

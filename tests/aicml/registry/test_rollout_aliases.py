@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from serving_support import register_sklearn
+from serving_support import register_sklearn, training_frame
 
 from aicml.errors import RegistryError
 from aicml.registry.checksums import ChecksumError, artifact_digest, fetch_verified, parse_model_uri
@@ -77,3 +77,35 @@ def test_only_registry_uris_are_served() -> None:
     for bad in ("runs:/abc/model", "/tmp/model", "s3://bucket/model", "models:/churn"):
         with pytest.raises(RegistryError, match="not a registry URI"):
             parse_model_uri(bad)
+
+
+def test_every_loader_outside_the_server_verifies_the_digest(
+    registry: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pipeline's smoke test, `aicml predict` and the champion's re-scoring load through the checksum."""
+    from mlflow import MlflowClient
+
+    from aicml.registry.checksums import CHECKSUM_TAG
+    from aicml.registry.scoring import score_model_on
+    from aicml.serving.smoke import predict_rows
+
+    monkeypatch.setenv("AIC_HOME", str(tmp_path / "home"))
+    name = "loader-checksum-test"
+    version, _ = register_sklearn(name, flip=False)
+    frame, labels = training_frame()
+    rows = frame.head(4)
+    assert len(predict_rows(f"models:/{name}/{version}", rows)) == 4
+    test_path = tmp_path / "test.parquet"
+    frame.head(50).assign(label=labels[:50]).to_parquet(test_path)
+    assert (
+        score_model_on(f"models:/{name}/{version}", str(test_path), "label", "classification", "accuracy")
+        is not None
+    )
+
+    MlflowClient().set_model_version_tag(name, version, CHECKSUM_TAG, "f" * 64)  # files no longer match
+    with pytest.raises(ChecksumError, match="hash to"):
+        predict_rows(f"models:/{name}/{version}", rows)
+    with pytest.raises(ChecksumError, match="hash to"):
+        score_model_on(f"models:/{name}/{version}", str(test_path), "label", "classification", "accuracy")
+    with pytest.raises(RegistryError, match="not a registry URI"):  # no side door through runs:/ or paths
+        predict_rows("runs:/0123/model", rows)
