@@ -2,26 +2,29 @@
 
 Tables get a dense network (``TrainerOptions.hidden``), images a small convolutional one. Every
 epoch writes ``last.keras`` (model and optimiser state) and its epoch number; a rerun resumes from
-it with ``initial_epoch``. TensorFlow is imported only inside the functions here.
+it with ``initial_epoch``. TensorFlow is imported only inside the functions here. The logged model
+holds no pickle: Keras' own ``.keras`` file, plain values as JSON and the fitted preprocessing as skops.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import pickle
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
-from aicml.errors import ConfigurationError, TrainingError
+from aicml.durable import publish, write_durably
+from aicml.errors import ConfigurationError, RegistryError, TrainingError
 from aicml.models.options import TrainerOptions
 from aicml.models.trainers import (
+    SKOPS_TRUSTED_TYPES,
     Checkpointing,
     DataKind,
     EpochHook,
@@ -32,7 +35,15 @@ from aicml.models.trainers import (
     prepare_images,
 )
 
-KERAS_PIP_REQUIREMENTS = ["mlflow", "pandas", "numpy", "scikit-learn", "tensorflow-cpu", "aic-ml[tensorflow]"]
+KERAS_PIP_REQUIREMENTS = [
+    "mlflow",
+    "pandas",
+    "numpy",
+    "scikit-learn",
+    "skops",
+    "tensorflow-cpu",
+    "aic-ml[tensorflow]",
+]
 
 
 def _keras() -> Any:
@@ -159,23 +170,29 @@ class KerasTrainer:
 
 
 def _last_checkpoint(keras: Any, last: Path, state: Path) -> Any:
-    """A callback saving model + optimiser to ``last`` and then the epoch number to ``state``, atomically."""
+    """A callback saving model + optimiser to ``last`` and then the epoch number to ``state``.
+
+    Each file is published durably, the model before the epoch number that points at it, so a resume
+    after a crash never reads an epoch whose model did not reach the disk.
+    """
 
     class LastCheckpoint(keras.callbacks.Callback):  # type: ignore[misc, name-defined]
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
             tmp = last.with_name("last.tmp.keras")
             self.model.save(tmp)
-            tmp.replace(last)
-            state_tmp = state.with_suffix(".tmp")
-            state_tmp.write_text(json.dumps({"epoch": epoch}))
-            state_tmp.replace(state)
+            publish(tmp, last)
+            write_durably(state, json.dumps({"epoch": epoch}).encode())
 
     return LastCheckpoint()
 
 
 @dataclass
 class KerasInputs:
-    """How raw input becomes the network's input, and output becomes labels (pickled with the model)."""
+    """How raw input becomes the network's input, and output becomes labels (logged beside the model).
+
+    ``save`` writes it without pickle: kind, classes and scale as JSON, the fitted preprocessor and
+    label codec (tables only) with skops; ``load`` reads them back trusting only ``SKOPS_TRUSTED_TYPES``.
+    """
 
     kind: DataKind
     preprocessor: Any = None
@@ -195,6 +212,60 @@ class KerasInputs:
             return np.asarray(self.codec.decode(output.argmax(-1)))
         return np.asarray(self.codec.decode(output.reshape(-1)))
 
+    def save(self, directory: Path) -> dict[str, str]:
+        """Write the artifacts into ``directory``; returns them by MLflow artifact name."""
+        import skops.io
+
+        plain = directory / "inputs.json"
+        fields = {"kind": self.kind, "classes": self.classes, "scale": float(self.scale)}
+        plain.write_text(json.dumps(fields, default=_json_scalar))
+        artifacts = {"inputs": str(plain)}
+        if self.kind == "tabular":
+            fitted = directory / "inputs.skops"
+            skops.io.dump({"preprocessor": self.preprocessor, "codec": self.codec}, fitted)
+            artifacts["fitted"] = str(fitted)
+        return artifacts
+
+    @classmethod
+    def load(cls, artifacts: Mapping[str, str]) -> KerasInputs:
+        """Read what ``save`` wrote; an artifact holding any type outside the trusted list is refused."""
+        import skops.io
+        from skops.io.exceptions import UntrustedTypesFoundException
+
+        plain = Path(artifacts["inputs"])
+        if plain.suffix == ".pkl":
+            raise RegistryError(
+                f"{plain.name} is a pickle (a Keras model logged by an older aic-ml); it is not loaded "
+                "because unpickling can run any code. Log the model again with this version."
+            )
+        fields = json.loads(plain.read_text())
+        kind = fields.get("kind")
+        if kind not in ("tabular", "image"):
+            raise RegistryError(f"{plain.name} names kind {kind!r}; expected 'tabular' or 'image'.")
+        inputs = cls(cast(DataKind, kind), classes=list(fields["classes"]), scale=float(fields["scale"]))
+        if kind == "tabular":
+            if "fitted" not in artifacts:
+                raise RegistryError(
+                    f"{plain.name} describes a table model but no fitted preprocessing was logged."
+                )
+            fitted = Path(artifacts["fitted"])
+            try:
+                state = skops.io.load(fitted, trusted=SKOPS_TRUSTED_TYPES)
+            except UntrustedTypesFoundException as exc:
+                raise RegistryError(
+                    f"Refusing to load {fitted.name}: {exc} Only the preprocessing that "
+                    "FittedKeras.log_to_mlflow writes is trusted; log the model again from a trusted run."
+                ) from exc
+            inputs.preprocessor, inputs.codec = state["preprocessor"], state["codec"]
+        return inputs
+
+
+def _json_scalar(value: Any) -> Any:
+    """numpy scalars (class labels often are) as the Python values JSON can hold."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"Cannot write {type(value).__name__} {value!r} to JSON.")
+
 
 def _inputs_of(data: TrainingData) -> KerasInputs:
     if isinstance(data, ImageData):
@@ -202,6 +273,16 @@ def _inputs_of(data: TrainingData) -> KerasInputs:
     if isinstance(data, PreparedData):
         return KerasInputs("tabular", preprocessor=data.preprocessor, codec=data.codec)
     raise TrainingError(f"KerasTrainer cannot train {data.kind} data.")
+
+
+# The "model from code" MLflow stores with the model and runs at load: it only names the served class.
+_PYFUNC_CODE = """\
+import mlflow.models
+
+from aicml.models.keras_trainer import KerasPyfuncModel
+
+mlflow.models.set_model(KerasPyfuncModel())
+"""
 
 
 @dataclass
@@ -221,13 +302,14 @@ class FittedKeras:
             input_example if isinstance(input_example, pd.DataFrame) else np.asarray(input_example, "float32")
         )
         with tempfile.TemporaryDirectory() as tmp:
-            model_path, inputs_path = Path(tmp) / "model.keras", Path(tmp) / "inputs.pkl"
+            model_path, code_path = Path(tmp) / "model.keras", Path(tmp) / "keras_pyfunc.py"
             self.model.save(model_path)
-            inputs_path.write_bytes(pickle.dumps(self.inputs))
+            code_path.write_text(_PYFUNC_CODE)
             info = mlflow.pyfunc.log_model(
                 name=name,
-                python_model=KerasPyfuncModel(),
-                artifacts={"model": str(model_path), "inputs": str(inputs_path)},
+                # A source file naming the class, not a cloudpickle of an instance (python_model.pkl).
+                python_model=str(code_path),
+                artifacts={"model": str(model_path), **self.inputs.save(Path(tmp))},
                 signature=infer_signature(example, self.predict(example)),
                 input_example=example,
                 pip_requirements=KERAS_PIP_REQUIREMENTS,
@@ -244,9 +326,9 @@ class KerasPyfuncModel(PythonModel):  # type: ignore[misc]
 
     def load_context(self, context: Any) -> None:
         keras = _keras()
-        self.model = keras.models.load_model(context.artifacts["model"])
-        # Our own artifact, written next to the model by FittedKeras.log_to_mlflow.
-        self.inputs = pickle.loads(Path(context.artifacts["inputs"]).read_bytes())
+        self.model = keras.models.load_model(context.artifacts["model"], safe_mode=True)
+        # Written next to the model by FittedKeras.log_to_mlflow; read without unpickling anything.
+        self.inputs = KerasInputs.load(context.artifacts)
 
     def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:
         return FittedKeras(self.model, self.inputs).predict(model_input)
