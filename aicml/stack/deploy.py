@@ -30,9 +30,14 @@ def register_deployments(stack: LocalStack, project_dir: Path, pool: str | None 
     names = deployment_names(project_dir, pool)
     if not names:
         raise ConfigurationError(f"prefect.yaml has no deployment on pool {pool!r}.")
+    config = yaml.safe_load((project_dir / "prefect.yaml").read_text())
     command = [_bin("prefect"), "--no-prompt", "deploy", "--prefect-file", str(project_dir / "prefect.yaml")]
-    for name in names:
-        command += ["--name", name]
+    for item in config.get("deployments", []):
+        if pool is None or item.get("work_pool", {}).get("name") == pool:
+            # `prefect deploy --name FLOW/NAME` matches FLOW against the entrypoint's function name (dashes
+            # for underscores), not the @flow name: `tune/local` would match nothing, silently.
+            function = item["entrypoint"].rsplit(":", 1)[-1].replace("_", "-")
+            command += ["--name", f"{function}/{item['name']}"]
     env = {**os.environ, **stack.client_env(), "AIC_PROJECT_DIR": str(project_dir.resolve())}
     done = subprocess.run(command, cwd=project_dir, env=env, capture_output=True, text=True, timeout=600)
     output = done.stdout + done.stderr

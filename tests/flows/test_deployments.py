@@ -60,7 +60,12 @@ def test_deployment_names_read_flow_names_without_importing() -> None:
 
 def test_prefect_deployment_run_through_the_process_worker(stack, tmp_path: Path) -> None:
     """`prefect deployment run 'ml-pipeline/local'` completes through the stack's worker."""
-    assert register_deployments(stack, REPO, "local")
+    names = register_deployments(stack, REPO, "local")
+    # Every deployment of the pool is on the server (flows whose @flow name differs from their function's
+    # name, `tune` and `deploy-model`, were once skipped by `prefect deploy` without a word).
+    assert {"tune/local", "deploy-model/local", "ml-pipeline/local"} <= set(names)
+    for name in names:
+        assert asyncio.run(_read_deployment(name)).name == name.split("/")[1]
     # `prefect deploy` resolved the preset of deployments/presets.yaml through the build step.
     registered = asyncio.run(_read_deployment("ml-pipeline/local"))
     assert registered.parameters == {"params": presets()["ml-pipeline/local"]}
