@@ -320,7 +320,7 @@ class ModelServer:
         try:
             payload = parse_json(await self._body(scope, receive))
         except _TooLarge:
-            return await self._error(send, InputError(413, "Body too large.", field="body"))
+            return await self._error(send, self._too_large())
         except InputError as exc:
             return await self._error(send, exc)
         action = payload.get("action") if isinstance(payload, dict) else None
@@ -333,6 +333,14 @@ class ModelServer:
         self.router.freeze(action)
         await self._send(send, 200, orjson.dumps(self.router_status()))
         return 200
+
+    def _too_large(self) -> InputError:
+        return InputError(
+            413,
+            f"The body is larger than {self.options.max_body_bytes} bytes; split the request.",
+            field="body",
+            code="REQUEST_TOO_LARGE",
+        )
 
     async def _error(self, send: Send, error: InputError) -> int:
         headers = list(_JSON)
@@ -359,15 +367,7 @@ class ModelServer:
         try:
             return await self._predict(scope, receive, send, v2)
         except _TooLarge:
-            return await self._error(
-                send,
-                InputError(
-                    413,
-                    f"The body is larger than {self.options.max_body_bytes} bytes; split the request.",
-                    field="body",
-                    code="REQUEST_TOO_LARGE",
-                ),
-            )
+            return await self._error(send, self._too_large())
         except InputError as exc:
             return await self._error(send, exc)
         finally:
@@ -378,7 +378,10 @@ class ModelServer:
             name = scope["path"][len("/v2/models/") :].split("/")[0]
             if name != self.name:
                 raise InputError(
-                    404, f"Unknown model {name!r}; this server serves {self.name!r}.", field="name"
+                    404,
+                    f"Unknown model {name!r}; this server serves {self.name!r}.",
+                    field="name",
+                    code="NOT_FOUND",
                 )
         content_type = self._header(scope, b"content-type") or b"application/json"
         body = await self._body(scope, receive)

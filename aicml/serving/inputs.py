@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import reprlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,12 +61,22 @@ _INT32 = (-(2**31), 2**31 - 1)
 _INT64 = (-(2**63), 2**63 - 1)
 
 
+_BOUNDED = reprlib.Repr()
+_BOUNDED.maxlevel = 2
+
+
+def _shown(value: Any) -> str:
+    """A client's value for an error message, at most 40 characters. Lists and objects are shown two levels
+    deep: a plain ``repr`` of the 1000-deep arrays JSON allows raises RecursionError (a 500, not a 400)."""
+    shown = _BOUNDED.repr(value) if isinstance(value, (list, dict)) else repr(value)
+    return f"{shown[:40]}{'...' if len(shown) > 40 else ''}"
+
+
 def _describe(value: Any) -> str:
     kind = {str: "string", bool: "boolean", int: "integer", float: "number", type(None): "null"}.get(
         type(value), type(value).__name__
     )
-    shown = repr(value)
-    return f"{kind} {shown[:40]}{'...' if len(shown) > 40 else ''}"
+    return f"{kind} {_shown(value)}"
 
 
 @dataclass(frozen=True)
@@ -442,7 +453,7 @@ class InputSchema:
                 if datatype not in V2_DATATYPES[spec.kind]:
                     raise InputError(
                         400,
-                        f"Tensor {name!r}: datatype {datatype!r} does not fit column type {spec.kind}; use "
+                        f"Tensor {name!r}: datatype {_shown(datatype)} does not fit column type {spec.kind}; use "
                         f"{V2_NATIVE[spec.kind]}.",
                         field=name,
                     )
@@ -479,7 +490,7 @@ def _shaped(name: str, data: list[Any], shape: list[int], datatype: Any) -> np.n
     dtype = _V2_NUMPY.get(datatype) if isinstance(datatype, str) else None
     if dtype is None:
         if datatype not in ("BYTES", None):
-            raise InputError(400, f"Tensor {name!r}: unknown datatype {datatype!r}.", field=name)
+            raise InputError(400, f"Tensor {name!r}: unknown datatype {_shown(datatype)}.", field=name)
         return np.asarray(data, dtype=object).reshape(shape)
     try:
         return np.asarray(data, dtype=dtype).reshape(shape)
