@@ -9,6 +9,7 @@ record that points at it is written.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 
@@ -49,13 +50,47 @@ def publish(tmp: str | os.PathLike[str], final: str | os.PathLike[str]) -> None:
     fsync_dir(final_path.parent)
 
 
-def write_durably(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary sibling, published with ``publish``."""
+def publish_once(tmp: str | os.PathLike[str], final: str | os.PathLike[str]) -> bool:
+    """Publish the file ``tmp`` at ``final`` unless ``final`` already exists; True when this call did.
+
+    First writer wins, across processes and machines sharing the filesystem: a hard link is created
+    atomically and fails when the name exists (a rename would silently replace the winner). ``tmp`` is
+    removed either way. This is the compare-and-commit of a record that must be written once (a manifest).
+    """
+    tmp_path, final_path = Path(tmp), Path(final)
+    try:
+        fsync_file(tmp_path)
+        try:
+            os.link(tmp_path, final_path)
+        except FileExistsError:
+            return False
+    finally:
+        tmp_path.unlink(missing_ok=True)
+    fsync_dir(final_path.parent)
+    return True
+
+
+def _sibling_tmp(final: Path) -> Path:
+    """A temporary name next to ``final``, unique across processes and threads."""
+    fd, name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
+    os.close(fd)
+    return Path(name)
+
+
+def write_durably(path: str | os.PathLike[str], data: bytes, *, once: bool = False) -> bool:
+    """Write ``data`` to ``path`` through a temporary sibling, fsync it, rename it into place and fsync
+    the directory. With ``once``, an existing ``path`` is kept (see ``publish_once``) and False returned."""
     final = Path(path)
-    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, final)
+    tmp = _sibling_tmp(final)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if once:
+            return publish_once(tmp, final)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
     fsync_dir(final.parent)
+    return True

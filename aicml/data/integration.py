@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import shutil
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -474,7 +476,25 @@ def run_ingest(job: IngestJob, state: IngestState | None = None) -> IngestReport
         done |= job.sink.committed_identities()
     todo = [p for p in listed if not p.identity or p.identity not in done]
     work = Path(job.work_dir) / job.load
-    staging = work / "staging"
+    # This run's own staging: two runs of a load (a schedule and a file trigger) never share files
+    # before commit; the sink decides which of them commits a partition.
+    staging = work / "staging" / uuid.uuid4().hex
+    try:
+        return _run_batch(job, state, started, listed, todo, done, work, staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # committed files were moved out; the rest is spare
+
+
+def _run_batch(
+    job: IngestJob,
+    state: IngestState | None,
+    started: float,
+    listed: list[Partition],
+    todo: list[Partition],
+    done: set[str],
+    work: Path,
+    staging: Path,
+) -> IngestReport:
     partition_by = job.sink.partition_by if isinstance(job.sink, ParquetSink) else ()
     row_group_rows = job.sink.row_group_rows if isinstance(job.sink, ParquetSink) else 1_000_000
     on_row_group = job.sink.on_row_group if isinstance(job.sink, ParquetSink) else None
@@ -523,14 +543,12 @@ def run_ingest(job: IngestJob, state: IngestState | None = None) -> IngestReport
     quarantine.commit([p.quarantine for p in parts if p.quarantine is not None])
     watermark = _max_watermark([p.watermark for p in parts]) if job.incremental else None
     if state is not None:
-        state.record(
+        _record_state(
+            state,
             job.load,
             [CommittedPartition(p.identity, p.key, p.accepted) for p in parts],
             watermark if job.incremental else None,
         )
-    for done_part in staged:  # the data now lives in the sink
-        if done_part.path and Path(done_part.path).is_file():
-            Path(done_part.path).unlink()
     samples = [p.sample for p in parts if p.sample is not None and len(p.sample)]
     raw = [p.raw_sample for p in parts if p.raw_sample is not None and len(p.raw_sample)]
     return IngestReport(
@@ -555,6 +573,19 @@ def run_ingest(job: IngestJob, state: IngestState | None = None) -> IngestReport
         ),
         reason_counts=merge_counts([p.reason_counts for p in parts]),
     )
+
+
+def _record_state(
+    state: IngestState, load: str, parts: list[CommittedPartition], watermark: str | None
+) -> None:
+    """Record the batch in the load's state; a concurrent run of the load recording the same
+    partitions first makes this one's insert conflict, and the retry then skips what it recorded."""
+    import sqlalchemy as sa
+
+    try:
+        state.record(load, parts, watermark)
+    except sa.exc.IntegrityError:
+        state.record(load, parts, watermark)
 
 
 def read_quarantine(report: IngestReport) -> pd.DataFrame:

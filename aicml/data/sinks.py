@@ -1,11 +1,16 @@
 """Sinks that make a rerun add nothing and a crash mid-write lose nothing.
 
-Every partition is first staged as a Parquet file (written to a temporary name, then renamed), so
-a staged file is whole or absent. Committing a batch then either renames the staged files into a
-partitioned Parquet dataset, each named by its partition's identity and recorded in a manifest,
-or loads them into a SQL table in one transaction (PostgreSQL: COPY into a temporary table and
-``INSERT .. ON CONFLICT (key) DO UPDATE``), recording the batch in a ledger table in that same
-transaction.
+Every partition is first staged as a Parquet file (written to a temporary name, fsynced, then
+renamed), so a staged file is whole or absent. Committing a batch then either renames the staged
+files into a partitioned Parquet dataset, each named by its partition's identity and the committing
+run, and recorded in a manifest, or loads them into a SQL table in one transaction (PostgreSQL: COPY
+into a temporary table and ``INSERT .. ON CONFLICT (key) DO UPDATE``), recording the batch in a ledger
+table in that same transaction.
+
+Two runs of the same load may commit the same partition at once (a schedule and a file trigger, on
+different machines). The manifest, or the ledger row, is the arbiter: it is created only if absent
+(a hard link on the shared filesystem; ``INSERT .. ON CONFLICT DO NOTHING`` in the database), so one
+run commits the partition and the others add nothing and remove the files they staged.
 """
 
 from __future__ import annotations
@@ -13,9 +18,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +31,7 @@ from typing import Any
 import pandas as pd
 
 from aicml.data.safety import check_identifier, check_table_name
+from aicml.durable import fsync_dir, fsync_file, publish, write_durably
 from aicml.errors import ConfigurationError, SourceError
 
 LEDGER_TABLE = "aic_ingest_batches"
@@ -36,6 +44,8 @@ RAW = "_aic_raw"
 
 
 DICTIONARY_SAMPLE = 10_000
+# What follows ``part-<identity>`` in a dataset file's name: the committing run, or nothing (older sinks).
+_RUN_FILE = re.compile(r"(-[0-9a-f]{12})?\.parquet")
 
 
 def dictionary_columns(table: Any, sample: int = DICTIONARY_SAMPLE) -> list[str]:
@@ -84,7 +94,7 @@ def write_parquet_atomic(
                 writer.write_table(table.slice(start, row_group_rows))
                 if on_row_group is not None:
                     on_row_group(number)
-        os.replace(tmp, target)
+        publish(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -109,6 +119,9 @@ class ParquetSink:
     row_group_rows: int = 1_000_000
     # Called after each row group a partition stages (progress reporting; tests pause here to kill).
     on_row_group: Callable[[int], None] | None = field(default=None, compare=False)
+    # Called with a partition's identity once its files are in the dataset, just before its manifest
+    # is created (tests hold concurrent runs of a load here to commit the same partition at once).
+    on_commit_point: Callable[[str], None] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         for column in self.partition_by:
@@ -126,41 +139,79 @@ class ParquetSink:
             return set()
         return {p.stem for p in self._manifests.glob("*.json")}
 
-    def _final_files(self, staged: StagedPartition) -> list[tuple[Path, Path]]:
+    def _final_files(self, staged: StagedPartition, run: str) -> list[tuple[Path, Path]]:
+        """Each staged file and its name in the dataset: ``part-<identity>-<run>.parquet`` in its
+        partition directory. The run in the name keeps a concurrent run from replacing the files a
+        manifest already names."""
         if not staged.path:
             return []
         src = Path(staged.path)
+        name = f"part-{staged.identity}-{run}.parquet"
         if src.is_file():
-            return [(src, Path(self.root) / f"part-{staged.identity}.parquet")]
-        pairs = []
-        for file in sorted(src.rglob("*.parquet")):
-            rel = file.relative_to(src)
-            pairs.append((file, Path(self.root) / rel.parent / f"part-{staged.identity}.parquet"))
-        return pairs
+            return [(src, Path(self.root) / name)]
+        files = sorted(src.rglob("*.parquet")) if src.is_dir() else []
+        if not files:
+            # A manifest naming no files would record rows that never land.
+            raise SourceError(
+                f"Staged partition {staged.identity} ({staged.rows} rows) has no files at {src}; "
+                "was the staging directory removed while the load ran? Run the load again."
+            )
+        return [(file, Path(self.root) / file.relative_to(src).parent / name) for file in files]
 
     def commit(self, staged: Sequence[StagedPartition]) -> int:
-        """Move each staged partition into the dataset, then write its manifest; returns rows added."""
+        """Move each staged partition into the dataset, then write its manifest; returns rows added.
+
+        Per partition: the files are renamed in under this run's names and made durable; then the
+        manifest is created only if no other run created it first. A run that loses removes its files
+        and adds nothing; the winner removes files of its identity that no manifest names (left by a
+        run that crashed between the two steps).
+        """
+        import pyarrow.parquet as pq
+
         added = 0
         for part in staged:
             if self.committed(part.identity):
                 continue
-            files = []
-            for src, dst in self._final_files(part):
+            run = uuid.uuid4().hex[:12]
+            moves = self._final_files(part, run)
+            rows = sum(pq.ParquetFile(src).metadata.num_rows for src, _ in moves)
+            if rows != part.rows:
+                raise SourceError(
+                    f"Staged partition {part.identity} holds {rows} rows, not the {part.rows} recorded; "
+                    "run the load again."
+                )
+            for src, dst in moves:
                 dst.parent.mkdir(parents=True, exist_ok=True)
-                if src.exists():
-                    os.replace(src, dst)  # same name on a rerun: replaces, never duplicates
-                files.append(str(dst.relative_to(self.root)))
+                fsync_file(src)
+                os.replace(src, dst)
+            self._manifests.mkdir(parents=True, exist_ok=True)
+            targets = {dst for _, dst in moves}
+            directories = sorted({dst.parent for dst in targets})
+            # The files' names, and those of directories just made for them, before the manifest.
+            for directory in sorted({Path(self.root), *directories, *_between(directories, self.root)}):
+                fsync_dir(directory)
             manifest = {
                 "identity": part.identity,
                 "rows": part.rows,
-                "files": files,
+                "files": [str(dst.relative_to(self.root)) for _, dst in moves],
                 "committed_at": time.time(),
             }
-            self._manifests.mkdir(parents=True, exist_ok=True)
-            tmp = self._manifests / f".tmp-{part.identity}.json"
-            tmp.write_text(json.dumps(manifest))
-            os.replace(tmp, self._manifests / f"{part.identity}.json")
-            added += part.rows
+            if self.on_commit_point is not None:
+                self.on_commit_point(part.identity)
+            won = write_durably(
+                self._manifests / f"{part.identity}.json", json.dumps(manifest).encode(), once=True
+            )
+            if won:
+                # Files of this identity that no manifest names: a losing run's, or a crashed run's.
+                for directory in directories:
+                    for leftover in directory.glob(f"part-{part.identity}*.parquet"):
+                        suffix = leftover.name.removeprefix(f"part-{part.identity}")
+                        if _RUN_FILE.fullmatch(suffix) and leftover not in targets:
+                            leftover.unlink(missing_ok=True)
+                added += part.rows
+            else:
+                for _, dst in moves:
+                    dst.unlink(missing_ok=True)
         return added
 
     def read(self) -> pd.DataFrame:
@@ -174,6 +225,12 @@ class ParquetSink:
             return pd.DataFrame()
         partitioning = "hive" if self.partition_by else None
         return ds.dataset(files, format="parquet", partitioning=partitioning).to_table().to_pandas()
+
+
+def _between(directories: Sequence[Path], root: str) -> set[Path]:
+    """The directories from ``root`` (excluded) down to each of ``directories`` (hive levels)."""
+    top = Path(root)
+    return {parent for d in directories for parent in d.parents if top in parent.parents}
 
 
 def stage_partition(
@@ -334,21 +391,19 @@ class SqlSink:
             metadata = sa.MetaData()
             ledger = self._ledger(metadata)
             quarantine_table = self._quarantine(metadata) if bad_files else None
+            _create_tables(engine, metadata)
             with engine.begin() as conn:
-                metadata.create_all(conn, checkfirst=True)
-                done = conn.execute(sa.select(ledger.c.batch_id).where(ledger.c.batch_id == batch_id)).first()
-                if done is not None:
+                if not _claim(conn, ledger, batch_id, self.table):
                     return 0
                 if table_data is not None:
                     self._load(conn, table_data)
                 if quarantine_table is not None:
                     self._load_quarantine(conn, quarantine_table, bad_files, batch_id)
                 conn.execute(
-                    sa.insert(ledger).values(
-                        batch_id=batch_id,
-                        target=self.table,
-                        rows=table_data.num_rows if table_data is not None else 0,
-                        committed_at=time.time(),
+                    sa.update(ledger)
+                    .where(ledger.c.batch_id == batch_id)
+                    .values(
+                        rows=table_data.num_rows if table_data is not None else 0, committed_at=time.time()
                     )
                 )
             return int(table_data.num_rows) if table_data is not None else 0
@@ -478,6 +533,46 @@ class SqlSink:
                 return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
         finally:
             engine.dispose()
+
+
+def _create_tables(engine: Any, metadata: Any) -> None:
+    """Create the ledger (and quarantine) tables in a transaction of their own, before the batch's: a
+    concurrent run creating them too makes PostgreSQL's CREATE TABLE fail, and then they exist."""
+    import sqlalchemy as sa
+
+    try:
+        with engine.begin() as conn:
+            metadata.create_all(conn, checkfirst=True)
+    except (sa.exc.IntegrityError, sa.exc.ProgrammingError):
+        with engine.begin() as conn:
+            metadata.create_all(conn, checkfirst=True)  # raises again unless another run made them
+
+
+def _claim(conn: Any, ledger: Any, batch_id: str, target: str) -> bool:
+    """Insert the batch's ledger row first, in the batch's transaction; False when it is there already.
+
+    On PostgreSQL and SQLite the insert does nothing on conflict: a second run of the same batch waits
+    for the first's transaction, then finds the row (it adds nothing) or, if the first rolled back, takes
+    over. The database is the arbiter, so this holds across machines.
+    """
+    import sqlalchemy as sa
+
+    row = {"batch_id": batch_id, "target": target, "rows": 0, "committed_at": time.time()}
+    if conn.dialect.name in ("postgresql", "sqlite"):
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        dialect: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
+        statement = (
+            dialect.insert(ledger)
+            .values(**row)
+            .on_conflict_do_nothing(index_elements=["batch_id"])
+            .returning(ledger.c.batch_id)
+        )
+        return conn.execute(statement).first() is not None  # rowcount is not reliable here
+    if conn.execute(sa.select(ledger.c.batch_id).where(ledger.c.batch_id == batch_id)).first() is not None:
+        return False
+    conn.execute(sa.insert(ledger).values(**row))  # a concurrent twin fails on the primary key
+    return True
 
 
 def _files_of(path: str) -> list[str]:
