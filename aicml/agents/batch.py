@@ -21,6 +21,7 @@ from aicml.agents.errors import MessageError
 from aicml.agents.graph import Coordination
 from aicml.agents.messages import AgentMessage, AgentReply
 from aicml.agents.router import Router
+from aicml.durable import publish
 
 
 def read_payloads(source: str | Path) -> list[dict[str, Any]]:
@@ -92,5 +93,5 @@ def write_replies(replies: list[AgentReply], path: Path) -> dict[str, int]:
         for reply in replies:
             row = reply.model_dump(mode="json", exclude={"id", "calls", "duration_ms", "trace_id"})
             handle.write(orjson.dumps(row, option=orjson.OPT_SORT_KEYS) + b"\n")
-    tmp.replace(path)
+    publish(tmp, path)
     return dict(Counter(r.outcome.value for r in replies))

@@ -30,6 +30,7 @@ from aicml.data.quality import (
 )
 from aicml.data.rules import as_numbers_where_parsable, check_rows, compile_suite
 from aicml.data.snapshots import Snapshot, load_snapshot
+from aicml.durable import publish
 from aicml.errors import ConfigurationError, DataQualityError, SchemaError
 
 _DATASET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -95,7 +96,7 @@ def run_quality_gate(
         os.close(fd)
         try:
             clean.to_parquet(tmp, index=False)
-            os.replace(tmp, target_path)
+            publish(tmp, target_path)  # durable before the result that points at it is returned
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from aicml.durable import write_durably
 from aicml.errors import ConfigurationError, FailedExpectation
 
 NUMERIC_TYPES = [
@@ -230,9 +231,7 @@ def load_suite(path: Path) -> dict[str, Any]:
 
 def save_suite(suite: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(suite, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    write_durably(path, json.dumps(suite, indent=2, sort_keys=True).encode())
 
 
 def _detail(result: dict[str, Any]) -> str:

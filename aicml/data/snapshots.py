@@ -12,6 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
+from aicml.durable import publish
+
 _NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -63,7 +65,7 @@ def write_snapshot(frame: pd.DataFrame, dataset: str, root: Path) -> Snapshot:
                 frame.to_parquet(tmp, index=False)
             except (pa.ArrowInvalid, pa.ArrowTypeError):
                 frame_as_text(frame).to_parquet(tmp, index=False)
-            os.replace(tmp, target)
+            publish(tmp, target)  # durable before the Snapshot that points at it is returned
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
+from aicml.durable import write_durably
 from aicml.errors import ConfigurationError, TrainingError
 from aicml.models.features import Problem
 from aicml.models.options import TrainerOptions
@@ -131,9 +132,7 @@ def _open_state(directory: Path) -> dict[str, Any]:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_durably(path, text.encode())
 
 
 def run_training_job(spec: TrainingJobSpec) -> TrainingJobResult | None:
@@ -208,7 +207,7 @@ def run_training_job(spec: TrainingJobSpec) -> TrainingJobResult | None:
             mlflow.set_tag("aicml.best_checkpoint", best_artifact)
         mlflow.log_metric("train_seconds", time.perf_counter() - started)
         run_id = run.info.run_id
-    (directory / _COMPLETED).write_text(run_id)
+    write_durably(directory / _COMPLETED, run_id.encode())
     return TrainingJobResult(
         job_id=spec.job_id,
         run_id=run_id,

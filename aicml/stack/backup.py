@@ -3,7 +3,8 @@
 A backup is one directory `<output>/<UTC stamp>/` holding `<database>.dump` (pg_dump custom format) per
 database and `manifest.json` (checksums, and for MLflow databases the row counts of experiments, runs,
 metrics and model versions, counted in the very snapshot that pg_dump dumped). It is written under a
-`.partial` name and renamed when complete, so a crash never leaves a half backup that looks whole.
+`.partial` name and renamed when complete, so a crash never leaves a half backup that looks whole; every
+dump is fsynced before the manifest that lists it, and the manifest before the rename that publishes it.
 `restore --verify` compares the restored database's counts with the manifest and checks that every model
 version's artifacts resolve.
 """
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from aicml.durable import fsync_dir, fsync_file, publish, write_durably
 from aicml.errors import StackError
 
 MLFLOW_TABLES = ("experiments", "runs", "metrics", "model_versions")
@@ -109,7 +111,7 @@ class BackupManifest:
         raise BackupError(f"The backup holds no database {database!r} (it holds: {names}).")
 
     def write(self, directory: Path) -> None:
-        (directory / MANIFEST).write_text(json.dumps(asdict(self), indent=2) + "\n")
+        write_durably(directory / MANIFEST, (json.dumps(asdict(self), indent=2) + "\n").encode())
 
     @classmethod
     def read(cls, directory: Path) -> BackupManifest:
@@ -191,6 +193,7 @@ def _dump_one(server: Server, database: str, target: Path) -> DatabaseDump:
             server.env(),
         )
         connection.rollback()
+    fsync_file(target)  # on the disk before the manifest that lists it
     return DatabaseDump(database, target.name, _sha256(target), target.stat().st_size, counts)
 
 
@@ -220,8 +223,9 @@ def backup_databases(
             manifest.databases.append(
                 _dump_one(server, _check_identifier(database), partial / f"{database}.dump")
             )
+        fsync_dir(partial)
         manifest.write(partial)
-        partial.rename(final)
+        publish(partial, final)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
