@@ -202,7 +202,7 @@ def search(
 
     logger = get_run_logger()
     space = options.resolved_space()
-    storage = open_storage(ref.storage_url, options.heartbeat_s)
+    storage = open_storage(ref.storage_url.get_secret_value(), options.heartbeat_s)
     study = open_study(
         ref.study_name,
         storage,
@@ -216,7 +216,7 @@ def search(
     )
     objective = options.objective or options.model
     template = TrialJob(
-        study_name=ref.study_name, storage_url=ref.storage_url, trial_id=-1, number=-1, params={},
+        study_name=ref.study_name, storage_url=ref.storage_url.get_secret_value(), trial_id=-1, number=-1, params={},
         objective=objective, direction=options.direction, max_epochs=options.max_epochs,
         pruning=options.pruning, data=data_ref, base_options=options.trainer.model_dump(),
         tracking=tracking, heartbeat_s=options.heartbeat_s,
@@ -231,7 +231,7 @@ def search(
     limit = min(x for x in (max_trials, max_grid) if x is not None) if (max_trials or max_grid) else None
 
     warm_started = time.perf_counter()
-    warmed = warm_workers(objective, data_ref, ref.storage_url, options.heartbeat_s)
+    warmed = warm_workers(objective, data_ref, ref.storage_url.get_secret_value(), options.heartbeat_s)
     warmup = time.perf_counter() - warm_started
     if warmed:
         logger.info("Warmed %d Dask workers for %s in %.1fs", warmed, objective, warmup)

@@ -13,6 +13,7 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from pydantic import SecretStr
 
 from aicml.models.training import TrainingOutcome
 from aicml.tuning.engine import WorkerJob, WorkerReport
@@ -21,10 +22,14 @@ from tasks.context import data_dir, settings
 
 @dataclass(frozen=True)
 class StudyRef:
-    """How every process finds the study and its MLflow parent run (the storage URL may hold a password)."""
+    """How every process finds the study and its MLflow parent run.
+
+    The storage URL may hold a password: a ``SecretStr``, so the subflow parameters Prefect records (and
+    shows in its UI) carry ``**********`` while the processes that open the study get the value.
+    """
 
     study_name: str
-    storage_url: str
+    storage_url: SecretStr
     direction: str
     experiment_id: str
     parent_run_id: str
@@ -95,7 +100,9 @@ def open_study_task(
         finished,
         parent,
     )
-    return StudyRef(study_name, storage_url, direction, experiment_id, str(parent), uri, resumed, finished)
+    return StudyRef(
+        study_name, SecretStr(storage_url), direction, experiment_id, str(parent), uri, resumed, finished
+    )
 
 
 def _param(key: str, value: Any) -> Any:
@@ -181,7 +188,7 @@ def report_study_task(ref: StudyRef, stop_reason: str) -> StudyReport:
     from aicml.tuning.reporting import leaderboard, log_study_plots, study_counts
     from aicml.tuning.study import open_storage, open_study
 
-    study = open_study(ref.study_name, open_storage(ref.storage_url), ref.direction)
+    study = open_study(ref.study_name, open_storage(ref.storage_url.get_secret_value()), ref.direction)
     counts = study_counts(study)
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     if not complete:
