@@ -83,6 +83,9 @@ class ModelServer:
         self._shadow_tasks: set[asyncio.Task[None]] = set()
         self._latency: dict[str, Any] = {}
         self._counters: dict[tuple[str, int], Any] = {}
+        # Set on SIGTERM: readiness answers 503 and responses close their connections while the server
+        # still answers, so that the Service stops routing here before the listener closes.
+        self.draining = False
 
     # --- lifecycle ------------------------------------------------------------------------------------
 
@@ -91,6 +94,11 @@ class ModelServer:
         if self.challenger is not None:
             await self.challenger.start()
         MODEL_DEPLOYMENTS_ACTIVE.labels(model=self.name).inc()
+
+    def begin_drain(self) -> None:
+        if not self.draining:
+            self.draining = True
+            log.info("Draining: readiness answers 503 from now on")
 
     async def shutdown(self) -> None:
         MODEL_DEPLOYMENTS_ACTIVE.labels(model=self.name).dec()
@@ -191,6 +199,8 @@ class ModelServer:
         method: str = scope["method"]
         route = path
         status = 500
+        if self.draining:
+            send = _closing(send)
         try:
             if path == "/router/freeze" and method == "POST":
                 route = path
@@ -224,7 +234,7 @@ class ModelServer:
             if path in _GET_ROUTES or path.startswith("/v2"):
                 return 405, _USE_GET, [*_JSON, (b"allow", b"GET, HEAD")]
             return 404, _not_found(f"No route {path}."), None
-        ready = self.champion.ready
+        ready = self.champion.ready and not self.draining
         if path in ("/ping", "/health", "/v2/health/live"):
             return 200, b"{}" if path.startswith("/v2") else b"\n", None
         if path == "/v2/health/ready":
@@ -490,6 +500,18 @@ class ModelServer:
         if not agreed:
             SHADOW_DISAGREEMENTS.labels(self.name).inc()
             log.info("Shadow disagreement on %d rows", batch.rows)
+
+
+def _closing(send: Send) -> Send:
+    """``send`` with ``Connection: close`` on the response: a draining server keeps no idle connection for a
+    client to reuse at the moment the server closes it."""
+
+    async def closing_send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+        await send(message)
+
+    return closing_send
 
 
 def _not_found(message: str) -> bytes:

@@ -64,6 +64,20 @@ def serve(
     max_in_flight: Annotated[int, typer.Option(help="Predict requests at once before answering 503.")] = 64,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body (413 beyond).")] = 1 << 20,
     max_rows: Annotated[int, typer.Option(help="Most rows in one request (413 beyond).")] = 10_000,
+    drain_seconds: Annotated[
+        float,
+        typer.Option(
+            help="After SIGTERM: readiness answers 503 and the server keeps answering this long before it "
+            "stops accepting, so the Service stops routing here first."
+        ),
+    ] = 5.0,
+    grace_seconds: Annotated[
+        float,
+        typer.Option(
+            help="After SIGTERM the process is gone within this long (drain, in-flight requests, unload); "
+            "keep it below the pod's terminationGracePeriodSeconds."
+        ),
+    ] = 25.0,
 ) -> None:
     """Serve MODEL_URI with the MLflow scoring protocol, Open Inference Protocol v2 and /metrics."""
     import logging
@@ -118,6 +132,8 @@ def serve(
             wait_for_model=wait_for_model,
             max_rows=max_rows,
             options=ServerOptions(max_body_bytes=max_body_bytes, max_in_flight=max_in_flight),
+            drain_s=drain_seconds,
+            grace_s=grace_seconds,
         )
         run_server(config)
     except AicError as exc:
