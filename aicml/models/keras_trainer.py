@@ -22,6 +22,14 @@ from mlflow.pyfunc import PythonModel
 
 from aicml.durable import publish, write_durably
 from aicml.errors import ConfigurationError, RegistryError, TrainingError
+from aicml.models.artifacts import (
+    dump_skops,
+    load_skops,
+    read_json,
+    refuse_pickle,
+    write_json,
+    write_pyfunc_code,
+)
 from aicml.models.options import TrainerOptions
 from aicml.models.trainers import (
     SKOPS_TRUSTED_TYPES,
@@ -214,31 +222,20 @@ class KerasInputs:
 
     def save(self, directory: Path) -> dict[str, str]:
         """Write the artifacts into ``directory``; returns them by MLflow artifact name."""
-        import skops.io
-
-        plain = directory / "inputs.json"
         fields = {"kind": self.kind, "classes": self.classes, "scale": float(self.scale)}
-        plain.write_text(json.dumps(fields, default=_json_scalar))
-        artifacts = {"inputs": str(plain)}
+        artifacts = {"inputs": write_json(directory / "inputs.json", fields)}
         if self.kind == "tabular":
-            fitted = directory / "inputs.skops"
-            skops.io.dump({"preprocessor": self.preprocessor, "codec": self.codec}, fitted)
-            artifacts["fitted"] = str(fitted)
+            fitted = {"preprocessor": self.preprocessor, "codec": self.codec}
+            artifacts["fitted"] = dump_skops(fitted, directory / "inputs.skops")
         return artifacts
 
     @classmethod
     def load(cls, artifacts: Mapping[str, str]) -> KerasInputs:
         """Read what ``save`` wrote; an artifact holding any type outside the trusted list is refused."""
-        import skops.io
-        from skops.io.exceptions import UntrustedTypesFoundException
-
         plain = Path(artifacts["inputs"])
         if plain.suffix == ".pkl":
-            raise RegistryError(
-                f"{plain.name} is a pickle (a Keras model logged by an older aic-ml); it is not loaded "
-                "because unpickling can run any code. Log the model again with this version."
-            )
-        fields = json.loads(plain.read_text())
+            refuse_pickle(plain, "Keras")
+        fields = read_json(plain)
         kind = fields.get("kind")
         if kind not in ("tabular", "image"):
             raise RegistryError(f"{plain.name} names kind {kind!r}; expected 'tabular' or 'image'.")
@@ -248,23 +245,9 @@ class KerasInputs:
                 raise RegistryError(
                     f"{plain.name} describes a table model but no fitted preprocessing was logged."
                 )
-            fitted = Path(artifacts["fitted"])
-            try:
-                state = skops.io.load(fitted, trusted=SKOPS_TRUSTED_TYPES)
-            except UntrustedTypesFoundException as exc:
-                raise RegistryError(
-                    f"Refusing to load {fitted.name}: {exc} Only the preprocessing that "
-                    "FittedKeras.log_to_mlflow writes is trusted; log the model again from a trusted run."
-                ) from exc
+            state = load_skops(Path(artifacts["fitted"]), SKOPS_TRUSTED_TYPES, "FittedKeras.log_to_mlflow")
             inputs.preprocessor, inputs.codec = state["preprocessor"], state["codec"]
         return inputs
-
-
-def _json_scalar(value: Any) -> Any:
-    """numpy scalars (class labels often are) as the Python values JSON can hold."""
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"Cannot write {type(value).__name__} {value!r} to JSON.")
 
 
 def _inputs_of(data: TrainingData) -> KerasInputs:
@@ -273,16 +256,6 @@ def _inputs_of(data: TrainingData) -> KerasInputs:
     if isinstance(data, PreparedData):
         return KerasInputs("tabular", preprocessor=data.preprocessor, codec=data.codec)
     raise TrainingError(f"KerasTrainer cannot train {data.kind} data.")
-
-
-# The "model from code" MLflow stores with the model and runs at load: it only names the served class.
-_PYFUNC_CODE = """\
-import mlflow.models
-
-from aicml.models.keras_trainer import KerasPyfuncModel
-
-mlflow.models.set_model(KerasPyfuncModel())
-"""
 
 
 @dataclass
@@ -302,13 +275,12 @@ class FittedKeras:
             input_example if isinstance(input_example, pd.DataFrame) else np.asarray(input_example, "float32")
         )
         with tempfile.TemporaryDirectory() as tmp:
-            model_path, code_path = Path(tmp) / "model.keras", Path(tmp) / "keras_pyfunc.py"
+            model_path = Path(tmp) / "model.keras"
             self.model.save(model_path)
-            code_path.write_text(_PYFUNC_CODE)
             info = mlflow.pyfunc.log_model(
                 name=name,
                 # A source file naming the class, not a cloudpickle of an instance (python_model.pkl).
-                python_model=str(code_path),
+                python_model=write_pyfunc_code(KerasPyfuncModel, Path(tmp)),
                 artifacts={"model": str(model_path), **self.inputs.save(Path(tmp))},
                 signature=infer_signature(example, self.predict(example)),
                 input_example=example,

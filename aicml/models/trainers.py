@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from aicml.errors import TrainingError
+from aicml.models.artifacts import write_pyfunc_code
 from aicml.models.features import LabelCodec, Problem, TabularPreprocessor
 from aicml.models.options import TrainerOptions
 
@@ -34,7 +35,7 @@ SKOPS_TRUSTED_TYPES = [
     "aicml.models.trainers.FlattenImages",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
 ]
-PIP_REQUIREMENTS = ["mlflow", "pandas", "numpy", "scikit-learn", "torch", "lightning", "aic-ml"]
+PIP_REQUIREMENTS = ["mlflow", "pandas", "numpy", "scikit-learn", "skops", "torch", "lightning", "aic-ml"]
 
 
 class TrainingData(Protocol):
@@ -186,34 +187,14 @@ class FittedNet:
         return np.asarray(self.codec.decode(codes))
 
     def log_to_mlflow(self, name: str, input_example: pd.DataFrame) -> str:
-        import mlflow
-        import torch
-
         from aicml.models.pyfunc import TabularNetModel
 
-        with tempfile.TemporaryDirectory() as tmp:
-            bundle = Path(tmp) / "bundle.pt"
-            first = next(self.network.parameters())
-            torch.save(
-                {
-                    "preprocessor": self.preprocessor,
-                    "codec": self.codec,
-                    "state_dict": {k: v.detach().cpu() for k, v in self.network.state_dict().items()},
-                    "n_features": first.shape[1],
-                    "n_outputs": len(self.codec.classes) if self.codec.problem == "classification" else 1,
-                    "hidden": self.hidden,
-                },
-                bundle,
+        def write(directory: Path) -> dict[str, str]:
+            return TabularNetModel.write_artifacts(
+                directory, self.network, self.preprocessor, self.codec, self.hidden
             )
-            info = mlflow.pyfunc.log_model(
-                name=name,
-                python_model=TabularNetModel(),
-                artifacts={"bundle": str(bundle)},
-                signature=_signature(self, input_example),
-                input_example=input_example,
-                pip_requirements=PIP_REQUIREMENTS,
-            )
-        return str(info.model_uri)
+
+        return _log_network(self, name, TabularNetModel, write, input_example)
 
 
 @dataclass
@@ -233,31 +214,36 @@ class FittedImageNet:
         return np.asarray(self.classes)[codes]
 
     def log_to_mlflow(self, name: str, input_example: np.ndarray) -> str:
-        import mlflow
-        import torch
-
         from aicml.models.pyfunc import ImageNetModel
 
-        with tempfile.TemporaryDirectory() as tmp:
-            bundle = Path(tmp) / "bundle.pt"
-            torch.save(
-                {
-                    "state_dict": {k: v.detach().cpu() for k, v in self.network.state_dict().items()},
-                    "classes": list(self.classes),
-                    "scale": self.scale,
-                    "channels": list(self.channels),
-                },
-                bundle,
+        def write(directory: Path) -> dict[str, str]:
+            return ImageNetModel.write_artifacts(
+                directory, self.network, self.classes, self.scale, self.channels
             )
-            info = mlflow.pyfunc.log_model(
-                name=name,
-                python_model=ImageNetModel(),
-                artifacts={"bundle": str(bundle)},
-                signature=_signature(self, np.asarray(input_example, dtype=np.float32)),
-                input_example=np.asarray(input_example, dtype=np.float32),
-                pip_requirements=PIP_REQUIREMENTS,
-            )
-        return str(info.model_uri)
+
+        return _log_network(self, name, ImageNetModel, write, np.asarray(input_example, dtype=np.float32))
+
+
+def _log_network(
+    model: FittedModel,
+    name: str,
+    served: type,
+    write_artifacts: Callable[[Path], dict[str, str]],
+    example: Any,
+) -> str:
+    """Log a torch network as ``served``, a pyfunc from code, with the artifacts it reads: no pickle."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        info = mlflow.pyfunc.log_model(
+            name=name,
+            python_model=write_pyfunc_code(served, Path(tmp)),
+            artifacts=write_artifacts(Path(tmp)),
+            signature=_signature(model, example),
+            input_example=example,
+            pip_requirements=PIP_REQUIREMENTS,
+        )
+    return str(info.model_uri)
 
 
 def _last_epoch(checkpoint: Path) -> int:
