@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,19 +28,29 @@ def retry_unless_aic_error(task: Any, task_run: Any, state: Any) -> bool:
 class SourceFiles(CachePolicy):  # type: ignore[misc]
     """Cache key from what the ``source`` files are now: path, size and modification time of each.
 
-    A SQL source, a remote URL or a missing file gives no key, so the task always runs for it.
+    A SQL source, a remote URL or a missing file gives no key, so the task always runs for it. Where file
+    sources are confined (deployment runs), a source outside the data roots gives no key either, before
+    anything under it is listed or stat'ed: the task then refuses it with the error naming the roots.
     """
 
     def compute_key(
         self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any
     ) -> str | None:
+        from aicml.data.safety import check_in_roots
         from aicml.data.sources import parse_source
+        from tasks.ingest import source_roots
 
         source = inputs.get("source")
         if not isinstance(source, str) or "://" in source:
             return None
+        roots = source_roots()
         try:
+            if roots is not None:  # the fixed part of a glob first, then every file it matches
+                check_in_roots(re.split(r"[*?\[]", source, maxsplit=1)[0] or ".", roots)
             spec = parse_source(source, inputs.get("table"))
+            if roots is not None:
+                for path in spec.files:
+                    check_in_roots(path, roots)
         except AicError:
             return None
         stats = [(path, os.stat(path).st_size, os.stat(path).st_mtime_ns) for path in spec.files]

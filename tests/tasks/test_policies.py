@@ -39,3 +39,36 @@ def test_fault_injection_names_one_stage(monkeypatch) -> None:
     fail_if_injected("train")
     with pytest.raises(RuntimeError, match="register: failure injected"):
         fail_if_injected("register")
+
+
+def test_source_cache_key_touches_nothing_outside_the_data_roots(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In confined runs the cache key of a source outside the roots is None, and nothing under it is listed."""
+    import aicml.data.sources
+    from tasks.policies import SourceFiles
+
+    inside, outside = tmp_path / "roots", tmp_path / "elsewhere"
+    inside.mkdir()
+    outside.mkdir()
+    for directory in (inside, outside):
+        (directory / "a.csv").write_text("x\n1\n")
+    monkeypatch.setenv("AIC_CONFINE_SOURCES", "true")
+    monkeypatch.setenv("AIC_DATA_ROOTS", str(inside))
+    (inside / "escape.csv").symlink_to(outside / "a.csv")
+    policy = SourceFiles()
+    listed: list[str] = []
+    real_parse = aicml.data.sources.parse_source
+
+    def recording_parse(source, *args, **kwargs):  # type: ignore[no-untyped-def]
+        listed.append(str(source))
+        return real_parse(source, *args, **kwargs)
+
+    monkeypatch.setattr(aicml.data.sources, "parse_source", recording_parse)
+    assert policy.compute_key(None, {"source": str(inside / "a.csv")}, {}) is not None
+    assert listed == [str(inside / "a.csv")]
+    for source in (str(outside / "a.csv"), str(outside / "*.csv")):
+        assert policy.compute_key(None, {"source": source}, {}) is None, source
+    assert listed == [str(inside / "a.csv")], "a source outside the roots was globbed"
+    # A link inside the roots to a file outside: listed, but its target is refused before any stat.
+    assert policy.compute_key(None, {"source": str(inside / "escape.csv")}, {}) is None
