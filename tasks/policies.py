@@ -61,10 +61,21 @@ class SourceFiles(CachePolicy):  # type: ignore[misc]
 FAULT_VARIABLE = "AIC_FAIL_AT_STAGE"
 
 
+_INJECTED: dict[str, int] = {}
+
+
 def fail_if_injected(stage: str) -> None:
     """Fail ``stage`` on purpose when ``AIC_FAIL_AT_STAGE`` names it: chaos tests of retry and resume.
 
+    ``AIC_FAIL_AT_STAGE=register`` fails every attempt of that stage (the run fails; a resume completes
+    it); ``register:1`` fails only the first attempt in the process, a transient fault its retry rides out.
     Set it on one flow run through the deployment's job variables, never globally.
     """
-    if os.environ.get(FAULT_VARIABLE) == stage:
-        raise RuntimeError(f"{stage}: failure injected by {FAULT_VARIABLE}={stage}")
+    wanted, _, times = os.environ.get(FAULT_VARIABLE, "").partition(":")
+    if wanted != stage:
+        return
+    failed = _INJECTED.get(stage, 0)
+    if times and failed >= int(times):
+        return
+    _INJECTED[stage] = failed + 1
+    raise RuntimeError(f"{stage}: failure injected by {FAULT_VARIABLE}={os.environ[FAULT_VARIABLE]}")

@@ -39,6 +39,19 @@ def test_fault_injection_names_one_stage(monkeypatch) -> None:
     fail_if_injected("train")
     with pytest.raises(RuntimeError, match="register: failure injected"):
         fail_if_injected("register")
+    with pytest.raises(RuntimeError, match="register: failure injected"):
+        fail_if_injected("register")  # every attempt
+
+
+def test_a_transient_fault_fails_only_the_first_attempts(monkeypatch) -> None:
+    import tasks.policies
+
+    monkeypatch.setattr(tasks.policies, "_INJECTED", {})
+    monkeypatch.setenv(FAULT_VARIABLE, "smoke-serve:2")
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="smoke-serve: failure injected"):
+            fail_if_injected("smoke-serve")
+    fail_if_injected("smoke-serve")  # the third attempt goes through
 
 
 def test_source_cache_key_touches_nothing_outside_the_data_roots(
