@@ -2,63 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from pathlib import Path
-
 import httpx
 import pytest
-from services import free_port
 
 from aicml.errors import ConfigurationError
 from aicml.kube.mlflow_users import Account, accounts_from_env, ensure_accounts, main
-
-ADMIN = Account("admin", "admin-pw-0123456789")
-
-
-@pytest.fixture(scope="module")
-def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    home = tmp_path_factory.mktemp("mlflow-auth")
-    ini = home / "basic_auth.ini"
-    ini.write_text(
-        "[mlflow]\ndefault_permission = READ\n"
-        f"database_uri = sqlite:///{home / 'auth.db'}\nadmin_username = admin\n"
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
-    )
-    port = free_port()
-    env = {
-        **os.environ,
-        "MLFLOW_AUTH_CONFIG_PATH": str(ini),
-        "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN.password,
-        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-        "MLFLOW_FLASK_SERVER_SECRET_KEY": "csrf-secret-for-the-test",
-    }
-    command = [
-        str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-        "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}", "--app-name", "basic-auth", "--workers", "1",
-    ]  # fmt: skip
-    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if server.poll() is not None:
-                raise RuntimeError(f"MLflow with basic auth exited with {server.returncode}")
-            try:
-                if httpx.get(f"{uri}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        else:
-            raise RuntimeError("MLflow with basic auth did not start")
-        yield uri
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def _search(uri: str, account: Account) -> int:
@@ -69,13 +17,13 @@ def _search(uri: str, account: Account) -> int:
     ).status_code
 
 
-def test_workload_accounts_are_created_then_rotated(auth_server: str) -> None:
+def test_workload_accounts_are_created_then_rotated(auth_server: str, mlflow_admin: Account) -> None:
     serving = Account("aicml-serving", "first-password")
     assert _search(auth_server, serving) == 401  # no such account yet
-    assert ensure_accounts(auth_server, ADMIN, [serving]) == {"aicml-serving": "created"}
+    assert ensure_accounts(auth_server, mlflow_admin, [serving]) == {"aicml-serving": "created"}
     assert _search(auth_server, serving) == 200
     rotated = Account("aicml-serving", "second-password")
-    assert ensure_accounts(auth_server, ADMIN, [rotated]) == {"aicml-serving": "password updated"}
+    assert ensure_accounts(auth_server, mlflow_admin, [rotated]) == {"aicml-serving": "password updated"}
     assert _search(auth_server, rotated) == 200
     assert _search(auth_server, serving) == 401  # the old password no longer works
     # A workload account is not an admin: it cannot create other accounts.
@@ -87,20 +35,22 @@ def test_workload_accounts_are_created_then_rotated(auth_server: str) -> None:
     assert made.status_code == 403
 
 
-def test_the_job_refuses_a_wrong_admin_and_an_admin_named_workload(auth_server: str) -> None:
+def test_the_job_refuses_a_wrong_admin_and_an_admin_named_workload(
+    auth_server: str, mlflow_admin: Account
+) -> None:
     with pytest.raises(ConfigurationError, match="401"):
         ensure_accounts(auth_server, Account("admin", "wrong"), [Account("aicml-agents", "pw")])
     with pytest.raises(ConfigurationError, match="must not be the admin"):
-        ensure_accounts(auth_server, ADMIN, [Account("admin", "pw")])
+        ensure_accounts(auth_server, mlflow_admin, [Account("admin", "pw")])
 
 
 def test_the_job_entry_point_reads_its_secrets_from_the_environment(
-    auth_server: str, capsys: pytest.CaptureFixture[str]
+    auth_server: str, mlflow_admin: Account, capsys: pytest.CaptureFixture[str]
 ) -> None:
     env = {
         "MLFLOW_TRACKING_URI": auth_server,
-        "MLFLOW_TRACKING_USERNAME": ADMIN.username,
-        "MLFLOW_TRACKING_PASSWORD": ADMIN.password,
+        "MLFLOW_TRACKING_USERNAME": mlflow_admin.username,
+        "MLFLOW_TRACKING_PASSWORD": mlflow_admin.password,
         "AIC_MLFLOW_USERS": "pipeline",
         "AIC_MLFLOW_USER_PIPELINE_USERNAME": "aicml-pipeline",
         "AIC_MLFLOW_USER_PIPELINE_PASSWORD": "pipeline-password-1",
