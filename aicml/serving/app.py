@@ -33,6 +33,7 @@ from aicml.serving.metrics import (
 )
 from aicml.serving.openapi import openapi_document
 from aicml.serving.runtime import ModelHost, PredictionError, ServedModel, to_jsonable
+from aicml.shutdown import closing
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +201,7 @@ class ModelServer:
         route = path
         status = 500
         if self.draining:
-            send = _closing(send)
+            send = closing(send)
         try:
             if path == "/router/freeze" and method == "POST":
                 route = path
@@ -500,18 +501,6 @@ class ModelServer:
         if not agreed:
             SHADOW_DISAGREEMENTS.labels(self.name).inc()
             log.info("Shadow disagreement on %d rows", batch.rows)
-
-
-def _closing(send: Send) -> Send:
-    """``send`` with ``Connection: close`` on the response: a draining server keeps no idle connection for a
-    client to reuse at the moment the server closes it."""
-
-    async def closing_send(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
-        await send(message)
-
-    return closing_send
 
 
 def _not_found(message: str) -> bytes:

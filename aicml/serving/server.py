@@ -3,27 +3,17 @@
 from __future__ import annotations
 
 import importlib.util
-import logging
-import os
-import signal
 import tempfile
-import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aicml.errors import ConfigurationError
 from aicml.registry.canary import RolloutPlan, TrafficRouter
 from aicml.registry.checksums import parse_model_uri
 from aicml.serving.app import ModelServer, ServerOptions
 from aicml.serving.auth import resolve_auth, resolve_control_auth
 from aicml.serving.runtime import ModelHost
-
-log = logging.getLogger(__name__)
-
-# Kept after the drain for unloading the models and leaving the process, out of the grace period.
-_EXIT_RESERVE_S = 2.0
+from aicml.shutdown import DrainPolicy, draining_server
 
 
 @dataclass
@@ -53,14 +43,10 @@ class ServeConfig:
     # is gone within grace_s, below Kubernetes' default terminationGracePeriodSeconds of 30.
     drain_s: float = 5.0
     grace_s: float = 25.0
+    drain: DrainPolicy = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.drain_s < 0 or self.grace_s - self.drain_s < _EXIT_RESERVE_S + 1:
-            raise ConfigurationError(
-                f"The grace period ({self.grace_s:g} s) must exceed the drain ({self.drain_s:g} s) by at "
-                f"least {_EXIT_RESERVE_S + 1:g} s: in-flight requests need time to finish after the drain. "
-                "Lower --drain-seconds or raise --grace-seconds (and the pod's terminationGracePeriodSeconds)."
-            )
+        self.drain = DrainPolicy(self.drain_s, self.grace_s)  # refuses a grace period too short for the drain
 
 
 def build_server(config: ServeConfig) -> ModelServer:
@@ -123,42 +109,6 @@ def _run(uvicorn: Any, server: ModelServer, config: ServeConfig) -> None:
         limit_concurrency=config.limit_concurrency,
         timeout_keep_alive=30,
         # In-flight requests get what is left of the grace period after the drain, less the exit reserve.
-        timeout_graceful_shutdown=config.grace_s - config.drain_s - _EXIT_RESERVE_S,
+        timeout_graceful_shutdown=config.drain.in_flight_s,
     )
-    _draining_server(uvicorn, server, config)(settings).run()
-
-
-def _draining_server(uvicorn: Any, app: ModelServer, config: ServeConfig) -> Any:
-    """uvicorn's Server, with SIGTERM draining first (uvicorn alone stops accepting at once, while the
-    Service still routes here, and then dies by the re-raised signal rather than exiting 0)."""
-
-    class DrainingServer(uvicorn.Server):  # type: ignore[misc,name-defined]
-        stop_at: float | None = None
-
-        def handle_exit(self, sig: int, frame: Any) -> None:
-            if sig != signal.SIGTERM:
-                super().handle_exit(sig, frame)  # Ctrl-C: uvicorn's own behaviour
-            elif self.stop_at is None:
-                app.begin_drain()
-                self.stop_at = time.monotonic() + config.drain_s
-                _exit_by(time.monotonic() + config.grace_s)
-            else:
-                self.stop_at = time.monotonic()  # a second SIGTERM: stop accepting now
-
-        async def on_tick(self, counter: int) -> bool:
-            if self.stop_at is not None and time.monotonic() >= self.stop_at:
-                self.should_exit = True
-            return bool(await super().on_tick(counter))
-
-    return DrainingServer
-
-
-def _exit_by(deadline: float) -> None:
-    """Leave at ``deadline`` whatever still runs (a registry call stuck in a thread would hold the exit)."""
-
-    def watchdog() -> None:
-        time.sleep(max(deadline - time.monotonic(), 0))
-        log.error("The server did not stop within its grace period; exiting.")
-        os._exit(1)
-
-    threading.Thread(target=watchdog, name="grace-watchdog", daemon=True).start()
+    draining_server(uvicorn, server.begin_drain, config.drain)(settings).run()
