@@ -57,6 +57,8 @@ def register_model(workdir: Path) -> tuple[str, list[str], list[float]]:
             model,
             name="model",
             signature=infer_signature(frame, model.predict(frame)),
+            serialization_format="skops",  # the server refuses pickled models
+            skops_trusted_types=[],
             pip_requirements=["mlflow", "scikit-learn", "numpy", "pandas"],
         )
     version = register_challenger("bench-churn", info.model_uri, run.info.run_id, "accuracy", 0.0)

@@ -62,6 +62,7 @@ def register_sklearn(name: str, flip: bool) -> tuple[str, list[int]]:
             model,
             name="model",
             signature=infer_signature(frame, model.predict(frame)),
+            serialization_format="skops",  # verified loaders refuse pickled models
             skops_trusted_types=["numpy.dtype"],
             pip_requirements=["mlflow", "scikit-learn", "numpy", "pandas"],
         )

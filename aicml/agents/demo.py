@@ -178,6 +178,7 @@ def train_churn_model(tracking_uri: str) -> str:
         info = mlflow.sklearn.log_model(
             LogisticRegression().fit(frame, label), name="model", registered_model_name="agent-churn-risk",
             input_example=frame.head(2), pip_requirements=["scikit-learn"],
+            serialization_format="skops", skops_trusted_types=[],  # model agents refuse pickled models
         )  # fmt: skip
     version = str(info.registered_model_version)
     stamp_checksum("agent-churn-risk", version)  # model agents load only versions whose files match this

@@ -2,12 +2,14 @@
 
 The digest is SHA-256 over every artifact file of the version (sorted relative path, size and bytes),
 stored as the model-version tag ``aicml.sha256``. A server refuses a version without the tag or whose
-downloaded files do not hash to it, so what serves is exactly what was registered.
+downloaded files do not hash to it, so what serves is exactly what was registered. A version whose
+MLflow flavors would unpickle a file at load is refused too: MLflow runs that code before any of ours.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -18,11 +20,27 @@ from pathlib import Path
 from aicml.errors import RegistryError
 
 CHECKSUM_TAG = "aicml.sha256"
+ALLOW_PICKLED_ENV = "AIC_ALLOW_PICKLED_MODELS"
+# joblib files are pickles too; a "python_model.pkl.gz" (MLflow's compressed cloudpickle) has ".pkl" among
+# its suffixes.
+_PICKLE_SUFFIXES = frozenset({".pkl", ".pickle", ".joblib"})
+_HOW_TO_FIX = (
+    "Log the model again without pickle: scikit-learn with mlflow.sklearn.log_model(..., "
+    'serialization_format="skops", skops_trusted_types=[...]), a custom pyfunc from code (pass the path '
+    "of a .py file that calls mlflow.models.set_model as python_model), as aic-ml's trainers do; see "
+    "the README (Security, Loading). Only for a model you trust, an operator may set "
+    f"{ALLOW_PICKLED_ENV}=true on the loading process."
+)
+log = logging.getLogger(__name__)
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[A-Za-z0-9_-]+))$")
 
 
 class ChecksumError(RegistryError):
     """A model version's files do not match the checksum recorded at registration, or none was recorded."""
+
+
+class UnsafeModelError(RegistryError):
+    """A model version would be unpickled at load (pickle, cloudpickle, joblib): that can run any code."""
 
 
 @dataclass(frozen=True)
@@ -99,8 +117,61 @@ def stamp_checksum(name: str, version: str) -> str:
     return digest
 
 
+def pickled_files(root: Path) -> dict[str, str]:
+    """What loading the MLflow model at ``root`` would unpickle: relative file path -> why, read from file
+    names and the MLmodel flavors only (nothing under ``root`` is deserialized here)."""
+    import yaml
+
+    found: dict[str, str] = {}
+    mlmodel = root / "MLmodel"
+    if mlmodel.is_file():
+        try:
+            meta = yaml.safe_load(mlmodel.read_text())
+        except (UnicodeDecodeError, yaml.YAMLError) as exc:
+            return {"MLmodel": f"cannot be read to check its flavors ({exc})"}
+        flavors = (meta or {}).get("flavors") if isinstance(meta, dict) else None
+        flavors = flavors if isinstance(flavors, dict) else {}
+        pyfunc = flavors.get("python_function") or {}
+        sklearn = flavors.get("sklearn")
+        if isinstance(pyfunc, dict) and pyfunc.get("python_model"):
+            found[str(pyfunc["python_model"])] = (
+                "the python_function flavor's python_model, a PythonModel instance MLflow loads with cloudpickle"
+            )
+        if isinstance(sklearn, dict):
+            # MLflow reads a sklearn flavor without serialization_format as a pickle.
+            fmt = sklearn.get("serialization_format", "pickle")
+            if fmt != "skops":
+                found.setdefault(
+                    str(sklearn.get("pickled_model", "model.pkl")),
+                    f"the sklearn flavor's serialization_format is {fmt!r}, which MLflow unpickles",
+                )
+        elif isinstance(pyfunc, dict) and pyfunc.get("loader_module") == "mlflow.sklearn":
+            found.setdefault(
+                str(pyfunc.get("model_path", "model.pkl")),
+                "loaded by mlflow.sklearn without a sklearn flavor, which MLflow reads as a pickle",
+            )
+        for flavor, conf in flavors.items():
+            if isinstance(conf, dict) and conf.get("pickle_module_name"):  # mlflow.pytorch's torch.save
+                found.setdefault(
+                    str(conf.get("model_data", flavor)),
+                    f"the {flavor} flavor saves with {conf['pickle_module_name']}, which its loader unpickles",
+                )
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        if _PICKLE_SUFFIXES.intersection(suffix.lower() for suffix in path.suffixes):
+            found.setdefault(path.relative_to(root).as_posix(), "a pickle file")
+    return found
+
+
 def fetch_verified(name: str, version: str, cache_dir: Path) -> Path:
-    """Download version ``version`` of ``name`` under ``cache_dir`` and check it against its recorded digest."""
+    """Download version ``version`` of ``name`` under ``cache_dir``, check it against its recorded digest,
+    and refuse (``UnsafeModelError``) a version that loading would unpickle: a ``*.pkl``/``*.pickle``/
+    ``*.joblib`` file, a cloudpickled ``python_model`` in the pyfunc flavor, a sklearn flavor serialized
+    with pickle or cloudpickle. Refused files are deleted, never read.
+
+    Escape hatch, for an operator who trusts a model logged by an older aic-ml: the environment variable
+    ``AIC_ALLOW_PICKLED_MODELS=true`` (read here, on every call) lets such a version through with a
+    warning. Any other value, or none, refuses.
+    """
     from mlflow import MlflowClient
 
     tags = MlflowClient().get_model_version(name, version).tags or {}
@@ -121,6 +192,23 @@ def fetch_verified(name: str, version: str, cache_dir: Path) -> Path:
         raise ChecksumError(
             f"Model {name!r} version {version}: downloaded files hash to {actual[:12]}..., the registry "
             f"recorded {expected[:12]}...; the artifacts changed after registration. Re-register the model."
+        )
+    pickled = pickled_files(path)
+    if pickled:
+        listed = "; ".join(f"{file} ({why})" for file, why in pickled.items())
+        if os.environ.get(ALLOW_PICKLED_ENV, "").strip().lower() == "true":
+            log.warning(
+                "Loading model %r version %s although it holds pickles, because %s=true: %s",
+                name,
+                version,
+                ALLOW_PICKLED_ENV,
+                listed,
+            )
+            return path
+        shutil.rmtree(target, ignore_errors=True)
+        raise UnsafeModelError(
+            f"Model {name!r} version {version} is not loaded: loading it would unpickle {listed}, and "
+            f"unpickling can run any code. {_HOW_TO_FIX}"
         )
     return path
 

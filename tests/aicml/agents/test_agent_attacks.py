@@ -318,7 +318,8 @@ def test_model_agent_with_a_wrong_checksum_never_activates(stack, admin: httpx.C
     mlflow.set_experiment("agent-attacks")
     with mlflow.start_run():
         mlflow.sklearn.log_model(LogisticRegression().fit(frame, (frame.a > 9).astype(int)), name="model",
-                                 registered_model_name=model, pip_requirements=["scikit-learn"])  # fmt: skip
+                                 registered_model_name=model, serialization_format="skops",
+                                 skops_trusted_types=[], pip_requirements=["scikit-learn"])  # fmt: skip
     stamp_checksum(model, "1")
     MlflowClient().set_model_version_tag(model, "1", CHECKSUM_TAG, "f" * 64)  # the files were swapped since
     spec = _agent(

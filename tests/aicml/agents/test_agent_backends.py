@@ -42,6 +42,8 @@ def test_sklearn_model_agent_from_the_registry(stack) -> None:
             name="model",
             registered_model_name=name,
             input_example=frame.head(2),
+            serialization_format="skops",  # model agents refuse pickled models
+            skops_trusted_types=[],
             pip_requirements=["scikit-learn"],  # skips the slow requirement-inference subprocess
         )
     stamp_checksum(name, "1")  # model agents load only versions whose files match the registry's checksum

@@ -16,7 +16,10 @@ from aicml.registry.tracking import use_tracking
 def _log_model() -> tuple[str, str]:
     with mlflow.start_run() as run:
         model = DummyClassifier(strategy="most_frequent").fit(np.zeros((4, 1)), [0, 1, 1, 1])
-        info = mlflow.sklearn.log_model(model, name="model", serialization_format="cloudpickle")
+        # skops, not pickle: a verified loader (score_model_on, the server) would refuse a pickled champion.
+        info = mlflow.sklearn.log_model(
+            model, name="model", serialization_format="skops", skops_trusted_types=[]
+        )
     return str(info.model_uri), run.info.run_id
 
 

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from serving_support import register_sklearn, training_frame
 
 from aicml.errors import RegistryError
-from aicml.registry.checksums import ChecksumError, artifact_digest, fetch_verified, parse_model_uri
+from aicml.registry.checksums import (
+    ChecksumError,
+    UnsafeModelError,
+    artifact_digest,
+    fetch_verified,
+    parse_model_uri,
+    pickled_files,
+)
 from aicml.registry.rollout import read_audit
 
 
@@ -109,3 +118,114 @@ def test_every_loader_outside_the_server_verifies_the_digest(
         score_model_on(f"models:/{name}/{version}", str(test_path), "label", "classification", "accuracy")
     with pytest.raises(RegistryError, match="not a registry URI"):  # no side door through runs:/ or paths
         predict_rows("runs:/0123/model", rows)
+
+
+class Tripwire:
+    """Pickles to a call that writes ``marker``: if anything unpickles it, the file appears."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.write_text, (self.marker, "unpickled"))
+
+    # A predict method makes mlflow.sklearn add the python_function flavor, as for a real estimator.
+    def predict(self, model_input: Any, params: Any = None) -> Any:
+        return model_input
+
+
+def _register_pickled(name: str, kind: str, marker: Path) -> str:
+    """Log ``Tripwire(marker)`` with pickle (``kind`` "sklearn": cloudpickle flavor; "pyfunc": python_model
+    instance) and register it the normal way, so its digest is stamped and correct."""
+    import mlflow
+    import mlflow.pyfunc
+    import mlflow.sklearn
+
+    from aicml.registry.promotion import register_challenger
+
+    class TripwireModel(mlflow.pyfunc.PythonModel):
+        def __reduce__(self) -> tuple[Any, ...]:
+            return (Path.write_text, (marker, "unpickled"))
+
+        def predict(self, context, model_input, params=None):  # no hints: MLflow would read them as a schema
+            return model_input
+
+    mlflow.set_experiment("unsafe-model-tests")
+    with mlflow.start_run() as run:
+        if kind == "sklearn":
+            info = mlflow.sklearn.log_model(
+                Tripwire(marker),
+                name="model",
+                serialization_format="cloudpickle",
+                pip_requirements=["mlflow"],
+            )
+        else:
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=TripwireModel(), pip_requirements=["mlflow"]
+            )
+    assert not marker.exists(), "logging itself unpickled the tripwire; the test would prove nothing"
+    return register_challenger(name, info.model_uri, run.info.run_id, "accuracy", 0.5).version
+
+
+@pytest.mark.parametrize(("kind", "pickle_file"), [("sklearn", "model.pkl"), ("pyfunc", "python_model.pkl")])
+def test_pickled_versions_are_refused_unread_unless_the_operator_allows_them(
+    registry: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, pickle_file: str
+) -> None:
+    import mlflow.pyfunc
+    from mlflow import MlflowClient
+
+    from aicml.registry.checksums import CHECKSUM_TAG
+    from aicml.registry.scoring import score_model_on
+
+    monkeypatch.delenv("AIC_ALLOW_PICKLED_MODELS", raising=False)
+    monkeypatch.setenv("AIC_HOME", str(tmp_path / "home"))
+    marker = tmp_path / "tripped"
+    name = f"pickled-{kind}-test"
+    version = _register_pickled(name, kind, marker)
+    assert MlflowClient().get_model_version(name, version).tags[CHECKSUM_TAG]  # stamped: the digest passes
+
+    with pytest.raises(UnsafeModelError, match=rf"{pickle_file} \(.*skops.*README") as refused:
+        fetch_verified(name, version, tmp_path / "cache")
+    assert isinstance(refused.value, RegistryError)
+    assert not (tmp_path / "cache" / f"{name}-v{version}").exists(), "refused files were kept"
+    frame, labels = training_frame()
+    test_path = tmp_path / "test.parquet"
+    frame.head(20).assign(label=labels[:20]).to_parquet(test_path)
+    with pytest.raises(UnsafeModelError, match=pickle_file):  # the re-scoring loader goes through it too
+        score_model_on(f"models:/{name}/{version}", str(test_path), "label", "classification", "accuracy")
+    monkeypatch.setenv("AIC_ALLOW_PICKLED_MODELS", "yes")  # only "true" opens the hatch
+    with pytest.raises(UnsafeModelError):
+        fetch_verified(name, version, tmp_path / "cache")
+    assert not marker.exists(), "something unpickled the refused model"
+
+    monkeypatch.setenv("AIC_ALLOW_PICKLED_MODELS", "true")
+    path = fetch_verified(name, version, tmp_path / "cache")
+    assert (path / pickle_file).is_file() and not marker.exists()  # fetching alone still reads no pickle
+    with contextlib.suppress(Exception):  # the tripwire is no model; loading it fails after it fires
+        mlflow.pyfunc.load_model(str(path))
+    assert marker.read_text() == "unpickled", "the tripwire is live: MLflow's load does unpickle it"
+
+
+def test_pickled_files_reads_names_and_flavors_only(tmp_path: Path) -> None:
+    """A skops sklearn model passes; pickles found by file name or by what MLmodel says are all named."""
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    (clean / "model.skops").write_bytes(b"PK")
+    (clean / "MLmodel").write_text(
+        "flavors:\n  python_function: {loader_module: mlflow.sklearn, model_path: model.skops}\n"
+        "  sklearn: {pickled_model: model.skops, serialization_format: skops}\n"
+    )
+    assert pickled_files(clean) == {}
+
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "model.bin").write_bytes(b"\x80\x04.")
+    (old / "artifacts").mkdir()
+    (old / "artifacts" / "encoder.joblib").write_bytes(b"\x80\x04.")
+    (old / "python_model.pkl.gz").write_bytes(b"")
+    (old / "MLmodel").write_text(  # an old sklearn flavor without serialization_format means pickle
+        "flavors:\n  python_function: {loader_module: mlflow.sklearn, model_path: model.bin}\n"
+        "  sklearn: {pickled_model: model.bin}\n"
+    )
+    assert sorted(pickled_files(old)) == ["artifacts/encoder.joblib", "model.bin", "python_model.pkl.gz"]
+    assert "'pickle'" in pickled_files(old)["model.bin"]
