@@ -1,7 +1,10 @@
-"""REST API of the agent service (ASGI, Starlette): ``/v1/agents``, ``/v1/coordinations``, ``/healthz``, ``/metrics``.
+"""REST API of the agent service (ASGI, Starlette): ``/v1/agents``, ``/v1/coordinations``, ``/healthz``,
+``/readyz``, ``/metrics``.
 
 Every ``/v1`` route needs ``Authorization: Bearer <token>`` unless auth was disabled on purpose;
-``/healthz``, ``/metrics`` and ``/openapi.json`` stay open for probes, Prometheus and clients. Two
+``/healthz``, ``/readyz``, ``/metrics`` and ``/openapi.json`` stay open for probes, Prometheus and clients.
+``/readyz`` answers 503 from SIGTERM on (``Readiness``), while the service still answers what it is sent.
+agent_db out of reach: 503 naming the database, with ``Retry-After``. Two
 identities: the invoker's token calls agents and coordinations and reads; the administrator's token also
 registers agents, moves them through their lifecycle, runs health checks and rollouts and stores
 coordinations (an invoker gets 403 there). The audit trail records the authenticated identity, never a
@@ -12,6 +15,7 @@ block the event loop on the database except through the catalog's cached refresh
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -27,6 +31,7 @@ from aicml.agents.errors import (
     AgentConflict,
     AgentError,
     AgentNotFound,
+    AgentStoreUnavailable,
     AgentUnavailable,
     LifecycleError,
     MessageError,
@@ -36,6 +41,9 @@ from aicml.agents.messages import AgentMessage, AgentReply, Outcome
 from aicml.agents.policy import AgentPolicyError
 from aicml.agents.service import AgentService
 from aicml.agents.spec import AgentSpec, LifecycleState
+from aicml.shutdown import closing
+
+log = logging.getLogger(__name__)
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
@@ -117,7 +125,33 @@ def _reply(reply: AgentReply) -> Response:
 
 ROLE_KEY = "aicml.agents.role"
 ADMIN, INVOKER, LOCAL = "admin", "invoker", "local"
-OPEN_PATHS = ("/healthz", "/metrics", "/openapi.json")
+OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/openapi.json")
+
+
+class Readiness:
+    """Whether this replica takes new traffic: not from SIGTERM on, so the Service stops routing here."""
+
+    def __init__(self) -> None:
+        self.draining = False
+
+    def begin_drain(self) -> None:
+        if not self.draining:
+            self.draining = True
+            log.info("Draining: /readyz answers 503 from now on")
+
+
+class CloseWhileDraining:
+    """Pure ASGI middleware: while draining, every response carries ``Connection: close``, so no client keeps
+    an idle connection that the listener closes under it."""
+
+    def __init__(self, app: ASGIApp, readiness: Readiness) -> None:
+        self.app = app
+        self.readiness = readiness
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and self.readiness.draining:
+            send = closing(send)
+        await self.app(scope, receive, send)
 
 
 async def _answer(send: Any, status: int, body: bytes, *headers: tuple[bytes, bytes]) -> None:
@@ -184,11 +218,18 @@ def _route(path: str, **handlers: Callable[[Request], Awaitable[Response]]) -> R
     return Route(path, endpoint, methods=list(handlers))
 
 
-def create_app(service: AgentService, token: str | None, admin_token: str | None = None) -> ASGIApp:
+def create_app(
+    service: AgentService,
+    token: str | None,
+    admin_token: str | None = None,
+    readiness: Readiness | None = None,
+) -> ASGIApp:
     """The ASGI app; ``token=None`` serves /v1 without auth (the caller decided that on purpose).
 
     ``admin_token``: the administrators' token; None with auth on: no administration over the API.
+    ``readiness``: what ``/readyz`` answers from (the server flips it on SIGTERM).
     """
+    readiness = readiness or Readiness()
 
     def actor_of(request: Request) -> str:
         """Who, for the audit trail: the authenticated identity (never a header or field the client sends)."""
@@ -202,6 +243,11 @@ def create_app(service: AgentService, token: str | None, admin_token: str | None
             return await fn()
         except BodyTooLarge as exc:
             return _error(413, str(exc))
+        except AgentStoreUnavailable as exc:
+            # Not the caller's fault nor the agent's: 503, and the caller may try again in a moment.
+            response = _error(503, str(exc))
+            response.headers["retry-after"] = "1"
+            return response
         except ValidationError as exc:
             return _json(
                 {
@@ -224,7 +270,14 @@ def create_app(service: AgentService, token: str | None, admin_token: str | None
             return _error(400, str(exc))
 
     async def healthz(request: Request) -> Response:
+        """Liveness: the process answers (also while draining, so it is not restarted mid-drain)."""
         return _json({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        """Readiness: 503 from SIGTERM on, so the Service routes new calls to other replicas."""
+        if readiness.draining:
+            return _json({"status": "draining"}, 503)
+        return _json({"status": "ready"})
 
     async def openapi(request: Request) -> Response:
         from aicml.agents.openapi import openapi_document
@@ -389,6 +442,7 @@ def create_app(service: AgentService, token: str | None, admin_token: str | None
 
     routes = [
         _route("/healthz", GET=healthz),
+        _route("/readyz", GET=readyz),
         _route("/metrics", GET=metrics),
         _route("/openapi.json", GET=openapi),
         _route("/v1/agents", POST=admin_only(register), GET=list_agents),
@@ -406,4 +460,4 @@ def create_app(service: AgentService, token: str | None, admin_token: str | None
         _route("/v1/coordinations/{name}/invoke", POST=invoke_graph),
     ]
     app = Starlette(routes=routes)
-    return BearerAuth(app, token, admin_token)
+    return CloseWhileDraining(BearerAuth(app, token, admin_token), readiness)

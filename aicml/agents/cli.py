@@ -25,30 +25,46 @@ def serve(
         typer.Option(help="agent_db URL; default AIC_AGENTS_DATABASE_URL, the k8s env, or SQLite."),
     ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+    drain_seconds: Annotated[
+        float,
+        typer.Option(
+            help="After SIGTERM: /readyz answers 503 and the service keeps answering this long before it "
+            "stops accepting, so the Service stops routing here first."
+        ),
+    ] = 5.0,
+    grace_seconds: Annotated[
+        float,
+        typer.Option(
+            help="After SIGTERM the process is gone within this long (drain, calls in flight, releasing "
+            "leases); keep it below the pod's terminationGracePeriodSeconds."
+        ),
+    ] = 25.0,
 ) -> None:
-    """Serve /v1/agents, /v1/coordinations, /healthz, /metrics and /openapi.json.
+    """Serve /v1/agents, /v1/coordinations, /healthz, /readyz, /metrics and /openapi.json.
 
     Invokers send AIC_AGENTS_TOKEN, administrators AIC_AGENTS_ADMIN_TOKEN; python agents only from
     AIC_AGENTS_PYTHON_MODULES, remote agents only under AIC_AGENTS_REMOTE_URLS.
     """
-    import uvicorn
     from pydantic import SecretStr
 
-    from aicml.agents.server import build_app
+    from aicml.agents.server import run_server
     from aicml.agents.settings import AgentSettings
     from aicml.errors import AicError
     from aicml.serving.auth import refuse_open_server
+    from aicml.shutdown import DrainPolicy
 
     settings = AgentSettings()
     if database_url:
         settings.database_url = SecretStr(database_url)
     try:
         refuse_open_server(host, settings.auth_disabled, "AIC_AGENTS_AUTH_DISABLED")
-        asgi = build_app(settings)
+        drain = DrainPolicy(drain_seconds, grace_seconds)
+        typer.echo(
+            f"Agent service on http://{host}:{port} (auth {'off' if settings.auth_disabled else 'on'})"
+        )
+        run_server(settings, host, port, drain, log_level=log_level)
     except AicError as exc:
         _fail(str(exc))
-    typer.echo(f"Agent service on http://{host}:{port} (auth {'off' if settings.auth_disabled else 'on'})")
-    uvicorn.run(asgi, host=host, port=port, log_level=log_level, access_log=False, lifespan="off")
 
 
 @app.command()

@@ -44,6 +44,10 @@ class MessageError(AgentError):
     """A message or payload does not match the protocol or the agent's input/output schema."""
 
 
+class AgentStoreUnavailable(AgentError):
+    """agent_db did not answer (restarting, unreachable) within the store's bounded retries; try again later."""
+
+
 class LeaseTimeout(AgentError):
     """A resource lease could not be granted before the wait ran out."""
 

@@ -5,24 +5,34 @@ Never double-allocated: every grant happens in a transaction that first locks th
 Fair under contention: a client that cannot be served at once takes a ticket (``agent_lease_waiters``,
 an autoincrement id); a grant needs free units for the client *and* for everyone queued before it, so
 no client starves behind luckier pollers or bigger requests.
-Leases expire (``ttl_s``) so a crashed holder frees its units; a waiter that stops polling stops
-blocking the queue. Token budgets are leases that are not returned: they lapse after the window.
+Leases expire so a crashed holder frees its units: an agent call's leases live for the longest the call
+may take (``timeout_s`` x (1 + ``retries``) + ``backoff_s`` x ``retries``) plus ``margin_s`` (default 30 s,
+``AIC_AGENTS_LEASE_MARGIN_S``); a replica killed with leases held loses them to the others within that TTL.
+A waiter that stops polling stops blocking the queue. Token budgets are leases that are not returned: they
+lapse after the window. Every lease row names its holder's replica (``host/pid``) first; a replica that stops
+gracefully gives back whatever it still holds (``release_held``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
+import os
 import random
+import socket
+import threading
 import time
 import uuid
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from aicml.agents.errors import AgentConfigurationError, LeaseTimeout
+from aicml.agents.errors import AgentConfigurationError, AgentStoreUnavailable, LeaseTimeout
 from aicml.agents.spec import AgentSpec
-from aicml.agents.store import AgentStore, LeaseRow, ResourceRow, WaiterRow, utcnow
+from aicml.agents.store import AgentStore, LeaseRow, ResourceRow, WaiterRow, idempotent, utcnow
+
+log = logging.getLogger(__name__)
 
 GPU_RESOURCE = "gpu"
 
@@ -30,13 +40,23 @@ GPU_RESOURCE = "gpu"
 class LeaseManager:
     """Acquire and release leases; safe to use from many threads, processes and hosts at once."""
 
-    def __init__(self, store: AgentStore, poll_s: float = 0.01, default_ttl_s: float = 300.0) -> None:
+    def __init__(
+        self, store: AgentStore, poll_s: float = 0.01, default_ttl_s: float = 300.0, margin_s: float = 30.0
+    ) -> None:
+        """``margin_s``: added to the longest an agent call may take to make its leases' TTL."""
         self.store = store
         self.poll_s = poll_s
         self.default_ttl_s = default_ttl_s
+        self.margin_s = margin_s
+        # Who holds a lease, first in its holder column: the pod (hostname) and process.
+        self.replica = f"{socket.gethostname()}/{os.getpid()}"
+        # Lease ids this process holds or may hold (a grant in flight); what release_held gives back.
+        self._held: set[str] = set()
+        self._held_lock = threading.Lock()
         # Resources declared by this process (and their capacity), so the hot path does not write each call.
         self._declared: dict[str, tuple[int, float | None]] = {}
 
+    @idempotent
     def ensure_resource(self, name: str, capacity: int, window_s: float | None = None) -> None:
         """Create ``name`` with ``capacity`` units, or set its capacity (and budget window)."""
         if capacity < 1:
@@ -54,6 +74,7 @@ class LeaseManager:
         with self.store.transaction() as s:
             s.execute(statement)
 
+    @idempotent
     def in_use(self, resource: str) -> int:
         """Units currently held (live leases)."""
         with self.store.transaction() as s:
@@ -76,8 +97,7 @@ class LeaseManager:
         ttl = ttl_s or self.default_ttl_s
         try:
             while True:
-                with self.store.transaction() as s:
-                    granted, ticket = self._try_grant(s, resource, holder, units, ticket, lease_id, ttl)
+                granted, ticket = self._try_once(resource, holder, units, ticket, lease_id, ttl)
                 if granted:
                     ticket = None
                     return lease_id
@@ -97,6 +117,10 @@ class LeaseManager:
         ticket: int | None = None
         lease_id = uuid.uuid4().hex
         ttl = ttl_s or self.default_ttl_s
+        # Held from the first try: a caller cancelled while its grant commits in a thread never learns the
+        # id, and the lease would sit until its TTL; release_held gives it back.
+        self._hold(lease_id)
+        granted = False
         try:
             while True:
                 granted, ticket = await asyncio.to_thread(
@@ -108,19 +132,43 @@ class LeaseManager:
                 if time.monotonic() >= deadline:
                     raise _timeout(resource, holder, units, wait_s)
                 await asyncio.sleep(self.poll_s * (0.5 + random.random()))
+        except (LeaseTimeout, AgentConfigurationError):
+            self._unhold([lease_id])  # answered: nothing was granted
+            raise
         finally:
             if ticket is not None:
-                await asyncio.to_thread(self._leave_queue, ticket)
+                await asyncio.to_thread(self._leave_queue_quietly, ticket)
 
+    @idempotent
     def _try_once(
         self, resource: str, holder: str, units: int, ticket: int | None, lease_id: str, ttl: float
     ) -> tuple[bool, int | None]:
         with self.store.transaction() as s:
             return self._try_grant(s, resource, holder, units, ticket, lease_id, ttl)
 
+    @idempotent
     def _leave_queue(self, ticket: int) -> None:
         with self.store.transaction() as s:
             s.execute(delete(WaiterRow).where(WaiterRow.id == ticket))
+
+    def _leave_queue_quietly(self, ticket: int) -> None:
+        try:
+            self._leave_queue(ticket)
+        except AgentStoreUnavailable as exc:  # the ticket lapses by itself within seconds
+            log.warning("Leaving the lease queue failed (%s); the ticket lapses by itself", exc)
+
+    def _hold(self, lease_id: str) -> None:
+        with self._held_lock:
+            self._held.add(lease_id)
+
+    def _unhold(self, lease_ids: list[str]) -> None:
+        with self._held_lock:
+            self._held.difference_update(lease_ids)
+
+    def held(self) -> list[str]:
+        """Lease ids this process holds (or may hold: a grant in flight when its caller was cancelled)."""
+        with self._held_lock:
+            return sorted(self._held)
 
     def _try_grant(
         self,
@@ -133,6 +181,9 @@ class LeaseManager:
         ttl: float,
     ) -> tuple[bool, int | None]:
         row = s.get(ResourceRow, resource, with_for_update=True)  # the lock every allocator queues on
+        if s.get(LeaseRow, lease_id) is not None:
+            # Granted by a try whose commit succeeded but whose answer was lost (the database restarted).
+            return True, ticket
         if row is None:
             raise AgentConfigurationError(
                 f"Resource {resource!r} is not declared; declare it with LeaseManager.ensure_resource()."
@@ -184,6 +235,7 @@ class LeaseManager:
         waiter_row.alive_until = alive
         return False, ticket
 
+    @idempotent
     def release(self, lease_ids: list[str]) -> None:
         """Give units back; budget leases stay until their window lapses (that is what a budget is)."""
         if not lease_ids:
@@ -193,6 +245,22 @@ class LeaseManager:
             s.execute(
                 delete(LeaseRow).where(LeaseRow.id.in_(lease_ids), LeaseRow.resource.not_in(budgets)),
             )
+        self._unhold(lease_ids)
+
+    def release_held(self) -> int:
+        """Give back every lease this process still holds (a replica stopping); the number of ids released.
+
+        agent_db out of reach: logged; those leases lapse by their TTL.
+        """
+        held = self.held()
+        try:
+            self.release(held)
+        except AgentStoreUnavailable as exc:
+            log.warning(
+                "Could not release %d lease(s) at shutdown (%s); they lapse by their TTL", len(held), exc
+            )
+            return 0
+        return len(held)
 
     # --- what an agent call needs --------------------------------------------------------------------
     async def acquire_for(self, spec: AgentSpec, holder: str, wait_s: float) -> list[str]:
@@ -201,17 +269,23 @@ class LeaseManager:
         wanted, ttl = await asyncio.to_thread(self._needs, spec)
         deadline = time.monotonic() + wait_s
         taken: list[str] = []
+        holder = f"{self.replica} {holder}"
         try:
             for resource, units in sorted(wanted, key=_lease_order):
                 left = max(0.0, deadline - time.monotonic())
                 taken.append(await self.acquire_async(resource, holder, units, wait_s=left, ttl_s=ttl))
         except BaseException:
-            await asyncio.to_thread(self.release, taken)
+            await self.release_async(taken)
             raise
         return taken
 
     async def release_async(self, lease_ids: list[str]) -> None:
-        await asyncio.to_thread(self.release, lease_ids)
+        """``release`` in a thread; agent_db out of reach is logged, not raised: the call that held the leases
+        is done, and they are given back by ``release_held`` at shutdown or lapse by their TTL."""
+        try:
+            await asyncio.to_thread(self.release, lease_ids)
+        except AgentStoreUnavailable as exc:
+            log.warning("Releasing %d lease(s) failed (%s); they lapse by their TTL", len(lease_ids), exc)
 
     def _needs(self, spec: AgentSpec) -> tuple[list[tuple[str, int]], float]:
         needs = spec.resources
@@ -226,7 +300,12 @@ class LeaseManager:
             name = f"tokens:{spec.name}"
             self._ensure_once(name, needs.token_budget, needs.budget_window_s)
             wanted.append((name, needs.tokens_per_call))
-        return wanted, spec.policy.timeout_s * (1 + spec.policy.retries) + 30.0
+        return wanted, self.lease_ttl_s(spec)
+
+    def lease_ttl_s(self, spec: AgentSpec) -> float:
+        """How long one call's leases live: the longest the call may take, plus ``margin_s``."""
+        policy = spec.policy
+        return policy.timeout_s * (1 + policy.retries) + policy.backoff_s * policy.retries + self.margin_s
 
     def _ensure_once(self, name: str, capacity: int, window_s: float | None) -> None:
         if self._declared.get(name) != (capacity, window_s):

@@ -25,10 +25,11 @@ def _answers(*statuses: int, ok: int = 200) -> dict[str, Any]:
         400: "Bad request.", 401: "Missing or wrong bearer token.", 403: "Not allowed for this identity, or "
         "the definition names code or an address the operator did not allow.", 404: "No such agent, version or "
         "coordination.", 409: "Conflict with the current state.", 413: "Body over 1 MiB.",
-        422: "Invalid body.", 502: "An agent failed.", 503: "Unhealthy.", 504: "Deadline exceeded.",
+        422: "Invalid body.", 502: "An agent failed.", 503: "agent_db is unavailable; retry after Retry-After.",
+        504: "Deadline exceeded.",
     }  # fmt: skip
     out: dict[str, Any] = {str(ok): {"description": "OK.", "content": {"application/json": {"schema": {}}}}}
-    for status in (401, 413, 422, *statuses):
+    for status in (401, 413, 422, 503, *statuses):
         out[str(status)] = {"description": described[status], **error}
     return out
 
@@ -68,6 +69,15 @@ def openapi_document(auth: bool) -> dict[str, Any]:
     invoke = {"requestBody": _body("AgentMessage"), "responses": _answers(404, 409, 502, 504)}
     paths: dict[str, Any] = {
         "/healthz": {"get": {"security": [], "responses": {"200": {"description": "Alive."}}}},
+        "/readyz": {
+            "get": {
+                "security": [],
+                "responses": {
+                    "200": {"description": "Ready for traffic."},
+                    "503": {"description": "Draining after SIGTERM: route new calls elsewhere."},
+                },
+            }
+        },
         "/v1/agents": {
             "get": {"responses": _answers()},
             "post": {"requestBody": _body("AgentSpec"), "responses": _answers(403, 409, ok=201)},

@@ -22,6 +22,7 @@ from aicml.agents.errors import (
     AgentCallError,
     AgentError,
     AgentNotFound,
+    AgentStoreUnavailable,
     AgentUnavailable,
     DeadlineExceeded,
     LeaseTimeout,
@@ -124,7 +125,13 @@ class StoreCatalog:
         if self._fetched_at < 0:
             await asyncio.to_thread(self.refresh)
         elif self._background is None or self._background.done():
-            self._background = asyncio.ensure_future(asyncio.to_thread(self.refresh))
+            self._background = asyncio.ensure_future(asyncio.to_thread(self._refresh_quietly))
+
+    def _refresh_quietly(self) -> None:
+        try:
+            self.refresh()
+        except AgentStoreUnavailable as exc:  # serve on with the snapshot; the next call tries again
+            log.warning("Refreshing the agent catalog failed: %s", exc)
 
     def refresh(self) -> None:
         """Send outcomes, then read active versions and rollouts; outside a rollout the latest activated version
@@ -261,6 +268,8 @@ class Router:
         except (MessageError, AgentNotFound, AgentUnavailable) as exc:
             outcome = Outcome.REJECTED
             run.errors.append(str(exc))
+        except AgentStoreUnavailable:
+            raise  # not the agents' failure nor the caller's: the service answers 503, the caller retries
         except AgentError as exc:
             outcome = Outcome.FAILURE
             if str(exc) not in run.errors:
@@ -397,7 +406,7 @@ class Router:
         )
         ok: list[tuple[Step, dict[str, Any]]] = []
         for step, result in zip(graph.branches, results, strict=True):
-            if isinstance(result, DeadlineExceeded | MessageError | AgentNotFound | AgentUnavailable):
+            if isinstance(result, _ABORTS):
                 raise result
             if isinstance(result, BaseException):
                 run.errors.append(str(result))
@@ -468,7 +477,7 @@ class Router:
                 *(self._call(s, snapshot, run) for s in ready), return_exceptions=True
             )
             for step, result in zip(ready, results, strict=True):
-                if isinstance(result, DeadlineExceeded | MessageError | AgentNotFound | AgentUnavailable):
+                if isinstance(result, _ABORTS):
                     raise result
                 if isinstance(result, BaseException):
                     if not step.optional:
@@ -483,6 +492,10 @@ class Router:
         raise AgentCallError(
             "blackboard", f"goal keys {missing} still missing after the agents stopped contributing"
         )
+
+
+# Errors of one branch that end the whole coordination (others count as that branch failing).
+_ABORTS = (DeadlineExceeded, MessageError, AgentNotFound, AgentUnavailable, AgentStoreUnavailable)
 
 
 def _vote_key(value: Any) -> str:

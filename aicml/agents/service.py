@@ -35,12 +35,14 @@ class AgentService:
         on_decision: DecisionHook | None = None,
         actor: str = "agent-router",
         policy: AgentPolicy | None = None,
+        lease_margin_s: float = 30.0,
     ) -> None:
         """``preload``: load every active agent when the catalog refreshes (a server), not on first use.
 
         ``on_decision`` hears every rollout decision this service makes or is told (audit line, event);
         ``actor`` is who automatic decisions are recorded as. ``policy``: what definitions may name (python
         modules, remote URLs); default the operator's settings (``AIC_AGENTS_PYTHON_MODULES``, ...).
+        ``lease_margin_s``: added to the longest a call may take to make its leases' TTL.
         """
         self.policy = policy if policy is not None else AgentPolicy.from_settings()
         self.store = store
@@ -49,7 +51,7 @@ class AgentService:
         self.catalog = StoreCatalog(
             store, ttl_s=catalog_ttl_s, preload=preload, versions=self.versions, policy=self.policy
         )
-        self.leases = LeaseManager(store)
+        self.leases = LeaseManager(store, margin_s=lease_margin_s)
         self.router = Router(self.catalog, leases=self.leases, on_complete=on_complete)
 
     @classmethod
@@ -58,6 +60,14 @@ class AgentService:
 
     def close(self) -> None:
         self.store.close()
+
+    def stop(self) -> int:
+        """A replica stopping: give back the leases it still holds, then close agent_db; the leases released."""
+        self.store.retry_s = min(self.store.retry_s, 1.0)  # inside the exit reserve of the grace period
+        try:
+            return self.leases.release_held()
+        finally:
+            self.close()
 
     # --- registry and lifecycle ---------------------------------------------------------------------
     def register(self, spec: AgentSpec, actor: str) -> AgentRecord:

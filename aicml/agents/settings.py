@@ -59,6 +59,12 @@ class AgentSettings(BaseSettings):
     auth_disabled: bool = Field(
         default=False, description="Serve /v1 without auth; only on purpose (a laptop, a benchmark)."
     )
+    lease_margin_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="Added to the longest an agent call may take (timeout x attempts + backoffs) to make the TTL "
+        "of its leases: a replica killed while holding leases loses them to the others within that TTL.",
+    )
     catalog_ttl_s: float = Field(
         default=2.0, ge=0, description="How long the router caches the active agents and rollouts."
     )

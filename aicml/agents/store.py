@@ -5,18 +5,26 @@ replica moves the same canary through the shared machinery of ``aicml.registry.c
 
 SQLAlchemy 2 on PostgreSQL in the stack (row locks with ``SELECT ... FOR UPDATE``) and on SQLite on a
 laptop (every transaction ``BEGIN IMMEDIATE``, so writers serialise the same way).
+
+When agent_db does not answer (a restart, a failover), a transaction fails with ``AgentStoreUnavailable``
+naming the database; operations that are safe to run twice (``@idempotent``) first retry with backoff for
+``retry_s`` seconds, so a short restart is ridden out and a long one is a clear 503, never a traceback.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import itertools
+import logging
+import random
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -32,11 +40,13 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    make_url,
     select,
 )
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from aicml.agents.errors import AgentConflict, AgentNotFound, LifecycleError
+from aicml.agents.errors import AgentConflict, AgentNotFound, AgentStoreUnavailable, LifecycleError
 from aicml.agents.graph import Coordination
 from aicml.agents.spec import AgentSpec, LifecycleState
 from aicml.registry.canary import (
@@ -47,6 +57,8 @@ from aicml.registry.canary import (
     RolloutProgress,
     advance_progress,
 )
+
+log = logging.getLogger(__name__)
 
 ALLOWED_TRANSITIONS: dict[LifecycleState, frozenset[LifecycleState]] = {
     LifecycleState.DRAFT: frozenset({LifecycleState.ACTIVE, LifecycleState.RETIRED}),
@@ -221,7 +233,50 @@ def make_engine(url: str, pool_size: int = 10) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = url.replace("postgresql://", "postgresql+psycopg://", 1)
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    # pool_pre_ping: a connection that died with a server restart is replaced on checkout, not handed to a
+    # request; connect_timeout: an unreachable server fails a try in seconds, not minutes.
+    return create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        connect_args={"connect_timeout": 5},
+    )
+
+
+def _unavailable(exc: DBAPIError, sqlite: bool) -> bool:
+    """Whether ``exc`` says the database is out of reach for now (worth another try), not that the SQL is wrong."""
+    if sqlite:  # a file that stays locked past the busy timeout
+        return isinstance(exc, OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
+    return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
+
+
+def _where(url: str) -> str:
+    """agent_db's backend, host and database for messages; never the user or password."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return f"sqlite {parsed.database}"
+    return f"{parsed.get_backend_name()} {parsed.host or 'localhost'}:{parsed.port or 5432}/{parsed.database}"
+
+
+Owner = TypeVar("Owner")
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def idempotent(method: Callable[Concatenate[Owner, P], R]) -> Callable[Concatenate[Owner, P], R]:
+    """Retry ``method`` (one whole transaction) while agent_db is unavailable, within its store's ``retry_s``.
+
+    Only for operations that may run twice: after a commit whose answer was lost, the second run must find
+    the work done and do nothing more (no second audit row, no second lease).
+    """
+
+    @functools.wraps(method)
+    def retried(self: Owner, *args: P.args, **kwargs: P.kwargs) -> R:
+        store: AgentStore = self if isinstance(self, AgentStore) else self.store  # type: ignore[attr-defined]
+        return store.retrying(lambda: method(self, *args, **kwargs))
+
+    return retried
 
 
 @dataclass(frozen=True)
@@ -346,8 +401,11 @@ def _rollout(row: RolloutRow, progress: RolloutProgressRow | None = None) -> Rol
 class AgentStore:
     """The agent registry in agent_db."""
 
-    def __init__(self, url: str, *, create: bool = True, pool_size: int = 10) -> None:
+    def __init__(self, url: str, *, create: bool = True, pool_size: int = 10, retry_s: float = 5.0) -> None:
+        """``retry_s``: how long an idempotent operation keeps retrying while agent_db does not answer."""
         self.url = url
+        self.where = _where(url)
+        self.retry_s = retry_s
         self.engine = make_engine(url, pool_size=pool_size)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.is_postgres = self.engine.dialect.name == "postgresql"
@@ -364,10 +422,35 @@ class AgentStore:
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        with self._local_lock, self.sessions() as session, session.begin():
-            yield session
+        """One transaction; ``AgentStoreUnavailable`` (naming agent_db) when the database does not answer."""
+        try:
+            with self._local_lock, self.sessions() as session, session.begin():
+                yield session
+        except DBAPIError as exc:
+            if not _unavailable(exc, sqlite=not self.is_postgres):
+                raise
+            reason = str(exc.orig or exc).strip().splitlines()[0][:300]
+            raise AgentStoreUnavailable(
+                f"agent_db ({self.where}) is unavailable: {reason}. Retry shortly; if it persists, check the "
+                "database server."
+            ) from exc
+
+    def retrying(self, work: Callable[[], R]) -> R:
+        """``work()``, tried again with jittered backoff while agent_db is unavailable, for ``retry_s`` at most."""
+        deadline = time.monotonic() + self.retry_s
+        delay = 0.05
+        while True:
+            try:
+                return work()
+            except AgentStoreUnavailable as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("%s; retrying in %.2f s", exc, delay)
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 1.0)
 
     # --- agents -----------------------------------------------------------------------------------------
+    @idempotent
     def register(self, spec: AgentSpec, actor: str) -> AgentRecord:
         """Add a version in state draft; registering the identical spec again is a no-op (idempotent)."""
         body = spec.model_dump(mode="json")
@@ -393,6 +476,7 @@ class AgentStore:
                                 actor=actor, reason="registered", at=now))  # fmt: skip
             return _record(new)
 
+    @idempotent
     def get(self, name: str, version: str) -> AgentRecord:
         with self.transaction() as s:
             row = s.scalars(
@@ -402,6 +486,7 @@ class AgentStore:
                 raise AgentNotFound(f"No agent {name}@{version}; list versions with GET /v1/agents/{name}.")
             return _record(row)
 
+    @idempotent
     def versions(self, name: str) -> list[AgentRecord]:
         with self.transaction() as s:
             rows = s.scalars(select(AgentRow).where(AgentRow.name == name).order_by(AgentRow.id)).all()
@@ -409,6 +494,7 @@ class AgentStore:
             raise AgentNotFound(f"No agent named {name!r}; register it with POST /v1/agents.")
         return [_record(r) for r in rows]
 
+    @idempotent
     def list_agents(self, state: LifecycleState | None = None, skill: str | None = None) -> list[AgentRecord]:
         with self.transaction() as s:
             query = select(AgentRow).order_by(AgentRow.name, AgentRow.id)
@@ -417,6 +503,7 @@ class AgentStore:
             records = [_record(r) for r in s.scalars(query).all()]
         return [r for r in records if skill is None or skill in r.spec.skills]
 
+    @idempotent
     def transition(
         self,
         name: str,
@@ -449,6 +536,7 @@ class AgentStore:
                                   actor=actor, reason=reason, at=now))  # fmt: skip
         return _record(row)
 
+    @idempotent
     def transitions(self, name: str, version: str | None = None) -> list[Transition]:
         with self.transaction() as s:
             query = select(TransitionRow).where(TransitionRow.name == name).order_by(TransitionRow.id)
@@ -459,6 +547,7 @@ class AgentStore:
                 for t in s.scalars(query).all()
             ]
 
+    @idempotent
     def record_health(self, name: str, version: str, healthy: bool, detail: str) -> None:
         with self.transaction() as s:
             row = s.scalars(
@@ -469,6 +558,7 @@ class AgentStore:
             row.healthy, row.health_detail, row.health_at = healthy, detail[:2000], utcnow()
 
     # --- rollouts ---------------------------------------------------------------------------------------
+    @idempotent
     def active_rollouts(self) -> dict[str, Rollout]:
         """Running rollouts with their progress: one query, what a router replica reads on refresh."""
         with self.transaction() as s:
@@ -479,6 +569,7 @@ class AgentStore:
             ).all()
             return {r.agent: _rollout(r, p) for r, p in rows}
 
+    @idempotent
     def rollout(self, name: str) -> Rollout:
         """The latest rollout of ``name``, running or ended, with its evidence and decision."""
         with self.transaction() as s:
@@ -656,6 +747,7 @@ class AgentStore:
         return row
 
     # --- graphs -----------------------------------------------------------------------------------------
+    @idempotent
     def save_graph(self, coordination: Coordination) -> None:
         with self.transaction() as s:
             row = s.get(GraphRow, coordination.name, with_for_update=True)
@@ -665,6 +757,7 @@ class AgentStore:
             else:
                 row.graph, row.updated_at = body, utcnow()
 
+    @idempotent
     def graph(self, name: str) -> Coordination:
         with self.transaction() as s:
             row = s.get(GraphRow, name)
@@ -674,6 +767,7 @@ class AgentStore:
                 )
             return Coordination.model_validate(row.graph)
 
+    @idempotent
     def graphs(self) -> list[Coordination]:
         with self.transaction() as s:
             return [Coordination.model_validate(r.graph) for r in s.scalars(select(GraphRow)).all()]

@@ -47,18 +47,28 @@ class RunningAgents:
     url: str
     invoke_token: str = INVOKE_TOKEN
     admin_token: str = ADMIN_TOKEN
+    process: subprocess.Popen[bytes] | None = None
+    log: Path | None = None  # the process's stdout and stderr
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log is not None and self.log.exists() else ""
 
     def headers(self, role: str = "admin") -> dict[str, str]:
         return {"Authorization": f"Bearer {self.admin_token if role == 'admin' else self.invoke_token}"}
 
 
 @contextmanager
-def running_agent_service(workdir: Path, **env: str) -> Iterator[RunningAgents]:
+def running_agent_service(
+    workdir: Path, *args: str, database_url: str | None = None, **env: str
+) -> Iterator[RunningAgents]:
     """``aicml agents serve`` as a real process on loopback (cwd and AIC_HOME in ``workdir``).
 
     Invokers send INVOKE_TOKEN, administrators ADMIN_TOKEN; python agents only from ``testagents``
-    unless ``env`` says otherwise.
+    unless ``env`` says otherwise. agent_db: ``database_url``, default a SQLite file in ``workdir``.
+    ``args`` go to ``serve`` (``--drain-seconds 0`` unless given, so stopping it takes no drain delay).
     """
+    if "--drain-seconds" not in args:
+        args = ("--drain-seconds", "0", *args)
     port = free_port()
     full = {**os.environ, "AIC_AGENTS_TOKEN": INVOKE_TOKEN, "AIC_AGENTS_ADMIN_TOKEN": ADMIN_TOKEN,
             "AIC_AGENTS_TRACING": "false", "AIC_AGENTS_PYTHON_MODULES": "testagents",
@@ -70,11 +80,14 @@ def running_agent_service(workdir: Path, **env: str) -> Iterator[RunningAgents]:
     full["AIC_AGENTS_REMOTE_TOKENS"] = full.get("AIC_AGENTS_REMOTE_TOKENS", "{}").replace(
         "{self}", f"127.0.0.1:{port}"
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "aicml.agents.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-         "--database-url", f"sqlite:///{workdir / 'agent_db.sqlite'}"],
-        env=full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=workdir,
-    )  # fmt: skip
+    # A file, not a pipe: a pipe nobody reads fills up and blocks the service on its next log line.
+    log = workdir / f"agents-{port}.log"
+    with log.open("wb") as out:  # the child keeps its own descriptor
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "aicml.agents.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+             "--database-url", database_url or f"sqlite:///{workdir / 'agent_db.sqlite'}", *args],
+            env=full, stdout=out, stderr=subprocess.STDOUT, cwd=workdir,
+        )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -84,14 +97,19 @@ def running_agent_service(workdir: Path, **env: str) -> Iterator[RunningAgents]:
                     break
             except httpx.TransportError:
                 pass
-            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+            assert proc.poll() is None, log.read_text(errors="replace")
             time.sleep(0.2)
         else:
             pytest.fail("agent service did not answer /healthz within 60 s")
-        yield RunningAgents(url)
+        yield RunningAgents(url, process=proc, log=log)
     finally:
-        proc.terminate()
-        proc.wait(10)
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
 
 
 @pytest.fixture(scope="session")
