@@ -434,6 +434,7 @@ class FittedSklearn:
             sk_model=self.pipeline,
             name=name,
             # skops format (no arbitrary pickle); these are our own and scikit-learn's types.
+            serialization_format="skops",
             skops_trusted_types=SKOPS_TRUSTED_TYPES,
             signature=_signature(self, input_example),
             input_example=input_example,
