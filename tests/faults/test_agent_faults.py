@@ -38,7 +38,9 @@ def _load_agents_conftest() -> Any:
     return module
 
 
-running_agent_service = _load_agents_conftest().running_agent_service
+_agents_conftest = _load_agents_conftest()
+running_agent_service = _agents_conftest.running_agent_service
+pg_agent_db = _agents_conftest.pg_agent_db  # a fresh agent_db on the shared server (never restarted here)
 
 
 # --- helpers ----------------------------------------------------------------------------------------------
@@ -158,24 +160,13 @@ def lease_rows(url: str, where: str = "TRUE", *params: Any) -> list[tuple[Any, .
         ).fetchall()
 
 
-@pytest.fixture
-def agent_db(postgres: Any) -> Iterator[str]:
-    """A fresh agent_db on the shared PostgreSQL server (never restarted by these tests)."""
-    if postgres is None:
-        pytest.skip("no PostgreSQL here")
-    name = postgres.create_database("aic_agent_faults")
-    try:
-        yield postgres.url(name)
-    finally:
-        postgres.drop_database(name)
-
-
 # --- SIGTERM under load -----------------------------------------------------------------------------------
 
 DRAIN_S, GRACE_S = 2.0, 10.0
 
 
-def test_sigterm_under_load_drains_releases_leases_and_exits_zero(agent_db: str, tmp_path: Path) -> None:
+def test_sigterm_under_load_drains_releases_leases_and_exits_zero(pg_agent_db: str, tmp_path: Path) -> None:
+    agent_db = pg_agent_db
     name, capacity, delay, clients = "slow-drain", 4, 0.4, 16
     with running_agent_service(
         tmp_path, "--drain-seconds", str(DRAIN_S), "--grace-seconds", str(GRACE_S), database_url=agent_db
@@ -258,7 +249,8 @@ def test_sigterm_under_load_drains_releases_leases_and_exits_zero(agent_db: str,
 MARGIN_S = 2.0  # AIC_AGENTS_LEASE_MARGIN_S of these tests; in production 30 s
 
 
-def test_replica_killed_holding_leases_frees_them_within_the_ttl(agent_db: str, tmp_path: Path) -> None:
+def test_replica_killed_holding_leases_frees_them_within_the_ttl(pg_agent_db: str, tmp_path: Path) -> None:
+    agent_db = pg_agent_db
     name, capacity, delay, timeout_s = "slow-kill", 3, 2.0, 3.0
     ttl = timeout_s + MARGIN_S  # timeout x (1 + retries) + backoff x retries + margin; retries=0 here
     env = {"AIC_AGENTS_LEASE_MARGIN_S": str(MARGIN_S)}
