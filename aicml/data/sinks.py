@@ -15,6 +15,7 @@ run commits the partition and the others add nothing and remove the files they s
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -33,6 +34,7 @@ import pandas as pd
 from aicml.data.safety import check_identifier, check_table_name
 from aicml.durable import fsync_dir, fsync_file, publish, write_durably
 from aicml.errors import ConfigurationError, SourceError
+from aicml.retry import is_unreachable, retry_idempotent
 
 LEDGER_TABLE = "aic_ingest_batches"
 PARQUET_CODEC = "snappy"
@@ -95,10 +97,47 @@ def write_parquet_atomic(
                 if on_row_group is not None:
                     on_row_group(number)
         publish(tmp, target)
+    except OSError as exc:
+        raise write_failed(exc, target) from exc
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return target
+
+
+def write_failed(exc: OSError, path: Path) -> SourceError:
+    """A write that failed (the disk filled up, a volume went read-only), naming the file and the
+    cause; the caller has removed what it half wrote, so a rerun after the fix starts clean."""
+    full = exc.errno == errno.ENOSPC or os.strerror(errno.ENOSPC) in str(exc)
+    cause = os.strerror(errno.ENOSPC) if full else (os.strerror(exc.errno) if exc.errno else str(exc))
+    return SourceError(
+        f"Writing {path} failed: {cause} ({exc}). Nothing partial was published; "
+        + ("free space on that volume, then " if full else "fix it, then ")
+        + "run the load again: committed partitions are skipped."
+    )
+
+
+def move_into(src: Path, dst: Path) -> None:
+    """Rename ``src`` to ``dst``; across filesystems (staging on another volume than the dataset),
+    copy to a temporary sibling of ``dst``, fsync it and rename that, so ``dst`` is whole or absent."""
+    try:
+        os.replace(src, dst)
+        return
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise write_failed(exc, dst) from exc
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=".tmp-", suffix=".parquet")
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        fsync_file(tmp)
+        os.replace(tmp, dst)
+    except OSError as exc:
+        raise write_failed(exc, dst) from exc
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    src.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -183,7 +222,7 @@ class ParquetSink:
             for src, dst in moves:
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 fsync_file(src)
-                os.replace(src, dst)
+                move_into(src, dst)
             self._manifests.mkdir(parents=True, exist_ok=True)
             targets = {dst for _, dst in moves}
             directories = sorted({dst.parent for dst in targets})
@@ -198,9 +237,13 @@ class ParquetSink:
             }
             if self.on_commit_point is not None:
                 self.on_commit_point(part.identity)
-            won = write_durably(
-                self._manifests / f"{part.identity}.json", json.dumps(manifest).encode(), once=True
-            )
+            manifest_path = self._manifests / f"{part.identity}.json"
+            try:
+                won = write_durably(manifest_path, json.dumps(manifest).encode(), once=True)
+            except OSError as exc:
+                # The files just moved in are named by no manifest: no reader sees them, and the run
+                # that commits this partition next removes them (below).
+                raise write_failed(exc, manifest_path) from exc
             if won:
                 # Files of this identity that no manifest names: a losing run's, or a crashed run's.
                 for directory in directories:
@@ -379,14 +422,25 @@ class SqlSink:
         """Load every staged partition, and the batch's quarantined rows into the quarantine table,
         in one transaction; returns rows written to the table (0 when the batch was already done)."""
         import pyarrow.dataset as ds
-        import sqlalchemy as sa
 
         files = [p for s in staged for p in _files_of(s.path)]
         bad_files = [p for s in quarantine for p in _files_of(s.path)] if self.quarantine else []
         if not files and not bad_files:
             return 0
         table_data = ds.dataset(files, format="parquet").to_table() if files else None
-        engine = sa.create_engine(self.url)
+        # The batch is one transaction claimed in the ledger: when the server restarts or the
+        # connection drops mid-load, the transaction rolls back and running it again is safe.
+        return retry_idempotent(
+            lambda: self._commit_once(table_data, bad_files, batch_id),
+            server="PostgreSQL" if self.url.startswith("postgresql") else "database",
+            url=self.url,
+            doing=f"loading a batch into {self.table!r} (rolled back; nothing of it was kept)",
+        )
+
+    def _commit_once(self, table_data: Any, bad_files: list[str], batch_id: str) -> int:
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(self.url, pool_pre_ping=True)
         try:
             metadata = sa.MetaData()
             ledger = self._ledger(metadata)
@@ -408,6 +462,8 @@ class SqlSink:
                 )
             return int(table_data.num_rows) if table_data is not None else 0
         except sa.exc.SQLAlchemyError as exc:
+            if is_unreachable(exc):
+                raise  # retried whole by commit
             raise SourceError(f"Loading into {self.table!r} failed: {getattr(exc, 'orig', exc)}") from exc
         finally:
             engine.dispose()

@@ -153,10 +153,7 @@ def evaluate_trial(
         if state == TrialState.COMPLETE and value is None:
             state, error = TrialState.FAIL, "the objective returned no value"
         try:
-            if state == TrialState.COMPLETE:
-                study.tell(trial, value)
-            else:
-                study.tell(trial, state=state)
+            record_result(study, trial, state, value)
         except Exception as exc:  # e.g. failed as stale meanwhile: the study already holds its fate
             error = f"could not record the result: {exc}"
             state = TrialState.FAIL
@@ -184,6 +181,39 @@ def evaluate_trial(
         result = log_trial_run(job.tracking, result)
         result.timings["tracking"] = time.perf_counter() - logging_started
     return result
+
+
+def storage_url(study: optuna.Study) -> str:
+    """The URL of the study's RDB storage (its password is dropped wherever it is shown)."""
+    storage = getattr(study._storage, "_backend", study._storage)
+    return str(getattr(storage, "url", "") or "")
+
+
+def on_storage(study: optuna.Study, call: Callable[[], Any], doing: str) -> Any:
+    """``call`` (a read, a heartbeat, a stale-trial check: safe to repeat) retried with bounded backoff
+    while the study's database does not answer (a restart, a dropped connection); a storage that
+    stays down is reported by name and address (``ServiceUnavailableError``)."""
+    from aicml.retry import retry_idempotent
+
+    return retry_idempotent(call, server="study storage (PostgreSQL)", url=storage_url(study), doing=doing)
+
+
+def record_result(
+    study: optuna.Study, trial: optuna.trial.Trial, state: TrialState, value: float | None
+) -> None:
+    """``tell`` the trial's outcome; repeated when the storage did not answer. A repeat skips a trial
+    already finished: the first attempt may have committed before its connection dropped."""
+    attempts = [0]
+
+    def tell() -> None:
+        attempts[0] += 1
+        again = attempts[0] > 1
+        if state == TrialState.COMPLETE:
+            study.tell(trial, value, skip_if_finished=again)
+        else:
+            study.tell(trial, state=state, skip_if_finished=again)
+
+    on_storage(study, tell, f"recording trial {trial.number} of study {study.study_name!r}")
 
 
 class Executor(Protocol):
@@ -317,12 +347,16 @@ def drive(
         if interval and time.monotonic() - last_stale_check >= interval:
             last_stale_check = time.monotonic()
             with _quiet():
-                optuna.storages.fail_stale_trials(study)
-        read = study.get_trials(deepcopy=False, states=LIVE)
+                on_storage(study, lambda: optuna.storages.fail_stale_trials(study), "failing stale trials")
+        read = on_storage(study, lambda: study.get_trials(deepcopy=False, states=LIVE), "reading the trials")
         stop = _stop_reason(study, budget, started, limit, read)
         live: Sequence[FrozenTrial] | None = read
         while stop is None and len(pending) < parallel:
-            trial = claim_trial(study, limit, space, live)
+            # A claim that did not reach the database is made again; one whose commit was lost in
+            # transit stays RUNNING without a heartbeat (never seen stale: the window is one round trip).
+            trial = on_storage(
+                study, functools.partial(claim_trial, study, limit, space, live), "claiming a trial"
+            )
             live = None  # a further claim in this round reads the study again
             if trial is None:
                 break
@@ -345,10 +379,16 @@ def drive(
         if stop is not None:
             reason = stop
             break
-        others = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+        others = on_storage(
+            study,
+            lambda: study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)),
+            "reading the trials",
+        )
         if not others:
             # Another driver may have finished the last trial since this round's read: say so if it did.
-            final = study.get_trials(deepcopy=False, states=LIVE)
+            final = on_storage(
+                study, lambda: study.get_trials(deepcopy=False, states=LIVE), "reading the trials"
+            )
             reason = _stop_reason(study, budget, started, limit, final) or "no trial left to run"
             break
         # Trials of other drivers (or of a dead one, until its heartbeat expires) hold the last slots.

@@ -212,7 +212,14 @@ def heartbeat(storage: RDBStorage, trial_id: int, every_s: float) -> Iterator[No
             with contextlib.suppress(Exception):  # a missed beat is retried on the next tick
                 storage.record_heartbeat(trial_id)
 
-    storage.record_heartbeat(trial_id)
+    from aicml.retry import retry_idempotent
+
+    retry_idempotent(
+        lambda: storage.record_heartbeat(trial_id),
+        server="study storage (PostgreSQL)",
+        url=str(getattr(getattr(storage, "_backend", storage), "url", "")),
+        doing=f"recording the heartbeat of trial {trial_id}",
+    )
     thread = threading.Thread(target=beat, name=f"optuna-heartbeat-{trial_id}", daemon=True)
     thread.start()
     try:
