@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from aicml.errors import ConfigurationError
+from aicml.errors import ConfigurationError, SourceError
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -194,9 +194,27 @@ def _run_partitions(fn: Callable[[T], R], items: Sequence[T], options: ClusterOp
         cluster = KubeCluster(custom_cluster_spec=spec, namespace=options.namespace)
     else:
         raise ConfigurationError(f"Unknown cluster kind {options.kind!r}: use local, kubernetes or sync.")
+    from distributed import KilledWorker
+
     try:
         with Client(cluster) as client:
             futures = client.map(fn, list(items), pure=False)
             return list(client.gather(futures))
+    except KilledWorker as exc:
+        # A partition whose workers kept dying (killed, out of memory): Dask gave it up. Nothing of
+        # the batch was committed; a rerun stages every partition again and commits each once.
+        last = getattr(exc, "last_worker", None)
+        raise SourceError(
+            f"Lost Dask worker {getattr(last, 'address', last) or '?'} (and others before it) while "
+            f"running partition task {exc.task!r}; Dask gave the partition up after "
+            f"{dask_allowed_failures()} workers died running it. Nothing of this batch was committed: "
+            "check the workers' memory (memory_limit) and logs, then run the load again."
+        ) from exc
     finally:
         cluster.close()
+
+
+def dask_allowed_failures() -> int:
+    import dask
+
+    return int(dask.config.get("distributed.scheduler.allowed-failures"))
