@@ -9,13 +9,17 @@ and the command Lightning's DDP launcher starts once per extra rank.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -70,6 +74,8 @@ class TrainingJobResult(BaseModel):
     resumed_from_epoch: int | None
     best_checkpoint_artifact: str | None
     checkpoint_dir: str
+    # Checkpoints that did not load when the job started (named, with why), set aside as <name>.corrupt.
+    discarded_checkpoints: list[str] = Field(default_factory=list)
 
 
 def derive_job_id(prefix: str, **parts: Any) -> str:
@@ -135,6 +141,98 @@ def _write_atomic(path: Path, text: str) -> None:
     write_durably(path, text.encode())
 
 
+def _readable_checkpoint(path: Path) -> str | None:
+    """None when ``path`` loads as a checkpoint (tensors and plain values only), else why not."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or "epoch" not in state or "state_dict" not in state:
+            return "not a Lightning checkpoint (no epoch or state_dict)"
+    except Exception as exc:  # truncated, zeroed, not a zip archive: torch raises several kinds
+        return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    return None
+
+
+def _checkpoint_epoch(path: Path) -> int:
+    import torch
+
+    return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
+
+
+def discard_bad_checkpoints(directory: Path) -> list[str]:
+    """Set aside every checkpoint under ``directory`` that does not load (cut short by a full disk or a
+    crash mid-copy, damaged on the volume), so that a resume starts from a good one.
+
+    A bad ``last.ckpt`` is replaced by the newest good checkpoint left (the best epoch's), or the job
+    starts from epoch 0 when none is left. Bad files are renamed ``<name>.corrupt``, kept to inspect and
+    never loaded again. Returns one line per file set aside, naming it and why.
+    """
+    if not directory.is_dir():
+        return []
+    discarded = []
+    for path in sorted(directory.glob("*.ckpt")):
+        why = _readable_checkpoint(path)
+        if why is not None:
+            os.replace(path, path.with_name(path.name + ".corrupt"))
+            discarded.append(f"{path} ({why})")
+    last = directory / "last.ckpt"
+    if discarded and not last.exists():
+        good = sorted(directory.glob("*.ckpt"), key=_checkpoint_epoch)
+        if good:
+            shutil.copyfile(good[-1], directory / ".last.ckpt.tmp")
+            os.replace(directory / ".last.ckpt.tmp", last)
+    return discarded
+
+
+@contextlib.contextmanager
+def temporary_files_beside(directory: Path) -> Iterator[None]:
+    """Temporary files of this process go under ``directory/.tmp`` while the block runs.
+
+    Lightning saves a checkpoint to a temporary file (fsspec's ``mkstemp()``, in $TMPDIR) and moves it
+    into place; from another filesystem that move is a copy straight onto ``last.ckpt``, which a full
+    disk or a kill cuts short. On the checkpoints' own filesystem it is a rename: whole or absent.
+    """
+    scratch = directory / ".tmp"
+    shutil.rmtree(scratch, ignore_errors=True)  # left by a process that died mid-save
+    scratch.mkdir(parents=True, exist_ok=True)
+    saved = tempfile.tempdir
+    tempfile.tempdir = str(scratch)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = saved
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _no_space(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if (isinstance(current, OSError) and current.errno == errno.ENOSPC) or os.strerror(
+            errno.ENOSPC
+        ) in str(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _fit(spec: TrainingJobSpec, trainer: Any, data: Any, on_epoch: Any, checkpoints: Any) -> Any:
+    """``trainer.fit`` with checkpoints written beside themselves; a full disk is named with its path."""
+    try:
+        with temporary_files_beside(checkpoints.directory):
+            return trainer.fit(data, on_epoch=on_epoch, checkpoints=checkpoints)
+    except Exception as exc:
+        if not _no_space(exc):
+            raise
+        raise TrainingError(
+            f"Training job {spec.job_id!r} could not write its checkpoint under {checkpoints.directory}: "
+            f"{os.strerror(errno.ENOSPC)} ({exc}). The last complete checkpoint is kept; free space "
+            "there (or set another checkpoint_root), then rerun the job: it resumes from that checkpoint."
+        ) from exc
+
+
 def run_training_job(spec: TrainingJobSpec) -> TrainingJobResult | None:
     """Train, resuming from the job's last checkpoint; on rank 0 log one MLflow run and return its result.
 
@@ -148,8 +246,11 @@ def run_training_job(spec: TrainingJobSpec) -> TrainingJobResult | None:
     trainer = make_trainer(spec)
     checkpoints = Checkpointing(directory / "checkpoints")
     if not is_global_zero():
-        trainer.fit(data, on_epoch=None, checkpoints=checkpoints)
+        _fit(spec, trainer, data, None, checkpoints)
         return None
+    discarded = discard_bad_checkpoints(checkpoints.directory)
+    for line in discarded:
+        print(f"aicml: checkpoint {line} does not load; set aside, resuming without it", file=sys.stderr)
 
     import mlflow
 
@@ -186,8 +287,10 @@ def run_training_job(spec: TrainingJobSpec) -> TrainingJobResult | None:
         def on_epoch(epoch: int, total: int, metrics: dict[str, float]) -> None:
             mlflow.log_metrics(metrics, step=epoch)
 
+        if discarded:
+            mlflow.set_tag("aicml.discarded_checkpoints", "; ".join(discarded)[:5000])
         try:
-            fitted = trainer.fit(data, on_epoch=on_epoch, checkpoints=checkpoints)
+            fitted = _fit(spec, trainer, data, on_epoch, checkpoints)
         except TrainingError:
             raise
         except Exception as exc:
@@ -218,6 +321,7 @@ def run_training_job(spec: TrainingJobSpec) -> TrainingJobResult | None:
         resumed_from_epoch=report.resumed_from_epoch,
         best_checkpoint_artifact=best_artifact,
         checkpoint_dir=str(directory),
+        discarded_checkpoints=discarded,
     )
 
 

@@ -136,12 +136,22 @@ def _binary(name: str) -> str:
     return found
 
 
-def _run(command: list[str], env: Mapping[str, str]) -> None:
+def _run(command: list[str], env: Mapping[str, str], writing: Path | None = None) -> None:
     completed = subprocess.run(command, capture_output=True, text=True, check=False, env=dict(env))
     if completed.returncode != 0:
+        into = f" writing {writing}" if writing is not None else ""
         raise BackupError(
-            f"{Path(command[0]).name} failed (exit {completed.returncode}): {completed.stderr.strip()}"
+            f"{Path(command[0]).name} failed{into} (exit {completed.returncode}): {completed.stderr.strip()}"
         )
+
+
+def _write_failed(exc: OSError, path: Path) -> BackupError:
+    """A backup file that could not be written (the disk filled up), by path and cause."""
+    cause = os.strerror(exc.errno) if exc.errno else str(exc)
+    return BackupError(
+        f"Writing {path} failed: {cause}. The backup was not published (its .partial directory "
+        "was removed); free space there or choose another --output, then run the backup again."
+    )
 
 
 def _check_identifier(database: str) -> str:
@@ -191,9 +201,13 @@ def _dump_one(server: Server, database: str, target: Path) -> DatabaseDump:
                 f"--dbname={server.url(database)}",
             ],
             server.env(),
+            writing=target,
         )
         connection.rollback()
-    fsync_file(target)  # on the disk before the manifest that lists it
+    try:
+        fsync_file(target)  # on the disk before the manifest that lists it
+    except OSError as exc:
+        raise _write_failed(exc, target) from exc
     return DatabaseDump(database, target.name, _sha256(target), target.stat().st_size, counts)
 
 
@@ -223,9 +237,12 @@ def backup_databases(
             manifest.databases.append(
                 _dump_one(server, _check_identifier(database), partial / f"{database}.dump")
             )
-        fsync_dir(partial)
-        manifest.write(partial)
-        publish(partial, final)
+        try:
+            fsync_dir(partial)
+            manifest.write(partial)
+            publish(partial, final)
+        except OSError as exc:
+            raise _write_failed(exc, partial / MANIFEST) from exc
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -249,7 +266,16 @@ def prune_backups(output: Path, retention_days: int, *, now: datetime | None = N
 
 
 def latest_backup(path: Path) -> Path:
-    """`path` itself when it is a backup, else its newest complete backup."""
+    """`path` itself when it is a backup, else its newest complete backup.
+
+    A `.partial` directory is never one, even with a manifest in it: its backup was interrupted (the
+    process killed, the disk full) before it was published, and a dump in it may be missing or cut short.
+    """
+    if path.name.endswith(".partial"):
+        raise BackupError(
+            f"{path} is an incomplete backup (.partial: interrupted before it was published); refusing "
+            f"to restore from it. Restore from a complete backup under {path.parent}, or run `aicml backup` again."
+        )
     if (path / MANIFEST).is_file():
         return path
     candidates = sorted(p for p in path.glob("*") if _STAMP.match(p.name) and (p / MANIFEST).is_file())

@@ -1,0 +1,239 @@
+"""The disk fills up mid-write: an ingest, a training checkpoint, a backup.
+
+The full disk is real: an 8 MiB tmpfs mounted for the test (``small_disk`` in conftest.py; we run as
+root in a container, where mounting one is allowed, else the tests skip saying so) and filled with a
+ballast file at a chosen point of the run, so every later write fails with ENOSPC from the kernel. No
+write is patched. Each case: the error names "No space left on device" and the path, no reader sees a
+partial file, and after the ballast is removed a rerun completes with nothing lost or duplicated.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pyarrow.parquet as pq
+import pytest
+from fault_helpers import write_id_sources
+
+from aicml.data.connectors import FileConnector
+from aicml.data.integration import IngestJob, run_ingest
+from aicml.data.parallel import ClusterOptions
+from aicml.data.sinks import ParquetSink
+from aicml.data.transforms import TransformSpec
+from aicml.errors import SourceError, TrainingError
+
+NO_SPACE = "No space left on device"
+FILES, ROWS = 4, 2_000
+
+
+def ingest_job(src: Path, sink: ParquetSink, work: Path) -> IngestJob:
+    return IngestJob(
+        "events",
+        FileConnector(str(src / "*.csv")),
+        sink,
+        str(work),
+        transform=TransformSpec(key=("id",)),
+        cluster=ClusterOptions(kind="sync"),
+    )
+
+
+def check_sink(root: Path, expected: set[int] | None) -> set[int]:
+    """Manifests name only whole files and every visible file is named; returns the ids read, each
+    once (equal to ``expected`` when given)."""
+    named: set[Path] = set()
+    for manifest in (root / "_manifests").glob("*.json") if (root / "_manifests").is_dir() else []:
+        entry = json.loads(manifest.read_text())
+        files = {root / f for f in entry["files"]}
+        assert sum(pq.ParquetFile(f).metadata.num_rows for f in files) == entry["rows"], manifest
+        named |= files
+    assert set(root.rglob("*.parquet")) - named <= set(root.rglob("part-*.parquet")), (
+        "a temporary file is left"
+    )
+    frame = ParquetSink(str(root)).read()
+    ids = frame["id"].astype(int).tolist() if len(frame) else []
+    assert len(ids) == len(set(ids)), f"{len(ids) - len(set(ids))} rows twice"
+    if expected is not None:
+        assert set(ids) == expected, f"{len(expected - set(ids))} rows lost"
+    return set(ids)
+
+
+@pytest.mark.parametrize("where", ["staging", "commit"])
+def test_disk_full_during_an_ingest(small_disk: Any, tmp_path: Path, where: str) -> None:
+    """The load's work directory and its Parquet dataset on the small disk. ``staging``: it fills while
+    the third partition is written (nothing of the batch is committed); ``commit``: it fills between the
+    second partition's files and its manifest (the first partition is committed, the second is not)."""
+    src = tmp_path / "landing"
+    expected = write_id_sources(src, FILES, ROWS)
+    work, out = small_disk.root / "work", small_disk.root / "out"
+    staged: list[int] = []
+    committed: list[str] = []
+
+    def fill_while_staging(number: int) -> None:
+        if number == 0:
+            staged.append(number)
+            if len(staged) == 3:
+                small_disk.fill()
+
+    def fill_at_commit(identity: str) -> None:
+        committed.append(identity)
+        if len(committed) == 2:
+            small_disk.fill()
+
+    hooks: dict[str, Any] = (
+        {"row_group_rows": 500, "on_row_group": fill_while_staging}
+        if where == "staging"
+        else {"on_commit_point": fill_at_commit}
+    )
+    with pytest.raises(SourceError) as raised:
+        run_ingest(ingest_job(src, ParquetSink(str(out), **hooks), work))
+    message = str(raised.value)
+    assert NO_SPACE in message and str(small_disk.root) in message, message
+    landed = check_sink(out, None)  # readers see whole partitions only
+    assert len(landed) == (0 if where == "staging" else ROWS), len(landed)
+    assert not list(out.rglob(".tmp-*")), "a half-written file is left in the dataset"
+
+    small_disk.free()
+    report = run_ingest(ingest_job(src, ParquetSink(str(out)), work))
+    assert report.committed_rows == len(expected) - len(landed)
+    check_sink(out, expected)
+    assert set(out.rglob("*.parquet")) == {
+        out / f for m in (out / "_manifests").glob("*.json") for f in json.loads(m.read_text())["files"]
+    }, "files of the interrupted commit were not removed"
+
+
+# Training: a digits CNN whose checkpoints live on the small disk.
+
+MAX_EPOCHS = 4
+
+
+def _epoch_of(path: Path) -> int | None:
+    import torch
+
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
+    except Exception:
+        return None
+
+
+@pytest.mark.slow  # two training processes (torch, Lightning, MLflow imports): about a minute
+def test_disk_full_during_a_training_checkpoint(
+    small_disk: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow
+
+    from aicml.models.jobs import TrainingJobSpec, job_directory, run_training_process
+    from aicml.models.options import TrainerOptions
+
+    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root (./mlruns) lands here
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = TrainingJobSpec(
+        job_id="digits-disk-full",
+        family="digits",
+        options=TrainerOptions(
+            max_epochs=MAX_EPOCHS, batch_size=48, accelerator="cpu", progress_bar=False, learning_rate=3e-3
+        ),
+        seed=3,
+        checkpoint_root=str(small_disk.root / "checkpoints"),
+        tracking_uri=tracking,
+        experiment="disk-full",
+        system_metrics=False,
+    )
+    checkpoints = job_directory(spec) / "checkpoints"
+    filled: list[int] = []
+
+    def fill_after_first_epoch() -> None:
+        """On the checkpoint file event (epoch 0's last.ckpt renamed into place), freeze the training
+        process (SIGSTOP: no timing race with a fast epoch), fill the disk, and let it go on."""
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if (checkpoints / "last.ckpt").exists():
+                child = next(
+                    c
+                    for c in psutil.Process().children(recursive=True)
+                    if "aicml.models.jobs" in " ".join(c.cmdline())
+                )
+                child.send_signal(signal.SIGSTOP)
+                try:
+                    small_disk.fill()
+                    filled.append(_epoch_of(checkpoints / "last.ckpt") or 0)
+                finally:
+                    child.send_signal(signal.SIGCONT)
+                return
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=fill_after_first_epoch)
+    watcher.start()
+    with pytest.raises(TrainingError) as raised:
+        run_training_process(spec, tmp_path / "work")
+    watcher.join()
+    message = str(raised.value)
+    assert filled, "the disk was never filled"
+    assert NO_SPACE in message and str(checkpoints) in message, message[-3000:]
+    # Every checkpoint a resume could read is whole: none was cut short by the full disk.
+    visible = sorted(checkpoints.glob("*.ckpt"))
+    assert visible and all(_epoch_of(p) is not None for p in visible), visible
+    epoch_kept = _epoch_of(checkpoints / "last.ckpt")
+    assert epoch_kept is not None and epoch_kept < MAX_EPOCHS - 1
+    assert not (checkpoints / ".tmp").exists() or not list((checkpoints / ".tmp").iterdir())
+
+    small_disk.free()
+    result = run_training_process(spec, tmp_path / "work")
+    assert result.resumed_from_epoch == epoch_kept + 1
+    assert result.epochs == MAX_EPOCHS and not result.discarded_checkpoints
+    client = mlflow.MlflowClient(tracking)
+    history = client.get_metric_history(result.run_id, "val_loss")
+    # Every epoch logged to the job's one run; none lost.
+    assert {m.step for m in history} == set(range(MAX_EPOCHS))
+
+
+# Backup: pg_dump into a backup directory on the small disk (the shared server, a database of its own).
+
+
+def test_disk_full_during_a_backup(small_disk: Any, blob_database: str, tmp_path: Path) -> None:
+    from aicml.stack.backup import MANIFEST, BackupError, backup_databases, restore_database
+
+    server = "postgresql://postgres@127.0.0.1:5432/"
+    output = small_disk.root / "backups"
+    output.mkdir()
+    small_disk.fill()
+    # Leave 512 KiB: the backup starts, then pg_dump runs out of space partway through the dump.
+    with small_disk.ballast.open("r+b") as ballast:
+        ballast.truncate(max(0, small_disk.ballast.stat().st_size - 512 * 1024))
+    with pytest.raises(BackupError) as raised:
+        backup_databases(server, [blob_database], output)
+    message = str(raised.value)
+    assert NO_SPACE in message and str(output) in message, message
+    # Never published: no complete-looking backup, and the partial one is gone.
+    assert not [p for p in output.iterdir() if not p.name.endswith(".partial")], list(output.iterdir())
+    assert not list(output.glob("*/" + MANIFEST))
+
+    small_disk.free()
+    path = backup_databases(server, [blob_database], output)
+    assert (path / MANIFEST).is_file() and not path.name.endswith(".partial")
+    target = f"{blob_database}_back"
+    try:
+        restore_database(path, blob_database, server, target)
+        import psycopg
+
+        with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{target}") as conn:
+            assert conn.execute("SELECT count(*) FROM blobs").fetchone()[0] == 3000
+    finally:
+        subprocess.run(
+            [
+                "psql",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-c",
+                f'DROP DATABASE IF EXISTS "{target}" WITH (FORCE)',
+            ],
+            capture_output=True,
+        )
