@@ -31,17 +31,43 @@ def _last_epoch(path: Path) -> int | None:
         return None
 
 
+def _training_child() -> psutil.Process | None:
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "aicml.models.jobs" in " ".join(child.cmdline()):
+                return child
+        except psutil.Error:
+            continue
+    return None
+
+
 def _kill_after_epoch(checkpoint: Path, epoch: int, killed: list[int], deadline_s: float = 240) -> None:
-    """SIGKILL this process's training child once its last checkpoint is from ``epoch`` or later."""
+    """SIGKILL this process's training child once its last checkpoint is from ``epoch`` or later.
+
+    Driven by the checkpoint file event, not by timing: each epoch's checkpoint replaces
+    ``last.ckpt`` by a rename (a new inode). On the rename that follows the first ``epoch + 1`` saves,
+    the child is frozen at once (SIGSTOP, one cheap ``stat`` per poll), so a loaded machine cannot let
+    it train further while the checkpoint is read; only then is it killed.
+    """
     end = time.monotonic() + deadline_s
+    seen: set[int] = set()
+    child = None
     while time.monotonic() < end:
-        if checkpoint.exists() and (_last_epoch(checkpoint) or -1) >= epoch:
-            for child in psutil.Process().children(recursive=True):
-                if "aicml.models.jobs" in " ".join(child.cmdline()):
+        child = child or _training_child()
+        try:
+            inode = checkpoint.stat().st_ino
+        except FileNotFoundError:
+            inode = None
+        if inode is not None and inode not in seen:
+            seen.add(inode)
+            if len(seen) >= epoch + 1 and child is not None:
+                child.send_signal(signal.SIGSTOP)
+                if (_last_epoch(checkpoint) or -1) >= epoch:
                     os.kill(child.pid, signal.SIGKILL)
                     killed.append(child.pid)
-            return
-        time.sleep(0.05)
+                    return
+                child.send_signal(signal.SIGCONT)  # an earlier save than counted: go on
+        time.sleep(0.005)
 
 
 @pytest.mark.slow  # two training processes (one killed): over a minute on a busy 2-core machine
