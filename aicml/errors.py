@@ -75,3 +75,28 @@ class RegistryError(AicError):
 
 class StackError(AicError):
     """A local stack service failed to start, stop or answer."""
+
+
+class ServiceUnavailableError(StackError):
+    """A platform server (MLflow, Prefect, PostgreSQL) did not answer within the clients' bounded retries."""
+
+    def __init__(self, server: str, url: str, doing: str, cause: str, flow_run_id: str | None = None) -> None:
+        self.server = server
+        self.url = url
+        self.doing = doing
+        self.cause = cause
+        self.flow_run_id = flow_run_id
+        then = (
+            f"then continue the run with `aicml resume {flow_run_id}`"
+            if flow_run_id
+            else "then run it again (a deployment run: `aicml resume <flow-run-id>`)"
+        )
+        super().__init__(
+            f"The {server} server at {url} did not answer while {doing}; gave up after the bounded retries "
+            f"({cause}). Check it with `aicml status` (start what is down with `aicml up`), {then}: "
+            "completed stages are reused, and a half-done model registration is finished, not repeated."
+        )
+
+    def __reduce__(self) -> tuple[type[ServiceUnavailableError], tuple[str, str, str, str, str | None]]:
+        # Prefect pickles exceptions into failed states; keep the structured fields.
+        return (ServiceUnavailableError, (self.server, self.url, self.doing, self.cause, self.flow_run_id))

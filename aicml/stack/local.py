@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import sys
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aicml.errors import StackError
+from aicml.retry import CLIENT_RETRY_ENV, retry_idempotent
 from aicml.stack.automations import HEARTBEAT_SECONDS
 from aicml.stack.processes import ServiceSpec, healthy, read_pid, start, stop
 from blocks.settings import AicSettings
@@ -24,7 +26,11 @@ def _bin(name: str) -> str:
 
 
 def ensure_postgres_database(admin_url: str, name: str) -> None:
-    """Create database ``name`` on the server of ``admin_url`` unless it exists (identifier quoted)."""
+    """Create database ``name`` on the server of ``admin_url`` unless it exists (identifier quoted).
+
+    Retried while the server does not answer (a restart): the check-then-create is safe to repeat,
+    and a create that lost its answer shows up as an existing database the next time.
+    """
     import psycopg
     from psycopg import sql
 
@@ -32,11 +38,17 @@ def ensure_postgres_database(admin_url: str, name: str) -> None:
         "postgresql+asyncpg://", "postgresql://"
     )
     base = conninfo.rsplit("/", 1)[0] + "/postgres"
-    try:
+
+    def create() -> None:
         with psycopg.connect(base, autocommit=True, connect_timeout=5) as conn:
             exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
             if not exists:
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+                # Created meanwhile, or by the attempt whose answer was lost: done all the same.
+                with contextlib.suppress(psycopg.errors.DuplicateDatabase):
+                    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+    try:
+        retry_idempotent(create, server="PostgreSQL", url=base, doing=f"creating database {name!r}")
     except psycopg.OperationalError as exc:
         raise StackError(f"Cannot reach PostgreSQL at {base.split('@')[-1]}: {exc}") from exc
 
@@ -118,6 +130,9 @@ class LocalStack:
             "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS),
             # Persisted task results (resume skips completed stages) live with the stack.
             "PREFECT_LOCAL_STORAGE_PATH": str(self.home / "prefect" / "storage"),
+            # Bounded client retries: a server restart is ridden out, one that stays down is reported
+            # after about a minute (aicml/retry.py says how the numbers add up).
+            **CLIENT_RETRY_ENV,
         }
         auth = self.auth_string()
         if auth is not None:
