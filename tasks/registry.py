@@ -25,6 +25,7 @@ from aicml.registry.promotion import (
     register_challenger,
 )
 from aicml.registry.scoring import score_model_on
+from aicml.retry import reporting_unreachable
 from tasks.context import settings
 from tasks.policies import fail_if_injected, retry_unless_aic_error
 
@@ -80,8 +81,10 @@ def register_best(outcome: TrainingOutcome, model_name: str, fingerprint: str) -
     fail_if_injected("register")
     _use_registry()
     _remember("model_name", model_name)
-    _remember("previous_challenger", alias_version(model_name, CHALLENGER))
-    version = register(outcome, model_name, fingerprint)
+    # Idempotent (see register_challenger): after an outage, `aicml resume` finishes this version.
+    with reporting_unreachable("MLflow", settings().tracking_uri, f"registering {model_name!r}"):
+        _remember("previous_challenger", alias_version(model_name, CHALLENGER))
+        version = register(outcome, model_name, fingerprint)
     _remember("version", version.version)
     get_run_logger().info(
         "Registered %s version %s (%s) as challenger", model_name, version.version, outcome.best.name
@@ -107,10 +110,11 @@ def promote_model(
 ) -> PromotionDecision:
     """Move ``champion`` only if the challenger beats it by ``margin``; say why in a markdown artifact."""
     _use_registry()
-    previous = alias_version(version.name, CHAMPION)
-    _remember("model_name", version.name)
-    _remember("previous_champion", previous)
-    decision = promote(version, outcome, target, margin)
+    with reporting_unreachable("MLflow", settings().tracking_uri, f"promoting {version.name!r}"):
+        previous = alias_version(version.name, CHAMPION)
+        _remember("model_name", version.name)
+        _remember("previous_champion", previous)
+        decision = promote(version, outcome, target, margin)
     try:
         create_markdown_artifact(
             markdown=decision.markdown(),

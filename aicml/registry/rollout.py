@@ -14,6 +14,7 @@ from typing import Any
 from aicml.errors import RegistryError
 from aicml.registry.canary import AuditRecord, append_audit, read_audit
 from aicml.registry.promotion import CHALLENGER, CHAMPION, champion_version
+from aicml.retry import is_unreachable, reporting_unreachable
 
 __all__ = ["PREVIOUS", "ROLLOUT_TAG", "AuditRecord", "append_audit", "apply_decision", "read_audit"]
 
@@ -31,37 +32,44 @@ def apply_decision(
     audit_path: Path,
 ) -> AuditRecord:
     """Move aliases for ``action`` (promote, rollback, hold) on version ``version`` of ``name``."""
+    import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     if action not in ("promote", "rollback", "hold"):
         raise RegistryError(f"Unknown rollout action {action!r}; use promote, rollback or hold.")
-    client = MlflowClient()
-    before = champion_version(name)
-    try:
-        if action == "promote":
-            if before is not None and before != version:
-                client.set_registered_model_alias(name, PREVIOUS, before)
-            client.set_registered_model_alias(name, CHAMPION, version)
-            _drop_alias_if_on(client, name, CHALLENGER, version)
-        elif action == "rollback":
-            _drop_alias_if_on(client, name, CHALLENGER, version)
-        client.set_model_version_tag(name, version, ROLLOUT_TAG, action)
-    except MlflowException as exc:
-        raise RegistryError(f"Cannot apply {action} to {name!r} version {version}: {exc.message}") from exc
-    record = AuditRecord(
-        model=name,
-        version=version,
-        action=action,
-        reason=reason,
-        actor=actor,
-        evidence=evidence,
-        previous_champion=before,
-        champion_after=champion_version(name),
-    )
-    client.set_model_version_tag(
-        name, version, f"{ROLLOUT_TAG}.{record.id}", json.dumps(record.as_dict(), default=str)[:4900]
-    )
+    # Every step is safe to repeat: after a registry outage the same decision is simply applied again.
+    with reporting_unreachable(
+        "MLflow", mlflow.get_registry_uri(), f"applying {action} to {name!r} {version}"
+    ):
+        client = MlflowClient()
+        before = champion_version(name)
+        try:
+            if action == "promote":
+                if before is not None and before != version:
+                    client.set_registered_model_alias(name, PREVIOUS, before)
+                client.set_registered_model_alias(name, CHAMPION, version)
+                _drop_alias_if_on(client, name, CHALLENGER, version)
+            elif action == "rollback":
+                _drop_alias_if_on(client, name, CHALLENGER, version)
+            client.set_model_version_tag(name, version, ROLLOUT_TAG, action)
+        except MlflowException as exc:
+            raise RegistryError(
+                f"Cannot apply {action} to {name!r} version {version}: {exc.message}"
+            ) from exc
+        record = AuditRecord(
+            model=name,
+            version=version,
+            action=action,
+            reason=reason,
+            actor=actor,
+            evidence=evidence,
+            previous_champion=before,
+            champion_after=champion_version(name),
+        )
+        client.set_model_version_tag(
+            name, version, f"{ROLLOUT_TAG}.{record.id}", json.dumps(record.as_dict(), default=str)[:4900]
+        )
     append_audit(audit_path, record)
     return record
 
@@ -71,7 +79,9 @@ def _drop_alias_if_on(client: Any, name: str, alias: str, version: str) -> None:
 
     try:
         current = str(client.get_model_version_by_alias(name, alias).version)
-    except MlflowException:
+    except MlflowException as exc:
+        if is_unreachable(exc):
+            raise
         return
     if current == version:
         client.delete_registered_model_alias(name, alias)
