@@ -24,6 +24,7 @@ from aicml.models.options import TrainerOptions
 from aicml.models.training import ProgressHook, TrainingOutcome
 from aicml.observability.metrics import TRAINING_JOBS
 from aicml.registry.tracking import use_tracking
+from aicml.retry import reporting_unreachable
 from tasks.context import data_dir, settings
 
 OUTCOME_ARTIFACT = "training/outcome.json"
@@ -81,21 +82,27 @@ def train_frame(
     trainers: list[Trainer] = [LightningTabularTrainer(options)]
     if options.baseline:
         trainers.append(SklearnTrainer())
-    use_tracking(settings().tracking_uri, experiment)
+    tracking_uri = settings().tracking_uri
     try:
-        with (
-            mlflow.start_run(run_id=parent_run_id) if parent_run_id else mlflow.start_run(run_name="training")
-        ):
-            outcome = train_candidates(
-                frame,
-                target,
-                problem,
-                trainers,
-                seed,
-                data_dir("splits"),
-                tags={"aicml.validated": validated_path},
-                progress=progress,
-            )
+        # MLflow's client rides out a short outage (aicml/retry.py); a longer one ends the run with an
+        # error that names the server and says to resume.
+        with reporting_unreachable("MLflow", tracking_uri, "logging the training run"):
+            use_tracking(tracking_uri, experiment)
+            with (
+                mlflow.start_run(run_id=parent_run_id)
+                if parent_run_id
+                else mlflow.start_run(run_name="training")
+            ):
+                outcome = train_candidates(
+                    frame,
+                    target,
+                    problem,
+                    trainers,
+                    seed,
+                    data_dir("splits"),
+                    tags={"aicml.validated": validated_path},
+                    progress=progress,
+                )
     except Exception:
         TRAINING_JOBS.labels(outcome="failure").inc()
         raise
@@ -200,7 +207,8 @@ def train_validated(
     get_run_logger().info("Candidates: %s", {c.name: c.metrics for c in outcome.candidates})
     if parent_run_id:
         # The caller may run on other infrastructure: MLflow is the store both sides reach.
-        mlflow.MlflowClient().log_dict(parent_run_id, dataclasses.asdict(outcome), OUTCOME_ARTIFACT)
+        with reporting_unreachable("MLflow", settings().tracking_uri, "recording the training outcome"):
+            mlflow.MlflowClient().log_dict(parent_run_id, dataclasses.asdict(outcome), OUTCOME_ARTIFACT)
     return outcome
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from uuid import UUID
 
 from aicml.errors import ConfigurationError
+from aicml.retry import reporting_unreachable
 
 RESUMABLE = {"FAILED", "CRASHED", "CANCELLED"}
 
@@ -41,6 +42,10 @@ async def _prepare(flow_run_id: UUID) -> tuple[str, dict[str, Any]]:
 def resume_flow_run(flow_run_id: UUID, timeout: float = 3600) -> Any:
     """Start the resumed run, wait for it, and return it (its `state` says how it ended)."""
     from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL
 
-    name, parameters = asyncio.run(_prepare(flow_run_id))
-    return run_deployment(name, parameters=parameters, timeout=timeout, tags=[f"resumes:{flow_run_id}"])
+    # Prefect's client retries a server it has reached (aicml/retry.py); one it never reached, or one
+    # that stays down, is reported by name and address.
+    with reporting_unreachable("Prefect", PREFECT_API_URL.value() or "(no PREFECT_API_URL)", "resuming"):
+        name, parameters = asyncio.run(_prepare(flow_run_id))
+        return run_deployment(name, parameters=parameters, timeout=timeout, tags=[f"resumes:{flow_run_id}"])
