@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from aicml.stack.pools import process_base_job_template
 from deployments.templates import POOLS, base_job_template
 
 
@@ -30,7 +31,11 @@ async def _apply(specs: list[PoolSpec]) -> list[tuple[str, str]]:
     done = []
     async with get_client() as client:
         for spec in specs:
-            template = base_job_template(spec.name) if spec.type == "kubernetes" else None  # type: ignore[arg-type]
+            template = (
+                base_job_template(spec.name)  # type: ignore[arg-type]
+                if spec.type == "kubernetes"
+                else process_base_job_template()
+            )
             try:
                 await client.read_work_pool(spec.name)
             except ObjectNotFound:
