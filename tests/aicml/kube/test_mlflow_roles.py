@@ -25,10 +25,13 @@ What MLflow's basic-auth app does not restrict, asserted so that a change in MLf
 * (*) Any authenticated account may create a NEW experiment or registered model, and becomes its
   MANAGE owner: creation is gated only by workspace grants, and the platform runs without workspaces
   (``mlflow/server/auth/__init__.py``: ``_can_create_in_workspace`` is True when workspaces are off).
-  The agents need it (they create ``aic-agents`` for their traces). Nothing the pipeline owns becomes
-  writable through it; the one cost is that a reader could claim a model name before the pipeline
-  first registers it, and then the pipeline's registration fails with 403 (loudly, never silently).
-  A wildcard DENY would close that but also deny reading, so it is not an option.
+  Nothing the pipeline owns becomes writable through it, but a reader could claim a model name before
+  the pipeline first registers it (the pipeline's registration then fails with 403). A wildcard DENY
+  would close that but also deny reading, so the ``mlflow-users`` Job claims the platform's names
+  instead: as the admin it creates each model of ``AIC_MLFLOW_MODELS`` and experiment of
+  ``AIC_MLFLOW_EXPERIMENTS`` and grants MANAGE on it to its one writer (``aic-agents`` to the agents),
+  so a reader's create gets "already exists"; a name another account can already write fails the Job.
+  Only unconfigured names stay open to the first comer.
 * The owner's MANAGE includes granting others rights on what it owns: the pipeline may share its own
   models, not anyone else's, and may not make wildcard grants.
 """
@@ -48,8 +51,16 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from aicml.agents.tracing import MlflowTraceExporter
-from aicml.errors import RegistryError
-from aicml.kube.mlflow_users import Account, ensure_accounts
+from aicml.errors import ConfigurationError, RegistryError
+from aicml.kube.mlflow_users import (
+    DEFAULT_EXPERIMENTS,
+    DEFAULT_MODELS,
+    Account,
+    Claim,
+    claims_from_env,
+    ensure_accounts,
+    ensure_claims,
+)
 from aicml.registry.checksums import (
     CHECKSUM_TAG,
     artifact_digest,
@@ -64,8 +75,12 @@ SERVING = Account("aicml-serving", "serving-password-1")
 AGENTS = Account("aicml-agents", "agents-password-1")
 BACKUP = Account("aicml-backup", "backup-password-1")
 READERS = [SERVING, AGENTS, BACKUP]
+WORKLOADS = {"pipeline": PIPELINE, "serving": SERVING, "agents": AGENTS, "backup": BACKUP}
 MODEL = "churn"
 EXPERIMENT = "churn-training"
+AGENTS_EXPERIMENT = "aic-agents"
+# What the mlflow-users Job claims here: the default models, this module's pipeline experiment.
+JOB_ENV = {"AIC_MLFLOW_EXPERIMENTS": f"{EXPERIMENT},{AGENTS_EXPERIMENT}=agents"}
 ADMIN_MODEL = "made-by-admin"  # owned by nobody but the admin
 
 
@@ -81,6 +96,7 @@ class Registered:
     version: str
     digest: str
     artifact_path: str  # the model's MLmodel file, under the server's artifact proxy
+    claimed: dict[str, str]  # what the mlflow-users Job did before the pipeline's first run
 
 
 def use_mlflow_as(mp: pytest.MonkeyPatch, uri: str, account: Account | None) -> None:
@@ -117,8 +133,10 @@ def log_tiny_model() -> tuple[str, str, str]:
 
 @pytest.fixture(scope="module")
 def registered(auth_server: str, mlflow_admin: Account) -> Iterator[Registered]:
-    """The pipeline's work: experiment, run, model version registered (digest stamped), champion set."""
+    """The mlflow-users Job (accounts, claimed names), then the pipeline's work: experiment, run, model
+    version registered (digest stamped), champion set."""
     ensure_accounts(auth_server, mlflow_admin, [PIPELINE, *READERS])
+    claimed = ensure_claims(auth_server, mlflow_admin, claims_from_env(JOB_ENV, WORKLOADS))
     with pytest.MonkeyPatch.context() as mp:
         use_mlflow_as(mp, auth_server, mlflow_admin)
         MlflowClient().create_registered_model(ADMIN_MODEL)
@@ -133,7 +151,15 @@ def registered(auth_server: str, mlflow_admin: Account) -> Iterator[Registered]:
     assert location.startswith("mlflow-artifacts:/"), location
     artifact_path = f"{location.removeprefix('mlflow-artifacts:').strip('/')}/MLmodel"
     yield Registered(
-        auth_server, mlflow_admin, experiment_id, run_id, model_uri, version.version, digest, artifact_path
+        auth_server,
+        mlflow_admin,
+        experiment_id,
+        run_id,
+        model_uri,
+        version.version,
+        digest,
+        artifact_path,
+        claimed,
     )
 
 
@@ -400,7 +426,7 @@ def test_the_agents_write_traces_to_their_own_experiment_only(
     registered: Registered, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     use_mlflow_as(monkeypatch, registered.uri, AGENTS)
-    exporter = MlflowTraceExporter(registered.uri, "aic-agents", background=False)
+    exporter = MlflowTraceExporter(registered.uri, AGENTS_EXPERIMENT, background=False)
     span = mlflow.start_span_no_context(name="probe", experiment_id=exporter.experiment_id)
     span.end()
     mlflow.flush_trace_async_logging()
@@ -409,6 +435,127 @@ def test_the_agents_write_traces_to_their_own_experiment_only(
     # Serving cannot write into the agents' experiment.
     use_mlflow_as(monkeypatch, registered.uri, SERVING)
     assert refused(lambda: MlflowClient().create_run(exporter.experiment_id)) == 403
+
+
+# --- the names the mlflow-users Job claims -----------------------------------------------------------
+
+
+def test_the_job_claims_the_platforms_names_so_no_reader_can_take_them(
+    registered: Registered, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reg = registered
+    # The Job ran before the pipeline's first run; the pipeline then registered into the admin's model.
+    assert reg.claimed == {
+        f"registered model {MODEL!r}": f"created, MANAGE granted to {PIPELINE.username}",
+        f"experiment {EXPERIMENT!r}": f"created, MANAGE granted to {PIPELINE.username}",
+        f"experiment {AGENTS_EXPERIMENT!r}": f"created, MANAGE granted to {AGENTS.username}",
+    }
+    before = server_state(reg)
+    for reader in (SERVING, AGENTS):
+        use_mlflow_as(monkeypatch, reg.uri, reader)
+        client = MlflowClient()
+        assert refused(lambda client=client: client.create_registered_model(MODEL)) == 400  # exists
+        assert (
+            refused(lambda client=client: client.create_model_version(MODEL, reg.model_uri, reg.run_id))
+            == 403
+        )
+        assert refused(lambda client=client: client.create_experiment(EXPERIMENT)) == 400
+    use_mlflow_as(monkeypatch, reg.uri, SERVING)
+    assert refused(lambda: MlflowClient().create_experiment(AGENTS_EXPERIMENT)) == 400
+    # Rerunning the Job changes nothing: every name exists and its owner keeps MANAGE.
+    again = ensure_claims(reg.uri, reg.admin, claims_from_env(JOB_ENV, WORKLOADS))
+    assert again == {
+        name: f"exists, MANAGE already held by {what.rsplit(' ', 1)[1]}" for name, what in reg.claimed.items()
+    }
+    assert_pipeline_work_intact(reg, before)
+
+
+def _permission(reg: Registered, account: Account, resource_type: str, resource_id: str) -> str:
+    with admin_http(reg) as http:
+        answer = http.get(
+            "/api/3.0/mlflow/users/permissions/get",
+            params={"username": account.username, "resource_type": resource_type, "resource_id": resource_id},
+        )
+    return str(answer.json()["permission"])
+
+
+def test_a_name_another_account_can_write_makes_the_job_fail_without_granting_on_it(
+    registered: Registered, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reg = registered
+    use_mlflow_as(monkeypatch, reg.uri, SERVING)
+    MlflowClient().create_registered_model("claimed-by-serving")  # serving owns it (MANAGE)
+    use_mlflow_as(monkeypatch, reg.uri, reg.admin)
+    MlflowClient().create_registered_model("pipeline-has-edit")
+    with admin_http(reg) as http:
+        grant = "/api/3.0/mlflow/users/permissions/grant"
+        assert http.post(
+            grant, json=_grant(PIPELINE, "registered_model", "pipeline-has-edit", "EDIT")
+        ).is_success
+    claims = [
+        Claim("registered_model", "claimed-by-serving", PIPELINE),
+        Claim("registered_model", "pipeline-has-edit", PIPELINE),
+        Claim("experiment", f"{SERVING.username}-own-exp", PIPELINE),
+    ]
+    MlflowClient(tracking_uri=reg.uri).create_experiment(f"{SERVING.username}-own-exp")  # admin's
+    with admin_http(reg) as http:
+        experiment_id = http.get(
+            "/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": claims[2].name}
+        ).json()["experiment"]["experiment_id"]
+        assert http.post(grant, json=_grant(AGENTS, "experiment", experiment_id, "EDIT")).is_success
+    with pytest.raises(ConfigurationError) as raised:
+        ensure_claims(reg.uri, reg.admin, claims)
+    message = str(raised.value)
+    assert f"registered model 'claimed-by-serving' is writable by {SERVING.username} (MANAGE)" in message
+    assert f"experiment '{claims[2].name}' is writable by {AGENTS.username} (EDIT)" in message
+    assert "pipeline-has-edit" not in message and "rerun the Job" in message
+    # The claimed names got no grant; the clean one did (its EDIT replaced by MANAGE).
+    assert _permission(reg, PIPELINE, "registered_model", "claimed-by-serving") == "READ"
+    assert _permission(reg, PIPELINE, "experiment", experiment_id) == "READ"
+    assert _permission(reg, PIPELINE, "registered_model", "pipeline-has-edit") == "MANAGE"
+
+
+def test_the_jobs_default_names_are_the_platforms() -> None:
+    import yaml
+
+    from aicml.agents.settings import AgentSettings
+    from blocks.settings import AicSettings
+
+    root = Path(__file__).parents[3]
+    presets = yaml.safe_load((root / "deployments/presets.yaml").read_text())
+    preset_models = {p["model_name"] for p in presets.values() if p.get("model_name")}
+    claims = claims_from_env({}, WORKLOADS)
+    models = {c.name for c in claims if c.resource_type == "registered_model"}
+    experiments = {(c.name, c.owner) for c in claims if c.resource_type == "experiment"}
+    assert preset_models and preset_models <= models
+    assert (AicSettings.model_fields["experiment"].default, PIPELINE) in experiments
+    assert (AgentSettings.model_fields["experiment"].default, AGENTS) in experiments
+    # The Job's manifest sets the same names.
+    docs = list(yaml.safe_load_all((root / "k8s/base/mlflow.yaml").read_text()))
+    job = next(d for d in docs if d and d["kind"] == "Job" and d["metadata"]["name"] == "mlflow-users")
+    env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["AIC_MLFLOW_MODELS"] == DEFAULT_MODELS
+    assert env["AIC_MLFLOW_EXPERIMENTS"] == DEFAULT_EXPERIMENTS
+
+
+def test_the_jobs_names_belong_to_configured_workloads() -> None:
+    only_pipeline = {"pipeline": PIPELINE}
+    # Defaults for a workload without an account are left out; a name you set must have its account.
+    assert [(c.name, c.owner) for c in claims_from_env({}, only_pipeline)] == [
+        ("churn", PIPELINE),
+        ("aic-ml", PIPELINE),
+    ]
+    with pytest.raises(ConfigurationError, match=r"aic-agents \(agents\)"):
+        claims_from_env({"AIC_MLFLOW_EXPERIMENTS": "aic-ml,aic-agents=agents"}, only_pipeline)
+    assert claims_from_env({"AIC_MLFLOW_MODELS": "", "AIC_MLFLOW_EXPERIMENTS": ""}, WORKLOADS) == []
+    claims = claims_from_env(
+        {"AIC_MLFLOW_MODELS": "churn, fraud", "AIC_MLFLOW_EXPERIMENTS": "a=b=agents"}, WORKLOADS
+    )
+    assert [(c.resource_type, c.name, c.owner) for c in claims] == [
+        ("registered_model", "churn", PIPELINE),
+        ("registered_model", "fraud", PIPELINE),
+        ("experiment", "a=b", AGENTS),
+    ]
 
 
 # --- no valid login ----------------------------------------------------------------------------------
