@@ -6,11 +6,13 @@ fit every trainer, score on test, log parameters, per-epoch metrics, plot and mo
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -138,7 +140,12 @@ def train_candidates(
                     "n_features": data.x_train.shape[1],
                 }
             )
-            mlflow.log_dict(data.preprocessor.describe(), "features.json")
+            run_id = run.info.run_id
+            store_artifacts(
+                "features.json",
+                run_id,
+                partial(mlflow.log_dict, data.preprocessor.describe(), "features.json"),
+            )
 
             # Trainers without epochs (scikit-learn) never call it.
             def hook(epoch: int, total: int, metrics: dict[str, float], _name: str = trainer.name) -> None:
@@ -156,15 +163,19 @@ def train_candidates(
             }
             mlflow.log_metrics(metrics)
             figure = diagnostic_figure(resolved, test[target].to_numpy(), predictions, trainer.name)
-            mlflow.log_figure(figure, "plots/diagnostics.png")
+            store_artifacts(
+                "the diagnostics plot",
+                run_id,
+                partial(mlflow.log_figure, figure, "plots/diagnostics.png"),
+            )
             _close(figure)
-            model_uri = fitted.log_to_mlflow("model", example)
+            model_uri = store_artifacts("the model", run_id, partial(fitted.log_to_mlflow, "model", example))
             elapsed = time.perf_counter() - started
             mlflow.log_metric("train_seconds", elapsed)
             candidates.append(
                 Candidate(
                     name=trainer.name,
-                    run_id=run.info.run_id,
+                    run_id=run_id,
                     model_uri=model_uri,
                     metrics={k.removeprefix("test_"): v for k, v in metrics.items()},
                     seconds=elapsed,
@@ -186,6 +197,77 @@ def train_candidates(
         test_path=str(test_path),
         features=data.preprocessor.describe(),
     )
+
+
+# MLflow's client giving up on a PUT of one artifact file, and what the server did to it.
+_ARTIFACT_URL = re.compile(
+    r"API request to ((\S+?)/(?:ajax-)?api/2\.0/mlflow-artifacts/artifacts/\S+) failed"
+)
+_SERVER_ERROR = re.compile(r"too many (5\d\d) error responses|\b(5\d\d) Server Error")
+T = TypeVar("T")
+
+
+def store_artifacts(what: str, run_id: str, write: Callable[[], T]) -> T:
+    """Run ``write`` (an upload of ``what`` to run ``run_id``); a file the artifact store refuses is a
+    ``TrainingError`` that names the store and the likely full disk.
+
+    The MLflow server answers a failed artifact write (its disk full: "No space left on device") with a
+    bare 500, or, for a file larger than a few KiB, closes the connection mid-upload. The client retries
+    and then reports "too many 500 error responses" or "Connection reset by peer", which reads like a
+    server that is down. A model whose files did not all arrive is left failed by MLflow, never ready.
+    """
+    refused: tuple[str, str] | None = None
+    try:
+        return write()
+    except Exception as exc:
+        refused = _refused_upload(exc)
+        if refused is None:
+            raise
+    # Raised outside the handler: the transport error in the chain would make aicml.retry report a
+    # server that did not answer, and this one does.
+    url, how = refused
+    raise TrainingError(
+        f"Storing {what} of MLflow run {run_id} failed: the MLflow artifact store refused to store {url} "
+        f"({how}; the client had retried). The server does so when it cannot write the file, most "
+        "often because the disk of its artifact store is full (its log then says 'No space left on "
+        "device'). Free space where the server keeps artifacts (its --artifacts-destination; on the "
+        "local stack <AIC_HOME>/mlartifacts, its log in <AIC_HOME>/logs) and run the training again. "
+        "This run is marked failed and its model was not completed."
+    )
+
+
+def _refused_upload(exc: BaseException) -> tuple[str, str] | None:
+    """(URL, what the server did) when ``exc`` is MLflow's client giving up on an artifact upload that the
+    server answered with a 5xx status, or cut off while the server itself still answers."""
+    texts: list[str] = []
+    current: BaseException | None = exc
+    while current is not None and len(texts) < 12:
+        texts.append(str(current))
+        current = current.__cause__ or current.__context__
+    text = "\n".join(texts)
+    url = _ARTIFACT_URL.search(text)
+    if url is None:
+        return None
+    status = _SERVER_ERROR.search(text)
+    if status is not None:
+        return url[1], f"HTTP {status[1] or status[2]}"
+    if _answers(f"{url[2]}/health"):
+        return url[1], "the server cut the upload off, yet answers a health check"
+    return None  # the server is down: aicml.retry reports that
+
+
+def _answers(url: str) -> bool:
+    """Whether the server answers ``url`` within 5 s with a status below 500 (a 401 is an answer)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(response.status) < 500
+    except urllib.error.HTTPError as exc:
+        return exc.code < 500
+    except OSError:
+        return False
 
 
 def _close(figure: Any) -> None:

@@ -129,8 +129,9 @@ class SmallDisk:
     def ballast(self) -> Path:
         return self.root / ".ballast"
 
-    def fill(self) -> None:
-        """Write the ballast until the filesystem is full (ENOSPC): every later write fails."""
+    def fill(self, leave: int = 0) -> None:
+        """Write the ballast until the filesystem is full (ENOSPC): every later write fails. With ``leave``,
+        give that many bytes back: small writes still succeed, a larger one runs out partway."""
         chunk = b"\0" * (64 * 1024)
         fd = os.open(self.ballast, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
@@ -145,6 +146,8 @@ class SmallDisk:
                     chunk = chunk[: len(chunk) // 2]
         finally:
             os.close(fd)
+        if leave:
+            os.truncate(self.ballast, max(0, self.ballast.stat().st_size - leave))
 
     def free(self) -> None:
         self.ballast.unlink(missing_ok=True)

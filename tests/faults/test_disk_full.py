@@ -1,4 +1,4 @@
-"""The disk fills up mid-write: an ingest, a training checkpoint, a backup.
+"""The disk fills up mid-write: an ingest, a training checkpoint, a backup, an MLflow model upload.
 
 The full disk is real: an 8 MiB tmpfs mounted for the test (``small_disk`` in conftest.py; we run as
 root in a container, where mounting one is allowed, else the tests skip saying so) and filled with a
@@ -14,13 +14,17 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import mlflow
+import pandas as pd
 import psutil
 import pyarrow.parquet as pq
 import pytest
 from fault_helpers import write_id_sources
+from services import free_port
 
 from aicml.data.connectors import FileConnector
 from aicml.data.integration import IngestJob, run_ingest
@@ -28,6 +32,8 @@ from aicml.data.parallel import ClusterOptions
 from aicml.data.sinks import ParquetSink
 from aicml.data.transforms import TransformSpec
 from aicml.errors import SourceError, TrainingError
+from aicml.stack.local import LocalStack
+from blocks.settings import AicSettings
 
 NO_SPACE = "No space left on device"
 FILES, ROWS = 4, 2_000
@@ -193,6 +199,104 @@ def test_disk_full_during_a_training_checkpoint(
     assert {m.step for m in history} == set(range(MAX_EPOCHS))
 
 
+# Model logging: a stack of the test's own whose MLflow server keeps artifacts on the small disk.
+
+
+@pytest.fixture
+def artifacts_on_small_disk(
+    small_disk: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[LocalStack]:
+    """A local stack (own home, ports, SQLite) whose MLflow ``--artifacts-destination`` (<home>/mlartifacts)
+    is a link to the small disk; its server running and this process's MLflow client pointed at it."""
+    home = tmp_path / "aic"
+    home.mkdir()
+    (home / "mlartifacts").symlink_to(small_disk.root, target_is_directory=True)
+    stack = LocalStack(
+        AicSettings(
+            home=home,
+            prefect_port=free_port(),
+            mlflow_port=free_port(),
+            metrics_port=free_port(),
+            database_url=None,
+        )
+    )
+    saved = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    try:
+        stack.up(services=("mlflow-server",))
+        for name, value in stack.client_env().items():
+            if name.startswith(("MLFLOW_", "AIC_")):
+                monkeypatch.setenv(name, value)
+        # One immediate retry, not the platform's ~62 s of them (a full disk stays full): same errors.
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0")
+        mlflow.set_tracking_uri(stack.settings.local_tracking_uri)
+        mlflow.set_registry_uri(stack.settings.local_tracking_uri)
+        yield stack
+    finally:
+        mlflow.set_tracking_uri(saved[0])
+        mlflow.set_registry_uri(saved[1])
+        stack.down()
+
+
+def test_disk_full_while_mlflow_stores_a_model(
+    artifacts_on_small_disk: LocalStack, small_disk: Any, tmp_path: Path
+) -> None:
+    """A scikit-learn candidate trained and logged through aic-ml (``train_candidates``), then registered
+    (``register_challenger``). The disk is left 256 KiB: the run's features.json and plot fit, the model
+    file (about 1 MiB) does not, so the server's write fails partway (ENOSPC) while MLflow uploads it."""
+    from mlflow.entities import LoggedModelStatus
+    from testdata import regression_csv
+
+    from aicml.models.trainers import SklearnTrainer
+    from aicml.models.training import TrainingOutcome, train_candidates
+    from aicml.registry.checksums import CHECKSUM_TAG, artifact_digest, fetch_verified
+    from aicml.registry.promotion import COMPLETE, REGISTRATION_TAG, register_challenger
+    from aicml.retry import reporting_unreachable
+
+    uri = artifacts_on_small_disk.settings.local_tracking_uri
+    frame = pd.read_csv(regression_csv(tmp_path / "rows.csv", rows=500))
+    experiment = mlflow.set_experiment("disk-full-model").experiment_id
+    client = mlflow.MlflowClient()
+
+    def train() -> TrainingOutcome:
+        # Wrapped as tasks/train.py wraps it: a client that gave up must not read as a server that is down.
+        with reporting_unreachable("MLflow", uri, "logging the training run"):
+            return train_candidates(frame, "y", None, [SklearnTrainer()], 3, tmp_path / "test")
+
+    small_disk.fill(leave=256 * 1024)
+    started = time.monotonic()
+    with pytest.raises(TrainingError) as raised:
+        train()
+    message = str(raised.value)
+    assert "Storing the model" in message and "artifact store" in message, message
+    assert NO_SPACE in message and "mlartifacts" in message, message
+    assert time.monotonic() - started < 30, "the upload was retried for long"
+
+    # Nothing reads as a complete model: the run failed, its logged model is not READY, none registered,
+    # and the model file that did not fit is not on the disk in part.
+    (failed,) = client.search_runs([experiment])
+    assert failed.info.status == "FAILED"
+    (broken,) = client.search_logged_models([experiment])
+    assert broken.source_run_id == failed.info.run_id and broken.status == LoggedModelStatus.FAILED
+    assert not client.search_model_versions("name = 'disk-full'")
+    left = [p.relative_to(small_disk.root) for p in small_disk.root.rglob("*") if p.is_file()]
+    model_files = {p.name for p in left if "models" in p.parts}
+    assert "model.skops" not in model_files, left  # smaller files of the model may have landed
+    assert not [p for p in left if p.name.startswith(".") and p.name != small_disk.ballast.name], left
+
+    small_disk.free()
+    best = train().best
+    registered = register_challenger("disk-full", best.model_uri, best.run_id, "r2", best.metrics["r2"])
+    (version,) = client.search_model_versions("name = 'disk-full'")
+    assert version.version == registered.version and version.run_id == best.run_id
+    assert version.tags[REGISTRATION_TAG] == COMPLETE
+    files = fetch_verified("disk-full", registered.version, tmp_path / "verified")
+    assert artifact_digest(files) == version.tags[CHECKSUM_TAG]
+    assert (files / "model.skops").is_file()
+    assert client.get_logged_model(broken.model_id).status == LoggedModelStatus.FAILED
+
+
 # Backup: pg_dump into a backup directory on the small disk (the shared server, a database of its own).
 
 
@@ -202,10 +306,8 @@ def test_disk_full_during_a_backup(small_disk: Any, blob_database: str, tmp_path
     server = "postgresql://postgres@127.0.0.1:5432/"
     output = small_disk.root / "backups"
     output.mkdir()
-    small_disk.fill()
     # Leave 512 KiB: the backup starts, then pg_dump runs out of space partway through the dump.
-    with small_disk.ballast.open("r+b") as ballast:
-        ballast.truncate(max(0, small_disk.ballast.stat().st_size - 512 * 1024))
+    small_disk.fill(leave=512 * 1024)
     with pytest.raises(BackupError) as raised:
         backup_databases(server, [blob_database], output)
     message = str(raised.value)
