@@ -132,6 +132,9 @@ def leak_stack(
 def _client_env(stack: LocalStack) -> dict[str, str]:
     env = {**os.environ, **stack.client_env()}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    # The registry explicitly this stack's too: after the whole suite, this process's environment holds the
+    # session stack's settings, and a registry URI left there would send the servers' lookups elsewhere.
+    env["MLFLOW_REGISTRY_URI"] = stack.settings.local_tracking_uri
     return env
 
 
@@ -218,6 +221,11 @@ def test_the_canary_appears_nowhere(leak_stack: dict[str, Any], tmp_path: Path) 
     assert landed > 0  # the ingest did run through the canary's database
 
     env = _client_env(stack)
+    from mlflow import MlflowClient
+
+    registry = MlflowClient(stack.settings.local_tracking_uri, stack.settings.local_tracking_uri)
+    champion = registry.get_model_version_by_alias("leakchurn", "champion")  # the pipeline registered it here
+    assert champion.tags.get("aicml.sha256"), champion.tags
     records = json.loads(frame.drop(columns=["churn"]).head(3).to_json(orient="records"))
 
     # 4. A served prediction with the canary as the predict and control tokens.
@@ -228,6 +236,7 @@ def test_the_canary_appears_nowhere(leak_stack: dict[str, Any], tmp_path: Path) 
     port = free_port()
     server = _start(
         [sys.executable, "-m", "aicml.serving.cli", "models:/leakchurn@champion", "--port", str(port),
+         "--tracking-uri", stack.settings.local_tracking_uri,
          "--token-file", str(served / "token"), "--control-token-file", str(served / "control")],
         env, served / "serve.log", f"http://127.0.0.1:{port}/v2/health/ready",
     )  # fmt: skip
