@@ -189,6 +189,8 @@ class Soak:
         from prefect.client.orchestration import get_client
         from prefect.states import Crashed
 
+        from aicml.stack.processes import alive
+
         deadline = time.monotonic() + RUN_TIMEOUT_S
         while time.monotonic() < deadline:
             try:
@@ -204,7 +206,7 @@ class Soak:
                         and run.infrastructure_pid
                     ):
                         pid = int(str(run.infrastructure_pid).rsplit(":", 1)[-1])
-                        if not _alive(pid):
+                        if not alive(pid):
                             client.set_flow_run_state(
                                 flow_run_id, Crashed(message="process killed"), force=True
                             )
@@ -301,7 +303,9 @@ class Soak:
         sys.path.insert(0, str(REPO / "tests"))
         token_file = self.work / "token"
         token_file.write_text(self.token)
-        port = _free_port()
+        from aicml.stack.pgcluster import free_port
+
+        port = free_port()
         log = open(self.work / f"serve-{port}.log", "wb")  # noqa: SIM115 (closed with the process)
         server = subprocess.Popen(
             [sys.executable, "-m", "aicml.serving.cli", "models:/chaos@champion", "--port", str(port),
@@ -343,24 +347,6 @@ def _nan_to_null(value: Any) -> Any:
     return value
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=30)
@@ -377,7 +363,7 @@ def main() -> None:
     from aicml.data.demo import write_demo_data
     from aicml.stack.deploy import register_deployments
     from aicml.stack.local import LocalStack
-    from aicml.stack.pgcluster import throwaway_cluster
+    from aicml.stack.pgcluster import free_port, throwaway_cluster
     from blocks.settings import AicSettings
 
     started = time.perf_counter()
@@ -385,7 +371,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="aic-chaos-") as tmp, throwaway_cluster() as cluster:
         home = Path(tmp) / "home"
         settings = AicSettings(
-            home=home, prefect_port=_free_port(), mlflow_port=_free_port(), metrics_port=_free_port(),
+            home=home, prefect_port=free_port(), mlflow_port=free_port(), metrics_port=free_port(),
             database_url=cluster.admin_url, prefect_database="aic_prefect", mlflow_database="aic_mlflow",
         )  # fmt: skip
         stack = LocalStack(settings)

@@ -37,7 +37,8 @@ def _answers(port: int) -> bool:
     return False
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -49,7 +50,7 @@ class ThrowawayCluster:
 
     bindir: Path
     datadir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="aic-pg-")))
-    port: int = field(default_factory=_free_port)
+    port: int = field(default_factory=free_port)
 
     @property
     def admin_url(self) -> str:
