@@ -251,43 +251,44 @@ class Soak:
         )
         body = _nan_to_null(json.loads((model / "serving_input_example.json").read_text()))
         server, port = self.start_server()
-        url, headers = f"http://127.0.0.1:{port}/invocations", {"Authorization": f"Bearer {self.token}"}
-        first = httpx.post(url, json=body, headers=headers, timeout=60)
-        if first.status_code != 200:
+        try:  # the server is stopped whatever happens to the burst
+            url, headers = f"http://127.0.0.1:{port}/invocations", {"Authorization": f"Bearer {self.token}"}
+            first = httpx.post(url, json=body, headers=headers, timeout=60)
+            if first.status_code != 200:
+                raise RuntimeError(
+                    f"the champion refused its own input example: {first.status_code} {first.text}"
+                )
+            expected = first.json()
+            results: list[tuple[int, Any]] = []
+            lock = threading.Lock()
+
+            def client_loop() -> None:
+                for _ in range(16):
+                    try:
+                        reply = httpx.post(url, json=body, headers=headers, timeout=60)
+                        answer = reply.json() if reply.status_code == 200 else None
+                        with lock:
+                            results.append((reply.status_code, answer))
+                    except httpx.HTTPError:
+                        with lock:
+                            results.append((0, None))  # refused while down: the client retries elsewhere
+
+            threads = [threading.Thread(target=client_loop) for _ in range(4)]
+            for thread in threads:
+                thread.start()
+            if fault is not None:
+                time.sleep(self.rng.uniform(0.2, 2.0))
+                if fault == "server-sigterm":
+                    server.send_signal(signal.SIGTERM)
+                else:
+                    self.inject(fault, None)
+            for thread in threads:
+                thread.join()
+        finally:
             self.stop_server(server)
-            raise RuntimeError(
-                f"the champion refused its own input example: {first.status_code} {first.text}"
-            )
-        expected = first.json()
-        results: list[tuple[int, Any]] = []
-        lock = threading.Lock()
-
-        def client_loop() -> None:
-            for _ in range(16):
-                try:
-                    reply = httpx.post(url, json=body, headers=headers, timeout=60)
-                    answer = reply.json() if reply.status_code == 200 else None
-                    with lock:
-                        results.append((reply.status_code, answer))
-                except httpx.HTTPError:
-                    with lock:
-                        results.append((0, None))  # refused while down: the client retries elsewhere
-
-        threads = [threading.Thread(target=client_loop) for _ in range(4)]
-        for thread in threads:
-            thread.start()
-        if fault is not None:
-            time.sleep(self.rng.uniform(0.2, 2.0))
-            if fault == "server-sigterm":
-                server.send_signal(signal.SIGTERM)
-            else:
-                self.inject(fault, None)
-        for thread in threads:
-            thread.join()
-        self.stop_server(server)
         if fault == "mlflow-kill":
             self.stack.up()
-        ok = [body for status, body in results if status == 200]
+        ok = [answer for status, answer in results if status == 200]
         wrong = sum(answer != expected for answer in ok)
         server_errors = sum(status not in (0, 200) for status, _ in results)
         outcome.rows_lost = wrong  # a 2xx with a wrong body is a lost answer
