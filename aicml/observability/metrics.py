@@ -6,6 +6,10 @@ and `_bucket`/`_sum`/`_count` to histograms on exposition, as Prometheus expects
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -70,3 +74,26 @@ SEED_METRIC_NAMES = (
     "ml_agent_orchestration_requests",
     "ml_data_integration_records_processed",
 )
+
+
+class Execution:
+    """What ``pipeline_execution`` yields: the elapsed seconds once the block has ended."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+
+@contextlib.contextmanager
+def pipeline_execution(flow: str) -> Iterator[Execution]:
+    """Count and time one execution of ``flow``: ``success`` when the block returns, ``failure`` when it raises.
+
+    The one place the flows record ``ml_pipeline_executions`` and its duration histogram.
+    """
+    execution, started, outcome = Execution(), time.perf_counter(), "failure"
+    try:
+        yield execution
+        outcome = "success"
+    finally:
+        execution.seconds = time.perf_counter() - started
+        PIPELINE_EXECUTIONS_DURATION.labels(flow=flow, outcome=outcome).observe(execution.seconds)
+        PIPELINE_EXECUTIONS.labels(flow=flow, outcome=outcome).inc()
