@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from aicml.registry.tracking import Tracking
 from blocks.settings import AicSettings
 
 
 def settings() -> AicSettings:
     return AicSettings()
+
+
+def tracking_of(s: AicSettings, experiment: str | None = None) -> Tracking:
+    """The MLflow server and experiment of these settings, to hand to the tasks that log or register."""
+    return Tracking(uri=s.tracking_uri, experiment=experiment or s.experiment)
 
 
 def data_dir(name: str) -> Path:
