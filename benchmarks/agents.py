@@ -19,7 +19,6 @@ import asyncio
 import http.client
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,18 +29,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from aicml.stack.ports import free_port  # noqa: E402
+
 TOKEN = "bench-token-0123456789"
 NOOP_ANSWER = {"ok": True}
 
 
 def noop(payload: dict[str, Any]) -> dict[str, Any]:
     return NOOP_ANSWER
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def quantile(values: list[float], q: float) -> float:

@@ -304,7 +304,7 @@ class Soak:
         sys.path.insert(0, str(REPO / "tests"))
         token_file = self.work / "token"
         token_file.write_text(self.token)
-        from aicml.stack.pgcluster import free_port
+        from aicml.stack.ports import free_port
 
         port = free_port()
         log = open(self.work / f"serve-{port}.log", "wb")  # noqa: SIM115 (closed with the process)
@@ -364,7 +364,8 @@ def main() -> None:
     from aicml.data.demo import write_demo_data
     from aicml.stack.deploy import register_deployments
     from aicml.stack.local import LocalStack
-    from aicml.stack.pgcluster import free_port, throwaway_cluster
+    from aicml.stack.pgcluster import throwaway_cluster
+    from aicml.stack.ports import free_port
     from blocks.settings import AicSettings
 
     started = time.perf_counter()

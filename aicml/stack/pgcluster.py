@@ -11,7 +11,6 @@ import contextlib
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aicml.errors import StackError
+from aicml.stack.ports import answers, free_port
 
 
 def postgres_bindir() -> Path | None:
@@ -29,19 +29,6 @@ def postgres_bindir() -> Path | None:
         return Path(found[-1]).parent
     initdb = shutil.which("initdb")
     return Path(initdb).parent if initdb else None
-
-
-def _answers(port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-        return True
-    return False
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -88,7 +75,7 @@ class ThrowawayCluster:
 
     def wait(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
-        while not _answers(self.port):
+        while not answers(self.port):
             if time.monotonic() > deadline:
                 raise StackError(f"PostgreSQL on port {self.port} did not answer within {timeout:.0f} s.")
             time.sleep(0.1)
