@@ -14,7 +14,6 @@ block the event loop on the database except through the catalog's cached refresh
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -41,6 +40,7 @@ from aicml.agents.messages import AgentMessage, AgentReply, Outcome
 from aicml.agents.policy import AgentPolicyError
 from aicml.agents.service import AgentService
 from aicml.agents.spec import AgentSpec, LifecycleState
+from aicml.auth import ADMIN, LOCAL, BearerAuth
 from aicml.shutdown import closing
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,6 @@ def _reply(reply: AgentReply) -> Response:
 
 
 ROLE_KEY = "aicml.agents.role"
-ADMIN, INVOKER, LOCAL = "admin", "invoker", "local"
 OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/openapi.json")
 
 
@@ -160,37 +159,28 @@ async def _answer(send: Any, status: int, body: bytes, *headers: tuple[bytes, by
     await send({"type": "http.response.body", "body": body})
 
 
-class BearerAuth:
-    """Pure ASGI middleware (no per-request task, unlike BaseHTTPMiddleware): constant-time token check.
+class BearerMiddleware:
+    """Pure ASGI middleware (no per-request task, unlike BaseHTTPMiddleware): the constant-time token check of
+    ``aicml.auth.BearerAuth``, except on ``open_paths``.
 
     Sets the caller's role in the scope: ``admin`` or ``invoker`` by the token sent, ``local`` when auth is off.
     """
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        token: str | None,
-        admin_token: str | None = None,
-        open_paths: tuple[str, ...] = OPEN_PATHS,
-    ):
+    def __init__(self, app: ASGIApp, auth: BearerAuth, open_paths: tuple[str, ...] = OPEN_PATHS):
         self.app = app
-        self.expected = f"Bearer {token}".encode() if token else None
-        self.admin = f"Bearer {admin_token}".encode() if admin_token else None
+        self.auth = auth
         self.open_paths = open_paths
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             scope[ROLE_KEY] = LOCAL
-            if self.expected is not None and scope["path"] not in self.open_paths:
-                given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
-                # Both comparisons always run: the time taken says nothing about which token was close.
-                is_admin = self.admin is not None and hmac.compare_digest(given, self.admin)
-                is_invoker = hmac.compare_digest(given, self.expected)
-                if not (is_admin or is_invoker):
+            if self.auth.enabled and scope["path"] not in self.open_paths:
+                role = self.auth.role(next((v for k, v in scope["headers"] if k == b"authorization"), None))
+                if role is None:
                     body = b'{"error":"missing or wrong bearer token: send Authorization: Bearer <token>"}'
                     await _answer(send, 401, body, (b"www-authenticate", b"Bearer"))
                     return
-                scope[ROLE_KEY] = ADMIN if is_admin else INVOKER
+                scope[ROLE_KEY] = role
         await self.app(scope, receive, send)
 
 
@@ -218,15 +208,10 @@ def _route(path: str, **handlers: Callable[[Request], Awaitable[Response]]) -> R
     return Route(path, endpoint, methods=list(handlers))
 
 
-def create_app(
-    service: AgentService,
-    token: str | None,
-    admin_token: str | None = None,
-    readiness: Readiness | None = None,
-) -> ASGIApp:
-    """The ASGI app; ``token=None`` serves /v1 without auth (the caller decided that on purpose).
+def create_app(service: AgentService, auth: BearerAuth, readiness: Readiness | None = None) -> ASGIApp:
+    """The ASGI app; ``auth`` without a token serves /v1 without auth (the caller decided that on purpose).
 
-    ``admin_token``: the administrators' token; None with auth on: no administration over the API.
+    ``auth.admin``: the administrators' token; None with auth on: no administration over the API.
     ``readiness``: what ``/readyz`` answers from (the server flips it on SIGTERM).
     """
     readiness = readiness or Readiness()
@@ -282,7 +267,7 @@ def create_app(
     async def openapi(request: Request) -> Response:
         from aicml.agents.openapi import openapi_document
 
-        return _json(openapi_document(auth=token is not None))
+        return _json(openapi_document(auth=auth.enabled))
 
     async def metrics(request: Request) -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST
@@ -460,4 +445,4 @@ def create_app(
         _route("/v1/coordinations/{name}/invoke", POST=invoke_graph),
     ]
     app = Starlette(routes=routes)
-    return CloseWhileDraining(BearerAuth(app, token, admin_token), readiness)
+    return CloseWhileDraining(BearerMiddleware(app, auth), readiness)

@@ -49,8 +49,8 @@ def serve(
 
     from aicml.agents.server import run_server
     from aicml.agents.settings import AgentSettings
+    from aicml.auth import refuse_open_server
     from aicml.errors import AicError
-    from aicml.serving.auth import refuse_open_server
     from aicml.shutdown import DrainPolicy
 
     settings = AgentSettings()

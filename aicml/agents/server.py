@@ -43,8 +43,8 @@ def build_service(settings: AgentSettings, tracking_uri: str | None = None) -> A
 def build_app(settings: AgentSettings | None = None, tracking_uri: str | None = None) -> Any:
     """The ASGI app; refuses to build without a token unless auth is disabled explicitly."""
     settings = settings or AgentSettings()
-    token, admin_token = settings.bearer_token(), settings.admin_bearer_token()
-    return create_app(build_service(settings, tracking_uri), token, admin_token)
+    auth = settings.auth()
+    return create_app(build_service(settings, tracking_uri), auth)
 
 
 def run_server(
@@ -60,11 +60,11 @@ def run_server(
     are given back and the process exits 0 within ``drain.grace_s``."""
     import uvicorn
 
-    token, admin_token = settings.bearer_token(), settings.admin_bearer_token()
+    auth = settings.auth()
     service = build_service(settings, tracking_uri)
     readiness = Readiness()
     config = uvicorn.Config(
-        create_app(service, token, admin_token, readiness),
+        create_app(service, auth, readiness),
         host=host,
         port=port,
         log_level=log_level,

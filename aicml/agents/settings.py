@@ -16,6 +16,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from aicml.agents.errors import AgentConfigurationError
+from aicml.auth import BearerAuth, resolve_token
 
 
 class AgentSettings(BaseSettings):
@@ -106,10 +107,12 @@ class AgentSettings(BaseSettings):
         return Path(os.environ.get("AIC_HOME", ".aic")).resolve() / "audit" / "agents.jsonl"
 
     def bearer_token(self) -> str | None:
-        """The invokers' token, or None when auth is disabled on purpose; refuses to run open by accident."""
+        """The invokers' token, or None when auth is disabled on purpose; refuses to run open by accident.
+
+        Reads the Prefect Secret block when one is named: call it at start-up (``aicml agents serve``)."""
         if self.auth_disabled:
             return None
-        token = _secret(self.token, self.token_secret_block, "AIC_AGENTS_TOKEN")
+        token = _token(self.token, self.token_secret_block, "AIC_AGENTS_TOKEN")
         if token is None:
             raise AgentConfigurationError(
                 "The agent API needs a bearer token: set AIC_AGENTS_TOKEN, or AIC_AGENTS_TOKEN_SECRET_BLOCK to the "
@@ -121,12 +124,16 @@ class AgentSettings(BaseSettings):
         """The administrators' token (None: no administration over the API); never the invokers' token."""
         if self.auth_disabled:
             return None
-        admin = _secret(self.admin_token, self.admin_token_secret_block, "AIC_AGENTS_ADMIN_TOKEN")
+        admin = _token(self.admin_token, self.admin_token_secret_block, "AIC_AGENTS_ADMIN_TOKEN")
         if admin is not None and admin == self.bearer_token():
             raise AgentConfigurationError(
                 "AIC_AGENTS_ADMIN_TOKEN equals AIC_AGENTS_TOKEN: administrators and invokers need different tokens."
             )
         return admin
+
+    def auth(self) -> BearerAuth:
+        """Both tokens resolved (Secret blocks read): what the API checks callers against."""
+        return BearerAuth.of(self.bearer_token(), self.admin_bearer_token())
 
     def policy(self) -> Any:
         """What agent definitions may name (python modules, remote URLs and their tokens): ``AgentPolicy``."""
@@ -139,26 +146,11 @@ class AgentSettings(BaseSettings):
         )
 
 
-MIN_TOKEN_LENGTH = 16
-
-
-def _long_enough(token: str, setting: str = "AIC_AGENTS_TOKEN") -> str:
-    if len(token.strip()) < MIN_TOKEN_LENGTH:
-        raise AgentConfigurationError(
-            f"The agent API token ({setting}) is shorter than {MIN_TOKEN_LENGTH} characters; use a random one."
-        )
-    return token
-
-
-def _secret(value: SecretStr | None, block: str | None, setting: str) -> str | None:
+def _token(value: SecretStr | None, block: str | None, setting: str) -> str | None:
     """A token from its setting, else from the Prefect Secret block named; None when neither is set."""
-    if value is not None and value.get_secret_value():
-        return _long_enough(value.get_secret_value(), setting)
-    if block:
-        from prefect.blocks.system import Secret
-
-        loaded = Secret.load(block, _sync=True).get()  # type: ignore[union-attr,call-arg]
-        if not isinstance(loaded, str) or not loaded:
-            raise AgentConfigurationError(f"Prefect Secret block {block!r} holds no token string; save one.")
-        return _long_enough(loaded, setting)
-    return None
+    return resolve_token(
+        f"agent API token ({setting})",
+        value=None if value is None else value.get_secret_value(),
+        secret_block=block,
+        error=AgentConfigurationError,
+    )

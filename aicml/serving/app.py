@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import orjson
 
+from aicml.auth import BearerAuth
 from aicml.observability.metrics import exposition
 from aicml.registry.canary import Arm, TrafficRouter
-from aicml.serving.auth import BearerAuth
 from aicml.serving.inputs import InputError, parse_json
 from aicml.serving.metrics import (
     BATCH_ROWS,
@@ -77,8 +77,6 @@ class ModelServer:
         self.name = self.champion.ref.name
         self.in_flight = 0
         self.shed = 0
-        self._expected_auth = self.auth.expected_header()
-        self._expected_control = None if self.control_auth is None else self.control_auth.expected_header()
         self._openapi: bytes | None = None
         self._openapi_version: str | None = None
         self._shadow_tasks: set[asyncio.Task[None]] = set()
@@ -251,7 +249,7 @@ class ModelServer:
         if path == "/v2":
             return 200, orjson.dumps({"name": "aicml", "version": "0.1.0", "extensions": []}), None
         if path == "/router":
-            if not self.auth.allows(self._header(scope, b"authorization"), self._expected_auth):
+            if not self.auth.allows(self._header(scope, b"authorization")):
                 return 401, _UNAUTHORIZED, [*_JSON, (b"www-authenticate", b"Bearer")]
             return 200, orjson.dumps(self.router_status()), None
         if path.startswith("/v2/models/"):
@@ -323,7 +321,7 @@ class ModelServer:
                 ),
             )
         if self.control_auth is not None and not self.control_auth.allows(
-            self._header(scope, b"authorization"), self._expected_control
+            self._header(scope, b"authorization")
         ):
             return await self._error(
                 send, InputError(401, "Missing or wrong control token.", code="UNAUTHENTICATED")
@@ -365,7 +363,7 @@ class ModelServer:
     # --- prediction -----------------------------------------------------------------------------------
 
     async def _predict_endpoint(self, scope: Scope, receive: Receive, send: Send, v2: bool) -> int:
-        if not self.auth.allows(self._header(scope, b"authorization"), self._expected_auth):
+        if not self.auth.allows(self._header(scope, b"authorization")):
             return await self._error(
                 send, InputError(401, "Missing or wrong bearer token.", code="UNAUTHENTICATED")
             )

@@ -88,10 +88,11 @@ def serve(
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aicml").setLevel(logging.INFO)
+    from aicml.auth import refuse_open_server
     from aicml.registry.canary import RolloutPlan
     from aicml.registry.checksums import parse_model_uri
     from aicml.serving.app import ServerOptions
-    from aicml.serving.auth import refuse_open_server, resolve_auth, resolve_control_auth
+    from aicml.serving.auth import resolve_auth, resolve_control_auth
     from aicml.serving.server import ServeConfig, run_server
 
     try:

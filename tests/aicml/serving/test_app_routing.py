@@ -13,10 +13,10 @@ from mlflow.models import infer_signature
 from serving_support import training_frame
 from sklearn.linear_model import LogisticRegression
 
+from aicml.auth import BearerAuth
 from aicml.registry.canary import RolloutPlan, TrafficRouter
 from aicml.registry.checksums import ModelRef
 from aicml.serving.app import ModelServer
-from aicml.serving.auth import BearerAuth
 from aicml.serving.runtime import ModelHost, ServedModel
 
 

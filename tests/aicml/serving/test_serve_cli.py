@@ -53,6 +53,6 @@ def test_no_auth_is_refused_off_loopback(host: str) -> None:
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"])
 def test_loopback_hosts_count_as_local(host: str) -> None:
-    from aicml.serving.auth import is_loopback
+    from aicml.auth import is_loopback
 
     assert is_loopback(host)
