@@ -4,7 +4,6 @@ partition by partition on Dask, validated with quarantine, committed exactly onc
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Annotated, Any, Literal, cast
 
 from prefect import flow, get_run_logger
@@ -19,14 +18,13 @@ from aicml.data.safety import check_in_roots, configured_roots
 from aicml.data.sinks import ParquetSink, SqlSink
 from aicml.data.transforms import TransformSpec
 from aicml.errors import ConfigurationError
-from aicml.observability.metrics import PIPELINE_EXECUTIONS, PIPELINE_EXECUTIONS_DURATION
+from aicml.names import ResourceName
+from aicml.observability.metrics import pipeline_execution
 from aicml.redaction import refuse_password
 from blocks.data import S3Storage, SqlDatabase
 from tasks.context import data_dir
 from tasks.ingest import check_landed_source, ingest_batch, ingest_state_url, source_roots
 from tasks.validate import check_drift, publish_batch_quality, resolve_suite
-
-NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 
 
 class IngestParams(BaseModel):
@@ -35,7 +33,7 @@ class IngestParams(BaseModel):
     # A refused value may hold a secret: errors name the field, never echo the input.
     model_config = ConfigDict(hide_input_in_errors=True)
 
-    load: str = Field(pattern=NAME, description="Name of this load: its suite, state, quarantine and output.")
+    load: ResourceName = Field(description="Name of this load: its suite, state, quarantine and output.")
     source: Annotated[str, AfterValidator(refuse_password)] = Field(
         description=(
             "Path, glob or directory of CSV/Parquet/JSON-lines files (optionally .gz), an s3:// URL, an "
@@ -241,8 +239,7 @@ def build_job(params: IngestParams) -> IngestJob:
 def ingest_flow(params: IngestParams) -> IngestResult:
     """Resolve the suite -> process partitions in parallel and commit -> publish quality -> check drift."""
     logger = get_run_logger()
-    started, outcome = time.perf_counter(), "failure"
-    try:
+    with pipeline_execution("ingest-flow") as execution:
         job = build_job(params)
         suite = resolve_suite(
             job.connector, params.load, params.suite_path, params.derive_suite, tuple(params.key)
@@ -255,11 +252,7 @@ def ingest_flow(params: IngestParams) -> IngestResult:
             else None
         )
         drift = check_drift(report, params.drift_threshold) if report.accepted else []
-        outcome = "success"
-    finally:
-        elapsed = time.perf_counter() - started
-        PIPELINE_EXECUTIONS_DURATION.labels(flow="ingest-flow", outcome=outcome).observe(elapsed)
-        PIPELINE_EXECUTIONS.labels(flow="ingest-flow", outcome=outcome).inc()
+    elapsed = execution.seconds
     logger.info("Ingest %s finished in %.1fs", params.load, elapsed)
     return IngestResult(
         load=report.load,

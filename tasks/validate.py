@@ -17,12 +17,14 @@ from aicml.data.integration import IngestReport
 from aicml.data.quality import SuitePolicy, build_data_docs, derive_suite, load_suite, save_suite
 from aicml.data.snapshots import Snapshot
 from aicml.errors import DataQualityError
+from aicml.names import slug
 from aicml.observability.metrics import DATA_INTEGRATION_RECORDS
 from tasks.context import data_dir, settings
 
 
-def _artifact_key(dataset: str) -> str:
-    return "quality-" + "".join(ch if ch.isalnum() else "-" for ch in dataset.lower()).strip("-")
+def _artifact_key(prefix: str, name: str) -> str:
+    """``<prefix>-<slug of name>``: a Prefect artifact key (a whole resource name fits, 128 characters)."""
+    return f"{prefix}-{slug(name, limit=128)}"
 
 
 def _table(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -40,7 +42,7 @@ def _table(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _publish(report: dict[str, Any], dataset: str, parent_run_id: str | None, summary: str) -> None:
-    create_table_artifact(table=_table(report), key=_artifact_key(dataset), description=summary)
+    create_table_artifact(table=_table(report), key=_artifact_key("quality", dataset), description=summary)
     if parent_run_id:
         import mlflow  # here, not at module import: the ingest flow's processes never need it (0.6 s)
 
@@ -166,7 +168,7 @@ def publish_batch_quality(
 ) -> str | None:
     """A table artifact with counts by expectation, one with quarantine reasons, and (optionally)
     a Great Expectations Data Docs site for this run; returns the site's index.html."""
-    key = "ingest-" + "".join(ch if ch.isalnum() else "-" for ch in report.load.lower()).strip("-")
+    key = _artifact_key("ingest", report.load)
     summary = (
         f"{report.rows_in} rows in, {report.accepted} accepted, {report.quarantined} quarantined, "
         f"{report.committed_rows} committed ({report.partitions} partitions, {report.skipped} already loaded)"
@@ -203,7 +205,7 @@ def check_drift(report: IngestReport, threshold: float = 0.2) -> list[dict[str, 
     if drift is None:
         return []
     rows = drift.to_rows()
-    key = "drift-" + "".join(ch if ch.isalnum() else "-" for ch in report.load.lower()).strip("-")
+    key = _artifact_key("drift", report.load)
     create_table_artifact(
         table=rows,
         key=key,

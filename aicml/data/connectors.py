@@ -315,7 +315,7 @@ class SqlConnector:
                 return [
                     Partition(
                         key=f"{self.name}:{self.table}",
-                        identity=_digest(_redacted_url(self.url), self.table, since, mark, count),
+                        identity=_digest(_url_identity(self.url), self.table, since, mark, count),
                         location=self.table,
                         since=since,
                         watermark=mark,
@@ -327,7 +327,7 @@ class SqlConnector:
         return [
             Partition(
                 key=f"{self.name}:{what}",
-                identity=_digest(_redacted_url(self.url), what, json.dumps(self.params, default=str), since),
+                identity=_digest(_url_identity(self.url), what, json.dumps(self.params, default=str), since),
                 location=str(self.table or "query"),
                 watermark=since,
             )
@@ -354,7 +354,13 @@ class SqlConnector:
             engine.dispose()
 
 
-def _redacted_url(url: str) -> str:
+def _url_identity(url: str) -> str:
+    """The database part of a SQL partition's identity: SQLAlchemy's rendering with the password hidden.
+
+    Not a redaction for display (that is ``aicml.redaction.redact``): identities are stored in the
+    ledgers of existing loads, so this text must stay byte for byte what it was, and SQLAlchemy's
+    rendering differs from ``redact`` (it re-encodes user info and query values, and gives ``<url>``
+    for what it cannot parse)."""
     import sqlalchemy as sa
 
     try:

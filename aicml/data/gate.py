@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,11 +26,10 @@ from aicml.data.quality import (
     validate_frame,
 )
 from aicml.data.rules import as_numbers_where_parsable, check_rows, compile_suite
+from aicml.data.sinks import publishing
 from aicml.data.snapshots import Snapshot, load_snapshot
-from aicml.durable import publish
 from aicml.errors import ConfigurationError, DataQualityError, SchemaError
-
-_DATASET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+from aicml.names import check_name
 
 
 @dataclass(frozen=True)
@@ -48,10 +44,12 @@ class GateResult:
 
 
 def suite_location(suites_dir: Path, dataset: str) -> Path:
-    if not _DATASET.match(dataset):
+    try:
+        check_name(dataset, "Dataset name")
+    except ValueError as exc:
         raise ConfigurationError(
             f"Dataset name {dataset!r} is not allowed: use letters, digits, '.', '_' or '-' (max 128)."
-        )
+        ) from exc
     return suites_dir / f"{dataset}.json"
 
 
@@ -92,14 +90,8 @@ def run_quality_gate(
     suite_hash = hashlib.sha256(json.dumps(suite, sort_keys=True).encode()).hexdigest()[:12]
     target_path = output_dir / f"{snapshot.dataset}-{snapshot.fingerprint}-{suite_hash}.parquet"
     if not target_path.exists():
-        fd, tmp = tempfile.mkstemp(dir=output_dir, prefix=".tmp-", suffix=".parquet")
-        os.close(fd)
-        try:
+        with publishing(target_path) as tmp:  # durable before the result that points at it is returned
             clean.to_parquet(tmp, index=False)
-            publish(tmp, target_path)  # durable before the result that points at it is returned
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
     return GateResult(str(target_path), len(clean), len(unlabelled), report, str(location))
 
 

@@ -22,7 +22,7 @@ import pandas as pd
 
 from aicml.data.connectors import Connector, FileConnector, Partition, content_identity
 from aicml.data.parallel import ClusterOptions, run_partitions
-from aicml.data.quality import ExpectationOutcome, numeric_columns_of, validate_frame
+from aicml.data.quality import ExpectationOutcome, validate_frame
 from aicml.data.readers import DEFAULT_MAX_FIELD_BYTES, ReadResult, oversized_fields
 from aicml.data.rules import (
     CompiledSuite,
@@ -40,7 +40,6 @@ from aicml.data.sinks import (
     SqlSink,
     StagedPartition,
     stage_partition,
-    write_parquet_atomic,
 )
 from aicml.data.state import CommittedPartition, IngestState
 from aicml.data.transforms import (
@@ -590,12 +589,3 @@ def _record_state(
 
 def read_quarantine(report: IngestReport) -> pd.DataFrame:
     return ParquetSink(report.quarantine_dir).read()
-
-
-def numeric_suite_columns(suite: dict[str, Any] | None) -> list[str]:
-    return numeric_columns_of(suite) if suite else []
-
-
-def write_frame(frame: pd.DataFrame, path: Path) -> Path:
-    """Atomically write a small frame (reference samples, reports)."""
-    return write_parquet_atomic(frame, path)

@@ -24,7 +24,8 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,25 +85,40 @@ def write_parquet_atomic(
     import pyarrow.parquet as pq
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".parquet")
-    os.close(fd)
     try:
-        table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
-        dictionary = dictionary_columns(table)
-        with pq.ParquetWriter(
-            tmp, table.schema, compression=PARQUET_CODEC, use_dictionary=dictionary
-        ) as writer:
-            for number, start in enumerate(range(0, max(table.num_rows, 1), row_group_rows)):
-                writer.write_table(table.slice(start, row_group_rows))
-                if on_row_group is not None:
-                    on_row_group(number)
-        publish(tmp, target)
+        with publishing(target) as tmp:
+            table = (
+                frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
+            )
+            dictionary = dictionary_columns(table)
+            with pq.ParquetWriter(
+                tmp, table.schema, compression=PARQUET_CODEC, use_dictionary=dictionary
+            ) as writer:
+                for number, start in enumerate(range(0, max(table.num_rows, 1), row_group_rows)):
+                    writer.write_table(table.slice(start, row_group_rows))
+                    if on_row_group is not None:
+                        on_row_group(number)
     except OSError as exc:
         raise write_failed(exc, target) from exc
+    return target
+
+
+@contextmanager
+def publishing(target: Path) -> Iterator[str]:
+    """A temporary sibling of ``target`` for the block to write; when the block returns it is made
+    durable and renamed to ``target`` (``aicml.durable.publish``), when it raises it is removed.
+
+    The one way this package publishes a file written by a library that wants a path (pyarrow,
+    pandas): ``target`` is whole or absent, and durable before the caller returns a reference to it.
+    """
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=target.suffix)
+    os.close(fd)
+    try:
+        yield tmp
+        publish(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return target
 
 
 def write_failed(exc: OSError, path: Path) -> SourceError:
@@ -126,17 +142,11 @@ def move_into(src: Path, dst: Path) -> None:
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise write_failed(exc, dst) from exc
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=".tmp-", suffix=".parquet")
-    os.close(fd)
     try:
-        shutil.copyfile(src, tmp)
-        fsync_file(tmp)
-        os.replace(tmp, dst)
+        with publishing(dst) as tmp:
+            shutil.copyfile(src, tmp)
     except OSError as exc:
         raise write_failed(exc, dst) from exc
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     src.unlink(missing_ok=True)
 
 

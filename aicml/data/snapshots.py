@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 
-from aicml.durable import publish
+from aicml.data.sinks import publishing
 
 _NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -58,17 +56,11 @@ def write_snapshot(frame: pd.DataFrame, dataset: str, root: Path) -> Snapshot:
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / f"{fingerprint}.parquet"
     if not target.exists():
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".parquet")
-        os.close(fd)
-        try:
+        with publishing(target) as tmp:  # durable before the Snapshot that points at it is returned
             try:
                 frame.to_parquet(tmp, index=False)
             except (pa.ArrowInvalid, pa.ArrowTypeError):
                 frame_as_text(frame).to_parquet(tmp, index=False)
-            publish(tmp, target)  # durable before the Snapshot that points at it is returned
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
     return Snapshot(
         dataset=dataset,
         fingerprint=fingerprint,

@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 
 from aicml.errors import SourceError
+from aicml.redaction import redact  # noqa: F401  (re-exported: the CLI and tuning import it from here)
 
 FILE_FORMATS = {
     ".csv": "csv",
@@ -171,10 +172,3 @@ def read_source(spec: SourceSpec) -> pd.DataFrame:
                 "files of one source must share their columns."
             )
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-
-
-def redact(source: str) -> str:
-    """``source`` with any password in a URL replaced by ***, safe for logs and artifacts."""
-    from aicml.redaction import redact as redact_text
-
-    return redact_text(source)
