@@ -8,6 +8,9 @@ minute, by name and address, with what to run next.
 
 from __future__ import annotations
 
+import itertools
+import math
+import random
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -60,8 +63,24 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
-def _postgres_unreachable(exc: BaseException) -> bool:
-    """A PostgreSQL connection failure or shutdown, not a refusal (bad password, missing database)."""
+# PostgreSQL SQLSTATEs of a server out of reach for now: class 08 (connection exceptions), the server shutting
+# down or starting up (57P01-57P03), too many connections (53300). Not refusals: bad password, missing database.
+_PG_TRANSIENT = ("57P01", "57P02", "57P03", "53300")
+
+
+def _database_unreachable(exc: BaseException, sqlite_busy: bool) -> bool:
+    """A database connection failure or shutdown (psycopg, or SQLAlchemy's invalidated connection); with
+    ``sqlite_busy`` also a SQLite file that stays locked past its busy timeout."""
+    if "sqlalchemy" in sys.modules:
+        from sqlalchemy.exc import DBAPIError
+
+        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+            return True
+    if sqlite_busy and "sqlite3" in sys.modules:
+        import sqlite3
+
+        if isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc)):
+            return True
     if "psycopg" not in sys.modules:
         return False
     import psycopg
@@ -69,14 +88,16 @@ def _postgres_unreachable(exc: BaseException) -> bool:
     if not isinstance(exc, psycopg.OperationalError):
         return False
     state = getattr(exc, "sqlstate", None)
-    return state is None or state.startswith("08") or state in ("57P01", "57P02", "57P03")
+    return state is None or state.startswith("08") or state in _PG_TRANSIENT
 
 
-def is_unreachable(exc: BaseException) -> bool:
-    """True when ``exc`` or what it wraps (cause or context, a few levels deep) is a transport failure.
+def is_unreachable(exc: BaseException, *, sqlite_busy: bool = False) -> bool:
+    """True when ``exc`` or what it wraps (cause or context, a few levels deep) says the server is out of reach
+    for now: a transport failure (MLflow, Prefect, HTTP clients), a database connection lost or refused.
 
     MLflow raises ``MlflowException("API request to ... failed ...")`` from inside its handler of the
-    ``requests`` error, and trainers wrap that again, so the chain is walked, not only ``exc`` itself.
+    ``requests`` error, trainers wrap that again, and SQLAlchemy wraps the driver's error, so the chain is
+    walked, not only ``exc`` itself. ``sqlite_busy``: a SQLite file locked past its busy timeout counts too.
     """
     kinds = _transport_errors()
     seen: set[int] = set()
@@ -84,7 +105,7 @@ def is_unreachable(exc: BaseException) -> bool:
     while current is not None and id(current) not in seen and len(seen) < 12:
         if isinstance(current, ServiceUnavailableError):
             return False  # already reported
-        if isinstance(current, kinds) or _postgres_unreachable(current):
+        if isinstance(current, kinds) or _database_unreachable(current, sqlite_busy):
             return True
         seen.add(id(current))
         current = current.__cause__ or current.__context__
@@ -124,6 +145,41 @@ def reporting_unreachable(server: str, url: str, doing: str) -> Iterator[None]:
         ) from exc
 
 
+def retrying(
+    call: Callable[[], T],
+    *,
+    retry_on: Callable[[BaseException], bool] = is_unreachable,
+    attempts: int | None = None,
+    budget_s: float | None = None,
+    first_delay: float = 1.0,
+    max_delay: float = math.inf,
+    jitter: bool = False,
+    sleep: Callable[[float], None] = time.sleep,
+    on_retry: Callable[[BaseException, float], None] | None = None,
+) -> T:
+    """The one backoff loop: ``call()`` again while it raises what ``retry_on`` accepts, then the last error.
+
+    Waits ``first_delay``, doubling up to ``max_delay`` (each wait times 0.5-1.5 with ``jitter``), for at most
+    ``attempts`` tries and, with ``budget_s``, while the next wait still ends within ``budget_s`` seconds of
+    the start. Other errors are raised at once. ``call`` must be idempotent: safe to run twice.
+    """
+    deadline = None if budget_s is None else time.monotonic() + budget_s
+    delay = first_delay
+    for attempt in itertools.count(1):
+        try:
+            return call()
+        except Exception as exc:
+            if not retry_on(exc):
+                raise
+            if attempt == attempts or (deadline is not None and time.monotonic() + delay > deadline):
+                raise
+            if on_retry is not None:
+                on_retry(exc, delay)
+        sleep(delay * (0.5 + random.random()) if jitter else delay)
+        delay = min(delay * 2, max_delay)
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
 def retry_idempotent(
     call: Callable[[], T],
     *,
@@ -140,22 +196,16 @@ def retry_idempotent(
     calls' own timeouts), then raises ``ServiceUnavailableError``. Errors that are not transport
     failures are raised at once.
     """
-    delay = first_delay
-    for attempt in range(1, attempts + 1):
-        try:
-            return call()
-        except Exception as exc:
-            if not is_unreachable(exc):
-                raise
-            if attempt == attempts:
-                raise ServiceUnavailableError(
-                    server,
-                    public_url(url),
-                    doing,
-                    f"{attempts} attempts over {first_delay * (2 ** (attempts - 1) - 1):.0f}s; "
-                    f"last: {type(exc).__name__}: {exc}"[:300],
-                    current_flow_run_id(),
-                ) from exc
-        sleep(delay)
-        delay *= 2
-    raise AssertionError("unreachable")  # the loop returns or raises
+    try:
+        return retrying(call, attempts=attempts, first_delay=first_delay, sleep=sleep)
+    except Exception as exc:
+        if not is_unreachable(exc):
+            raise
+        raise ServiceUnavailableError(
+            server,
+            public_url(url),
+            doing,
+            f"{attempts} attempts over {first_delay * (2 ** (attempts - 1) - 1):.0f}s; "
+            f"last: {type(exc).__name__}: {exc}"[:300],
+            current_flow_run_id(),
+        ) from exc

@@ -18,9 +18,7 @@ import datetime as dt
 import functools
 import itertools
 import logging
-import random
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -43,7 +41,7 @@ from sqlalchemy import (
     make_url,
     select,
 )
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from aicml.agents.errors import AgentConflict, AgentNotFound, AgentStoreUnavailable, LifecycleError
@@ -57,6 +55,7 @@ from aicml.registry.canary import (
     RolloutProgress,
     advance_progress,
 )
+from aicml.retry import is_unreachable, retrying
 
 log = logging.getLogger(__name__)
 
@@ -244,13 +243,6 @@ def make_engine(url: str, pool_size: int = 10) -> Engine:
     )
 
 
-def _unavailable(exc: DBAPIError, sqlite: bool) -> bool:
-    """Whether ``exc`` says the database is out of reach for now (worth another try), not that the SQL is wrong."""
-    if sqlite:  # a file that stays locked past the busy timeout
-        return isinstance(exc, OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
-    return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
-
-
 def _where(url: str) -> str:
     """agent_db's backend, host and database for messages; never the user or password."""
     parsed = make_url(url)
@@ -427,7 +419,7 @@ class AgentStore:
             with self._local_lock, self.sessions() as session, session.begin():
                 yield session
         except DBAPIError as exc:
-            if not _unavailable(exc, sqlite=not self.is_postgres):
+            if not is_unreachable(exc, sqlite_busy=not self.is_postgres):
                 raise
             reason = str(exc.orig or exc).strip().splitlines()[0][:300]
             raise AgentStoreUnavailable(
@@ -437,17 +429,15 @@ class AgentStore:
 
     def retrying(self, work: Callable[[], R]) -> R:
         """``work()``, tried again with jittered backoff while agent_db is unavailable, for ``retry_s`` at most."""
-        deadline = time.monotonic() + self.retry_s
-        delay = 0.05
-        while True:
-            try:
-                return work()
-            except AgentStoreUnavailable as exc:
-                if time.monotonic() + delay > deadline:
-                    raise
-                log.warning("%s; retrying in %.2f s", exc, delay)
-                time.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 1.0)
+        return retrying(
+            work,
+            retry_on=lambda exc: isinstance(exc, AgentStoreUnavailable),
+            budget_s=self.retry_s,
+            first_delay=0.05,
+            max_delay=1.0,
+            jitter=True,
+            on_retry=lambda exc, delay: log.warning("%s; retrying in %.2f s", exc, delay),
+        )
 
     # --- agents -----------------------------------------------------------------------------------------
     @idempotent
