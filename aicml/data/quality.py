@@ -1,13 +1,13 @@
 """Quality suites with Great Expectations 1.x: derive a suite from a first batch, store it, enforce it.
 
 The derived suite holds column names, numeric types and ranges, allowed categories, null fractions
-and the share of missing labels a batch may have. Only this module imports great_expectations.
+and the share of missing labels a batch may have. Only this module imports great_expectations
+(and `aicml.compat`, for its one fenced patch of GE's Jinja views).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from aicml.compat import share_compiled_templates  # GE's compiled templates shared (a fenced patch)
 from aicml.durable import write_durably
 from aicml.errors import ConfigurationError, FailedExpectation
 
@@ -305,55 +306,6 @@ def split_missing_labels(frame: pd.DataFrame, target: str) -> tuple[pd.DataFrame
     if frame[target].dtype == object or pd.api.types.is_string_dtype(frame[target]):
         missing |= frame[target].astype(str).str.strip().isin(["", "nan", "None"])
     return frame.loc[~missing].reset_index(drop=True), frame.loc[missing].reset_index(drop=True)
-
-
-def finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None
-
-
-_TEMPLATE_CACHE: Any = None
-
-
-def share_compiled_templates() -> Any:
-    """Keep Great Expectations' compiled Jinja templates for the life of the process.
-
-    GE makes a new Jinja environment for every view it renders, so each Data Docs build compiled
-    the same templates again (about 0.25 s a build, most of a warm build's rendering). Jinja's own
-    answer is a bytecode cache: this one lives in memory, is keyed by template name and a checksum
-    of its source, and is attached to each environment GE makes. The templates, their context and
-    their output are GE's, unchanged. Returns the cache (its ``store`` holds what was compiled).
-    """
-    global _TEMPLATE_CACHE
-    if _TEMPLATE_CACHE is not None:
-        return _TEMPLATE_CACHE
-    import jinja2
-    from great_expectations.render.view import view as gx_view
-
-    class MemoryBytecodeCache(jinja2.BytecodeCache):
-        def __init__(self) -> None:
-            self.store: dict[str, bytes] = {}
-
-        def load_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
-            code = self.store.get(bucket.key)
-            if code is not None:
-                bucket.bytecode_from_string(code)
-
-        def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
-            self.store[bucket.key] = bucket.bytecode_to_string()
-
-    cache = MemoryBytecodeCache()
-    make_view = gx_view.DefaultJinjaView.__init__
-
-    # The same parameters as GE's: it reads them (getfullargspec) to pick what config to pass.
-    def with_cache(
-        self: Any, custom_styles_directory: Any = None, custom_views_directory: Any = None
-    ) -> None:
-        make_view(self, custom_styles_directory, custom_views_directory)
-        self.env.bytecode_cache = cache
-
-    gx_view.DefaultJinjaView.__init__ = with_cache  # type: ignore[method-assign]
-    _TEMPLATE_CACHE = cache
-    return cache
 
 
 def build_data_docs(frame: pd.DataFrame, suite: dict[str, Any], site_dir: Path, run_name: str) -> Path:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from aicml import compat
 from aicml.errors import AicError, RegistryError
 from aicml.registry.checksums import ModelRef, fetch_verified, resolve_version
 from aicml.serving.inputs import V2_NATIVE, Batch, InputError, InputSchema
@@ -71,8 +72,9 @@ class ServedModel:
     pyfunc: Any
     schema: InputSchema
     loaded_at: float = field(default_factory=time.time)
-    direct: bool = False  # True: inputs are validated here, so call the flavor's predict directly
-    takes_params: bool = False
+    # The flavor's predict without MLflow's per-call enforcement (aicml.compat.direct_predict): inputs are
+    # validated here. None: use the public ``pyfunc.predict``.
+    direct_predict: Callable[[Any], Any] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         kinds = {c.kind for c in self.schema.columns}
@@ -88,18 +90,13 @@ class ServedModel:
         # The direct path skips MLflow's per-call schema enforcement (about a millisecond) because
         # InputSchema already produced exactly the dtypes that enforcement would. It applies only to
         # plain column signatures without params, type hints or input-example conversion.
-        direct = (
-            schema.column_based
-            and params_schema is None
-            and not meta._is_signature_from_type_hint()
-            and not meta._is_type_hint_from_example()
-            and hasattr(pyfunc, "_predict_fn")
-        )
-        takes_params = False
-        if direct:
-            parameter = inspect.signature(pyfunc._predict_fn).parameters.get("params")
-            takes_params = parameter is not None and parameter.kind != inspect.Parameter.VAR_KEYWORD
-        return cls(name, version, pyfunc, schema, direct=direct, takes_params=takes_params)
+        direct = compat.direct_predict(pyfunc) if schema.column_based else None
+        return cls(name, version, pyfunc, schema, direct_predict=direct)
+
+    @property
+    def direct(self) -> bool:
+        """True: inputs are validated here, and the flavor's predict is called directly."""
+        return self.direct_predict is not None
 
     @property
     def output_datatype(self) -> str:
@@ -127,12 +124,8 @@ class ServedModel:
                 frame = pd.DataFrame(np.column_stack(list(batch.columns.values())), columns=self.column_names)
             else:
                 frame = pd.DataFrame(batch.columns, columns=self.column_names, copy=False)
-            if self.direct:
-                return (
-                    self.pyfunc._predict_fn(frame, params=None)
-                    if self.takes_params
-                    else self.pyfunc._predict_fn(frame)
-                )
+            if self.direct_predict is not None:
+                return self.direct_predict(frame)
             return self.pyfunc.predict(frame, batch.params)
         except InputError:
             raise

@@ -4,6 +4,8 @@
 refused connection before it has reached the server once: a flow run that starts while the Prefect server
 restarts crashes before running anything. This waits (bounded, with backoff) for ``/health`` to answer,
 then hands over to the engine unchanged; after that first contact Prefect's own retries ride restarts out.
+Before handing over it installs the flow-run process's patches (``aicml.compat.install()``: heartbeats that
+stop the moment the flow ends), explicitly, here where the process starts.
 
 ``AIC_ENGINE_WAIT_S`` bounds the wait (default 90 s); past it the engine starts anyway and reports the
 outage itself.
@@ -17,6 +19,8 @@ import sys
 import time
 
 import httpx
+
+from aicml import compat
 
 
 def wait_for_api(api_url: str, timeout_s: float) -> bool:
@@ -38,6 +42,7 @@ def main() -> None:
     api_url = os.environ.get("PREFECT_API_URL")
     if api_url:
         wait_for_api(api_url, float(os.environ.get("AIC_ENGINE_WAIT_S", "90")))
+    compat.install()
     sys.argv = ["prefect.engine", *sys.argv[1:]]
     runpy.run_module("prefect.engine", run_name="__main__", alter_sys=True)
 

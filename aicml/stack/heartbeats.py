@@ -2,10 +2,11 @@
 
 Prefect 3.9's heartbeat thread sleeps in one-second steps, and a synchronous flow joins that thread
 when it finishes: every sync flow run (and every subflow) ends up to a second late. On a 10-million-row
-ingest that was a quarter of the flow's wall time. ``install()`` swaps in a heartbeat loop with the
+ingest that was a quarter of the flow's wall time. ``flow_heartbeats`` is a heartbeat loop with the
 same behaviour (first beat at once, then one per ``heartbeat_seconds``, none after a final state)
 that waits on its stop event, so joining it is immediate. Crash detection is unchanged: the crash
-automation still sees a beat every interval.
+automation still sees a beat every interval. ``aicml.compat.install()`` puts it in Prefect's place, where a
+process that runs flows starts (it is a patch of Prefect's private ``flow_engine._send_heartbeats``).
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ import contextvars
 import threading
 from collections.abc import Iterator
 from typing import Any
-
-_installed = False
 
 
 @contextlib.contextmanager
@@ -51,14 +50,3 @@ def flow_heartbeats(engine: Any, join_on_exit: bool = True) -> Iterator[None]:
         stop.set()
         if join_on_exit:
             thread.join(timeout=2)
-
-
-def install() -> bool:
-    """Use ``flow_heartbeats`` for every flow run of this process; True when installed (idempotent)."""
-    global _installed
-    import prefect.flow_engine as flow_engine
-
-    if not _installed and callable(getattr(flow_engine, "_send_heartbeats", None)):
-        flow_engine._send_heartbeats = flow_heartbeats
-        _installed = True
-    return _installed

@@ -10,7 +10,8 @@ from types import SimpleNamespace
 import prefect.flow_engine
 from prefect import flow
 
-from aicml.stack.heartbeats import flow_heartbeats, install
+from aicml.compat import heartbeats_that_stop_at_once as install
+from aicml.stack.heartbeats import flow_heartbeats
 
 
 class FakeEngine:
@@ -66,9 +67,8 @@ def test_no_beat_without_interval_or_after_a_final_state() -> None:
     assert final.beats == 0
 
 
-def test_installed_by_the_tasks_package_and_flows_still_run(stack: object) -> None:
-    import tasks  # noqa: F401  (installs on import)
-
+def test_installed_at_process_start_and_flows_still_run(stack: object) -> None:
+    # aicml.compat.install() at process start installs it (importing `tasks` no longer does).
     assert install() is True
     assert prefect.flow_engine._send_heartbeats is flow_heartbeats
 

@@ -31,11 +31,11 @@ def test_the_stack_starts_prefect_through_the_patched_launcher(tmp_path: Path) -
 
 
 def test_the_installed_prefect_still_has_the_function_the_fix_wraps() -> None:
-    from aicml.stack.prefect_server import take_slots_under_write_lock
+    from aicml.compat import take_slots_under_write_lock
 
     # Child process: the wrap replaces a function of Prefect's server module for the whole process.
     done = subprocess.run(
-        [sys.executable, "-c", "from aicml.stack.prefect_server import take_slots_under_write_lock as t; "
+        [sys.executable, "-c", "from aicml.compat import take_slots_under_write_lock as t; "
          "assert t() and t(), 'not applied'"],
         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])},
         capture_output=True, text=True, timeout=120,
@@ -70,7 +70,7 @@ async def _scenario(db_file: str) -> dict[str, Any]:
     from prefect.server.api import concurrency_limits_v2 as api
     from prefect.server.database import provide_database_interface
 
-    from aicml.stack.prefect_server import take_slots_under_write_lock
+    from aicml.compat import take_slots_under_write_lock
 
     db = provide_database_interface()
     engine = await db.engine()
