@@ -483,6 +483,13 @@ class HttpJsonConnector:
 
 
 SourceKind = Literal["files", "sql", "http"]
+# Schemes of SQLAlchemy URLs (the dialect, before any ``+driver``): such a source names a table or query.
+SQL_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mssql", "oracle")
+
+
+def scheme_of(source: str) -> str:
+    """The lower-case scheme of a source string without its ``+driver`` part; '' for a plain path."""
+    return source.split("://", 1)[0].split("+", 1)[0].lower() if "://" in source else ""
 
 
 def content_identity(partition: Partition, result: ReadResult) -> str:
@@ -517,9 +524,7 @@ def connector_for(
     default the operator's ``AIC_INGEST_ALLOWED_HOSTS``); local files are confined to ``roots`` when
     given (None: not confined, a caller's own run).
     """
-    from aicml.data.sources import SQL_SCHEMES
-
-    scheme = source.split("://", 1)[0].split("+", 1)[0].lower() if "://" in source else ""
+    scheme = scheme_of(source)
     if kind == "auto":
         kind = "sql" if scheme in SQL_SCHEMES else "http" if scheme in ("http", "https") else "files"
     if kind == "sql":

@@ -1,7 +1,8 @@
 """Read a tabular source into a DataFrame: CSV/Parquet/JSON-lines files (path, glob, URL) or a SQL table.
 
 A source is a string. ``sqlite:///x.db#churn`` or ``postgresql://host/db#schema.table`` names a table
-(the part after ``#``); anything else is a path, glob or fsspec URL of files.
+(the part after ``#``); anything else is a path, glob or fsspec URL of files. Both are read through the
+ingestion's connectors (``aicml.data.connectors``: one listing, one format table, one scheme parser).
 
 A source is also a parameter, so it only reaches what the operator allowed: http(s) files go through
 the guarded client of ``aicml.data.netguard`` (no private addresses, capped while streaming), other
@@ -11,136 +12,74 @@ runs of a deployment, see ``tasks.ingest.source_roots``), only inside those root
 
 from __future__ import annotations
 
-import glob
-import os
-import re
+import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
+from aicml.data.connectors import SQL_SCHEMES, FileConnector, Partition, connector_for, scheme_of
 from aicml.errors import SourceError
-from aicml.redaction import redact  # noqa: F401  (re-exported: the CLI and tuning import it from here)
+from aicml.redaction import redact
 
-FILE_FORMATS = {
-    ".csv": "csv",
-    ".tsv": "csv",
-    ".parquet": "parquet",
-    ".pq": "parquet",
-    ".jsonl": "jsonl",
-    ".ndjson": "jsonl",
-    ".json": "jsonl",
-}
-SQL_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mssql", "oracle")
+__all__ = ["SQL_SCHEMES", "SourceSpec", "parse_source", "read_source", "read_sql_table", "redact"]
 
 
 @dataclass(frozen=True)
 class SourceSpec:
-    """A parsed source: either a list of files or a SQL URL plus table."""
+    """A parsed source: the files a file connector listed, or a SQL URL plus table."""
 
     raw: str
     files: tuple[str, ...] = ()
     sql_url: str | None = None
     table: str | None = None
     roots: tuple[str, ...] | None = None
-    network: Any = None  # aicml.data.netguard.NetworkPolicy for http(s) files
+    connector: FileConnector | None = None
+    partitions: tuple[Partition, ...] = ()
 
     @property
     def is_sql(self) -> bool:
         return self.sql_url is not None
 
 
-def _format_of(path: str) -> str:
-    name = path.lower().removesuffix(".gz")
-    for suffix, fmt in FILE_FORMATS.items():
-        if name.endswith(suffix):
-            return fmt
-    raise SourceError(
-        f"Cannot tell the format of {path!r}: use a .csv, .tsv, .parquet, .jsonl or .json file (optionally .gz)."
-    )
-
-
 def parse_source(source: str, table: str | None = None, roots: tuple[str, ...] | None = None) -> SourceSpec:
     """Split ``source`` into files or a SQL table; raise SourceError naming what is missing.
 
-    With ``roots``, every local file must resolve into one of them (OutsideRootsError otherwise).
+    Files are listed by the ingestion's file connector (the operator's network policy for remote
+    files; with ``roots``, every local file must resolve into one of them, OutsideRootsError otherwise).
     """
-    from aicml.data.connectors import REMOTE_SCHEMES
-    from aicml.data.netguard import ForbiddenSchemeError, NetworkPolicy, check_url
-    from aicml.data.safety import check_in_roots
-
     if not source or not source.strip():
         raise SourceError("The source is empty: give a file path, glob or URL, or a SQLAlchemy URL#table.")
-    scheme = source.split("://", 1)[0].split("+", 1)[0].lower() if "://" in source else ""
-    if scheme in SQL_SCHEMES:
+    if scheme_of(source) in SQL_SCHEMES:
         url, _, fragment = source.partition("#")
         name = table or fragment or None
         if not name:
             raise SourceError(f"SQL source {url!r} names no table: append '#<table>' or pass table=.")
+        # The table name is checked when it is read: a bad one is an error of the read, never SQL text.
         return SourceSpec(raw=source, sql_url=url, table=name)
-    network = None
-    raw_scheme = source.split("://", 1)[0].lower() if "://" in source else ""
-    if raw_scheme not in ("file", "", *REMOTE_SCHEMES):
-        raise ForbiddenSchemeError(
-            f"Source {source!r} uses scheme {raw_scheme!r}; allowed are local paths, SQLAlchemy URLs and "
-            f"{', '.join(s + '://' for s in REMOTE_SCHEMES)}."
-        )
-    if scheme in ("http", "https"):
-        network = NetworkPolicy.from_settings()
-        check_url(source, network)
-        files: tuple[str, ...] = (source,)
-    elif "://" in source and scheme not in ("file", ""):
-        # Remote fsspec URL (s3://, ...): expand globs through fsspec.
-        import fsspec
-
-        fs, _, paths = fsspec.get_fs_token_paths(source)
-        files = tuple(sorted(fs.unstrip_protocol(p) for p in paths))
-    else:
-        local = source.removeprefix("file://")
-        if roots is not None:
-            check_in_roots(re.split(r"[*?\[]", local, maxsplit=1)[0] or ".", roots)
-        if any(ch in local for ch in "*?["):
-            files = tuple(sorted(glob.glob(local, recursive=True)))
-        elif os.path.isdir(local):
-            files = tuple(
-                sorted(
-                    str(p)
-                    for p in Path(local).rglob("*")
-                    if p.is_file() and not p.name.startswith((".", "_"))
-                )
-            )
-        else:
-            files = (local,)
-        for path in files:
-            if roots is not None:
-                check_in_roots(path, roots)
-            if not os.path.exists(path):
-                raise SourceError(f"Source file {path!r} does not exist.")
-    if not files:
-        raise SourceError(f"Source {source!r} matched no files.")
-    for path in files:
-        _format_of(path)
-    return SourceSpec(raw=source, files=files, roots=roots, network=network)
+    connector = connector_for(source, "files", roots=roots)
+    assert isinstance(connector, FileConnector)
+    # The pipeline reads a file as it is: hive directory names do not become columns here.
+    partitions = tuple(dataclasses.replace(p, values={}) for p in connector.partitions())
+    return SourceSpec(
+        raw=source,
+        files=tuple(p.location for p in partitions),
+        roots=roots,
+        connector=connector,
+        partitions=partitions,
+    )
 
 
-def _read_file(path: str, spec: SourceSpec | None = None) -> pd.DataFrame:
+def _read_file(connector: FileConnector, partition: Partition) -> pd.DataFrame:
     """One file through the ingestion readers (encoding and delimiter detection, gzip caps).
 
     The pipeline has no quarantine: a row the parser refuses fails the read with its row number.
     """
-    from aicml.data.connectors import FileConnector, Partition
-
-    _format_of(path)
-    connector = FileConnector(
-        path, roots=spec.roots if spec else None, network=spec.network if spec else None
-    )
-    result = connector.read(Partition(key=path, identity="", location=path))
+    result = connector.read(partition)
     if result.rejects:
         first = result.rejects[0]
         raise SourceError(
-            f"{path!r}: {len(result.rejects)} row(s) cannot be parsed; first, data row {first.row}: "
-            f"{first.reason}. Fix the file, or load it with the ingest flow's quarantine policy."
+            f"{partition.location!r}: {len(result.rejects)} row(s) cannot be parsed; first, data row "
+            f"{first.row}: {first.reason}. Fix the file, or load it with the ingest flow's quarantine policy."
         )
     return result.frame
 
@@ -163,7 +102,8 @@ def read_source(spec: SourceSpec) -> pd.DataFrame:
     if spec.is_sql:
         assert spec.sql_url is not None and spec.table is not None
         return read_sql_table(spec.sql_url, spec.table)
-    frames = [_read_file(path, spec) for path in spec.files]
+    assert spec.connector is not None
+    frames = [_read_file(spec.connector, partition) for partition in spec.partitions]
     columns = list(frames[0].columns)
     for path, frame in zip(spec.files[1:], frames[1:], strict=True):
         if list(frame.columns) != columns:
