@@ -15,7 +15,7 @@ from aicml.data.integration import IngestJob
 from aicml.data.parallel import ClusterOptions
 from aicml.data.readers import DEFAULT_MAX_BYTES, DEFAULT_MAX_FIELD_BYTES, ReadOptions
 from aicml.data.safety import check_in_roots, configured_roots
-from aicml.data.sinks import ParquetSink, SqlSink
+from aicml.data.sinks import ParquetSink, Sink, SqlSink
 from aicml.data.transforms import TransformSpec
 from aicml.errors import ConfigurationError
 from aicml.names import ResourceName
@@ -203,7 +203,7 @@ def build_job(params: IngestParams) -> IngestJob:
         allow_empty=params.incremental,
         roots=roots,
     )
-    sink: ParquetSink | SqlSink
+    sink: Sink
     if params.sink == "sql":
         sink_url = _sql_url(params.sink_block) if params.sink_block else params.sink_url
         if not sink_url:

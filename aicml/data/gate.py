@@ -10,7 +10,6 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
@@ -23,11 +22,10 @@ from aicml.data.quality import (
     numeric_columns_of,
     save_suite,
     split_missing_labels,
-    validate_frame,
 )
-from aicml.data.rules import as_numbers_where_parsable, check_rows, compile_suite
 from aicml.data.sinks import publishing
 from aicml.data.snapshots import Snapshot, load_snapshot
+from aicml.data.validation import validate_batch
 from aicml.errors import ConfigurationError, DataQualityError, SchemaError
 from aicml.names import check_name
 
@@ -79,8 +77,7 @@ def run_quality_gate(
             save_suite(suite, location)
         else:
             suite = load_suite(location)
-    report = validate_batch(frame, suite)
-    report = ValidationReport(report.suite_name, report.rows, report.outcomes, suite_created=created)
+    report = validate_batch(frame, suite).report(suite_created=created)
     if not report.success:
         raise DataQualityError(snapshot.dataset, report.failures, len(frame), report.to_dict())
     labelled, unlabelled = split_missing_labels(frame, target)
@@ -93,16 +90,6 @@ def run_quality_gate(
         with publishing(target_path) as tmp:  # durable before the result that points at it is returned
             clean.to_parquet(tmp, index=False)
     return GateResult(str(target_path), len(clean), len(unlabelled), report, str(location))
-
-
-def validate_batch(frame: pd.DataFrame, suite: dict[str, Any]) -> ValidationReport:
-    """The suite's verdict on ``frame``: the compiled checks when every expectation has a compiled
-    form (equal to GE's counts, tested), else Great Expectations itself."""
-    compiled = compile_suite(suite)
-    if compiled.uncompiled:
-        return validate_frame(frame, suite)
-    checked = as_numbers_where_parsable(frame, compiled.numeric_columns)
-    return ValidationReport(suite["name"], len(frame), check_rows(checked, compiled).outcomes)
 
 
 def load_validated(result: GateResult) -> pd.DataFrame:

@@ -22,22 +22,16 @@ import pandas as pd
 
 from aicml.data.connectors import Connector, FileConnector, Partition, content_identity
 from aicml.data.parallel import ClusterOptions, run_partitions
-from aicml.data.quality import ExpectationOutcome, validate_frame
+from aicml.data.quality import ExpectationOutcome
 from aicml.data.readers import DEFAULT_MAX_FIELD_BYTES, ReadResult, oversized_fields
-from aicml.data.rules import (
-    CompiledSuite,
-    RowReasons,
-    as_numbers_where_parsable,
-    check_rows,
-    compile_suite,
-)
+from aicml.data.rules import RowReasons
 from aicml.data.sinks import (
     PARTITION,
     RAW,
     REASON,
     ROW,
     ParquetSink,
-    SqlSink,
+    Sink,
     StagedPartition,
     stage_partition,
 )
@@ -50,6 +44,7 @@ from aicml.data.transforms import (
     pending_coercions,
     referenced_columns,
 )
+from aicml.data.validation import validate_batch
 from aicml.errors import AicError, DataQualityError, FailedExpectation
 
 Policy = Literal["fail", "quarantine", "warn"]
@@ -299,20 +294,15 @@ def process_partition(task: PartitionTask) -> PartitionOutcome:
 
     outcomes: list[ExpectationOutcome] = []
     failures: list[str] = []
-    compiled: CompiledSuite | None = compile_suite(task.suite) if task.suite else None
-    if compiled is not None:
-        checked = as_numbers_where_parsable(frame, compiled.numeric_columns)
-        verdict = check_rows(checked, compiled)
-        outcomes += verdict.outcomes
-        failures += verdict.partition_failures
+    numeric_columns: tuple[str, ...] = ()
+    if task.suite:
+        verdict = validate_batch(frame, task.suite)
+        outcomes, failures, numeric_columns = (
+            verdict.outcomes,
+            verdict.batch_failures,
+            verdict.numeric_columns,
+        )
         reasons.add(verdict.reasons)
-        if compiled.uncompiled and not failures:
-            # Expectation types without a compiled form: Great Expectations itself judges the partition.
-            assert task.suite is not None
-            sub = {**task.suite, "expectations": list(compiled.uncompiled)}
-            report = validate_frame(frame, sub)
-            outcomes += report.outcomes
-            failures += [f.describe() for f in report.failures]
     if failures and task.policy == "quarantine":
         reasons.every_row("partition rejected: " + "; ".join(failures))
     if task.policy == "warn":
@@ -334,9 +324,7 @@ def process_partition(task: PartitionTask) -> PartitionOutcome:
 
     keep = ~bad
     numeric_types = {
-        c: "float64"
-        for c in (compiled.numeric_columns if compiled else ())
-        if c in frame.columns and frame[c].dtype.kind not in "iufb"
+        c: "float64" for c in numeric_columns if c in frame.columns and frame[c].dtype.kind not in "iufb"
     }
     pending = pending_coercions(frame, {**numeric_types, **task.transform.types})
     converted = pd.DataFrame(index=frame.index[keep])
@@ -433,7 +421,7 @@ class IngestJob:
 
     load: str
     connector: Connector
-    sink: ParquetSink | SqlSink
+    sink: Sink
     work_dir: str
     suite: dict[str, Any] | None = None
     policy: Policy = "quarantine"
@@ -471,8 +459,7 @@ def run_ingest(job: IngestJob, state: IngestState | None = None) -> IngestReport
     done: set[str] = set()
     if state is not None and job.incremental:
         done |= state.committed(job.load)
-    if isinstance(job.sink, ParquetSink):
-        done |= job.sink.committed_identities()
+    done |= job.sink.committed_identities()
     todo = [p for p in listed if not p.identity or p.identity not in done]
     work = Path(job.work_dir) / job.load
     # This run's own staging: two runs of a load (a schedule and a file trigger) never share files
@@ -494,9 +481,7 @@ def _run_batch(
     work: Path,
     staging: Path,
 ) -> IngestReport:
-    partition_by = job.sink.partition_by if isinstance(job.sink, ParquetSink) else ()
-    row_group_rows = job.sink.row_group_rows if isinstance(job.sink, ParquetSink) else 1_000_000
-    on_row_group = job.sink.on_row_group if isinstance(job.sink, ParquetSink) else None
+    layout = job.sink.staging()
     # Partitions side by side already fill the cores: each parses on its own thread.
     side_by_side = job.cluster.kind != "sync" and job.cluster.workers > 1 and len(todo) > 1
     connector = _single_threaded(job.connector) if side_by_side else job.connector
@@ -509,10 +494,10 @@ def _run_batch(
             job.policy,
             job.transform,
             str(staging),
-            partition_by,
+            layout.partition_by,
             job.max_field_bytes,
-            row_group_rows=row_group_rows,
-            on_row_group=on_row_group,
+            row_group_rows=layout.row_group_rows,
+            on_row_group=layout.on_row_group,
         )
         for p in todo
     ]
@@ -531,15 +516,9 @@ def _run_batch(
     # A partition with no accepted rows still commits (an empty manifest), so a rerun skips it.
     staged = [p.staged or StagedPartition(p.identity, "", 0) for p in parts]
     quarantine = ParquetSink(str(work / "quarantine"))
-    if isinstance(job.sink, ParquetSink):
-        committed_rows = job.sink.commit(staged)
-        output = job.sink.root
-    else:
-        # Quarantined rows go to the database's quarantine table in the batch's transaction.
-        bad = [p.quarantine for p in parts if p.quarantine is not None]
-        committed_rows = job.sink.commit(staged, batch_id, bad)
-        output = job.sink.table
-    quarantine.commit([p.quarantine for p in parts if p.quarantine is not None])
+    bad = [p.quarantine for p in parts if p.quarantine is not None]
+    committed_rows = job.sink.commit_batch(staged, batch_id, bad)
+    quarantine.commit(bad)
     watermark = _max_watermark([p.watermark for p in parts]) if job.incremental else None
     if state is not None:
         _record_state(
@@ -563,13 +542,11 @@ def _run_batch(
         outcomes=aggregate_outcomes(parts),
         partition_failures=[f for p in parts for f in p.partition_failures],
         quarantine_dir=quarantine.root,
-        output=output,
+        output=job.sink.output,
         seconds=time.perf_counter() - started,
         sample=pd.concat(samples, ignore_index=True) if samples else None,
         raw_sample=pd.concat(raw, ignore_index=True) if raw else None,
-        quarantine_table=(
-            job.sink.quarantine_name if isinstance(job.sink, SqlSink) and job.sink.quarantine else None
-        ),
+        quarantine_table=job.sink.quarantine_output,
         reason_counts=merge_counts([p.reason_counts for p in parts]),
     )
 

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import pandas as pd
 
@@ -160,6 +160,45 @@ class StagedPartition:
 
 
 @dataclass(frozen=True)
+class Staging:
+    """How a sink wants partitions staged: hive columns, rows per row group, a progress hook."""
+
+    partition_by: tuple[str, ...] = ()
+    row_group_rows: int = 1_000_000
+    on_row_group: Callable[[int], None] | None = None
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """Where the ingest engine commits a batch; the engine calls only this, whatever the sink is.
+
+    A sink makes a rerun add nothing: ``committed_identities`` names partitions already in it (when it
+    tracks them one by one), and ``commit_batch`` commits the rest exactly once.
+    """
+
+    @property
+    def output(self) -> str:
+        """What the batch was written to (a directory, a table), for reports."""
+        ...
+
+    @property
+    def quarantine_output(self) -> str | None:
+        """Where quarantined rows go besides the quarantine files (a table), or None."""
+        ...
+
+    def staging(self) -> Staging: ...
+
+    def committed_identities(self) -> set[str]: ...
+
+    def commit_batch(
+        self, staged: Sequence[StagedPartition], batch_id: str, quarantine: Sequence[StagedPartition]
+    ) -> int:
+        """Commit the batch's staged partitions (and, where the sink keeps them, its quarantined
+        rows); the rows added, 0 for a batch committed before."""
+        ...
+
+
+@dataclass(frozen=True)
 class ParquetSink:
     """A Parquet dataset under ``root``, hive-partitioned by ``partition_by`` columns when given."""
 
@@ -187,6 +226,24 @@ class ParquetSink:
         if not self._manifests.is_dir():
             return set()
         return {p.stem for p in self._manifests.glob("*.json")}
+
+    @property
+    def output(self) -> str:
+        return self.root
+
+    @property
+    def quarantine_output(self) -> str | None:
+        return None
+
+    def staging(self) -> Staging:
+        return Staging(self.partition_by, self.row_group_rows, self.on_row_group)
+
+    def commit_batch(
+        self, staged: Sequence[StagedPartition], batch_id: str, quarantine: Sequence[StagedPartition]
+    ) -> int:
+        """``commit``: partitions are committed one by one under their manifests (quarantined rows stay
+        in the quarantine files)."""
+        return self.commit(staged)
 
     def _final_files(self, staged: StagedPartition, run: str) -> list[tuple[Path, Path]]:
         """Each staged file and its name in the dataset: ``part-<identity>-<run>.parquet`` in its
@@ -355,6 +412,27 @@ class SqlSink:
     def quarantine_name(self) -> str:
         """The quarantine table (``schema.table`` or ``table``)."""
         return self.quarantine_table or f"{self.table}_quarantine"
+
+    @property
+    def output(self) -> str:
+        return self.table
+
+    @property
+    def quarantine_output(self) -> str | None:
+        return self.quarantine_name if self.quarantine else None
+
+    def staging(self) -> Staging:
+        return Staging()
+
+    def committed_identities(self) -> set[str]:
+        """None one by one: the ledger records whole batches (``commit`` skips one committed before)."""
+        return set()
+
+    def commit_batch(
+        self, staged: Sequence[StagedPartition], batch_id: str, quarantine: Sequence[StagedPartition]
+    ) -> int:
+        """``commit``: one transaction for the batch, its quarantined rows and its ledger row."""
+        return self.commit(staged, batch_id, quarantine)
 
     def _quarantine(self, metadata: Any) -> Any:
         """Quarantined rows: the batch, where each came from, why, and its fields as text (JSON)."""
