@@ -135,12 +135,18 @@ def run_on_dask(workdir: Path, data: object, name: str, objective: str, workers:
         pruning={"pruner": "none", "plateau_patience": None}, budget={"n_trials": n_trials},
         max_epochs=epochs, parallel=workers, study_name=name, storage_url=url,
     )  # fmt: skip
+    from pydantic import SecretStr
+
     from aicml.tuning.study import open_storage, open_study
 
     study = open_study(name, open_storage(url), "minimize")
     for params in queued or []:
         study.enqueue_trial(params)
-    ref = StudyRef(name, url, "minimize", "", "", "", False, 0)
+    # No MLflow (tracking None): the trials are recorded in the study only.
+    ref = StudyRef(
+        study_name=name, storage_url=SecretStr(url), direction="minimize", experiment_id="",
+        parent_run_id="", tracking=None, resumed=False, finished_before=0,
+    )  # fmt: skip
     load = os.getloadavg()[0]
     outcome = run_search(options, ref, data)
     print(

@@ -2,12 +2,14 @@
 
 Each of the ``parallel`` workers is one long-lived Prefect task on the flow's task runner (a Dask
 ``LocalCluster`` by default) that claims and evaluates trials from the shared study until the
-budget is spent (``aicml.tuning.engine.run_worker``), so n trials run at once.
+budget is spent (``aicml.tuning.engine.run_worker``), so n trials run at once. MLflow is reached
+through the ``Tracking`` the flow hands in (in ``StudyRef``); no task reads the settings.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -16,8 +18,10 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import SecretStr
 
 from aicml.models.training import TrainingOutcome
-from aicml.tuning.engine import WorkerJob, WorkerReport
-from tasks.context import data_dir, settings
+from aicml.names import slug
+from aicml.registry.tracking import Tracking
+from aicml.tuning.engine import TrackingRef, WorkerJob, WorkerReport
+from tasks.context import settings
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,7 @@ class StudyRef:
 
     The storage URL may hold a password: a ``SecretStr``, so the subflow parameters Prefect records (and
     shows in its UI) carry ``**********`` while the processes that open the study get the value.
+    ``tracking`` None (the benchmark) records the trials in the study only.
     """
 
     study_name: str
@@ -33,9 +38,21 @@ class StudyRef:
     direction: str
     experiment_id: str
     parent_run_id: str
-    tracking_uri: str
+    tracking: Tracking | None
     resumed: bool
     finished_before: int
+
+    def trial_tracking(self) -> TrackingRef | None:
+        """Where the workers log each trial's nested run (None: not logged)."""
+        if self.tracking is None:
+            return None
+        return TrackingRef(self.tracking.uri, self.experiment_id, self.parent_run_id)
+
+    def client(self) -> Any:
+        """A client of the study's MLflow server."""
+        if self.tracking is None:
+            raise ValueError(f"Study {self.study_name!r} is not tracked in MLflow")
+        return self.tracking.client()
 
 
 @dataclass(frozen=True)
@@ -52,13 +69,13 @@ class StudyReport:
     plots: list[str]
 
 
-def default_storage_url() -> str:
+def default_storage_url(home: Path | None = None) -> str:
     """Model tuning's own database on Kubernetes (tuning_db, shared by every trial worker of every run),
-    else SQLite under the stack's home."""
+    else SQLite under the stack's home (``home``, read from the settings when not given)."""
     from aicml.tuning.study import local_storage_url
     from blocks.settings import service_database_url
 
-    return service_database_url("TUNING") or local_storage_url(data_dir("tuning"))
+    return service_database_url("TUNING") or local_storage_url((home or settings().root) / "tuning")
 
 
 @task(name="open-study", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE, persist_result=False)
@@ -66,23 +83,19 @@ def open_study_task(
     study_name: str,
     storage_url: str,
     direction: str,
-    experiment: str,
+    tracking: Tracking,
     tags: dict[str, str],
     params_to_log: dict[str, Any],
 ) -> StudyRef:
     """Create or load the study, and create (or, on resume, reopen) its parent MLflow run."""
-    from mlflow import MlflowClient
-
-    from aicml.registry.tracking import use_tracking
     from aicml.tuning.engine import FINISHED
     from aicml.tuning.reporting import STUDY_RUN_ATTR
     from aicml.tuning.study import open_storage, open_study
 
     storage = open_storage(storage_url)
     study = open_study(study_name, storage, direction)
-    uri = settings().tracking_uri
-    experiment_id = use_tracking(uri, experiment)
-    client = MlflowClient(uri)
+    experiment_id = tracking.experiment_id()
+    client = tracking.client()
     parent = study.user_attrs.get(STUDY_RUN_ATTR)
     resumed = parent is not None
     if parent is None:
@@ -101,7 +114,14 @@ def open_study_task(
         parent,
     )
     return StudyRef(
-        study_name, SecretStr(storage_url), direction, experiment_id, str(parent), uri, resumed, finished
+        study_name=study_name,
+        storage_url=SecretStr(storage_url),
+        direction=direction,
+        experiment_id=experiment_id,
+        parent_run_id=str(parent),
+        tracking=tracking,
+        resumed=resumed,
+        finished_before=finished,
     )
 
 
@@ -142,48 +162,9 @@ def search_worker_task(job: WorkerJob) -> WorkerReport:
     return report
 
 
-def warm_workers(objective: str, data: Any, storage_url: str, heartbeat_s: int) -> int:
-    """Get every Dask worker of this flow ready for trials, all at once: libraries, data, storage, Prefect.
-
-    Returns how many workers were warmed (0 when the flow does not run on Dask). A cold worker pays
-    this once, here rather than in its first trial; a long-lived cluster (``dask_address``) has it
-    done already and answers at once.
-    """
-    from prefect.context import FlowRunContext
-    from prefect_dask import DaskTaskRunner
-
-    context = FlowRunContext.get()
-    if context is None or not isinstance(context.task_runner, DaskTaskRunner):
-        return 0
-    # A task run's context names the flow, so its first run on a worker imports the flow's module.
-    module = getattr(getattr(context.flow, "fn", None), "__module__", "__main__")
-    # The runner's own client (its first use starts a LocalCluster); `run` calls every worker at once.
-    done = context.task_runner.client.run(_warm_worker, objective, data, storage_url, heartbeat_s, module)
-    return len(done)
-
-
-def _warm_worker(objective: str, data: Any, storage_url: str, heartbeat_s: int, module: str) -> None:
-    """On a Dask worker: what its first task run would otherwise load (Prefect's task engine and API
-    client, the flow's module, the objective's libraries, the data, the study storage)."""
-    import importlib
-
-    import prefect.task_engine  # noqa: F401  (each task run on the worker goes through it)
-    from prefect.client.orchestration import get_client
-
-    from aicml.tuning.engine import warm_objective
-
-    if module != "__main__":
-        importlib.import_module(module)
-    with get_client(sync_client=True) as client:
-        client.api_healthcheck()
-    warm_objective(objective, data, storage_url, heartbeat_s)
-
-
 @task(name="report-study", retries=1, cache_policy=NO_CACHE, persist_result=False)
 def report_study_task(ref: StudyRef, stop_reason: str) -> StudyReport:
     """Plots to the parent MLflow run and a leaderboard Prefect table artifact; the best trial."""
-    from mlflow import MlflowClient
-
     from aicml.tuning.errors import TuningError
     from aicml.tuning.reporting import leaderboard, log_study_plots, study_counts
     from aicml.tuning.study import open_storage, open_study
@@ -197,8 +178,8 @@ def report_study_task(ref: StudyRef, stop_reason: str) -> StudyReport:
         )
     best = study.best_trial
     board = leaderboard(study)
-    plots = log_study_plots(study, ref.tracking_uri, ref.parent_run_id)
-    client = MlflowClient(ref.tracking_uri)
+    client = ref.client()
+    plots = log_study_plots(study, client, ref.parent_run_id)
     client.log_batch(
         ref.parent_run_id,
         params=[_param(f"best_{k}", v) for k, v in best.params.items() if not ref.resumed],
@@ -208,10 +189,9 @@ def report_study_task(ref: StudyRef, stop_reason: str) -> StudyReport:
         client.log_metric(ref.parent_run_id, f"trials_{state.lower()}", count)
     client.set_tag(ref.parent_run_id, "aicml.stop_reason", stop_reason)
     client.set_tag(ref.parent_run_id, "aicml.best_trial", str(best.number))
-    key = "tuning-" + "".join(ch if ch.isalnum() else "-" for ch in ref.study_name.lower()).strip("-")
     create_table_artifact(
         table=board,
-        key=key[:100],
+        key="tuning-" + slug(ref.study_name, limit=93),
         description=f"Leaderboard of study {ref.study_name}: best trial {best.number} = {best.value:.5f}",
     )
     get_run_logger().info("Study %s: %s; best trial %d = %.5f %s", ref.study_name, counts, best.number,
@@ -230,9 +210,7 @@ def report_study_task(ref: StudyRef, stop_reason: str) -> StudyReport:
 
 @task(name="finish-study-run", cache_policy=NO_CACHE, persist_result=False)
 def finish_study_run_task(ref: StudyRef, status: str) -> None:
-    from mlflow import MlflowClient
-
-    MlflowClient(ref.tracking_uri).set_terminated(ref.parent_run_id, status=status)
+    ref.client().set_terminated(ref.parent_run_id, status=status)
 
 
 @task(name="train-best", retries=0, cache_policy=NO_CACHE, persist_result=False, timeout_seconds=6 * 3600)
@@ -245,8 +223,12 @@ def train_best_task(
     model: str,
     base_options: dict[str, Any],
     seed: int,
+    splits_dir: str,
 ) -> TrainingOutcome:
-    """Train the final model with the best parameters as a nested run of the study's parent run."""
+    """Train the final model with the best parameters as a nested run of the study's parent run.
+
+    The test split is kept under ``splits_dir``.
+    """
     import mlflow
     import pandas as pd
 
@@ -268,7 +250,10 @@ def train_best_task(
         trainer = SklearnTrainer(
             estimator=sklearn_estimator(model, resolved, report.best_params, seed, epochs)
         )
-    mlflow.set_tracking_uri(ref.tracking_uri)
+    if ref.tracking is None:
+        raise ValueError(f"Study {ref.study_name!r} is not tracked in MLflow: no run to train under")
+    ref.tracking.activate()  # the fluent run below (and train_candidates' logging) use this server
+    Path(splits_dir).mkdir(parents=True, exist_ok=True)
     with mlflow.start_run(run_id=ref.parent_run_id):
         outcome = train_candidates(
             frame,
@@ -276,7 +261,7 @@ def train_best_task(
             resolved,  # type: ignore[arg-type]
             [trainer],
             seed,
-            data_dir("splits"),
+            Path(splits_dir),
             tags={"aicml.study": ref.study_name, "aicml.best_trial": str(report.best_number)},
         )
     get_run_logger().info(

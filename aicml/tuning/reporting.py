@@ -12,12 +12,15 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import TrialState
 
 from aicml.tuning.engine import SURPLUS_ATTR, TrackingRef, TrialResult
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 log = logging.getLogger(__name__)
 
@@ -91,16 +94,14 @@ def study_counts(study: optuna.Study) -> dict[str, int]:
     return counts
 
 
-def log_study_plots(study: optuna.Study, tracking_uri: str, run_id: str) -> list[str]:
-    """Optimisation history, parameter importances and parallel coordinates as PNG artifacts."""
+def log_study_plots(study: optuna.Study, client: MlflowClient, run_id: str) -> list[str]:
+    """Optimisation history, parameter importances and parallel coordinates as PNG artifacts of ``run_id``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from mlflow import MlflowClient
     from optuna.visualization import matplotlib as ovm
 
-    client = MlflowClient(tracking_uri)
     plots: dict[str, Callable[[optuna.Study], Any]] = {
         "plots/optimization_history.png": ovm.plot_optimization_history,
         "plots/param_importances.png": ovm.plot_param_importances,
