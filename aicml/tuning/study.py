@@ -24,6 +24,7 @@ from optuna.distributions import (
 )
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
+from aicml.redaction import redact
 from aicml.tuning.errors import TuningError
 from aicml.tuning.space import (
     CategoricalParam,
@@ -193,13 +194,6 @@ def open_study(
             "use another study name."
         )
     return study
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for logs, MLflow params and artifacts."""
-    from aicml.redaction import redact as redact_text
-
-    return redact_text(url)
 
 
 @contextlib.contextmanager

@@ -7,10 +7,11 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from pydantic import TypeAdapter, ValidationError
 
 from aicml.errors import ConfigurationError
+from aicml.redaction import redact
 from aicml.tuning.errors import TuningError
 from aicml.tuning.objectives import lightning_options, resolve_objective
 from aicml.tuning.space import FloatParam, IntParam, SearchSpace, default_space, grid_size
-from aicml.tuning.study import distributions, redact
+from aicml.tuning.study import distributions
 
 SPACE = TypeAdapter(SearchSpace)
 
