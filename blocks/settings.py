@@ -73,6 +73,14 @@ class AicSettings(BaseSettings):
     mlflow_database: str = Field(
         default="mlflow_db", description="Database name for MLflow on `database_url`."
     )
+    data_integration_database: str | None = Field(
+        default=None,
+        description=(
+            "Database name on `database_url` for the ingest state (ledger, watermarks), for example "
+            "`data_integration_db`; `aicml up` creates it. Unset: a SQLite file under `home`. Never "
+            "Prefect's database; on Kubernetes the data integration service's own database wins."
+        ),
+    )
     mlflow_tracking_uri: str | None = Field(
         default=None,
         description=(
@@ -161,6 +169,18 @@ class AicSettings(BaseSettings):
     @property
     def tracking_uri(self) -> str:
         return self.mlflow_tracking_uri or self.local_tracking_uri
+
+    def ingest_state_url(self) -> str:
+        """Where the ingest state (ledger, watermarks) lives, in a database of its own: data integration's
+        on Kubernetes (data_integration_db), else `data_integration_database` on `database_url` when both
+        are set, else SQLite under the stack's home."""
+        if own := service_database_url("DATA_INTEGRATION"):
+            return own
+        if self.data_integration_database:
+            url = self.database_for(self.data_integration_database, "psycopg")
+            if url:
+                return url
+        return f"sqlite:///{self.root / 'ingest-state.db'}"
 
     def database_for(self, name: str, driver: str) -> str | None:
         """The SQLAlchemy URL of database ``name`` on ``database_url`` with ``driver``, or None when unset."""

@@ -11,6 +11,7 @@ from aicml.data.sources import parse_source, read_source, redact
 from aicml.data.state import IngestState
 from aicml.errors import DataQualityError
 from aicml.observability.metrics import DATA_INTEGRATION_RECORDS
+from blocks.settings import AicSettings
 from tasks.context import data_dir, settings
 from tasks.policies import retry_unless_aic_error
 
@@ -101,17 +102,10 @@ def ingest_source(source: str, table: str | None = None, dataset: str | None = N
     return snapshot
 
 
-def ingest_state_url() -> str:
-    """Where incremental state (ledger, watermarks) lives: data integration's own database on Kubernetes
-    (data_integration_db), else the stack's PostgreSQL database when configured, else SQLite under the
-    stack's home (next to Prefect's own database)."""
-    from blocks.settings import service_database_url
-
-    if own := service_database_url("DATA_INTEGRATION"):
-        return own
-    current = settings()
-    url = current.database_for(current.prefect_database, "psycopg")
-    return url or f"sqlite:///{current.root / 'ingest-state.db'}"
+def ingest_state_url(current: AicSettings | None = None) -> str:
+    """Where incremental state (ledger, watermarks) lives: a database of its own, never Prefect's
+    (``AicSettings.ingest_state_url``). ``current``: the flow's settings (read here when None)."""
+    return (current or settings()).ingest_state_url()
 
 
 def record_metrics(report: IngestReport) -> None:

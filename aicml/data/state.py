@@ -1,5 +1,6 @@
-"""Incremental-load state in the stack's database: a watermark per load and the partitions it has
-committed (files already loaded, SQL ranges already read).
+"""Incremental-load state in a database of its own (``data_integration_db`` on Kubernetes, a SQLite file
+or a database of the local stack's server, never Prefect's): a watermark per load and the partitions it
+has committed (files already loaded, SQL ranges already read).
 
 The engine records state only after the sink has committed, so a crash in between makes the next
 run redo a batch that the sink then recognises and skips: the watermark never runs ahead of the data.
@@ -125,3 +126,38 @@ class IngestState:
                         conn.execute(sa.insert(watermarks).values(load=load, value=watermark, updated_at=now))
         finally:
             engine.dispose()
+
+    def adopt(self, previous_url: str) -> int:
+        """Copy the state kept at ``previous_url`` (stacks on PostgreSQL used to keep it in Prefect's
+        database) into this database while it holds none; the rows copied, 0 when there was nothing
+        to copy or this database already has state. Safe to call on every start."""
+        import sqlalchemy as sa
+
+        old = sa.create_engine(previous_url)
+        try:
+            present = sa.inspect(old).get_table_names()
+            if WATERMARKS not in present and PARTITIONS not in present:
+                return 0
+            watermarks, partitions = _tables(sa.MetaData())
+            with old.connect() as conn:
+                copied = {
+                    table: [dict(row._mapping) for row in conn.execute(sa.select(table))]
+                    for table in (watermarks, partitions)
+                    if table.name in present
+                }
+        finally:
+            old.dispose()
+        if not any(copied.values()):
+            return 0
+        engine = self._engine()
+        try:
+            with engine.begin() as conn:
+                for table in (watermarks, partitions):
+                    if conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one():
+                        return 0
+                for table, rows in copied.items():
+                    if rows:
+                        conn.execute(sa.insert(table), rows)
+        finally:
+            engine.dispose()
+        return sum(len(rows) for rows in copied.values())

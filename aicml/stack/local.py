@@ -139,10 +139,11 @@ class LocalStack:
             env["PREFECT_API_AUTH_STRING"] = auth
         if s.database_url is not None:
             env["AIC_DATABASE_URL"] = s.database_url.get_secret_value()
-            # Without these a client would look for the default database names on that server
-            # (the ingest state lives in the Prefect database).
+            # Without these a client would look for the default database names on that server.
             env["AIC_PREFECT_DATABASE"] = s.prefect_database
             env["AIC_MLFLOW_DATABASE"] = s.mlflow_database
+            if s.data_integration_database:
+                env["AIC_DATA_INTEGRATION_DATABASE"] = s.data_integration_database
         return env
 
     def specs(self) -> list[ServiceSpec]:
@@ -256,6 +257,9 @@ class LocalStack:
             admin = s.database_url.get_secret_value()
             ensure_postgres_database(admin, s.prefect_database)
             ensure_postgres_database(admin, s.mlflow_database)
+            if s.data_integration_database:
+                ensure_postgres_database(admin, s.data_integration_database)
+            self.move_ingest_state()
         for spec in self.specs():
             if spec.name not in services:
                 continue
@@ -265,6 +269,16 @@ class LocalStack:
             if spec.name == "prefect-server":
                 self.ensure_automations()
         return self.status()
+
+    def move_ingest_state(self) -> None:
+        """The ingest state into its own database: stacks on PostgreSQL kept it in Prefect's, where it
+        stays readable until this copy (nothing is removed there)."""
+        from aicml.data.state import IngestState
+
+        s = self.settings
+        previous = s.database_for(s.prefect_database, "psycopg")
+        if previous is not None:
+            IngestState(s.ingest_state_url()).adopt(previous)
 
     def ensure_automations(self) -> None:
         """The crash automation always; the failure notification when a webhook URL is configured."""
