@@ -9,8 +9,10 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
 
-from aicml.registry.canary import Objectives
+from aicml.names import ResourceName
+from aicml.rollout.canary import Objectives
 from aicml.serving.kubernetes import KubeServingSpec
+from tasks.context import settings, tracking_of
 from tasks.serve import (
     apply_kubernetes,
     apply_rollout,
@@ -25,9 +27,7 @@ from tasks.serve import (
 class DeployParams(BaseModel):
     """Parameters of `deploy-model`; Prefect builds the deployment form from these."""
 
-    model_name: str = Field(
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$", description="Name of the model in the MLflow registry."
-    )
+    model_name: ResourceName = Field(description="Name of the model in the MLflow registry.")
     version: str | None = Field(
         default=None, description="Version to roll out; the one the `challenger` alias points at when empty."
     )
@@ -88,7 +88,9 @@ class DeployResult(BaseModel):
 def deploy_model_flow(params: DeployParams) -> DeployResult:
     """Roll a registered version out behind the champion and promote, hold or roll it back on live evidence."""
     logger = get_run_logger()
-    version = prepare_rollout(params.model_name, params.version)
+    s = settings()
+    tracking = tracking_of(s)
+    version = prepare_rollout(model_name=params.model_name, version=params.version, tracking=tracking)
     if params.target == "kubernetes":
         spec = KubeServingSpec(
             params.model_name,
@@ -99,10 +101,10 @@ def deploy_model_flow(params: DeployParams) -> DeployResult:
             challenger_alias="challenger",
             mode=params.mode,
         )
-        manifests = render_kubernetes(spec, include_rbac=False)
+        manifests = render_kubernetes(spec=spec, include_rbac=False)
         names = [f"{m['kind']}/{m['metadata']['name']}" for m in manifests]
         if params.apply:
-            names = apply_kubernetes(manifests)
+            names = apply_kubernetes(manifests=manifests)
         return DeployResult(
             model_name=params.model_name,
             version=version,
@@ -115,22 +117,34 @@ def deploy_model_flow(params: DeployParams) -> DeployResult:
         alpha=params.alpha, min_requests=params.min_requests, max_requests=params.max_requests
     )
     server = start_model_server(
-        params.model_name,
-        params.port,
-        params.token_file,
-        params.mode,
-        params.canary_steps,
-        params.step_requests,
-        params.slow_after_ms,
-        min(params.poll_seconds, 10.0),
+        model_name=params.model_name,
+        port=params.port,
+        token_file=params.token_file,
+        mode=params.mode,
+        steps=params.canary_steps,
+        step_requests=params.step_requests,
+        slow_after_ms=params.slow_after_ms,
+        poll_seconds=min(params.poll_seconds, 10.0),
+        tracking=tracking,
+        home=str(s.root),
+        host=s.host,
     )
     try:
-        decision = watch_rollout_task(server, objectives, params.poll_seconds, params.timeout_s)
+        decision = watch_rollout_task(
+            server=server, objectives=objectives, poll_seconds=params.poll_seconds, timeout_s=params.timeout_s
+        )
         actor = f"prefect:{flow_run.get_name() or 'local'} ({getpass.getuser()})"
-        record = apply_rollout(params.model_name, version, decision, actor)
+        record = apply_rollout(
+            model_name=params.model_name,
+            version=version,
+            decision=decision,
+            actor=actor,
+            tracking=tracking,
+            audit_log=str(s.root / "audit" / "deployments.jsonl"),
+        )
     finally:
         if not params.keep_running:
-            stop_model_server(server)
+            stop_model_server(server=server)
     logger.info("%s version %s: %s", params.model_name, version, decision.action)
     return DeployResult(
         model_name=params.model_name,

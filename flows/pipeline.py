@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
@@ -12,10 +11,11 @@ from prefect.transactions import transaction
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from aicml.models.options import TrainerOptions
-from aicml.observability.metrics import PIPELINE_EXECUTIONS, PIPELINE_EXECUTIONS_DURATION
+from aicml.names import ResourceName
+from aicml.observability.metrics import pipeline_execution
 from aicml.redaction import refuse_password
 from flows.tuning import SearchOptions, tune_before_training
-from tasks.context import settings
+from tasks.context import data_dir, settings, tracking_of
 from tasks.ingest import ingest_source
 from tasks.policies import SourceFiles
 from tasks.registry import promote_model, register_best
@@ -47,9 +47,7 @@ class PipelineParams(BaseModel):
     problem: Literal["classification", "regression"] | None = Field(
         default=None, description="Kind of problem; inferred from the label column when empty."
     )
-    model_name: str = Field(
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$", description="Name of the model in the MLflow registry."
-    )
+    model_name: ResourceName = Field(description="Name of the model in the MLflow registry.")
     dataset: str | None = Field(
         default=None,
         description="Name of the dataset whose quality suite applies; defaults to the model name.",
@@ -112,71 +110,107 @@ class PipelineResult(BaseModel):
 def ml_pipeline(params: PipelineParams) -> PipelineResult:
     """Ingest -> validate -> train (Lightning + baseline) -> register challenger -> promote -> smoke-serve."""
     logger = get_run_logger()
-    started, outcome_label = time.perf_counter(), "failure"
-    experiment = params.experiment or settings().experiment
+    s = settings()
+    tracking = tracking_of(s, params.experiment)
+    experiment = tracking.experiment
     dataset = params.dataset or params.model_name
-    parent = start_pipeline_run(
-        experiment,
-        f"pipeline-{params.model_name}",
-        {"aicml.model_name": params.model_name, "aicml.dataset": dataset},
-    )
-    status = "FAILED"
-    try:
-        # Stages whose inputs, code and data did not change are served from persisted results, which is
-        # what lets a resumed run redo only the stage that failed and what depends on it.
-        refresh = not params.reuse_results
-        reuse: dict[str, Any] = {
-            "persist_result": True,
-            "refresh_cache": refresh,
-            "cache_expiration": CACHE_FOR,
-        }
-        snapshot = ingest_source.with_options(cache_policy=SourceFiles() + TASK_SOURCE, **reuse)(
-            params.source, params.table, dataset
+    with pipeline_execution("ml-pipeline") as execution:
+        parent = start_pipeline_run(
+            tracking=tracking,
+            run_name=f"pipeline-{params.model_name}",
+            tags={"aicml.model_name": params.model_name, "aicml.dataset": dataset},
         )
-        gate = validate_snapshot.with_options(cache_policy=INPUTS - "parent_run_id" + TASK_SOURCE, **reuse)(
-            snapshot, params.target, dataset, params.suite_path, params.max_missing_label_fraction, parent
-        )
-        trainer = params.trainer
-        if params.tune is not None:
-            trainer = tune_before_training(
-                params.tune,
-                gate.path,
-                params.target,
-                params.problem,
-                experiment,
-                params.tune.study_name or f"{params.model_name}-pipeline",
-                params.trainer,
+        status = "FAILED"
+        try:
+            # Stages whose inputs, code and data did not change are served from persisted results, which
+            # is what lets a resumed run redo only the stage that failed and what depends on it.
+            reuse: dict[str, Any] = {
+                "persist_result": True,
+                "refresh_cache": not params.reuse_results,
+                "cache_expiration": CACHE_FOR,
+            }
+            snapshot = ingest_source.with_options(cache_policy=SourceFiles() + TASK_SOURCE, **reuse)(
+                source=params.source, table=params.table, dataset=dataset
             )
-        if params.training_deployment:
-            # Per-stage infrastructure: training runs as its own deployment (GPU nodes, say).
-            outcome = train_on_deployment(
-                gate,
-                params.target,
-                params.problem,
-                trainer,
-                params.seed,
-                experiment,
-                parent,
-                params.training_deployment,
+            gate = validate_snapshot.with_options(
+                cache_policy=INPUTS - "parent_run_id" + TASK_SOURCE, **reuse
+            )(
+                snapshot=snapshot,
+                target=params.target,
+                dataset=dataset,
+                suite_path=params.suite_path,
+                max_missing_label_fraction=params.max_missing_label_fraction,
+                parent_run_id=parent,
             )
-        else:
-            # `training-slot` is a concurrency limit (4, the namespace's GPU quota) that `aicml up` creates.
-            outcome = train_models.with_options(
-                cache_policy=INPUTS - "parent_run_id" + TASK_SOURCE, tags={"training-slot"}, **reuse
-            )(gate, params.target, params.problem, trainer, params.seed, experiment, parent)
-        # Register, decide, move the alias and prove the champion serves, as one transaction: if any
-        # step fails, the rollback hooks put `challenger` and `champion` back where they were.
-        with transaction():
-            version = register_best(outcome, params.model_name, snapshot.fingerprint)
-            decision = promote_model(version, outcome, params.target, params.promotion_margin)
-            served = smoke_serve(params.model_name, outcome.test_path, params.target, params.smoke_rows)
-        status, outcome_label = "FINISHED", "success"
-    finally:
-        finish_pipeline_run(parent, status)
-        elapsed = time.perf_counter() - started
-        PIPELINE_EXECUTIONS_DURATION.labels(flow="ml-pipeline", outcome=outcome_label).observe(elapsed)
-        PIPELINE_EXECUTIONS.labels(flow="ml-pipeline", outcome=outcome_label).inc()
-    logger.info("Pipeline finished in %.1fs: %s", elapsed, decision.reason)
+            trainer = params.trainer
+            if params.tune is not None:
+                trainer = tune_before_training(
+                    options=params.tune,
+                    validated_path=gate.path,
+                    target=params.target,
+                    problem=params.problem,
+                    experiment=experiment,
+                    study_name=params.tune.study_name or f"{params.model_name}-pipeline",
+                    trainer=params.trainer,
+                )
+            if params.training_deployment:
+                # Per-stage infrastructure: training runs as its own deployment (GPU nodes, say).
+                outcome = train_on_deployment(
+                    gate=gate,
+                    target=params.target,
+                    problem=params.problem,
+                    options=trainer,
+                    seed=params.seed,
+                    experiment=experiment,
+                    parent_run_id=parent,
+                    deployment=params.training_deployment,
+                    tracking=tracking,
+                )
+            else:
+                # `training-slot` is a concurrency limit (4, the namespace's GPU quota) that `aicml up` creates.
+                # The key leaves out where results are logged and written, as it always has.
+                outcome = train_models.with_options(
+                    cache_policy=INPUTS - "parent_run_id" - "tracking" - "splits_dir" + TASK_SOURCE,
+                    tags={"training-slot"},
+                    **reuse,
+                )(
+                    gate=gate,
+                    target=params.target,
+                    problem=params.problem,
+                    options=trainer,
+                    seed=params.seed,
+                    experiment=experiment,
+                    parent_run_id=parent,
+                    tracking=tracking,
+                    splits_dir=str(data_dir("splits", root=s.root)),
+                )
+            # Register, decide, move the alias and prove the champion serves, as one transaction: if any
+            # step fails, the rollback hooks put `challenger` and `champion` back where they were.
+            with transaction():
+                version = register_best(
+                    outcome=outcome,
+                    model_name=params.model_name,
+                    fingerprint=snapshot.fingerprint,
+                    tracking=tracking,
+                )
+                decision = promote_model(
+                    version=version,
+                    outcome=outcome,
+                    target=params.target,
+                    margin=params.promotion_margin,
+                    tracking=tracking,
+                )
+                served = smoke_serve(
+                    model_name=params.model_name,
+                    test_path=outcome.test_path,
+                    target=params.target,
+                    rows=params.smoke_rows,
+                    tracking=tracking,
+                )
+            status = "FINISHED"
+        finally:
+            finish_pipeline_run(tracking=tracking, run_id=parent, status=status)
+    logger.info("Pipeline finished in %.1fs: %s", execution.seconds, decision.reason)
     return PipelineResult(
         mlflow_run_id=parent,
         fingerprint=snapshot.fingerprint,

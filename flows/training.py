@@ -12,9 +12,11 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from aicml.models.jobs import TrainingJobSpec, derive_job_id
 from aicml.models.options import TrainerOptions
 from aicml.models.training import TrainingOutcome
+from aicml.names import ResourceName
 from aicml.redaction import refuse_password
+from blocks.settings import AicSettings
 from blocks.training import TrainingSettings
-from tasks.context import settings
+from tasks.context import data_dir, settings, tracking_of
 from tasks.train import train_job, train_validated
 
 
@@ -42,9 +44,8 @@ class TrainParams(BaseModel):
     )
     trainer: TrainerOptions = Field(default_factory=TrainerOptions, description="Training options.")
     seed: int = Field(default=42, description="Seed of the split and the model.")
-    job_id: str | None = Field(
+    job_id: ResourceName | None = Field(
         default=None,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$",
         description="Names the job's checkpoints; derived from the other parameters when empty, so a rerun resumes.",
     )
     checkpoint_dir: str | None = Field(
@@ -79,9 +80,10 @@ class TrainResult(BaseModel):
     outcome: TrainingOutcome | None = None
 
 
-def job_spec(params: TrainParams) -> TrainingJobSpec:
-    """The TrainingJobSpec of ``params`` (job id derived from what defines the job)."""
-    s, ts = settings(), TrainingSettings()
+def job_spec(params: TrainParams, s: AicSettings | None = None) -> TrainingJobSpec:
+    """The TrainingJobSpec of ``params`` (job id derived from what defines the job) under settings ``s``
+    (read here when None)."""
+    s, ts = s or settings(), TrainingSettings()
     job_id = params.job_id or derive_job_id(
         f"{params.family}-{params.framework}",
         source=params.source,
@@ -112,19 +114,24 @@ def job_spec(params: TrainParams) -> TrainingJobSpec:
 def train_flow(params: TrainParams) -> TrainResult:
     """Train one model as a resumable job tracked in one MLflow run (or the pipeline's candidates)."""
     logger = get_run_logger()
+    s = settings()
     if params.pipeline_candidates:
         outcome = train_validated(
-            params.source,
-            params.target,
-            params.problem,
-            params.trainer,
-            params.seed,
-            params.experiment or settings().experiment,
-            params.parent_run_id,
+            source=params.source,
+            target=params.target,
+            problem=params.problem,
+            options=params.trainer,
+            seed=params.seed,
+            experiment=params.experiment or s.experiment,
+            parent_run_id=params.parent_run_id,
+            tracking=tracking_of(s, params.experiment),
+            splits_dir=str(data_dir("splits", root=s.root)),
         )
         logger.info("Candidates: %s", {c.name: c.metrics for c in outcome.candidates})
         return TrainResult(mlflow_run_id=params.parent_run_id or "", outcome=outcome)
-    result = train_job(job_spec(params), isolate=params.isolate)
+    result = train_job(
+        spec=job_spec(params, s), isolate=params.isolate, workdir=str(data_dir("training-jobs", root=s.root))
+    )
     return TrainResult(
         job_id=result.job_id,
         mlflow_run_id=result.run_id,

@@ -6,7 +6,6 @@ new champion, say), their rollback hooks put the aliases back where they were.
 
 from __future__ import annotations
 
-import mlflow
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -14,6 +13,7 @@ from prefect.tasks import exponential_backoff
 from prefect.transactions import Transaction, get_transaction
 
 from aicml.models.training import TrainingOutcome
+from aicml.names import slug
 from aicml.registry.promotion import (
     CHALLENGER,
     CHAMPION,
@@ -25,18 +25,17 @@ from aicml.registry.promotion import (
     register_challenger,
 )
 from aicml.registry.scoring import score_model_on
+from aicml.registry.tracking import Tracking
 from aicml.retry import reporting_unreachable
-from tasks.context import settings
+from tasks.context import tracking_or_settings
 from tasks.policies import fail_if_injected, retry_unless_aic_error
 
 
-def _use_registry() -> None:
-    mlflow.set_tracking_uri(settings().tracking_uri)
-    mlflow.set_registry_uri(settings().tracking_uri)
-
-
-def register(outcome: TrainingOutcome, model_name: str, fingerprint: str) -> RegisteredVersion:
-    _use_registry()
+def register(
+    outcome: TrainingOutcome, model_name: str, fingerprint: str, *, tracking: Tracking | None = None
+) -> RegisteredVersion:
+    """The task's body as a plain function (the benchmark's plain path)."""
+    tracking_or_settings(tracking).activate()
     best = outcome.best
     return register_challenger(
         model_name,
@@ -49,9 +48,15 @@ def register(outcome: TrainingOutcome, model_name: str, fingerprint: str) -> Reg
 
 
 def promote(
-    version: RegisteredVersion, outcome: TrainingOutcome, target: str, margin: float
+    version: RegisteredVersion,
+    outcome: TrainingOutcome,
+    target: str,
+    margin: float,
+    *,
+    tracking: Tracking | None = None,
 ) -> PromotionDecision:
-    _use_registry()
+    """The task's body as a plain function (the benchmark's plain path)."""
+    tracking_or_settings(tracking).activate()
     return promote_if_better(
         version,
         margin,
@@ -59,6 +64,11 @@ def promote(
             uri, outcome.test_path, target, outcome.problem, outcome.primary_metric
         ),
     )
+
+
+def _tracking_of(transaction: Transaction) -> Tracking:
+    """The registry the rolled-back task worked on (remembered by it in the transaction)."""
+    return tracking_or_settings(transaction.get("tracking", None))
 
 
 def _remember(key: str, value: object) -> None:
@@ -76,15 +86,21 @@ def _remember(key: str, value: object) -> None:
     cache_policy=NO_CACHE,
     timeout_seconds=600,
 )
-def register_best(outcome: TrainingOutcome, model_name: str, fingerprint: str) -> RegisteredVersion:
-    """The best candidate becomes a new version of ``model_name`` with alias ``challenger``."""
+def register_best(
+    outcome: TrainingOutcome, model_name: str, fingerprint: str, tracking: Tracking | None = None
+) -> RegisteredVersion:
+    """The best candidate becomes a new version of ``model_name`` with alias ``challenger``.
+
+    ``tracking`` is the registry's server (the settings' server when None, for callers not passing one yet).
+    """
     fail_if_injected("register")
-    _use_registry()
+    tracking = tracking_or_settings(tracking).activate()
+    _remember("tracking", tracking)
     _remember("model_name", model_name)
     # Idempotent (see register_challenger): after an outage, `aicml resume` finishes this version.
-    with reporting_unreachable("MLflow", settings().tracking_uri, f"registering {model_name!r}"):
+    with reporting_unreachable("MLflow", tracking.uri, f"registering {model_name!r}"):
         _remember("previous_challenger", alias_version(model_name, CHALLENGER))
-        version = register(outcome, model_name, fingerprint)
+        version = register(outcome, model_name, fingerprint, tracking=tracking)
     _remember("version", version.version)
     get_run_logger().info(
         "Registered %s version %s (%s) as challenger", model_name, version.version, outcome.best.name
@@ -96,29 +112,35 @@ def register_best(outcome: TrainingOutcome, model_name: str, fingerprint: str) -
 def _restore_challenger(transaction: Transaction) -> None:
     """The pipeline failed after registering: the challenger alias goes back; the version stays, tagged."""
     name = transaction.get("model_name")
-    _use_registry()
+    tracking = _tracking_of(transaction).activate()
     point_alias(name, CHALLENGER, transaction.get("previous_challenger"))
     if transaction.get("version", None) is not None:
-        mlflow.MlflowClient().set_model_version_tag(
-            name, transaction.get("version"), "aicml.rolled_back", "true"
-        )
+        tracking.client().set_model_version_tag(name, transaction.get("version"), "aicml.rolled_back", "true")
 
 
 @task(name="promote", retries=0, cache_policy=NO_CACHE, timeout_seconds=600)
 def promote_model(
-    version: RegisteredVersion, outcome: TrainingOutcome, target: str, margin: float
+    version: RegisteredVersion,
+    outcome: TrainingOutcome,
+    target: str,
+    margin: float,
+    tracking: Tracking | None = None,
 ) -> PromotionDecision:
-    """Move ``champion`` only if the challenger beats it by ``margin``; say why in a markdown artifact."""
-    _use_registry()
-    with reporting_unreachable("MLflow", settings().tracking_uri, f"promoting {version.name!r}"):
+    """Move ``champion`` only if the challenger beats it by ``margin``; say why in a markdown artifact.
+
+    ``tracking`` is the registry's server (the settings' server when None, for callers not passing one yet).
+    """
+    tracking = tracking_or_settings(tracking).activate()
+    with reporting_unreachable("MLflow", tracking.uri, f"promoting {version.name!r}"):
         previous = alias_version(version.name, CHAMPION)
+        _remember("tracking", tracking)
         _remember("model_name", version.name)
         _remember("previous_champion", previous)
-        decision = promote(version, outcome, target, margin)
+        decision = promote(version, outcome, target, margin, tracking=tracking)
     try:
         create_markdown_artifact(
             markdown=decision.markdown(),
-            key=f"promotion-{version.name.lower().replace('_', '-').replace('.', '-')}",
+            key=f"promotion-{slug(version.name)}",
             description=f"{'Promoted' if decision.promoted else 'Not promoted'}: version {version.version}",
         )
     except BaseException:
@@ -133,5 +155,5 @@ def promote_model(
 @promote_model.on_rollback
 def _restore_champion(transaction: Transaction) -> None:
     """A step after the alias moved failed: the previous champion serves again."""
-    _use_registry()
+    _tracking_of(transaction).activate()
     point_alias(transaction.get("model_name"), CHAMPION, transaction.get("previous_champion"))

@@ -6,23 +6,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from aicml.registry.canary import Decision, Objectives
+from aicml.names import slug
+from aicml.registry.tracking import Tracking
+from aicml.rollout.canary import Decision, Objectives
 from aicml.serving.kubernetes import KubeServingSpec
 from aicml.serving.local import LocalServer
 from aicml.serving.smoke import predict_rows
-from tasks.context import settings
+from tasks.context import tracking_or_settings
 from tasks.policies import fail_if_injected
 
 
-def smoke(model_name: str, test_path: str, target: str, rows: int) -> dict[str, Any]:
-    mlflow.set_tracking_uri(settings().tracking_uri)
-    mlflow.set_registry_uri(settings().tracking_uri)
+def smoke(
+    model_name: str, test_path: str, target: str, rows: int, *, tracking: Tracking | None = None
+) -> dict[str, Any]:
+    """The task's body as a plain function (the benchmark's plain path)."""
+    tracking_or_settings(tracking).activate()
     test = pd.read_parquet(test_path).head(rows)
     uri = f"models:/{model_name}@champion"
     predictions = predict_rows(uri, test.drop(columns=[target]))
@@ -37,10 +40,12 @@ def smoke(model_name: str, test_path: str, target: str, rows: int) -> dict[str, 
     cache_policy=NO_CACHE,
     timeout_seconds=300,
 )
-def smoke_serve(model_name: str, test_path: str, target: str, rows: int = 5) -> dict[str, Any]:
-    """Load ``models:/<model_name>@champion`` and predict ``rows`` held-out rows."""
+def smoke_serve(
+    model_name: str, test_path: str, target: str, rows: int = 5, *, tracking: Tracking
+) -> dict[str, Any]:
+    """Load ``models:/<model_name>@champion`` from ``tracking``'s registry and predict ``rows`` held-out rows."""
     fail_if_injected("smoke-serve")
-    result = smoke(model_name, test_path, target, rows)
+    result = smoke(model_name, test_path, target, rows, tracking=tracking)
     get_run_logger().info("Champion predicts %s for truth %s", result["predictions"], result["truth"])
     return result
 
@@ -48,21 +53,13 @@ def smoke_serve(model_name: str, test_path: str, target: str, rows: int = 5) -> 
 # --- deployment: rollout of a registered version through challenger, canary and champion ---------------
 
 
-def _use_registry() -> None:
-    mlflow.set_tracking_uri(settings().tracking_uri)
-    mlflow.set_registry_uri(settings().tracking_uri)
-
-
 @task(name="prepare-rollout", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE, timeout_seconds=300)
-def prepare_rollout(model_name: str, version: str | None) -> str:
+def prepare_rollout(model_name: str, version: str | None, *, tracking: Tracking) -> str:
     """Point ``challenger`` at ``version`` (or take the version it points at); stamp its checksum if missing."""
-    from mlflow import MlflowClient
-
     from aicml.registry.checksums import CHECKSUM_TAG, ModelRef, resolve_version, stamp_checksum
     from aicml.registry.promotion import CHALLENGER
 
-    _use_registry()
-    client = MlflowClient()
+    client = tracking.activate().client()
     if version is None:
         version = resolve_version(ModelRef(model_name, None, CHALLENGER))
     else:
@@ -83,17 +80,23 @@ def start_model_server(
     step_requests: int,
     slow_after_ms: float,
     poll_seconds: float,
+    *,
+    tracking: Tracking,
+    home: str,
+    host: str,
 ) -> LocalServer:
-    """Start `aicml serve` for champion + challenger on this machine; the token stays in a 0600 file."""
+    """Start `aicml serve` for champion + challenger on this machine; the token stays in a 0600 file.
+
+    ``home`` is the stack's home (the default token file and the server's files live under it), ``host``
+    the address the server listens on.
+    """
     from aicml.serving.local import ensure_token_file, start_local_server
 
-    s = settings()
-    token = ensure_token_file(
-        Path(token_file) if token_file else s.root / "run" / f"serve-{model_name}.token"
-    )
+    root = Path(home)
+    token = ensure_token_file(Path(token_file) if token_file else root / "run" / f"serve-{model_name}.token")
     server = start_local_server(
-        model_name, port, s.tracking_uri, s.root, token, True, mode, tuple(steps), step_requests, slow_after_ms,
-        poll_seconds, host=s.host,
+        model_name, port, tracking.uri, root, token, True, mode, tuple(steps), step_requests, slow_after_ms,
+        poll_seconds, host=host,
     )  # fmt: skip
     get_run_logger().info("Model server %s up at %s (pid %s)", server.name, server.url, server.pid)
     return server
@@ -114,17 +117,19 @@ def watch_rollout_task(
 
 
 @task(name="apply-rollout", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE, timeout_seconds=300)
-def apply_rollout(model_name: str, version: str, decision: Decision, actor: str) -> dict[str, Any]:
-    """Move the aliases for the decision; record it as a Prefect event, an artifact and an audit line."""
+def apply_rollout(
+    model_name: str, version: str, decision: Decision, actor: str, *, tracking: Tracking, audit_log: str
+) -> dict[str, Any]:
+    """Move the aliases for the decision; record it as a Prefect event, an artifact and an audit line
+    (appended to ``audit_log``)."""
     from prefect.artifacts import create_markdown_artifact
 
-    from aicml.registry.canary import emit_decision_event
-    from aicml.registry.rollout import apply_decision
+    from aicml.rollout.aliases import apply_decision
+    from aicml.rollout.audit import emit_decision_event
 
-    _use_registry()
+    tracking.activate()
     record = apply_decision(
-        model_name, version, decision.action, decision.reason, decision.evidence(), actor,
-        settings().root / "audit" / "deployments.jsonl",
+        model_name, version, decision.action, decision.reason, decision.evidence(), actor, Path(audit_log),
     )  # fmt: skip
     emit_decision_event(
         f"aicml.deployment.{decision.action}",
@@ -133,7 +138,7 @@ def apply_rollout(model_name: str, version: str, decision: Decision, actor: str)
         record,
     )
     create_markdown_artifact(
-        key=f"rollout-{model_name.lower().replace('_', '-')}",
+        key=f"rollout-{slug(model_name)}",
         markdown=(
             f"## Rollout of `{model_name}` version {version}: **{decision.action}**\n\n{decision.reason}\n\n"
             f"Champion before: {record.previous_champion}; after: {record.champion_after}. "

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import mlflow
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from aicml.registry.tracking import use_tracking
-from tasks.context import settings
+from aicml.registry.tracking import Tracking
 from tasks.policies import retry_unless_aic_error
 
 
@@ -21,16 +19,14 @@ from tasks.policies import retry_unless_aic_error
     cache_policy=NO_CACHE,
     timeout_seconds=120,
 )
-def start_pipeline_run(experiment: str, run_name: str, tags: dict[str, str]) -> str:
-    """Create the parent MLflow run of this pipeline execution; return its id (a reference, not a handle)."""
-    s = settings()
-    experiment_id = use_tracking(s.tracking_uri, experiment)
-    run = mlflow.MlflowClient().create_run(experiment_id, run_name=run_name, tags=tags)
+def start_pipeline_run(tracking: Tracking, run_name: str, tags: dict[str, str]) -> str:
+    """Create the parent MLflow run of this pipeline execution in ``tracking``'s experiment; return its id
+    (a reference, not a handle)."""
+    run = tracking.client().create_run(tracking.experiment_id(), run_name=run_name, tags=tags)
     return str(run.info.run_id)
 
 
 @task(name="finish-tracking", cache_policy=NO_CACHE, timeout_seconds=120)
-def finish_pipeline_run(run_id: str, status: str) -> None:
+def finish_pipeline_run(tracking: Tracking, run_id: str, status: str) -> None:
     """Mark the parent run FINISHED or FAILED."""
-    mlflow.set_tracking_uri(settings().tracking_uri)
-    mlflow.MlflowClient().set_terminated(run_id, status=status)
+    tracking.client().set_terminated(run_id, status=status)

@@ -23,9 +23,9 @@ from aicml.models.jobs import TrainingInterrupted, TrainingJobResult, TrainingJo
 from aicml.models.options import TrainerOptions
 from aicml.models.training import ProgressHook, TrainingOutcome
 from aicml.observability.metrics import TRAINING_JOBS
-from aicml.registry.tracking import use_tracking
+from aicml.registry.tracking import Tracking
 from aicml.retry import reporting_unreachable
-from tasks.context import data_dir, settings
+from tasks.context import data_dir, tracking_or_settings
 
 OUTCOME_ARTIFACT = "training/outcome.json"
 # Progress artifact updates at most this often: each is an API call, and work for the Prefect server
@@ -57,11 +57,15 @@ def train(
     experiment: str,
     parent_run_id: str | None = None,
     progress: ProgressHook | None = None,
+    *,
+    tracking: Tracking | None = None,
+    splits_dir: str | None = None,
 ) -> TrainingOutcome:
     """The task's body as a plain function (used by the benchmark and tests)."""
     return train_frame(
-        load_validated(gate), target, problem, options, seed, experiment, parent_run_id, progress, gate.path
-    )
+        load_validated(gate), target, problem, options, seed, experiment, parent_run_id, progress, gate.path,
+        tracking=tracking, splits_dir=splits_dir,
+    )  # fmt: skip
 
 
 def train_frame(
@@ -74,20 +78,28 @@ def train_frame(
     parent_run_id: str | None = None,
     progress: ProgressHook | None = None,
     validated_path: str = "",
+    *,
+    tracking: Tracking | None = None,
+    splits_dir: str | None = None,
 ) -> TrainingOutcome:
-    """Train the pipeline's candidates on a validated frame (also what `train-flow` runs for the pipeline)."""
+    """Train the pipeline's candidates on a validated frame (also what `train-flow` runs for the pipeline).
+
+    Logs to ``tracking``'s server in ``experiment``; the held-out test rows go under ``splits_dir``. Both
+    fall back to the settings for callers that do not pass them yet.
+    """
     from aicml.models.trainers import LightningTabularTrainer, SklearnTrainer, Trainer
     from aicml.models.training import train_candidates
 
     trainers: list[Trainer] = [LightningTabularTrainer(options)]
     if options.baseline:
         trainers.append(SklearnTrainer())
-    tracking_uri = settings().tracking_uri
+    tracking = tracking_or_settings(tracking, experiment)
+    splits = Path(splits_dir) if splits_dir else data_dir("splits")
     try:
         # MLflow's client rides out a short outage (aicml/retry.py); a longer one ends the run with an
         # error that names the server and says to resume.
-        with reporting_unreachable("MLflow", tracking_uri, "logging the training run"):
-            use_tracking(tracking_uri, experiment)
+        with reporting_unreachable("MLflow", tracking.uri, "logging the training run"):
+            tracking.experiment_id()  # mlflow.start_run below logs to the active server and experiment
             with (
                 mlflow.start_run(run_id=parent_run_id)
                 if parent_run_id
@@ -99,7 +111,7 @@ def train_frame(
                     problem,
                     trainers,
                     seed,
-                    data_dir("splits"),
+                    splits,
                     tags={"aicml.validated": validated_path},
                     progress=progress,
                 )
@@ -121,8 +133,14 @@ def train_models(
     seed: int,
     experiment: str,
     parent_run_id: str | None = None,
+    *,
+    tracking: Tracking,
+    splits_dir: str,
 ) -> TrainingOutcome:
-    """Fit the candidates on the validated rows; each is a nested MLflow run with metrics, plot and model."""
+    """Fit the candidates on the validated rows; each is a nested MLflow run with metrics, plot and model.
+
+    Logged to ``tracking``'s server in ``experiment``; the held-out test rows are written under ``splits_dir``.
+    """
     logger = get_run_logger()
     total = options.max_epochs
     artifact_id = cast(
@@ -143,7 +161,11 @@ def train_models(
         if artifact_id is not None and throttle.ready(final=done >= 100.0):
             update_progress_artifact(artifact_id, progress=min(done, 100.0))
 
-    outcome = train(gate, target, problem, options, seed, experiment, parent_run_id, progress)
+    tracking = tracking_or_settings(tracking, experiment)
+    outcome = train(
+        gate, target, problem, options, seed, experiment, parent_run_id, progress,
+        tracking=tracking, splits_dir=splits_dir,
+    )  # fmt: skip
     if artifact_id is not None:
         update_progress_artifact(artifact_id, progress=100.0)
     best = outcome.best
@@ -154,16 +176,16 @@ def train_models(
         best.metrics[outcome.primary_metric],
         {c.name: round(c.metrics[outcome.primary_metric], 4) for c in outcome.candidates},
     )
-    create_markdown_artifact(markdown=training_summary(outcome, settings().tracking_uri, experiment),
+    create_markdown_artifact(markdown=training_summary(outcome, tracking),
                              description=f"Training: best {best.name}")  # fmt: skip
     return outcome
 
 
-def training_summary(outcome: TrainingOutcome, tracking_uri: str, experiment: str) -> str:
+def training_summary(outcome: TrainingOutcome, tracking: Tracking) -> str:
     """A markdown table of the candidates with links to their MLflow runs, for the Prefect UI."""
     metric = outcome.primary_metric
-    experiment_id = mlflow.get_experiment_by_name(experiment)
-    base = f"{tracking_uri}/#/experiments/{experiment_id.experiment_id if experiment_id else '0'}/runs"
+    experiment_id = tracking.client().get_experiment_by_name(tracking.experiment)
+    base = f"{tracking.uri}/#/experiments/{experiment_id.experiment_id if experiment_id else '0'}/runs"
     rows = "\n".join(
         f"| {'**' + c.name + '**' if c is outcome.best else c.name} | {c.metrics[metric]:.4f} | "
         f"{c.seconds:.1f}s | [{c.run_id[:8]}]({base}/{c.run_id}) |"
@@ -189,6 +211,9 @@ def train_validated(
     seed: int,
     experiment: str,
     parent_run_id: str | None = None,
+    *,
+    tracking: Tracking,
+    splits_dir: str,
 ) -> TrainingOutcome:
     """The pipeline's candidates on validated rows at ``source`` (the pipeline's train stage, run remotely)."""
     from aicml.data.sources import parse_source, read_source
@@ -201,14 +226,16 @@ def train_validated(
         )
     # Confined to the data roots in deployment runs, like every file source of a parameter.
     frame = read_source(parse_source(source, roots=source_roots()))
+    tracking = tracking_or_settings(tracking, experiment)
     outcome = train_frame(
-        frame, target, problem, options, seed, experiment, parent_run_id, validated_path=source
-    )
+        frame, target, problem, options, seed, experiment, parent_run_id, validated_path=source,
+        tracking=tracking, splits_dir=splits_dir,
+    )  # fmt: skip
     get_run_logger().info("Candidates: %s", {c.name: c.metrics for c in outcome.candidates})
     if parent_run_id:
         # The caller may run on other infrastructure: MLflow is the store both sides reach.
-        with reporting_unreachable("MLflow", settings().tracking_uri, "recording the training outcome"):
-            mlflow.MlflowClient().log_dict(parent_run_id, dataclasses.asdict(outcome), OUTCOME_ARTIFACT)
+        with reporting_unreachable("MLflow", tracking.uri, "recording the training outcome"):
+            tracking.client().log_dict(parent_run_id, dataclasses.asdict(outcome), OUTCOME_ARTIFACT)
     return outcome
 
 
@@ -258,8 +285,11 @@ def run_job(spec: TrainingJobSpec, isolate: bool, workdir: Path) -> TrainingJobR
     persist_result=False,
     timeout_seconds=24 * 3600,
 )
-def train_job(spec: TrainingJobSpec, isolate: bool = True) -> TrainingJobResult:
-    """Run one training job (checkpoint per epoch, one MLflow run); a retry resumes from the last epoch."""
+def train_job(spec: TrainingJobSpec, isolate: bool = True, *, workdir: str) -> TrainingJobResult:
+    """Run one training job (checkpoint per epoch, one MLflow run); a retry resumes from the last epoch.
+
+    The job's spec, result and log files go under ``workdir``.
+    """
     logger = get_run_logger()
     logger.info(
         "Training job %s: %s on %s, checkpoints under %s",
@@ -268,7 +298,7 @@ def train_job(spec: TrainingJobSpec, isolate: bool = True) -> TrainingJobResult:
         spec.family,
         spec.checkpoint_root,
     )
-    result = run_job(spec, isolate, data_dir("training-jobs"))
+    result = run_job(spec, isolate, Path(workdir))
     logger.info(
         "Job %s finished after %d epochs (resumed from %s): %s, MLflow run %s",
         result.job_id,
@@ -280,11 +310,11 @@ def train_job(spec: TrainingJobSpec, isolate: bool = True) -> TrainingJobResult:
     return result
 
 
-def load_outcome(parent_run_id: str) -> TrainingOutcome:
+def load_outcome(parent_run_id: str, tracking: Tracking) -> TrainingOutcome:
     """The candidates a `train-flow` run logged to the pipeline's MLflow run."""
     from pydantic import TypeAdapter
 
-    mlflow.set_tracking_uri(settings().tracking_uri)
+    tracking.activate()
     raw = mlflow.artifacts.load_dict(f"runs:/{parent_run_id}/{OUTCOME_ARTIFACT}")
     return TypeAdapter(TrainingOutcome).validate_python(raw)
 
@@ -300,6 +330,7 @@ def train_on_deployment(
     parent_run_id: str | None,
     deployment: str,
     timeout_s: float = 6 * 3600,
+    tracking: Tracking | None = None,
 ) -> TrainingOutcome:
     """Train the pipeline's candidates as a run of ``deployment`` (e.g. `train-flow/k8s-gpu`) and wait.
 
@@ -333,6 +364,6 @@ def train_on_deployment(
             "see that flow run's logs in the Prefect UI."
         )
     if parent_run_id:
-        return load_outcome(parent_run_id)
+        return load_outcome(parent_run_id, tracking_or_settings(tracking, experiment))
     result = state.result()
     return cast(TrainingOutcome, result.outcome)

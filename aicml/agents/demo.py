@@ -26,7 +26,9 @@ from aicml.agents.spec import AgentSpec, LifecycleState
 from aicml.agents.store import AgentStore
 from aicml.agents.tracing import describe_trace
 from aicml.registry.checksums import stamp_checksum
+from aicml.registry.tracking import Tracking
 
+DEMO_EXPERIMENT = "aic-agents-demo"
 KB = [
     "Billing: a duplicate charge is refunded within 5 business days after we confirm it.",
     "Account: reset your password from the sign-in page with 'Forgot password'.",
@@ -160,15 +162,15 @@ def demo_coordinations(with_churn: bool) -> list[Coordination]:
     ]  # fmt: skip
 
 
-def train_churn_model(tracking_uri: str) -> str:
-    """A small logistic regression on synthetic data, registered as `agent-churn-risk`; its model URI."""
+def train_churn_model(tracking: Tracking) -> str:
+    """A small logistic regression on synthetic data, registered as `agent-churn-risk` in ``tracking``'s
+    registry; its model URI."""
     import mlflow
     import numpy as np
     import pandas as pd
     from sklearn.linear_model import LogisticRegression
 
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_experiment("aic-agents-demo")
+    tracking.experiment_id()  # the fluent API below logs to this server and experiment
     rng = np.random.default_rng(7)
     frame = pd.DataFrame(
         {"tenure_months": rng.uniform(0, 60, 400), "tickets_90d": rng.poisson(2, 400).astype(float)}
@@ -201,7 +203,7 @@ def run_demo(
     if tracking_uri:
         from aicml.agents.tracing import MlflowTraceExporter
 
-        hook = MlflowTraceExporter(tracking_uri, "aic-agents-demo", background=False)
+        hook = MlflowTraceExporter(tracking_uri, DEMO_EXPERIMENT, background=False)
     report: dict[str, Any] = {"agent_db": url.split("@")[-1], "mlflow": tracking_uri, "coordinations": {}}
     with serve_stub_llm() as llm_url:
         # The demo is the operator here: it allows its own stub LLM's address and nothing else.
@@ -209,7 +211,11 @@ def run_demo(
         service = AgentService(AgentStore(url), catalog_ttl_s=600, on_complete=hook, policy=policy)
         try:
             echo(f"1. Registering agents in agent_db ({report['agent_db']}); LLM = local stub at {llm_url}")
-            churn_uri = train_churn_model(tracking_uri) if tracking_uri else None
+            churn_uri = (
+                train_churn_model(Tracking(uri=tracking_uri, experiment=DEMO_EXPERIMENT))
+                if tracking_uri
+                else None
+            )
             for spec in demo_agents(llm_url, churn_uri):
                 spec = _stable_llm_spec(service, spec)
                 service.register(spec, "demo")

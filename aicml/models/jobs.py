@@ -26,14 +26,15 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from aicml.durable import write_durably
+from aicml.durable import publish, write_durably
 from aicml.errors import ConfigurationError, TrainingError
 from aicml.models.features import Problem
 from aicml.models.options import TrainerOptions
+from aicml.names import ResourceName
+from aicml.registry.tracking import Tracking
 
 Family = Literal["tabular", "digits"]
 Framework = Literal["lightning", "sklearn", "keras"]
-JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 _COMPLETED = "COMPLETED"
 _STATE = "job.json"
 
@@ -45,7 +46,7 @@ class TrainingInterrupted(TrainingError):
 class TrainingJobSpec(BaseModel):
     """Everything a training process needs; written to JSON for the child process."""
 
-    job_id: str = Field(pattern=JOB_ID_PATTERN, description="Names the checkpoint directory and the run.")
+    job_id: ResourceName = Field(description="Names the checkpoint directory and the run.")
     family: Family = Field(description="`tabular` (a table with a label column) or `digits` (8x8 images).")
     framework: Framework = Field(default="lightning", description="Which trainer fits the model.")
     source: str | None = Field(default=None, description="Tabular data: file path/glob or SQL URL.")
@@ -60,6 +61,11 @@ class TrainingJobSpec(BaseModel):
     tags: dict[str, str] = Field(default_factory=dict, description="Extra MLflow run tags.")
     system_metrics: bool = Field(default=True, description="Log MLflow system metrics (CPU, memory, GPU).")
     system_metrics_interval: float = Field(default=10.0, gt=0, description="Seconds between samples.")
+
+    @property
+    def tracking(self) -> Tracking:
+        """The MLflow server and experiment the job logs to."""
+        return Tracking(uri=self.tracking_uri, experiment=self.experiment)
 
 
 class TrainingJobResult(BaseModel):
@@ -137,10 +143,6 @@ def _open_state(directory: Path) -> dict[str, Any]:
     return json.loads(state_path.read_text()) if state_path.exists() else {}
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    write_durably(path, text.encode())
-
-
 def _readable_checkpoint(path: Path) -> str | None:
     """None when ``path`` loads as a checkpoint (tensors and plain values only), else why not."""
     import torch
@@ -181,7 +183,7 @@ def discard_bad_checkpoints(directory: Path) -> list[str]:
         good = sorted(directory.glob("*.ckpt"), key=_checkpoint_epoch)
         if good:
             shutil.copyfile(good[-1], directory / ".last.ckpt.tmp")
-            os.replace(directory / ".last.ckpt.tmp", last)
+            publish(directory / ".last.ckpt.tmp", last)
     return discarded
 
 
@@ -254,10 +256,8 @@ def run_training_job(spec: TrainingJobSpec) -> TrainingJobResult | None:
 
     import mlflow
 
-    from aicml.registry.tracking import use_tracking
-
     state = _open_state(directory)
-    use_tracking(spec.tracking_uri, spec.experiment)
+    spec.tracking.experiment_id()  # the fluent API below logs to the job's server and experiment
     if spec.system_metrics:
         mlflow.set_system_metrics_sampling_interval(spec.system_metrics_interval)
         mlflow.set_system_metrics_samples_before_logging(1)
@@ -271,7 +271,7 @@ def run_training_job(spec: TrainingJobSpec) -> TrainingJobResult | None:
     with mlflow.start_run(**run_kwargs) as run:
         if not state.get("run_id"):
             state["run_id"] = run.info.run_id
-            _write_atomic(directory / _STATE, json.dumps(state))
+            write_durably(directory / _STATE, json.dumps(state).encode())
             mlflow.log_params(
                 {
                     **trainer.params(),
@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = TrainingJobSpec.model_validate_json(Path(args[0]).read_text())
     result = run_training_job(spec)
     if result is not None:
-        _write_atomic(Path(args[1]), result.model_dump_json())
+        write_durably(Path(args[1]), result.model_dump_json().encode())
     return 0
 
 

@@ -102,10 +102,6 @@ class ImageData:
     def n_outputs(self) -> int:
         return len(self.classes)
 
-    def to_model_input(self, raw: np.ndarray) -> np.ndarray:
-        """Raw images (N, H, W) or (N, 1, H, W) in pixel units -> the float32 (N, 1, H, W) the network takes."""
-        return prepare_images(raw, self.scale)
-
 
 def prepare_images(raw: Any, scale: float) -> np.ndarray:
     """(N, H, W) or (N, 1, H, W) pixels -> float32 (N, 1, H, W) divided by ``scale``."""

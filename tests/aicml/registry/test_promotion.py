@@ -10,7 +10,7 @@ from mlflow import MlflowClient
 from sklearn.dummy import DummyClassifier
 
 from aicml.registry.promotion import champion_version, promote_if_better, register_challenger
-from aicml.registry.tracking import use_tracking
+from aicml.registry.tracking import Tracking
 
 
 def _log_model() -> tuple[str, str]:
@@ -24,7 +24,7 @@ def _log_model() -> tuple[str, str]:
 
 
 def test_champion_moves_only_for_a_better_challenger(stack) -> None:
-    use_tracking(stack.settings.tracking_uri, "promotion-tests")
+    Tracking(uri=stack.settings.tracking_uri, experiment="promotion-tests").experiment_id()
     name = f"promo-{uuid.uuid4().hex[:6]}"
     uri, run = _log_model()
 
