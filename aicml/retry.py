@@ -8,6 +8,7 @@ minute, by name and address, with what to run next.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import random
@@ -15,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from aicml.errors import ServiceUnavailableError
@@ -178,6 +179,27 @@ def retrying(
         sleep(delay * (0.5 + random.random()) if jitter else delay)
         delay = min(delay * 2, max_delay)
     raise AssertionError("unreachable")  # the loop returns or raises
+
+
+Owner = TypeVar("Owner")
+P = ParamSpec("P")
+
+
+def idempotent(method: Callable[Concatenate[Owner, P], T]) -> Callable[Concatenate[Owner, P], T]:
+    """Retry ``method`` (one whole transaction) with its owner's ``retrying(work)``: the object's own, or that
+    of its ``store`` (``AgentStore.retrying`` retries while agent_db is unavailable, within ``retry_s``).
+
+    Only for operations that may run twice: after a commit whose answer was lost, the second run must find
+    the work done and do nothing more (no second audit row, no second lease).
+    """
+
+    @functools.wraps(method)
+    def retried(self: Owner, *args: P.args, **kwargs: P.kwargs) -> T:
+        owner: Any = getattr(self, "store", self)
+        result: T = owner.retrying(lambda: method(self, *args, **kwargs))
+        return result
+
+    return retried
 
 
 def retry_idempotent(

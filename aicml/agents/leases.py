@@ -29,8 +29,10 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from aicml.agents.errors import AgentConfigurationError, AgentStoreUnavailable, LeaseTimeout
+from aicml.agents.schema import LeaseRow, ResourceRow, WaiterRow, utcnow
 from aicml.agents.spec import AgentSpec
-from aicml.agents.store import AgentStore, LeaseRow, ResourceRow, WaiterRow, idempotent, utcnow
+from aicml.agents.store import AgentStore
+from aicml.retry import idempotent
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +93,8 @@ class LeaseManager:
         self, resource: str, holder: str, units: int = 1, wait_s: float = 30.0, ttl_s: float | None = None
     ) -> str:
         """Block until ``units`` of ``resource`` are granted (in ticket order); return the lease id."""
-        deadline = time.monotonic() + wait_s
+        deadline, lease_id, ttl = time.monotonic() + wait_s, uuid.uuid4().hex, ttl_s or self.default_ttl_s
         ticket: int | None = None
-        lease_id = uuid.uuid4().hex
-        ttl = ttl_s or self.default_ttl_s
         try:
             while True:
                 granted, ticket = self._try_once(resource, holder, units, ticket, lease_id, ttl)
@@ -113,10 +113,8 @@ class LeaseManager:
         self, resource: str, holder: str, units: int = 1, wait_s: float = 30.0, ttl_s: float | None = None
     ) -> str:
         """``acquire`` for the router: each try is one short transaction in a thread; waiting holds no thread."""
-        deadline = time.monotonic() + wait_s
+        deadline, lease_id, ttl = time.monotonic() + wait_s, uuid.uuid4().hex, ttl_s or self.default_ttl_s
         ticket: int | None = None
-        lease_id = uuid.uuid4().hex
-        ttl = ttl_s or self.default_ttl_s
         # Held from the first try: a caller cancelled while its grant commits in a thread never learns the
         # id, and the lease would sit until its TTL; release_held gives it back.
         self._hold(lease_id)

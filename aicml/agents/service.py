@@ -17,9 +17,10 @@ from aicml.agents.policy import AgentPolicy
 from aicml.agents.router import CompletionHook, Router, StoreCatalog
 from aicml.agents.runtime import load_agent
 from aicml.agents.spec import AgentSpec, LifecycleState
-from aicml.agents.store import AgentRecord, AgentStore, Rollout
+from aicml.agents.store import AgentRecord, AgentStore
 from aicml.agents.versions import CanaryVersionRouter, DecisionHook
-from aicml.registry.canary import Decision, Objectives
+from aicml.rollout.agents import Rollout
+from aicml.rollout.canary import Decision, Objectives
 
 
 class AgentService:

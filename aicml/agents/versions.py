@@ -3,7 +3,7 @@
 ``VersionRouter.choose(agent, key)`` answers per call from memory (a dict lookup and a CRC32 of the key), and
 ``record(agent, version, error, latency_ms)`` counts the outcome in memory; neither touches the database.
 ``sync()`` (run by the catalog's background refresh, every ``catalog_ttl_s``) hands the counted outcomes to
-agent_db, where ``aicml.registry.canary`` moves the canary step and runs the sequential decision that the
+agent_db, where ``aicml.rollout.canary`` moves the canary step and runs the sequential decision that the
 model server uses; a final decision (promote, hold, roll back) is applied there as audited lifecycle
 transitions, and the replica that made it reports it to ``on_decision`` (audit line, Prefect event).
 Assignment is sticky per key (the correlation id), so every call of one coordination, and its retries, stays
@@ -19,15 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from aicml.agents.store import Rollout
-from aicml.registry.canary import (
-    ArmStats,
-    AuditRecord,
-    Decision,
-    append_audit,
-    emit_decision_event,
-    sticky_arm,
-)
+from aicml.rollout.agents import Rollout
+from aicml.rollout.audit import AuditRecord, append_audit, emit_decision_event
+from aicml.rollout.canary import ArmStats, Decision, sticky_arm
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +186,7 @@ def _route(rollout: Rollout) -> _Route:
 def decision_audit(path: Path, emit_events: bool = True) -> DecisionHook:
     """A hook that records a rollout decision as serving does: an audit line and a Prefect event.
 
-    The line goes to ``path`` (JSON lines, the ``AuditRecord`` of ``aicml.registry.canary``); the event is
+    The line goes to ``path`` (JSON lines, the ``AuditRecord`` of ``aicml.rollout.audit``); the event is
     ``aicml.agent.<action>`` on resource ``aicml.agent-version.<name>.<version>`` when a Prefect API is set.
     """
 

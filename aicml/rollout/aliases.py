@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from aicml.errors import RegistryError
-from aicml.registry.canary import AuditRecord, append_audit, read_audit
 from aicml.registry.promotion import CHALLENGER, CHAMPION, champion_version
 from aicml.retry import is_unreachable, reporting_unreachable
+from aicml.rollout.audit import AuditRecord, append_audit, read_audit
 
 __all__ = ["PREVIOUS", "ROLLOUT_TAG", "AuditRecord", "append_audit", "apply_decision", "read_audit"]
 

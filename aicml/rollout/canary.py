@@ -5,7 +5,8 @@ decision (promote, hold, roll back) and the audit record a decision leaves.
 Pure and synchronous, no MLflow or Prefect import: the model server asks ``TrafficRouter.choose`` per request
 and reports outcomes with ``record``; the agent router keeps one ``RolloutProgress`` per rollout in agent_db
 and moves it with ``advance_progress``. Both decide with ``decide``. Applying a decision (MLflow aliases,
-agent lifecycle transitions) belongs to the caller: ``aicml.registry.rollout`` and ``aicml.agents.store``.
+agent lifecycle transitions) belongs to the caller: ``aicml.rollout.aliases`` and ``aicml.rollout.agents``;
+the record a decision leaves is ``aicml.rollout.audit``.
 
 The decision is a mixture sequential probability ratio test (mSPRT, Johari et al., "Always valid
 inference") per objective: with a normal mixture N(0, tau^2) over the difference, the likelihood ratio
@@ -20,15 +21,10 @@ roll-back is bounded by ``alpha`` overall. A challenger not told apart within ``
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import random
-import uuid
 import zlib
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal
 
 from aicml.errors import ConfigurationError
@@ -383,65 +379,3 @@ def advance_progress(
     if seen:
         progress.step, progress.at_step = plan.advance(progress.step, progress.at_step, seen)
     return decide(progress.arms["champion"], progress.arms["challenger"], objectives)
-
-
-# --- the audit record ------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class AuditRecord:
-    """One decision: what happened to which version, who decided, when, and on what evidence.
-
-    ``model`` names what was rolled out: a registered model, or an agent.
-    """
-
-    model: str
-    version: str
-    action: str
-    reason: str
-    actor: str
-    evidence: dict[str, Any]
-    previous_champion: str | None
-    champion_after: str | None
-    at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
-    id: str = field(default_factory=lambda: uuid.uuid4().hex)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def append_audit(path: Path, record: AuditRecord) -> None:
-    """Append one JSON line; a single write of a line under PIPE_BUF-sized records keeps lines whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = (json.dumps(record.as_dict(), sort_keys=True, default=str) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-    try:
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def read_audit(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def emit_decision_event(event: str, resource_id: str, name: str, record: AuditRecord) -> bool:
-    """The decision as a Prefect event (``aicml.deployment.promote``, ``aicml.agent.rollback``, ...).
-
-    Prefect is imported here, not at module import, so the request path never loads it. Without a Prefect
-    API configured nothing is sent and this returns False: Prefect would otherwise start a temporary
-    server inside this (long-running, often signal-stopped) process, which outlives it.
-    """
-    from prefect.events import emit_event
-    from prefect.settings import get_current_settings
-
-    if not get_current_settings().api.url:
-        return False
-
-    sent = emit_event(
-        event=event,
-        resource={"prefect.resource.id": resource_id, "prefect.resource.name": name},
-        payload=record.as_dict(),
-    )
-    return sent is not None

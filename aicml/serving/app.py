@@ -22,7 +22,7 @@ import orjson
 
 from aicml.auth import BearerAuth
 from aicml.observability.metrics import exposition
-from aicml.registry.canary import Arm, TrafficRouter
+from aicml.rollout.canary import Arm, TrafficRouter
 from aicml.serving.inputs import InputError, parse_json
 from aicml.serving.metrics import (
     BATCH_ROWS,

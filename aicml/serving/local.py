@@ -2,7 +2,7 @@
 
 The controller reads ``GET /router`` (counts only, no request data), runs the sequential decision, and
 when it is final tells the server to stop sending traffic to the challenger. Moving aliases, events and
-audit records are the caller's part (see ``aicml.registry.rollout`` and ``tasks/serve.py``).
+audit records are the caller's part (see ``aicml.rollout.aliases`` and ``tasks/serve.py``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 
 from aicml.errors import AicError
-from aicml.registry.canary import ArmStats, Decision, Objectives, decide
+from aicml.rollout.canary import ArmStats, Decision, Objectives, decide
 from aicml.stack.processes import ServiceSpec, start, stop
 
 

@@ -12,9 +12,10 @@ import testagents
 from aicml.agents.errors import AgentConfigurationError, LeaseTimeout
 from aicml.agents.leases import LeaseManager
 from aicml.agents.messages import AgentMessage, Outcome
+from aicml.agents.schema import ResourceRow
 from aicml.agents.service import AgentService
 from aicml.agents.spec import AgentSpec, LifecycleState
-from aicml.agents.store import AgentStore, ResourceRow
+from aicml.agents.store import AgentStore
 
 
 def hammer(manager: LeaseManager, resource: str, clients: int, seconds: float, hold_s: float):

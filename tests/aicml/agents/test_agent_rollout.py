@@ -13,9 +13,11 @@ import pytest
 from aicml.agents.messages import AgentMessage, Outcome
 from aicml.agents.service import AgentService
 from aicml.agents.spec import AgentSpec, LifecycleState
-from aicml.agents.store import AgentStore, Rollout
+from aicml.agents.store import AgentStore
 from aicml.agents.versions import CanaryVersionRouter, decision_audit
-from aicml.registry.canary import Decision, Objectives, read_audit
+from aicml.rollout.agents import Rollout
+from aicml.rollout.audit import read_audit
+from aicml.rollout.canary import Decision, Objectives
 
 BUDGET = 40_000  # calls a rollout may take before the test calls it unbounded
 A, P, R = LifecycleState.ACTIVE, LifecycleState.PAUSED, LifecycleState.RETIRED

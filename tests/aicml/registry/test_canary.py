@@ -7,7 +7,7 @@ import random
 import pytest
 
 from aicml.errors import ConfigurationError
-from aicml.registry.canary import Decision, Objectives, RolloutPlan, TrafficRouter, decide
+from aicml.rollout.canary import Decision, Objectives, RolloutPlan, TrafficRouter, decide
 
 BUDGET = 40_000  # total requests a rollout may take before the test calls it unbounded
 

@@ -19,7 +19,7 @@ from aicml.registry.checksums import (
     parse_model_uri,
     pickled_files,
 )
-from aicml.registry.rollout import read_audit
+from aicml.rollout.audit import read_audit
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def test_promote_then_rollback_moves_aliases_and_audits(registry: None, tmp_path
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from aicml.registry.rollout import apply_decision
+    from aicml.rollout.aliases import apply_decision
 
     client = MlflowClient()
     name = "rollout-test"

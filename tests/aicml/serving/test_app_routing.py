@@ -14,8 +14,8 @@ from serving_support import training_frame
 from sklearn.linear_model import LogisticRegression
 
 from aicml.auth import BearerAuth
-from aicml.registry.canary import RolloutPlan, TrafficRouter
 from aicml.registry.checksums import ModelRef
+from aicml.rollout.canary import RolloutPlan, TrafficRouter
 from aicml.serving.app import ModelServer
 from aicml.serving.runtime import ModelHost, ServedModel
 
