@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import sys
@@ -21,25 +22,42 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 
 import pytest  # noqa: E402
 
+# Test modules not yet moved to package imports (``from tests.services import ...``) still import their
+# helpers as top-level modules (``from services import ...``): keep tests/ importable that way meanwhile.
 sys.path.insert(0, str(Path(__file__).parent))
 
-from services import Postgres, free_port, postgres_server  # noqa: E402
+from tests.services import Postgres, free_port, postgres_server  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
-def postgres() -> Iterator[Postgres | None]:
-    with postgres_server() as server:
-        if server is None:
-            print("\n*** No PostgreSQL server or binaries here: stack tests fall back to SQLite ***")
-        else:
-            print(f"\n*** PostgreSQL for tests: {server.kind} ({server.admin_url.split('@')[-1]}) ***")
+def postgres() -> Iterator[Postgres]:
+    """THE PostgreSQL of the test session: 127.0.0.1:5432 when it answers, else a throwaway cluster.
+
+    Every test that needs PostgreSQL takes it from here (a database of its own: ``postgres.database``);
+    where there is neither, those tests fail (they are never skipped).
+    """
+    from aicml.errors import StackError
+
+    with contextlib.ExitStack() as context:
+        try:
+            server = context.enter_context(postgres_server())
+        except StackError as exc:
+            pytest.fail(f"no PostgreSQL for the tests (127.0.0.1:5432 does not answer): {exc}", pytrace=False)
+        print(f"\n*** PostgreSQL for tests: {server.kind} ({server.host}:{server.port}) ***")
         yield server
 
 
+@pytest.fixture
+def pg_agent_db(postgres: Postgres) -> Iterator[str]:
+    """A fresh agent_db on the session's PostgreSQL (SQLAlchemy URL), dropped after the test."""
+    with postgres.database("aic_agent_db") as name:
+        yield postgres.url(name)
+
+
 @pytest.fixture(scope="session")
-def stack(postgres: Postgres | None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+def stack(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """The real local stack on free ports, backed by PostgreSQL, with a process worker on pool `local`.
 
     Flows called in this process talk to it; the test session's environment points at it.
@@ -50,17 +68,15 @@ def stack(postgres: Postgres | None, tmp_path_factory: pytest.TempPathFactory) -
     from blocks.settings import EXPORTED, AicSettings
 
     home = tmp_path_factory.mktemp("aic-home")
-    databases: list[str] = []
-    kwargs: dict[str, object] = {}
-    if postgres is not None:
-        databases = [postgres.create_database("aic_prefect"), postgres.create_database("aic_mlflow")]
-        kwargs = {
-            "database_url": postgres.admin_url,
-            "prefect_database": databases[0],
-            "mlflow_database": databases[1],
-        }
+    databases = [postgres.create_database("aic_prefect"), postgres.create_database("aic_mlflow")]
     settings = AicSettings(
-        home=home, prefect_port=free_port(), mlflow_port=free_port(), metrics_port=free_port(), **kwargs
+        home=home,
+        prefect_port=free_port(),
+        mlflow_port=free_port(),
+        metrics_port=free_port(),
+        database_url=postgres.admin_url,
+        prefect_database=databases[0],
+        mlflow_database=databases[1],
     )
     local = LocalStack(settings)
     saved = dict(os.environ)
@@ -78,6 +94,5 @@ def stack(postgres: Postgres | None, tmp_path_factory: pytest.TempPathFactory) -
         os.environ.clear()
         os.environ.update(saved)
         EXPORTED.clear()
-        if postgres is not None:
-            for name in databases:
-                postgres.drop_database(name)
+        for name in databases:
+            postgres.drop_database(name)

@@ -7,11 +7,10 @@ import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
-from services import free_port
-
 from aicml.stack.local import LocalStack
 from aicml.stack.processes import start, stop
 from blocks.settings import AicSettings
+from tests.services import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 AUTH = "aic-admin:Rehearsal-Pa55word-7f3c"

@@ -1,42 +1,69 @@
-"""Real services for tests: a PostgreSQL server and the local stack on free loopback ports.
+"""Real services for tests: a PostgreSQL server, free loopback ports, and waiting on a condition.
 
 PostgreSQL comes from 127.0.0.1:5432 when it answers, else from a throwaway cluster built with the
-local PostgreSQL binaries; only when neither exists do tests fall back to SQLite, and say so.
+local PostgreSQL binaries (``aicml.stack.pgcluster``); when neither exists, ``postgres_server`` raises:
+a test that needs PostgreSQL fails then, it is never skipped.
 """
 
 from __future__ import annotations
 
 import contextlib
-import glob
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
+
+from aicml.stack.pgcluster import ThrowawayCluster, throwaway_cluster
+from aicml.stack.ports import answers, free_port
+
+__all__ = ["LOCAL_PORT", "Postgres", "free_port", "postgres_server", "throwaway_postgres_server", "wait_for"]
+
+LOCAL_PORT = 5432  # the shared server's port when one runs here (CI's service container, a developer's own)
 
 
-def free_port() -> int:
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _answers(host: str, port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
-        return True
-    return False
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll ``condition`` until it returns something truthy (returned), at most ``timeout`` seconds;
+    then fail naming ``what``. Instead of a fixed sleep or a wall-time assertion: it waits as long as
+    a loaded machine needs, and no longer than the condition takes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:g} s")
+        time.sleep(interval)
 
 
 @dataclass(frozen=True)
 class Postgres:
-    """A PostgreSQL server the tests may create and drop databases on."""
+    """A PostgreSQL server the tests may create and drop databases on (superuser ``postgres``, trust auth).
 
-    admin_url: str  # postgresql://user@host:port/postgres
+    ``cluster`` is set when the tests own the server (a throwaway cluster): only then may a test
+    ``restart`` or ``stop`` it.
+    """
+
+    admin_url: str  # postgresql://postgres@127.0.0.1:port/postgres
     kind: str  # "local server", "throwaway cluster"
+    cluster: ThrowawayCluster | None = None
+
+    @property
+    def host(self) -> str:
+        return self.admin_url.split("@", 1)[1].split("/", 1)[0].rsplit(":", 1)[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.admin_url.split("@", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
+
+    @property
+    def server_url(self) -> str:
+        """The server without a database (``postgresql://postgres@host:port/``), as backups take it."""
+        return self.admin_url.rsplit("/", 1)[0] + "/"
+
+    def libpq_env(self) -> dict[str, str]:
+        """PGHOST, PGPORT and PGUSER for psql and the other client tools."""
+        return {"PGHOST": self.host, "PGPORT": str(self.port), "PGUSER": "postgres"}
 
     def url(self, database: str, driver: str = "psycopg") -> str:
         return (
@@ -44,60 +71,70 @@ class Postgres:
             + f"/{database}"
         )
 
-    def create_database(self, prefix: str) -> str:
+    def connect(self, database: str = "postgres") -> Any:
+        """An autocommit psycopg connection to ``database``."""
         import psycopg
+
+        return psycopg.connect(self.server_url + database, autocommit=True)
+
+    def create_database(self, prefix: str) -> str:
         from psycopg import sql
 
         name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+        with self.connect() as conn:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         return name
 
     def drop_database(self, name: str) -> None:
-        import psycopg
         from psycopg import sql
 
-        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+        with self.connect() as conn:
             conn.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
                 (name,),
             )
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
 
+    @contextlib.contextmanager
+    def database(self, prefix: str) -> Iterator[str]:
+        """A fresh database named ``<prefix>_<random>``, dropped on exit."""
+        name = self.create_database(prefix)
+        try:
+            yield name
+        finally:
+            self.drop_database(name)
+
+    def _owned(self) -> ThrowawayCluster:
+        if self.cluster is None:
+            raise RuntimeError(
+                f"the {self.kind} at {self.host}:{self.port} is shared: tests never restart it"
+            )
+        return self.cluster
+
+    def restart(self) -> None:
+        """``pg_ctl restart -m fast``: every session is terminated, open transactions roll back."""
+        self._owned().restart()
+
+    def stop(self) -> None:
+        self._owned().stop()
+
+    def start(self) -> None:
+        """Start it again after ``stop``; back when this returns."""
+        self._owned().start()
+
 
 @contextlib.contextmanager
-def postgres_server() -> Iterator[Postgres | None]:
-    if _answers("127.0.0.1", 5432):
-        yield Postgres("postgresql://postgres@127.0.0.1:5432/postgres", "local server")
+def throwaway_postgres_server() -> Iterator[Postgres]:
+    """A cluster of its own (a test may restart it); StackError when no PostgreSQL binaries are installed."""
+    with throwaway_cluster() as cluster:
+        yield Postgres(cluster.admin_url, "throwaway cluster", cluster)
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[Postgres]:
+    """The server on 127.0.0.1:5432 when it answers, else a throwaway cluster; StackError when neither."""
+    if answers(LOCAL_PORT):
+        yield Postgres(f"postgresql://postgres@127.0.0.1:{LOCAL_PORT}/postgres", "local server")
         return
-    binaries = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not binaries and shutil.which("initdb") is None:
-        yield None
-        return
-    bindir = os.path.dirname(binaries[-1]) if binaries else os.path.dirname(shutil.which("initdb") or "")
-    datadir = tempfile.mkdtemp(prefix="aic-pg-")
-    port = free_port()
-    user = "postgres"
-    subprocess.run(
-        [f"{bindir}/initdb", "-D", datadir, "-U", user, "--auth=trust", "-E", "UTF8"],
-        check=True,
-        capture_output=True,
-    )
-    ctl = [
-        f"{bindir}/pg_ctl",
-        "-D",
-        datadir,
-        "-o",
-        f"-p {port} -k {datadir} -h 127.0.0.1",
-        "-l",
-        f"{datadir}/log",
-    ]
-    subprocess.run([*ctl, "start", "-w"], check=True, capture_output=True)
-    try:
-        deadline = time.monotonic() + 30
-        while not _answers("127.0.0.1", port) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        yield Postgres(f"postgresql://{user}@127.0.0.1:{port}/postgres", "throwaway cluster")
-    finally:
-        subprocess.run([f"{bindir}/pg_ctl", "-D", datadir, "stop", "-m", "fast"], capture_output=True)
-        shutil.rmtree(datadir, ignore_errors=True)
+    with throwaway_postgres_server() as server:
+        yield server

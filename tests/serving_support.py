@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pandas as pd
-from services import free_port
 
 from aicml.stack.processes import wait_until
+from tests.services import free_port
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from aicml.data.integration import IngestJob, run_ingest
 from aicml.data.parallel import ClusterOptions
 from aicml.data.sinks import ParquetSink
 from aicml.durable import publish_once, write_durably
+from tests.services import Postgres
 
 Event = tuple[str, str, str]  # (operation, path or source, destination or "")
 
@@ -124,31 +124,19 @@ def test_write_durably_and_publish_once(tmp_path: Path, calls: list[Event]) -> N
 
 
 @pytest.fixture
-def database() -> Iterator[str]:
-    psycopg = pytest.importorskip("psycopg")
+def database(postgres: Postgres) -> Iterator[str]:
     if shutil.which("pg_dump") is None:
-        pytest.skip("pg_dump not installed")
-    name = f"aicml_durable_{uuid.uuid4().hex[:10]}"
-    try:
-        admin = psycopg.connect(
-            host="127.0.0.1", port=5432, user="postgres", dbname="postgres", autocommit=True
-        )
-    except psycopg.OperationalError as error:
-        pytest.skip(f"no PostgreSQL on 127.0.0.1:5432: {error}")
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield name
-        finally:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        pytest.skip("pg_dump not installed (Debian: postgresql-client)")
+    with postgres.database("aicml_durable") as name:
+        yield name
 
 
 def test_a_backup_is_durable_before_its_manifest_and_its_rename(
-    tmp_path: Path, database: str, calls: list[Event]
+    tmp_path: Path, postgres: Postgres, database: str, calls: list[Event]
 ) -> None:
     from aicml.stack.backup import MANIFEST, backup_databases
 
-    final = backup_databases("postgresql://postgres@127.0.0.1:5432/", [database], tmp_path / "backups")
+    final = backup_databases(postgres.server_url, [database], tmp_path / "backups")
     partial = final.with_name(final.name + ".partial")
     dump_in_partial = str(partial / f"{database}.dump")
     manifest_at = _position(calls, "rename", partial / MANIFEST)

@@ -7,15 +7,13 @@ than its capacity, whatever happens to the replicas or the database.
 
 from __future__ import annotations
 
-import importlib.util
 import signal
 import socket
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,23 +22,10 @@ import httpx
 import psycopg
 import pytest
 
+from tests.agent_service import running_agent_service
+from tests.services import Postgres, wait_for
+
 pytestmark = pytest.mark.timeout(180)
-
-
-def _load_agents_conftest() -> Any:
-    """The agent tests' ``running_agent_service`` (one way to start the service as a process, not two)."""
-    path = Path(__file__).parents[1] / "aicml" / "agents" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("agents_service_support", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-_agents_conftest = _load_agents_conftest()
-running_agent_service = _agents_conftest.running_agent_service
-pg_agent_db = _agents_conftest.pg_agent_db  # a fresh agent_db on the shared server (never restarted here)
 
 
 # --- helpers ----------------------------------------------------------------------------------------------
@@ -201,7 +186,11 @@ def test_sigterm_under_load_drains_releases_leases_and_exits_zero(pg_agent_db: s
             for thread in threads:
                 thread.start()
             try:
-                time.sleep(2.0)  # under load before the signal
+                wait_for(  # under load before the signal: every client answered, readiness and leases sampled
+                    lambda: sum(c.ok for c in calls) >= clients and readiness and sampler.samples > 20,
+                    60,
+                    "the service under load",
+                )
                 assert agents.process.poll() is None
                 signalled = time.monotonic()
                 agents.process.send_signal(signal.SIGTERM)
@@ -321,88 +310,82 @@ def test_replica_killed_holding_leases_frees_them_within_the_ttl(pg_agent_db: st
 # --- PostgreSQL restarted under the service -------------------------------------------------------------------
 
 
-def test_postgres_restart_gives_clear_503s_then_recovers_without_a_restart(tmp_path: Path) -> None:
-    from aicml.errors import StackError
-    from aicml.stack.pgcluster import throwaway_cluster
-
+def test_postgres_restart_gives_clear_503s_then_recovers_without_a_restart(
+    throwaway_postgres: Postgres, tmp_path: Path
+) -> None:
     name, capacity, delay, clients = "slow-pg", 2, 0.3, 6
-    with ExitStack() as stack:
-        try:
-            cluster = stack.enter_context(throwaway_cluster())  # its own: restarting it disturbs nobody
-        except StackError as exc:
-            pytest.skip(f"no throwaway PostgreSQL cluster here: {exc}")
-        with psycopg.connect(cluster.admin_url, autocommit=True) as conn:
-            conn.execute("CREATE DATABASE agent_db")
-        agent_db = (
-            cluster.admin_url.replace("postgresql://", "postgresql+psycopg://").rsplit("/", 1)[0]
-            + "/agent_db"
-        )
-        env = {"AIC_AGENTS_LEASE_MARGIN_S": str(MARGIN_S)}
-        with (
-            running_agent_service(tmp_path, database_url=agent_db, **env) as agents,
-            sampling(agent_db, f"calls:{name}") as sampler,
-        ):
-            assert agents.process is not None
-            register_slow_agent(agents, name, capacity, delay, timeout_s=3)
-            calls: list[Call] = []
-            stop = threading.Event()
+    cluster = throwaway_postgres  # its own: restarting it disturbs nobody
+    agent_db = cluster.url(cluster.create_database("agent_db"))
+    env = {"AIC_AGENTS_LEASE_MARGIN_S": str(MARGIN_S)}
+    with (
+        running_agent_service(tmp_path, database_url=agent_db, **env) as agents,
+        sampling(agent_db, f"calls:{name}") as sampler,
+    ):
+        assert agents.process is not None
+        register_slow_agent(agents, name, capacity, delay, timeout_s=3)
+        calls: list[Call] = []
+        stop = threading.Event()
 
-            def client() -> None:
-                with httpx.Client(base_url=agents.url, headers=agents.headers("invoker"), timeout=30) as http:
-                    while not stop.is_set():
-                        calls.append(invoke(http, name, delay, timeout_ms=10_000))
-
-            threads = [threading.Thread(target=client) for _ in range(clients)]
-            for thread in threads:
-                thread.start()
-            admin_results: list[int] = []
-            try:
-                time.sleep(1.5)
-                restart_began = time.monotonic()
-                restarting = threading.Thread(target=cluster.restart)
-                restarting.start()
-                # An audited change while the database goes away: retried until it is answered.
-                time.sleep(0.1)
-                other = {"name": "other", "version": "1",
-                         "implementation": {"kind": "rule", "rule": "constant", "config": {"output": {}}}}  # fmt: skip
-                with httpx.Client(base_url=agents.url, headers=agents.headers("admin"), timeout=30) as admin:
-                    for path, body in (
-                        ("/v1/agents", other),
-                        ("/v1/agents/other/versions/1/transition", {"to": "active"}),
-                    ):
-                        deadline = time.monotonic() + 30
-                        while True:
-                            status = admin.post(path, json=body).status_code
-                            admin_results.append(status)
-                            if status != 503 or time.monotonic() > deadline:
-                                break
-                            time.sleep(0.2)
-                restarting.join(60)
-                restarted = time.monotonic()
-                time.sleep(4.0)  # calls flow after the restart
-            finally:
-                stop.set()
-                for thread in threads:
-                    thread.join(60)
-            # Down for longer than the store's retries (5 s): a clear 503 naming agent_db, then back again.
+        def client() -> None:
             with httpx.Client(base_url=agents.url, headers=agents.headers("invoker"), timeout=30) as http:
-                cluster.stop()
-                down = invoke(http, name, delay, timeout_ms=10_000)
-                retry_after = http.post(f"/v1/agents/{name}/invoke", json={"payload": {"n": 1}})
-                cluster.start()
-                back = invoke(http, name, delay, timeout_ms=10_000)
-            alive = agents.process.poll() is None
-            output = agents.output()
+                while not stop.is_set():
+                    calls.append(invoke(http, name, delay, timeout_ms=10_000))
 
-            with psycopg.connect(_libpq(agent_db), autocommit=True) as conn:
-                audit = conn.execute(
-                    "SELECT name, version, from_state, to_state FROM agent_transitions ORDER BY id"
-                ).fetchall()
-            # Leases whose release failed in the restart lapse by their TTL; none is left after it.
-            deadline = time.monotonic() + 3.0 + MARGIN_S + 2
-            while lease_rows(agent_db, "expires_at > now()") and time.monotonic() < deadline:
-                time.sleep(0.2)
-            live_after = lease_rows(agent_db, "expires_at > now()")
+        threads = [threading.Thread(target=client) for _ in range(clients)]
+        for thread in threads:
+            thread.start()
+        admin_results: list[int] = []
+        try:
+            wait_for(lambda: sum(c.ok for c in calls) >= clients, 60, "calls answered before the restart")
+            restart_began = time.monotonic()
+            restarting = threading.Thread(target=cluster.restart)
+            restarting.start()
+            # An audited change while the database goes away: retried until it is answered.
+            time.sleep(0.1)
+            other = {"name": "other", "version": "1",
+                     "implementation": {"kind": "rule", "rule": "constant", "config": {"output": {}}}}  # fmt: skip
+            with httpx.Client(base_url=agents.url, headers=agents.headers("admin"), timeout=30) as admin:
+                for path, body in (
+                    ("/v1/agents", other),
+                    ("/v1/agents/other/versions/1/transition", {"to": "active"}),
+                ):
+                    deadline = time.monotonic() + 30
+                    while True:
+                        status = admin.post(path, json=body).status_code
+                        admin_results.append(status)
+                        if status != 503 or time.monotonic() > deadline:
+                            break
+                        time.sleep(0.2)
+            restarting.join(60)
+            restarted = time.monotonic()
+            wait_for(  # calls flow after the restart
+                lambda: sum(c.ok for c in calls if c.started > restarted + 1.0) >= clients,
+                60,
+                "calls answered after the restart",
+            )
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(60)
+        # Down for longer than the store's retries (5 s): a clear 503 naming agent_db, then back again.
+        with httpx.Client(base_url=agents.url, headers=agents.headers("invoker"), timeout=30) as http:
+            cluster.stop()
+            down = invoke(http, name, delay, timeout_ms=10_000)
+            retry_after = http.post(f"/v1/agents/{name}/invoke", json={"payload": {"n": 1}})
+            cluster.start()
+            back = invoke(http, name, delay, timeout_ms=10_000)
+        alive = agents.process.poll() is None
+        output = agents.output()
+
+        with psycopg.connect(_libpq(agent_db), autocommit=True) as conn:
+            audit = conn.execute(
+                "SELECT name, version, from_state, to_state FROM agent_transitions ORDER BY id"
+            ).fetchall()
+        # Leases whose release failed in the restart lapse by their TTL; none is left after it.
+        deadline = time.monotonic() + 3.0 + MARGIN_S + 2
+        while lease_rows(agent_db, "expires_at > now()") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        live_after = lease_rows(agent_db, "expires_at > now()")
 
     # The service rode the restart out in its own process.
     assert alive, output[-3000:]

@@ -28,6 +28,7 @@ from aicml.data.parallel import ClusterOptions
 from aicml.data.sinks import ParquetSink
 from aicml.data.state import IngestState
 from aicml.data.transforms import TransformSpec
+from tests.services import Postgres
 
 LOAD = "landing"
 SUITE = {
@@ -240,14 +241,9 @@ def test_a_crashed_commit_leaves_files_the_next_commit_removes(tmp_path: Path) -
 
 
 @pytest.fixture
-def pg_url(postgres: object) -> Iterator[str]:
-    if postgres is None:
-        pytest.skip("no PostgreSQL here")
-    name = postgres.create_database("aic_concurrent")  # type: ignore[attr-defined]
-    try:
-        yield postgres.url(name)  # type: ignore[attr-defined]
-    finally:
-        postgres.drop_database(name)  # type: ignore[attr-defined]
+def pg_url(postgres: Postgres) -> Iterator[str]:
+    with postgres.database("aic_concurrent") as name:
+        yield postgres.url(name)
 
 
 @pytest.mark.parametrize("runs", [2, 4])

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from fault_helpers import HoldInWorker, write_id_sources
 
 from aicml.data.connectors import FileConnector
 from aicml.data.integration import IngestJob, run_ingest
@@ -24,6 +23,7 @@ from aicml.data.parallel import ClusterOptions
 from aicml.data.sinks import ParquetSink
 from aicml.data.transforms import TransformSpec
 from aicml.errors import SourceError
+from tests.faults.fault_helpers import HoldInWorker, write_id_sources
 
 WAIT_S = 90
 FILES, ROWS = 6, 3_000

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -23,8 +22,6 @@ import pandas as pd
 import psutil
 import pyarrow.parquet as pq
 import pytest
-from fault_helpers import write_id_sources
-from services import free_port
 
 from aicml.data.connectors import FileConnector
 from aicml.data.integration import IngestJob, run_ingest
@@ -34,6 +31,8 @@ from aicml.data.transforms import TransformSpec
 from aicml.errors import SourceError, TrainingError
 from aicml.stack.local import LocalStack
 from blocks.settings import AicSettings
+from tests.faults.fault_helpers import write_id_sources
+from tests.services import Postgres, free_port
 
 NO_SPACE = "No space left on device"
 FILES, ROWS = 4, 2_000
@@ -300,10 +299,12 @@ def test_disk_full_while_mlflow_stores_a_model(
 # Backup: pg_dump into a backup directory on the small disk (the shared server, a database of its own).
 
 
-def test_disk_full_during_a_backup(small_disk: Any, blob_database: str, tmp_path: Path) -> None:
+def test_disk_full_during_a_backup(
+    postgres: Postgres, small_disk: Any, blob_database: str, tmp_path: Path
+) -> None:
     from aicml.stack.backup import MANIFEST, BackupError, backup_databases, restore_database
 
-    server = "postgresql://postgres@127.0.0.1:5432/"
+    server = postgres.server_url
     output = small_disk.root / "backups"
     output.mkdir()
     # Leave 512 KiB: the backup starts, then pg_dump runs out of space partway through the dump.
@@ -322,20 +323,7 @@ def test_disk_full_during_a_backup(small_disk: Any, blob_database: str, tmp_path
     target = f"{blob_database}_back"
     try:
         restore_database(path, blob_database, server, target)
-        import psycopg
-
-        with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{target}") as conn:
+        with postgres.connect(target) as conn:
             assert conn.execute("SELECT count(*) FROM blobs").fetchone()[0] == 3000
     finally:
-        subprocess.run(
-            [
-                "psql",
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-c",
-                f'DROP DATABASE IF EXISTS "{target}" WITH (FORCE)',
-            ],
-            capture_output=True,
-        )
+        postgres.drop_database(target)

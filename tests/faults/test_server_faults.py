@@ -28,7 +28,6 @@ import pandas as pd
 import pytest
 import yaml
 from mlflow import MlflowClient
-from services import free_port
 from sklearn.dummy import DummyRegressor
 
 import aicml.registry.promotion as promotion
@@ -40,6 +39,7 @@ from aicml.retry import CLIENT_RETRY_ENV
 from aicml.stack.local import LocalStack
 from aicml.stack.processes import alive, read_pid
 from blocks.settings import AicSettings
+from tests.services import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 RESTART_AFTER_S = 5.0

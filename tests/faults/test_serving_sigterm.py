@@ -16,7 +16,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serving_support import register_sklearn, start_server, training_frame
+
+from tests.serving_support import register_sklearn, start_server, training_frame
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -12,13 +12,14 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.services import Postgres, wait_for
+
 MAX_EPOCHS = 4
 
 
@@ -104,11 +105,9 @@ def shutil_which(name: str) -> str | None:
 # the kill lands mid-dump every time; the wrapper runs the real pg_dump first, to a side file.
 CHILD = textwrap.dedent(
     """
-    import sys
-    sys.path.insert(0, {repo!r})
     from pathlib import Path
     from aicml.stack.backup import backup_databases
-    backup_databases("postgresql://postgres@127.0.0.1:5432/", [{database!r}], Path({output!r}))
+    backup_databases({server!r}, [{database!r}], Path({output!r}))
     """
 )
 SLOW_PG_DUMP = textwrap.dedent(
@@ -126,12 +125,12 @@ SLOW_PG_DUMP = textwrap.dedent(
 
 
 def test_a_backup_killed_mid_dump_is_never_published_and_restore_refuses_it(
-    blob_database: str, tmp_path: Path
+    postgres: Postgres, blob_database: str, tmp_path: Path
 ) -> None:
-    from aicml.stack.backup import MANIFEST, backup_databases
+    from aicml.stack.backup import MANIFEST, STAMP_FORMAT, backup_databases
     from aicml.stack.backup_cli import app
 
-    database = blob_database
+    database, server = blob_database, postgres.server_url
 
     real = shutil_which("pg_dump")
     bin_dir, output, started = tmp_path / "bin", tmp_path / "backups", tmp_path / "dumping"
@@ -141,16 +140,13 @@ def test_a_backup_killed_mid_dump_is_never_published_and_restore_refuses_it(
     wrapper.chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD.format(repo=str(REPO), database=database, output=str(output))],
+        [sys.executable, "-c", CHILD.format(server=server, database=database, output=str(output))],
         env=env,
         start_new_session=True,  # its own process group: the kill takes the backup and its pg_dump
     )
     try:
-        deadline = time.monotonic() + 60
-        while not started.exists():
-            assert child.poll() is None, "the backup ended before it was killed"
-            assert time.monotonic() < deadline, "pg_dump never started"
-            time.sleep(0.05)
+        wait_for(lambda: started.exists() or child.poll() is not None, 60, "pg_dump starting")
+        assert child.poll() is None, "the backup ended before it was killed"
         os.killpg(child.pid, signal.SIGKILL)
         child.wait(30)
     finally:
@@ -162,7 +158,6 @@ def test_a_backup_killed_mid_dump_is_never_published_and_restore_refuses_it(
     assert not (leftovers[0] / MANIFEST).exists()
 
     runner = CliRunner()
-    server = "postgresql://postgres@127.0.0.1:5432/"
     for path in (leftovers[0], output):
         refused = runner.invoke(
             app,
@@ -175,7 +170,9 @@ def test_a_backup_killed_mid_dump_is_never_published_and_restore_refuses_it(
     refused = runner.invoke(app, ["restore", str(leftovers[0]), "-d", database, "--url", server])
     assert refused.exit_code == 1 and "incomplete backup" in refused.output, refused.output
 
-    time.sleep(1.1)  # a new stamp (seconds)
+    # The next backup gets a stamp of its own (they are to the second): wait for the clock to pass it.
+    stamp = leftovers[0].name.removesuffix(".partial")
+    wait_for(lambda: datetime.now(UTC).strftime(STAMP_FORMAT) > stamp, 5, "a new backup stamp")
     path = backup_databases(server, [database], output)
     assert (path / MANIFEST).is_file() and not path.name.endswith(".partial")
     assert (path / f"{database}.dump").read_bytes()[:5] == b"PGDMP"

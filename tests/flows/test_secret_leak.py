@@ -27,11 +27,11 @@ from typing import Any
 import httpx
 import pandas as pd
 import pytest
-from services import Postgres, free_port
 
 from aicml.stack.local import LocalStack
 from aicml.stack.processes import wait_until
 from blocks.settings import AicSettings
+from tests.services import Postgres, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -68,10 +68,8 @@ class Findings:
 
 @pytest.fixture
 def leak_stack(
-    postgres: Postgres | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    postgres: Postgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[dict[str, Any]]:
-    if postgres is None:
-        pytest.skip("needs PostgreSQL")
     import psycopg
     from psycopg import sql
 
@@ -81,7 +79,7 @@ def leak_stack(
                 sql.Identifier(ROLE), sql.Literal(CANARY)
             )
         )
-    host = postgres.admin_url.split("@", 1)[1].split("/", 1)[0]
+    host = f"{postgres.host}:{postgres.port}"
     server_url = f"postgresql://{ROLE}:{CANARY}@{host}/"
     suffix = uuid.uuid4().hex[:8]
     names = {n: f"aic_leak_{n}_{suffix}" for n in ("prefect", "mlflow", "data", "tuning")}

@@ -1,4 +1,4 @@
-"""The database init script of the PostgreSQL init Job, run for real against 127.0.0.1:5432: it creates a
+"""The database init script of the PostgreSQL init Job, run for real against the session's PostgreSQL: it creates a
 role and a database per service, is idempotent, and takes hostile values as data, not SQL."""
 
 from __future__ import annotations
@@ -12,34 +12,24 @@ from pathlib import Path
 
 import pytest
 
+from tests.services import Postgres
+
 SCRIPT = Path(__file__).resolve().parents[2] / "k8s" / "base" / "scripts" / "init-databases.sh"
 SERVICES = ("AGENT", "TRAINING", "TUNING", "DEPLOYMENT", "DATA_INTEGRATION", "PIPELINE", "MLFLOW")
 
 
-def _admin() -> object:
-    import psycopg
-
-    return psycopg.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", autocommit=True)
-
-
 @pytest.fixture
-def service_env() -> Iterator[dict[str, str]]:
-    import psycopg
-
+def service_env(postgres: Postgres) -> Iterator[dict[str, str]]:
     if shutil.which("psql") is None:
         pytest.skip("psql is not installed (Debian: postgresql-client)")
-    try:
-        _admin().close()  # type: ignore[attr-defined]
-    except psycopg.OperationalError as error:
-        pytest.skip(f"no PostgreSQL on 127.0.0.1:5432 as user postgres: {error}")
     suffix = uuid.uuid4().hex[:8]
-    env = {**os.environ, "PGHOST": "127.0.0.1", "PGPORT": "5432", "PGUSER": "postgres"}
+    env = {**os.environ, **postgres.libpq_env()}
     for service in SERVICES:
         env[f"{service}_DB_USER"] = f"aicml_{service.lower()}_{suffix}"
         env[f"{service}_DB_PASSWORD"] = "pw'; DROP TABLE x; --" + suffix
         env[f"{service}_DB_NAME"] = f"aicml_{service.lower()}_db_{suffix}"
     yield env
-    with _admin() as connection:  # type: ignore[attr-defined]
+    with postgres.connect() as connection:
         for service in SERVICES:
             connection.execute(f'DROP DATABASE IF EXISTS "{env[f"{service}_DB_NAME"]}" WITH (FORCE)')
             connection.execute(f'DROP ROLE IF EXISTS "{env[f"{service}_DB_USER"]}"')
@@ -49,13 +39,15 @@ def _run(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["sh", str(SCRIPT)], env=env, capture_output=True, text=True, check=False)
 
 
-def test_creates_one_role_and_database_per_service_idempotently(service_env: dict[str, str]) -> None:
+def test_creates_one_role_and_database_per_service_idempotently(
+    postgres: Postgres, service_env: dict[str, str]
+) -> None:
     first = _run(service_env)
     assert first.returncode == 0, first.stderr
     assert service_env["MLFLOW_DB_PASSWORD"] not in first.stdout + first.stderr  # never echoed
     second = _run(service_env)
     assert second.returncode == 0, second.stderr
-    with _admin() as connection:  # type: ignore[attr-defined]
+    with postgres.connect() as connection:
         for service in SERVICES:
             owner = connection.execute(
                 "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s",
@@ -66,7 +58,8 @@ def test_creates_one_role_and_database_per_service_idempotently(service_env: dic
 
     # The role logs in with the password from its Secret, quotes and all.
     with psycopg.connect(
-        host="127.0.0.1",
+        host=postgres.host,
+        port=postgres.port,
         user=service_env["MLFLOW_DB_USER"],
         password=service_env["MLFLOW_DB_PASSWORD"],
         dbname=service_env["MLFLOW_DB_NAME"],

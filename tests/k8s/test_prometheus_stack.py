@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 import yaml
 from prefect.deployments import run_deployment
-from services import free_port
-from testdata import regression_csv
 
 from aicml.stack.deploy import register_deployments
+from tests.services import free_port
+from tests.testdata import regression_csv
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from services import free_port
 
 from aicml.kube.mlflow_users import Account
+from tests.services import free_port
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -8,9 +8,7 @@ job variables as they are at test time, not from copies here.
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,9 +22,7 @@ from aicml.kube.rehearsal.flowrun import (
     wait_for_final_state,
 )
 from deployments.templates import base_job_template
-
-sys.path.append(str(Path(__file__).parent))
-from prefect_servers import AUTH, REPO, auth_prefect_server
+from tests.prefect_servers import AUTH, REPO, auth_prefect_server
 
 POD_API_URL = "http://prefect-server.aic-ai-ml.svc.cluster.local:4200/api"
 CPU, GPU = "ml-pipeline/k8s-cpu", "train-flow/k8s-gpu"

@@ -7,7 +7,6 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import yaml
-from prefect_servers import AUTH, REPO, auth_prefect_server
 
 from aicml.kube.prefect_setup import (
     PRESET_STEP,
@@ -21,6 +20,7 @@ from aicml.stack.automations import CRASH_AUTOMATION
 from aicml.stack.limits import DEFAULT_LIMITS
 from deployments.presets import deployment_params
 from deployments.templates import POOLS, base_job_template
+from tests.prefect_servers import AUTH, REPO, auth_prefect_server
 
 
 @pytest.fixture(scope="module")

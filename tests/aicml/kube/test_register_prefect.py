@@ -15,10 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from prefect_servers import AUTH, REPO, auth_prefect_server
 
 from aicml.kube.cluster import register_prefect
 from aicml.kube.errors import KubeError
+from tests.prefect_servers import AUTH, REPO, auth_prefect_server
 
 FAKE_KUBECTL = r'''#!{python}
 """kubectl stand-in: records each call, answers rollout/secret, forwards a local port to the server."""

@@ -1,4 +1,4 @@
-"""aicml backup / restore --verify against the real PostgreSQL on 127.0.0.1:5432 with a real MLflow schema."""
+"""aicml backup / restore --verify against the session's real PostgreSQL with a real MLflow schema."""
 
 from __future__ import annotations
 
@@ -21,36 +21,24 @@ from aicml.stack.backup import (
     verify_restore,
 )
 from aicml.stack.backup_cli import app
-
-SERVER = "postgresql://postgres@127.0.0.1:5432/"
-
-
-def _admin() -> object:
-    import psycopg
-
-    return psycopg.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", autocommit=True)
-
-
-@pytest.fixture(scope="module")
-def postgres() -> None:
-    import psycopg
-
-    if shutil.which("pg_dump") is None or shutil.which("pg_restore") is None:
-        pytest.skip("pg_dump/pg_restore not installed (Debian: postgresql-client)")
-    try:
-        _admin().close()  # type: ignore[attr-defined]
-    except psycopg.OperationalError as error:
-        pytest.skip(f"no PostgreSQL on 127.0.0.1:5432 as user postgres: {error}")
+from tests.services import Postgres
 
 
 @pytest.fixture
-def databases(postgres: None) -> Iterator[list[str]]:
+def server(postgres: Postgres) -> str:
+    """The session's PostgreSQL, as the backup commands take it (``postgresql://postgres@host:port/``)."""
+    if shutil.which("pg_dump") is None or shutil.which("pg_restore") is None:
+        pytest.skip("pg_dump/pg_restore not installed (Debian: postgresql-client)")
+    return postgres.server_url
+
+
+@pytest.fixture
+def databases(postgres: Postgres) -> Iterator[list[str]]:
     """Names for throwaway databases; every one that exists at the end is dropped."""
     names: list[str] = []
     yield names
-    with _admin() as connection:  # type: ignore[attr-defined]
-        for name in names:
-            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    for name in names:
+        postgres.drop_database(name)
 
 
 def _name(prefix: str) -> str:
@@ -58,15 +46,17 @@ def _name(prefix: str) -> str:
 
 
 @pytest.fixture
-def mlflow_db(databases: list[str], tmp_path: Path) -> tuple[str, dict[str, int]]:
+def mlflow_db(
+    postgres: Postgres, server: str, databases: list[str], tmp_path: Path
+) -> tuple[str, dict[str, int]]:
     """A database holding MLflow's schema with 2 runs, 7 metric rows and 2 model versions."""
     from mlflow.tracking import MlflowClient
 
     name = _name("src")
     databases.append(name)
-    with _admin() as connection:  # type: ignore[attr-defined]
+    with postgres.connect() as connection:
         connection.execute(f'CREATE DATABASE "{name}"')
-    uri = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    uri = postgres.url(name)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     experiment = client.create_experiment("backup-test", artifact_location=(tmp_path / "artifacts").as_uri())
     client.create_registered_model("churn")
@@ -85,10 +75,10 @@ def mlflow_db(databases: list[str], tmp_path: Path) -> tuple[str, dict[str, int]
 
 
 def test_backup_records_counts_taken_in_the_dumped_snapshot(
-    mlflow_db: tuple[str, dict[str, int]], tmp_path: Path
+    mlflow_db: tuple[str, dict[str, int]], server: str, tmp_path: Path
 ) -> None:
     name, counts = mlflow_db
-    path = backup_databases(SERVER, [name], tmp_path / "backups")
+    path = backup_databases(server, [name], tmp_path / "backups")
     manifest = BackupManifest.read(path)
     dump = manifest.dump(name)
     assert dump.mlflow_counts == counts
@@ -98,63 +88,63 @@ def test_backup_records_counts_taken_in_the_dumped_snapshot(
 
 
 def test_restore_verifies_counts_and_artifacts(
-    mlflow_db: tuple[str, dict[str, int]], databases: list[str], tmp_path: Path
+    mlflow_db: tuple[str, dict[str, int]], server: str, databases: list[str], tmp_path: Path
 ) -> None:
     name, counts = mlflow_db
-    path = backup_databases(SERVER, [name], tmp_path / "backups")
+    path = backup_databases(server, [name], tmp_path / "backups")
     target = _name("dst")
     databases.append(target)
-    dump = restore_database(path, name, SERVER, target)
-    check = verify_restore(SERVER, target, dump.mlflow_counts)
+    dump = restore_database(path, name, server, target)
+    check = verify_restore(server, target, dump.mlflow_counts)
     assert check.actual == counts
     assert check.artifacts_checked == 2
     assert check.ok, check.describe()
 
     # An artifact that no longer exists is named, and the restore no longer verifies.
     shutil.rmtree(tmp_path / "artifacts" / next(p.name for p in (tmp_path / "artifacts").iterdir()))
-    broken = verify_restore(SERVER, target, dump.mlflow_counts)
+    broken = verify_restore(server, target, dump.mlflow_counts)
     assert not broken.ok
     assert len(broken.unresolved) == 1 and broken.unresolved[0].startswith("churn version")
 
 
 def test_restore_refuses_an_existing_database_and_a_damaged_dump(
-    mlflow_db: tuple[str, dict[str, int]], tmp_path: Path
+    mlflow_db: tuple[str, dict[str, int]], server: str, tmp_path: Path
 ) -> None:
     name, _ = mlflow_db
-    path = backup_databases(SERVER, [name], tmp_path / "backups")
+    path = backup_databases(server, [name], tmp_path / "backups")
     with pytest.raises(BackupError, match="exists"):
-        restore_database(path, name, SERVER, name)
+        restore_database(path, name, server, name)
     dump_file = path / f"{name}.dump"
     dump_file.write_bytes(dump_file.read_bytes() + b"x")
     with pytest.raises(BackupError, match="checksum"):
-        restore_database(path, name, SERVER, _name("never"))
+        restore_database(path, name, server, _name("never"))
 
 
 def test_counts_mismatch_fails_verification(
-    mlflow_db: tuple[str, dict[str, int]], databases: list[str], tmp_path: Path
+    mlflow_db: tuple[str, dict[str, int]], server: str, databases: list[str], tmp_path: Path
 ) -> None:
     name, counts = mlflow_db
-    path = backup_databases(SERVER, [name], tmp_path / "backups")
+    path = backup_databases(server, [name], tmp_path / "backups")
     target = _name("dst")
     databases.append(target)
-    restore_database(path, name, SERVER, target)
-    check = verify_restore(SERVER, target, {**counts, "runs": counts["runs"] + 1})
+    restore_database(path, name, server, target)
+    check = verify_restore(server, target, {**counts, "runs": counts["runs"] + 1})
     assert not check.counts_match and not check.ok
     assert "MISMATCH" in check.describe()
 
 
 def test_cli_backup_then_restore_verify(
-    mlflow_db: tuple[str, dict[str, int]], databases: list[str], tmp_path: Path
+    mlflow_db: tuple[str, dict[str, int]], server: str, databases: list[str], tmp_path: Path
 ) -> None:
     name, _ = mlflow_db
     target = _name("cli")
     databases.append(target)
     runner = CliRunner()
-    made = runner.invoke(app, ["backup", "--url", SERVER, "-d", name, "--output", str(tmp_path / "b")])
+    made = runner.invoke(app, ["backup", "--url", server, "-d", name, "--output", str(tmp_path / "b")])
     assert made.exit_code == 0, made.output
     restored = runner.invoke(
         app,
-        ["restore", str(tmp_path / "b"), "-d", name, "--target", target, "--verify", "--url", SERVER],
+        ["restore", str(tmp_path / "b"), "-d", name, "--target", target, "--verify", "--url", server],
     )
     assert restored.exit_code == 0, restored.output
     assert "verified" in restored.output

@@ -6,10 +6,9 @@ import http.server
 import threading
 import time
 
-from services import free_port
-
 from aicml.stack.engine import wait_for_api
 from aicml.stack.pools import process_base_job_template
+from tests.services import free_port
 
 
 class _Health(http.server.BaseHTTPRequestHandler):

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from services import free_port
 
 from aicml.errors import StackError
 from aicml.stack.local import LocalStack
 from blocks.settings import AicSettings
+from tests.services import free_port
 
 FLOW = textwrap.dedent(
     """

@@ -9,13 +9,13 @@ import time
 from pathlib import Path
 
 import httpx
-from services import free_port
 from typer.testing import CliRunner
 
 from aicml.cli import app
 from aicml.stack.local import LocalStack
 from aicml.stack.processes import alive
 from blocks.settings import AicSettings
+from tests.services import free_port
 
 
 def test_up_is_idempotent_and_status_reports_every_service(stack) -> None:
