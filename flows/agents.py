@@ -45,7 +45,7 @@ def agent_batch(params: AgentBatchParams) -> AgentBatchResult:
     """Load the graph, split the inputs into chunks, coordinate each chunk in a task, write JSON lines."""
     logger = get_run_logger()
     database_url = params.database_url or AgentSettings().resolved_database_url()
-    coordination = load_coordination(database_url, params.coordination)
+    coordination = load_coordination(database_url=database_url, name=params.coordination)
     payloads = read_payloads(params.source)
     fingerprint = batch_fingerprint(coordination, payloads)
     out = Path(params.output_dir) if params.output_dir else settings().root / "agents" / "batches"
@@ -55,14 +55,14 @@ def agent_batch(params: AgentBatchParams) -> AgentBatchResult:
     def submit(start: int, refresh: bool = False) -> PrefectFuture[ChunkResult]:
         task = coordinate_chunk.with_options(refresh_cache=True) if refresh else coordinate_chunk
         return task.submit(
-            database_url,
-            coordination,
-            payloads[start : start + params.chunk_size],
-            str(out / f"part-{start // params.chunk_size:05d}.jsonl"),
-            fingerprint,
-            start,
-            params.concurrency,
-            params.timeout_ms,
+            database_url=database_url,
+            coordination=coordination,
+            payloads=payloads[start : start + params.chunk_size],
+            out_path=str(out / f"part-{start // params.chunk_size:05d}.jsonl"),
+            id_prefix=fingerprint,
+            offset=start,
+            concurrency=params.concurrency,
+            timeout_ms=params.timeout_ms,
         )
 
     futures = [submit(start) for start in starts]

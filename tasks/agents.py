@@ -28,49 +28,15 @@ class ChunkResult(BaseModel):
     outcomes: dict[str, int]
 
 
-def load(database_url: str, name: str) -> Coordination:
+@task(name="load-coordination", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_unless_aic_error,
+      cache_policy=NO_CACHE, timeout_seconds=120)  # fmt: skip
+def load_coordination(database_url: str, name: str) -> Coordination:
+    """The stored graph ``name`` from agent_db."""
     service = AgentService.from_url(database_url)
     try:
         return service.store.graph(name)
     finally:
         service.close()
-
-
-def run_chunk(
-    database_url: str,
-    coordination: Coordination,
-    payloads: list[dict[str, Any]],
-    out_path: str,
-    id_prefix: str,
-    offset: int,
-    concurrency: int,
-    timeout_ms: float | None,
-) -> ChunkResult:
-    """The task's body as a plain function: its own service (connections opened and closed here)."""
-    service = AgentService.from_url(database_url)
-    try:
-        replies = asyncio.run(
-            coordinate_many(
-                service.router,
-                coordination,
-                payloads,
-                id_prefix=id_prefix,
-                offset=offset,
-                concurrency=concurrency,
-                timeout_ms=timeout_ms,
-            )
-        )
-    finally:
-        service.close()
-    outcomes = write_replies(replies, Path(out_path))
-    return ChunkResult(path=out_path, rows=len(replies), outcomes=outcomes)
-
-
-@task(name="load-coordination", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_unless_aic_error,
-      cache_policy=NO_CACHE, timeout_seconds=120)  # fmt: skip
-def load_coordination(database_url: str, name: str) -> Coordination:
-    """The stored graph ``name`` from agent_db."""
-    return load(database_url, name)
 
 
 # A chunk's result is persisted under a key from its inputs (graph, payloads, where it writes) and this
@@ -91,10 +57,25 @@ def coordinate_chunk(
     concurrency: int = 32,
     timeout_ms: float | None = None,
 ) -> ChunkResult:
-    """Run ``coordination`` over ``payloads`` and write the replies to ``out_path`` (atomic, idempotent)."""
+    """Run ``coordination`` over ``payloads`` and write the replies to ``out_path`` (atomic, idempotent).
+
+    The chunk has its own service: its connections are opened and closed here."""
     fail_if_injected(f"coordinate-chunk-at-{offset}")
-    result = run_chunk(
-        database_url, coordination, payloads, out_path, id_prefix, offset, concurrency, timeout_ms
-    )
+    service = AgentService.from_url(database_url)
+    try:
+        replies = asyncio.run(
+            coordinate_many(
+                service.router,
+                coordination,
+                payloads,
+                id_prefix=id_prefix,
+                offset=offset,
+                concurrency=concurrency,
+                timeout_ms=timeout_ms,
+            )
+        )
+    finally:
+        service.close()
+    result = ChunkResult(path=out_path, rows=len(replies), outcomes=write_replies(replies, Path(out_path)))
     get_run_logger().info("Chunk at %d: %d rows -> %s %s", offset, result.rows, out_path, result.outcomes)
     return result

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from aicml.agents.errors import MessageError
 from aicml.agents.graph import Coordination
 from aicml.agents.messages import AgentMessage, AgentReply
 from aicml.agents.router import Router
-from aicml.durable import publish
+from aicml.durable import write_durably
 
 
 def read_payloads(source: str | Path) -> list[dict[str, Any]]:
@@ -86,12 +85,15 @@ async def coordinate_many(
 
 
 def write_replies(replies: list[AgentReply], path: Path) -> dict[str, int]:
-    """Write replies as JSON lines atomically (temp file + rename); return the count per outcome."""
+    """Write replies as JSON lines atomically and durably (``aicml.durable``); return the count per outcome."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + f".tmp-{os.getpid()}")
-    with tmp.open("wb") as handle:
-        for reply in replies:
-            row = reply.model_dump(mode="json", exclude={"id", "calls", "duration_ms", "trace_id"})
-            handle.write(orjson.dumps(row, option=orjson.OPT_SORT_KEYS) + b"\n")
-    publish(tmp, path)
+    lines = (
+        orjson.dumps(
+            reply.model_dump(mode="json", exclude={"id", "calls", "duration_ms", "trace_id"}),
+            option=orjson.OPT_SORT_KEYS,
+        )
+        + b"\n"
+        for reply in replies
+    )
+    write_durably(path, b"".join(lines))
     return dict(Counter(r.outcome.value for r in replies))

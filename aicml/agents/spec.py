@@ -189,8 +189,3 @@ class AgentSpec(BaseModel):
     @property
     def key(self) -> str:
         return f"{self.name}@{self.version}"
-
-
-def schema_of(model: type[BaseModel]) -> dict[str, Any]:
-    """The JSON Schema of a pydantic model, for agents whose payloads are declared as pydantic classes."""
-    return model.model_json_schema()

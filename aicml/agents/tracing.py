@@ -23,10 +23,9 @@ class MlflowTraceExporter:
     """A router completion hook that writes traces to an MLflow tracking server."""
 
     def __init__(self, tracking_uri: str, experiment: str, background: bool = True, max_queue: int = 10_000):
-        import mlflow
+        from aicml.registry.tracking import Tracking
 
-        mlflow.set_tracking_uri(tracking_uri)
-        self.experiment_id = str(mlflow.set_experiment(experiment).experiment_id)
+        self.experiment_id = Tracking(uri=tracking_uri, experiment=experiment).experiment_id()
         self.background = background
         self._queue: queue.Queue[tuple[Coordination, AgentMessage, AgentReply, int] | None] = queue.Queue(
             max_queue

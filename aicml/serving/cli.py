@@ -82,15 +82,14 @@ def serve(
     """Serve MODEL_URI with the MLflow scoring protocol, Open Inference Protocol v2 and /metrics."""
     import logging
 
-    import mlflow
-
     from aicml.errors import AicError
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aicml").setLevel(logging.INFO)
     from aicml.auth import refuse_open_server
-    from aicml.registry.canary import RolloutPlan
     from aicml.registry.checksums import parse_model_uri
+    from aicml.registry.tracking import Tracking
+    from aicml.rollout.canary import RolloutPlan
     from aicml.serving.app import ServerOptions
     from aicml.serving.auth import resolve_auth, resolve_control_auth
     from aicml.serving.server import ServeConfig, run_server
@@ -110,14 +109,13 @@ def serve(
         parse_model_uri(model_uri)
         refuse_open_server(host, no_auth, "--no-auth")
         predict_auth = resolve_auth(token_file, secret_block=token_block, disabled=no_auth)
-        resolve_control_auth(control_token_file, predict_auth)
+        control_auth = resolve_control_auth(control_token_file, predict_auth)
         if tracking_uri is None and not os.environ.get("MLFLOW_TRACKING_URI"):
             from blocks.settings import AicSettings
 
             tracking_uri = AicSettings().tracking_uri
         if tracking_uri is not None:
-            mlflow.set_tracking_uri(tracking_uri)
-            mlflow.set_registry_uri(tracking_uri)
+            Tracking(uri=tracking_uri).activate()
         config = ServeConfig(
             model_uri,
             host=host,
@@ -125,10 +123,8 @@ def serve(
             challenger_uri=challenger,
             rollout=plan,
             slow_after_s=slow_after_ms / 1000,
-            token_file=token_file,
-            token_block=token_block,
-            no_auth=no_auth,
-            control_token_file=control_token_file,
+            auth=predict_auth,
+            control_auth=control_auth,
             poll_seconds=poll_seconds,
             wait_for_model=wait_for_model,
             max_rows=max_rows,

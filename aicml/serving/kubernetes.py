@@ -8,11 +8,11 @@ Secret that the pod mounts; no manifest carries it.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from aicml.errors import ConfigurationError
+from aicml.names import slug
 
 SERVER_PORT = 8080
 TOKEN_DIR = "/var/run/aicml/token"
@@ -102,8 +102,7 @@ class KubeServingSpec:
     def app_name(self) -> str:
         if self.name:
             return self.name
-        slug = re.sub(r"[^a-z0-9-]+", "-", self.model_name.lower()).strip("-")[:40] or "model"
-        return f"aicml-serve-{slug}"
+        return f"aicml-serve-{slug(self.model_name, limit=40, empty='model')}"
 
 
 def _meta(spec: KubeServingSpec, name: str) -> dict[str, Any]:

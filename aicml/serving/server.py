@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aicml.registry.canary import RolloutPlan, TrafficRouter
+from aicml.auth import BearerAuth
+from aicml.errors import ConfigurationError
 from aicml.registry.checksums import parse_model_uri
+from aicml.rollout.canary import RolloutPlan, TrafficRouter
 from aicml.serving.app import ModelServer, ServerOptions
-from aicml.serving.auth import resolve_auth, resolve_control_auth
 from aicml.serving.runtime import ModelHost
 from aicml.shutdown import DrainPolicy, draining_server
 
@@ -26,10 +27,10 @@ class ServeConfig:
     challenger_uri: str | None = None
     rollout: RolloutPlan | None = None
     slow_after_s: float = 0.05
-    token_file: Path | None = None
-    token_block: str | None = None
-    no_auth: bool = False
-    control_token_file: Path | None = None
+    # Resolved at start-up by the CLI (``aicml.serving.auth``: token file, environment, Secret block):
+    # the predict clients' token (``BearerAuth(None)``: no auth, loopback only) and the rollout controller's.
+    auth: BearerAuth | None = None
+    control_auth: BearerAuth | None = None
     cache_dir: Path | None = None
     poll_seconds: float = 10.0
     wait_for_model: bool = False
@@ -71,9 +72,13 @@ def build_server(config: ServeConfig) -> ModelServer:
             config.poll_seconds,
         )
         router = TrafficRouter(config.rollout or RolloutPlan(), slow_after_s=config.slow_after_s)
-    auth = resolve_auth(config.token_file, secret_block=config.token_block, disabled=config.no_auth)
-    control = resolve_control_auth(config.control_token_file, auth)
-    return ModelServer(champion, auth, config.options, challenger, router, control_auth=control)
+    if config.auth is None:
+        raise ConfigurationError(
+            "The model server was given no authentication; resolve it with resolve_auth."
+        )
+    return ModelServer(
+        champion, config.auth, config.options, challenger, router, control_auth=config.control_auth
+    )
 
 
 def run_server(config: ServeConfig) -> None:
