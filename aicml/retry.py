@@ -17,9 +17,9 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Concatenate, ParamSpec, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 from aicml.errors import ServiceUnavailableError
+from aicml.redaction import redact
 
 T = TypeVar("T")
 
@@ -113,16 +113,6 @@ def is_unreachable(exc: BaseException, *, sqlite_busy: bool = False) -> bool:
     return False
 
 
-def public_url(url: str) -> str:
-    """``url`` without user name and password, fit for a message or a log."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
 def current_flow_run_id() -> str | None:
     """The id of the Prefect flow run this code runs in, for the `aicml resume` hint; None outside one."""
     if "prefect" not in sys.modules:
@@ -142,7 +132,7 @@ def reporting_unreachable(server: str, url: str, doing: str) -> Iterator[None]:
         if not is_unreachable(exc):
             raise
         raise ServiceUnavailableError(
-            server, public_url(url), doing, f"{type(exc).__name__}: {exc}"[:300], current_flow_run_id()
+            server, redact(url), doing, f"{type(exc).__name__}: {exc}"[:300], current_flow_run_id()
         ) from exc
 
 
@@ -225,7 +215,7 @@ def retry_idempotent(
             raise
         raise ServiceUnavailableError(
             server,
-            public_url(url),
+            redact(url),
             doing,
             f"{attempts} attempts over {first_delay * (2 ** (attempts - 1) - 1):.0f}s; "
             f"last: {type(exc).__name__}: {exc}"[:300],
