@@ -85,9 +85,10 @@ def run_pruning(workdir: Path, data: object, n_trials: int, epochs: int) -> dict
     out: dict[str, float] = {}
     for label, pruner in (("unpruned", "none"), ("pruned", "successive_halving")):
         pruning = PruningOptions(pruner=pruner, min_epochs=2, reduction_factor=3, plateau_patience=None)
+        storage = open_storage(url)
         study = open_study(
             label,
-            open_storage(url),
+            storage,
             "minimize",
             make_sampler("random", space, SEED),
             make_pruner(pruning, epochs),
@@ -98,7 +99,7 @@ def run_pruning(workdir: Path, data: object, n_trials: int, epochs: int) -> dict
                             "minimize", epochs, pruning, data)  # fmt: skip
 
         started = time.perf_counter()
-        result = drive(study, space, Budget(n_trials=n_trials), job, InlineExecutor())
+        result = drive(study, space, Budget(n_trials=n_trials), job, InlineExecutor(), storage=storage)
         out[f"{label}_epochs"] = float(sum(r.epochs for r in result.results))
         out[f"best_{label}"] = float(study.best_value)
         pruned = sum(r.state == "PRUNED" for r in result.results)

@@ -6,6 +6,9 @@ result survives its driver. Several drivers may share one RDB study: claims are 
 study so that exactly ``n_trials`` trials finish, however many drivers run. ``run_worker`` is the
 parallel unit: one long-lived driver per worker process, evaluating its own claims one after another
 (the flow starts one per Dask worker, the same way Optuna spreads ``study.optimize`` over machines).
+``drive`` says why it is a loop of its own rather than ``study.optimize`` (exact budget across drivers,
+storage retries). The engine keeps the RDB storage it opened and passes it along; ``study_storage`` is
+the one place that reads a study's private storage, for callers that did not keep theirs.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import optuna
+from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from aicml.tuning.errors import TuningError
@@ -97,9 +101,31 @@ class TrialResult:
 
 
 @functools.lru_cache(maxsize=8)
-def _worker_storage(url: str, heartbeat_s: int, grace_s: int | None) -> Any:
-    """One storage (engine, connection pool, schema check) per worker process, reused by its trials."""
+def _worker_storage(url: str, heartbeat_s: int, grace_s: int | None) -> RDBStorage:
+    """One storage (engine, connection pool, schema check) per worker process, reused by its trials.
+
+    The engine keeps this handle and passes it along (heartbeats, stale checks, the URL in errors)
+    rather than reaching into a study for the storage it was loaded from.
+    """
     return open_storage(url, heartbeat_s, grace_s)
+
+
+def study_storage(study: optuna.Study) -> RDBStorage:
+    """The RDB storage under ``study``, for a ``drive`` caller that did not pass its own handle.
+
+    The one private access to Optuna in the engine, written for optuna 5.0: ``Study._storage`` holds
+    the storage given to ``create_study``/``load_study``, an ``RDBStorage`` wrapped in a
+    ``_CachedStorage`` whose ``_backend`` is the RDBStorage itself. Optuna has no public accessor;
+    the engine's own paths (``run_worker``, ``evaluate_trial``) keep the handle they opened instead.
+    """
+    storage = study._storage
+    backend = getattr(storage, "_backend", storage)
+    if not isinstance(backend, RDBStorage):
+        raise TuningError(
+            f"Study {study.study_name!r} is not on an RDB storage (optuna {optuna.__version__} moved "
+            "Study._storage?): pass drive(storage=...) the RDBStorage the study was opened on"
+        )
+    return backend
 
 
 def evaluate_trial(
@@ -111,6 +137,7 @@ def evaluate_trial(
     when the driver runs here; otherwise the study is loaded from the job's storage.
     """
     started = time.perf_counter()
+    # The driver of run_worker loaded its study on this very storage (same URL, heartbeat and grace).
     storage = _worker_storage(job.storage_url, job.heartbeat_s, job.grace_s)
     if study is None:
         # This process did not sample (the driver did); its study only needs the pruner.
@@ -120,8 +147,6 @@ def evaluate_trial(
             sampler=optuna.samplers.RandomSampler(),
             pruner=make_pruner(job.pruning, job.max_epochs),
         )
-    else:
-        storage = study._storage
     if claimed is not None and claimed._trial_id == job.trial_id:
         trial = claimed
     else:
@@ -153,7 +178,7 @@ def evaluate_trial(
         if state == TrialState.COMPLETE and value is None:
             state, error = TrialState.FAIL, "the objective returned no value"
         try:
-            record_result(study, trial, state, value)
+            record_result(study, trial, state, value, url=storage.url)
         except Exception as exc:  # e.g. failed as stale meanwhile: the study already holds its fate
             error = f"could not record the result: {exc}"
             state = TrialState.FAIL
@@ -183,23 +208,17 @@ def evaluate_trial(
     return result
 
 
-def storage_url(study: optuna.Study) -> str:
-    """The URL of the study's RDB storage (its password is dropped wherever it is shown)."""
-    storage = getattr(study._storage, "_backend", study._storage)
-    return str(getattr(storage, "url", "") or "")
-
-
-def on_storage(study: optuna.Study, call: Callable[[], Any], doing: str) -> Any:
+def on_storage(url: str, call: Callable[[], Any], doing: str) -> Any:
     """``call`` (a read, a heartbeat, a stale-trial check: safe to repeat) retried with bounded backoff
-    while the study's database does not answer (a restart, a dropped connection); a storage that
-    stays down is reported by name and address (``ServiceUnavailableError``)."""
+    while the study's database (at ``url``) does not answer (a restart, a dropped connection); a storage
+    that stays down is reported by name and address (``ServiceUnavailableError``, password dropped)."""
     from aicml.retry import retry_idempotent
 
-    return retry_idempotent(call, server="study storage (PostgreSQL)", url=storage_url(study), doing=doing)
+    return retry_idempotent(call, server="study storage (PostgreSQL)", url=url, doing=doing)
 
 
 def record_result(
-    study: optuna.Study, trial: optuna.trial.Trial, state: TrialState, value: float | None
+    study: optuna.Study, trial: optuna.trial.Trial, state: TrialState, value: float | None, url: str = ""
 ) -> None:
     """``tell`` the trial's outcome; repeated when the storage did not answer. A repeat skips a trial
     already finished: the first attempt may have committed before its connection dropped."""
@@ -213,7 +232,7 @@ def record_result(
         else:
             study.tell(trial, state=state, skip_if_finished=again)
 
-    on_storage(study, tell, f"recording trial {trial.number} of study {study.study_name!r}")
+    on_storage(url, tell, f"recording trial {trial.number} of study {study.study_name!r}")
 
 
 class Executor(Protocol):
@@ -313,13 +332,32 @@ def drive(
     on_result: Callable[[TrialResult], None] | None = None,
     poll_s: float = 0.5,
     max_failures: int = 3,
+    storage: RDBStorage | None = None,
 ) -> DriveOutcome:
-    """Keep ``parallel`` trials in flight until the budget says stop; wait for other drivers' trials."""
+    """Keep ``parallel`` trials in flight until the budget says stop; wait for other drivers' trials.
+
+    ``storage`` is the RDBStorage the study was opened on (heartbeats, stale checks); without it, it
+    is read from the study (``study_storage``).
+
+    Why a loop of its own rather than ``study.optimize`` with ``MaxTrialsCallback``: several drivers
+    (one per Dask worker, or per machine) share the study, and ``MaxTrialsCallback`` only stops a
+    driver after a trial ends, so each may start one more and the study overshoots ``n_trials``; the
+    tests hold every run to exactly ``n_trials`` finished trials, each evaluated once. ``claim_trial``
+    is that check (a claim past the budget is released as a surplus FAIL before it runs). The loop
+    also retries every storage round trip through a database restart (``on_storage``), which
+    ``optimize`` does not, and waits for the other drivers' last trials so that each reports why the
+    study stopped. What Optuna does provide is used as is: ``study.ask`` takes waiting trials first
+    (queued grid points, retries), the storage's heartbeats and ``RetryHeartbeatStaleTrialCallback``
+    (the non-deprecated name of ``RetryFailedTrialCallback``) re-queue a dead worker's trial, and
+    ``fail_stale_trials`` finds it.
+    """
     started = time.monotonic()
     limit = min(budget.n_trials, max_trials or budget.n_trials)
     pending: list[Any] = []
     claimed: dict[int, int] = {}  # id(handle) -> trial id, for the driver's heartbeats
-    interval = float(getattr(study._storage, "get_heartbeat_interval", lambda: None)() or 0)
+    storage = storage if storage is not None else study_storage(study)
+    url = storage.url
+    interval = float(storage.get_heartbeat_interval() or 0)
     last_beat = last_stale_check = 0.0
     # An inline executor starts the trial's own heartbeat at once: no need for the driver's.
     queues = not isinstance(executor, InlineExecutor)
@@ -347,21 +385,21 @@ def drive(
         if interval and time.monotonic() - last_stale_check >= interval:
             last_stale_check = time.monotonic()
             with _quiet():
-                on_storage(study, lambda: optuna.storages.fail_stale_trials(study), "failing stale trials")
-        read = on_storage(study, lambda: study.get_trials(deepcopy=False, states=LIVE), "reading the trials")
+                on_storage(url, lambda: optuna.storages.fail_stale_trials(study), "failing stale trials")
+        read = on_storage(url, lambda: study.get_trials(deepcopy=False, states=LIVE), "reading the trials")
         stop = _stop_reason(study, budget, started, limit, read)
         live: Sequence[FrozenTrial] | None = read
         while stop is None and len(pending) < parallel:
             # A claim that did not reach the database is made again; one whose commit was lost in
             # transit stays RUNNING without a heartbeat (never seen stale: the window is one round trip).
             trial = on_storage(
-                study, functools.partial(claim_trial, study, limit, space, live), "claiming a trial"
+                url, functools.partial(claim_trial, study, limit, space, live), "claiming a trial"
             )
             live = None  # a further claim in this round reads the study again
             if trial is None:
                 break
             if interval and queues:
-                study._storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
+                storage.record_heartbeat(trial._trial_id)
             # Inline, the evaluation takes the claimed trial itself, not a copy rebuilt from the storage.
             args = (make_job(trial),) if queues else (make_job(trial), trial)
             handle = executor.submit(*args)
@@ -373,21 +411,21 @@ def drive(
             last_beat = time.monotonic()
             for trial_id in claimed.values():
                 with contextlib.suppress(Exception):
-                    study._storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
+                    storage.record_heartbeat(trial_id)
         if pending:
             continue
         if stop is not None:
             reason = stop
             break
         others = on_storage(
-            study,
+            url,
             lambda: study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)),
             "reading the trials",
         )
         if not others:
             # Another driver may have finished the last trial since this round's read: say so if it did.
             final = on_storage(
-                study, lambda: study.get_trials(deepcopy=False, states=LIVE), "reading the trials"
+                url, lambda: study.get_trials(deepcopy=False, states=LIVE), "reading the trials"
             )
             reason = _stop_reason(study, budget, started, limit, final) or "no trial left to run"
             break
@@ -478,7 +516,7 @@ def run_worker(job: WorkerJob) -> WorkerReport:
         # A worker out of claims waits only for the other workers' last trials: poll them often.
         outcome = drive(
             study, job.space, job.budget, make_job, InlineExecutor(study), 1, job.max_trials,
-            on_result=on_result, poll_s=0.1,
+            on_result=on_result, poll_s=0.1, storage=storage,
         )  # fmt: skip
     results = [f.result() for f in logged] if template.tracking is not None else outcome.results
     seconds = time.perf_counter() - started

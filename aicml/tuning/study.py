@@ -211,7 +211,7 @@ def heartbeat(storage: RDBStorage, trial_id: int, every_s: float) -> Iterator[No
     retry_idempotent(
         lambda: storage.record_heartbeat(trial_id),
         server="study storage (PostgreSQL)",
-        url=str(getattr(getattr(storage, "_backend", storage), "url", "")),
+        url=storage.url,
         doing=f"recording the heartbeat of trial {trial_id}",
     )
     thread = threading.Thread(target=beat, name=f"optuna-heartbeat-{trial_id}", daemon=True)
