@@ -4,6 +4,7 @@ partition by partition on Dask, validated with quarantine, committed exactly onc
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Annotated, Any, Literal, cast
 
 from prefect import flow, get_run_logger
@@ -12,6 +13,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from aicml.data.connectors import connector_for
 from aicml.data.integration import IngestJob
+from aicml.data.netguard import NetworkPolicy
 from aicml.data.parallel import ClusterOptions
 from aicml.data.readers import DEFAULT_MAX_BYTES, DEFAULT_MAX_FIELD_BYTES, ReadOptions
 from aicml.data.safety import check_in_roots, configured_roots
@@ -22,7 +24,8 @@ from aicml.names import ResourceName
 from aicml.observability.metrics import pipeline_execution
 from aicml.redaction import refuse_password
 from blocks.data import S3Storage, SqlDatabase
-from tasks.context import data_dir
+from blocks.settings import AicSettings
+from tasks.context import settings
 from tasks.ingest import check_landed_source, ingest_batch, ingest_state_url, source_roots
 from tasks.validate import check_drift, publish_batch_quality, resolve_suite
 
@@ -157,6 +160,13 @@ class IngestResult(BaseModel):
     seconds: float
 
 
+def _home_dir(current: AicSettings, name: str) -> Path:
+    """``<home>/<name>`` of these settings, created."""
+    path = current.root / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def _sql_url(block_name: str) -> str:
     return cast(SqlDatabase, SqlDatabase.load(block_name)).sqlalchemy_url()
 
@@ -165,17 +175,20 @@ def _s3_options(block_name: str) -> dict[str, Any]:
     return cast(S3Storage, S3Storage.load(block_name)).storage_options()
 
 
-def build_job(params: IngestParams) -> IngestJob:
-    """The engine's job for ``params``, with credentials resolved from blocks at run time."""
+def build_job(params: IngestParams, current: AicSettings | None = None) -> IngestJob:
+    """The engine's job for ``params``, with credentials resolved from blocks at run time.
+
+    ``current``: the flow run's settings (read here when None, for callers outside the flow)."""
+    current = current or settings()
     storage_options = _s3_options(params.s3_block) if params.s3_block else {}
     source = params.source
     # Parameters are data: in a deployment's runs, files stay inside the operator's data roots.
     check_landed_source(source)
-    roots = source_roots()
+    roots = source_roots(current)
     if roots is not None:
         for path in (params.output, params.suite_path):
             if path is not None:
-                check_in_roots(path, configured_roots())
+                check_in_roots(path, configured_roots(current))
     if params.source_block:
         fragment = source.partition("#")[2]
         url = _sql_url(params.source_block)
@@ -202,6 +215,7 @@ def build_job(params: IngestParams) -> IngestJob:
         page_param=params.page_param,
         allow_empty=params.incremental,
         roots=roots,
+        network=NetworkPolicy.from_settings(current),
     )
     sink: Sink
     if params.sink == "sql":
@@ -217,13 +231,13 @@ def build_job(params: IngestParams) -> IngestJob:
         )
     else:
         sink = ParquetSink(
-            params.output or str(data_dir("datasets") / params.load), tuple(params.partition_by)
+            params.output or str(_home_dir(current, "datasets") / params.load), tuple(params.partition_by)
         )
     return IngestJob(
         load=params.load,
         connector=connector,
         sink=sink,
-        work_dir=str(data_dir("ingest")),
+        work_dir=str(_home_dir(current, "ingest")),
         policy=params.policy,
         transform=TransformSpec(
             types=dict(params.types), key=tuple(params.key), derived=dict(params.derived)
@@ -240,18 +254,34 @@ def ingest_flow(params: IngestParams) -> IngestResult:
     """Resolve the suite -> process partitions in parallel and commit -> publish quality -> check drift."""
     logger = get_run_logger()
     with pipeline_execution("ingest-flow") as execution:
-        job = build_job(params)
+        current = settings()  # once per run: the tasks get values, not the environment
+        job = build_job(params, current)
         suite = resolve_suite(
-            job.connector, params.load, params.suite_path, params.derive_suite, tuple(params.key)
+            job.connector,
+            params.load,
+            suite_path=params.suite_path,
+            derive=params.derive_suite,
+            key=tuple(params.key),
+            suites_dir=_home_dir(current, "suites"),
         )
         job = dataclasses.replace(job, suite=suite)
-        report = ingest_batch(job, ingest_state_url())
+        report = ingest_batch(job, state_url=ingest_state_url(current))
         docs = (
-            publish_batch_quality(report, suite, params.data_docs, flow_run.get_name())
+            publish_batch_quality(
+                report,
+                suite,
+                data_docs=params.data_docs,
+                run_name=flow_run.get_name(),
+                docs_dir=_home_dir(current, "data-docs"),
+            )
             if report.partitions
             else None
         )
-        drift = check_drift(report, params.drift_threshold) if report.accepted else []
+        drift = (
+            check_drift(report, threshold=params.drift_threshold, drift_dir=_home_dir(current, "drift"))
+            if report.accepted
+            else []
+        )
     elapsed = execution.seconds
     logger.info("Ingest %s finished in %.1fs", params.load, elapsed)
     return IngestResult(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -30,22 +32,24 @@ def in_deployment() -> bool:
         return True
 
 
-def source_roots() -> tuple[str, ...] | None:
+def source_roots(current: AicSettings | None = None) -> tuple[str, ...] | None:
     """The data roots file sources must lie in, or None when they are not confined.
 
     Confined in flow runs of a deployment (parameters from the API, a schedule or an event) and
     everywhere when ``AIC_CONFINE_SOURCES`` is set; a flow called directly (a notebook, a test) reads
     with its caller's own file access. In the on-file-landed deployment the only root is the watched
     landing directory. Roots are ``AIC_DATA_ROOTS``, else the stack's home and /mnt/data.
+    ``current``: the flow's settings (read here when None).
     """
     from aicml.data.landing import landing_directory
     from aicml.data.safety import configured_roots
 
-    if not (settings().confine_sources or in_deployment()):
+    current = current or settings()
+    if not (current.confine_sources or in_deployment()):
         return None
     if deployment_name() == LANDED_DEPLOYMENT:
-        return (str(landing_directory()),)
-    return configured_roots()
+        return (str(landing_directory(current)),)
+    return configured_roots(current)
 
 
 def deployment_name() -> str | None:
@@ -66,12 +70,20 @@ def check_landed_source(source: str) -> None:
         check_landed(source)
 
 
-def ingest(source: str, table: str | None = None, dataset: str | None = None) -> Snapshot:
-    """The task's body as a plain function (used by the benchmark and tests)."""
-    spec = parse_source(source, table, roots=source_roots())
+def ingest(
+    source: str,
+    table: str | None = None,
+    dataset: str | None = None,
+    *,
+    snapshots_dir: Path | None = None,
+    current: AicSettings | None = None,
+) -> Snapshot:
+    """The task's body as a plain function (used by the benchmark and tests). ``snapshots_dir`` and
+    ``current`` (the flow's settings): read from the settings here when None."""
+    spec = parse_source(source, table, roots=source_roots(current))
     frame = read_source(spec)
     name = dataset or dataset_name(spec.table or source)
-    snapshot = write_snapshot(frame, name, data_dir("snapshots"))
+    snapshot = write_snapshot(frame, name, snapshots_dir or data_dir("snapshots"))
     DATA_INTEGRATION_RECORDS.labels(source=name, outcome="ingested").inc(snapshot.rows)
     return snapshot
 
@@ -88,9 +100,16 @@ def ingest(source: str, table: str | None = None, dataset: str | None = None) ->
     persist_result=False,
     timeout_seconds=3600,
 )
-def ingest_source(source: str, table: str | None = None, dataset: str | None = None) -> Snapshot:
-    """Read ``source`` (files or SQL table) and snapshot it as Parquet named by its fingerprint."""
-    snapshot = ingest(source, table, dataset)
+def ingest_source(
+    source: str,
+    table: str | None = None,
+    dataset: str | None = None,
+    *,
+    snapshots_dir: Path | None = None,
+) -> Snapshot:
+    """Read ``source`` (files or SQL table) and snapshot it as Parquet named by its fingerprint
+    (under ``snapshots_dir``, by default ``<home>/snapshots``)."""
+    snapshot = ingest(source, table, dataset, snapshots_dir=snapshots_dir)
     get_run_logger().info(
         "Ingested %d rows, %d columns from %s -> %s (fingerprint %s)",
         snapshot.rows,

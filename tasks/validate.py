@@ -19,7 +19,8 @@ from aicml.data.snapshots import Snapshot
 from aicml.errors import DataQualityError
 from aicml.names import slug
 from aicml.observability.metrics import DATA_INTEGRATION_RECORDS
-from tasks.context import data_dir, settings
+from aicml.registry.tracking import Tracking
+from tasks.context import data_dir, settings, tracking_of
 
 
 def _artifact_key(prefix: str, name: str) -> str:
@@ -41,13 +42,13 @@ def _table(report: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def _publish(report: dict[str, Any], dataset: str, parent_run_id: str | None, summary: str) -> None:
+def _publish(
+    report: dict[str, Any], dataset: str, parent_run_id: str | None, summary: str, tracking: Tracking | None
+) -> None:
     create_table_artifact(table=_table(report), key=_artifact_key("quality", dataset), description=summary)
     if parent_run_id:
-        import mlflow  # here, not at module import: the ingest flow's processes never need it (0.6 s)
-
-        mlflow.set_tracking_uri(settings().tracking_uri)
-        client = mlflow.MlflowClient()
+        # A client bound to the server (MLflow is imported there, only when a run is given).
+        client = (tracking or tracking_of(settings())).client()
         client.log_dict(parent_run_id, report, "validation/report.json")
         client.log_text(
             parent_run_id,
@@ -61,15 +62,23 @@ def _publish(report: dict[str, Any], dataset: str, parent_run_id: str | None, su
 
 
 def validate(
-    snapshot: Snapshot, target: str, dataset: str, suite_path: str | None, max_missing_label_fraction: float
+    snapshot: Snapshot,
+    target: str,
+    dataset: str,
+    suite_path: str | None,
+    max_missing_label_fraction: float,
+    *,
+    suites_dir: Path | None = None,
+    validated_dir: Path | None = None,
 ) -> GateResult:
-    """The task's body as a plain function (used by the benchmark and tests)."""
+    """The task's body as a plain function (used by the benchmark and tests); the directories default
+    to ``<home>/suites`` and ``<home>/validated``."""
     return run_quality_gate(
         snapshot,
         target,
         dataset,
-        suites_dir=data_dir("suites"),
-        output_dir=data_dir("validated"),
+        suites_dir=suites_dir or data_dir("suites"),
+        output_dir=validated_dir or data_dir("validated"),
         suite_path=suite_path,
         policy=SuitePolicy(max_missing_label_fraction=max_missing_label_fraction),
     )
@@ -84,14 +93,30 @@ def validate_snapshot(
     suite_path: str | None = None,
     max_missing_label_fraction: float = 0.1,
     parent_run_id: str | None = None,
+    *,
+    tracking: Tracking | None = None,
+    suites_dir: Path | None = None,
+    validated_dir: Path | None = None,
 ) -> GateResult:
-    """Enforce the dataset's suite (derived and stored on first sight); stop the pipeline on a bad batch."""
+    """Enforce the dataset's suite (derived and stored on first sight); stop the pipeline on a bad batch.
+
+    The report goes to the MLflow run ``parent_run_id`` on ``tracking``'s server (the settings' when None).
+    """
     logger = get_run_logger()
     try:
-        result = validate(snapshot, target, dataset, suite_path, max_missing_label_fraction)
+        result = validate(
+            snapshot,
+            target,
+            dataset,
+            suite_path,
+            max_missing_label_fraction,
+            suites_dir=suites_dir,
+            validated_dir=validated_dir,
+        )
     except DataQualityError as exc:
         DATA_INTEGRATION_RECORDS.labels(source=dataset, outcome="rejected").inc(exc.rows)
-        _publish(exc.report, dataset, parent_run_id, f"FAILED: {len(exc.failures)} expectation(s) broken")
+        failed = f"FAILED: {len(exc.failures)} expectation(s) broken"
+        _publish(exc.report, dataset, parent_run_id, failed, tracking)
         logger.error("%s", exc)
         raise
     report = result.report.to_dict()
@@ -101,7 +126,7 @@ def validate_snapshot(
         f"passed: suite {verb} ({result.suite_path}); {result.rows} labelled rows, "
         f"{result.set_aside} rows without a label set aside"
     )
-    _publish(report, dataset, parent_run_id, summary)
+    _publish(report, dataset, parent_run_id, summary, tracking)
     DATA_INTEGRATION_RECORDS.labels(source=dataset, outcome="accepted").inc(result.rows)
     DATA_INTEGRATION_RECORDS.labels(source=dataset, outcome="set_aside").inc(result.set_aside)
     logger.info("Quality gate %s", summary)
@@ -152,9 +177,12 @@ def resolve_suite(
     suite_path: str | None = None,
     derive: bool = True,
     key: tuple[str, ...] = (),
+    *,
+    suites_dir: Path | None = None,
 ) -> dict[str, Any] | None:
-    """Find (or derive on first sight) the Great Expectations suite of a load."""
-    return suite_for_load(connector, load, suite_path, derive, key=key)
+    """Find (or derive on first sight) the Great Expectations suite of a load (stored under
+    ``suites_dir``, by default ``<home>/suites``)."""
+    return suite_for_load(connector, load, suite_path, derive, suites_dir, key=key)
 
 
 def _reason_counts(report: IngestReport, top: int = 20) -> list[dict[str, Any]]:
@@ -164,10 +192,16 @@ def _reason_counts(report: IngestReport, top: int = 20) -> list[dict[str, Any]]:
 
 @task(name="publish-batch-quality", retries=0, cache_policy=NO_CACHE, persist_result=False)
 def publish_batch_quality(
-    report: IngestReport, suite: dict[str, Any] | None, data_docs: bool = True, run_name: str | None = None
+    report: IngestReport,
+    suite: dict[str, Any] | None,
+    data_docs: bool = True,
+    run_name: str | None = None,
+    *,
+    docs_dir: Path | None = None,
 ) -> str | None:
     """A table artifact with counts by expectation, one with quarantine reasons, and (optionally)
-    a Great Expectations Data Docs site for this run; returns the site's index.html."""
+    a Great Expectations Data Docs site for this run under ``docs_dir`` (by default
+    ``<home>/data-docs``); returns the site's index.html."""
     key = _artifact_key("ingest", report.load)
     summary = (
         f"{report.rows_in} rows in, {report.accepted} accepted, {report.quarantined} quarantined, "
@@ -183,7 +217,7 @@ def publish_batch_quality(
     index = None
     if data_docs and suite is not None and report.raw_sample is not None:
         name = run_name or report.batch_id[:12]
-        site = data_dir("data-docs") / report.load / name
+        site = (docs_dir or data_dir("data-docs")) / report.load / name
         # GE renders from a bounded sample of what arrived: its cost per call does not grow with the batch.
         sample = report.raw_sample.sample(n=min(DATA_DOCS_ROWS, len(report.raw_sample)), random_state=0)
         index = build_data_docs(sample, suite, site, name)
@@ -196,12 +230,16 @@ def publish_batch_quality(
 
 
 @task(name="check-drift", retries=0, cache_policy=NO_CACHE, persist_result=False)
-def check_drift(report: IngestReport, threshold: float = 0.2) -> list[dict[str, Any]]:
-    """Compare the accepted rows with the last accepted batch; emit ``aicml.data.drift.detected``
-    (a Prefect event automations can act on) when a column drifts beyond ``threshold``."""
+def check_drift(
+    report: IngestReport, threshold: float = 0.2, *, drift_dir: Path | None = None
+) -> list[dict[str, Any]]:
+    """Compare the accepted rows with the last accepted batch (kept under ``drift_dir``, by default
+    ``<home>/drift``); emit ``aicml.data.drift.detected`` (a Prefect event automations can act on)
+    when a column drifts beyond ``threshold``."""
     if report.sample is None or report.sample.empty:
         return []
-    drift = check_and_roll(report.sample, data_dir("drift") / report.load / "reference.parquet", threshold)
+    reference = (drift_dir or data_dir("drift")) / report.load / "reference.parquet"
+    drift = check_and_roll(report.sample, reference, threshold)
     if drift is None:
         return []
     rows = drift.to_rows()

@@ -12,9 +12,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aicml.data.readers import FORMATS
+
+if TYPE_CHECKING:
+    from blocks.settings import AicSettings
 
 EVENT = "aicml.data.file.landed"
 
@@ -81,11 +84,11 @@ class LandingWatcher:
             time.sleep(interval_s)
 
 
-def landing_directory() -> Path:
+def landing_directory(current: AicSettings | None = None) -> Path:
     """The watched landing directory: ``AIC_LANDING_DIR``, else ``<home>/landing``."""
     from blocks.settings import AicSettings
 
-    current = AicSettings()
+    current = current or AicSettings()
     return (current.landing_dir or current.root / "landing").resolve()
 
 

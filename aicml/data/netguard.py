@@ -35,9 +35,12 @@ import socket
 import typing
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aicml.errors import SourceError
+
+if TYPE_CHECKING:
+    from blocks.settings import AicSettings
 
 SCHEMES = ("https", "http")
 MAX_REDIRECTS = 5
@@ -106,11 +109,12 @@ class NetworkPolicy:
     allow_all: bool = False
 
     @classmethod
-    def from_settings(cls) -> NetworkPolicy:
-        """The operator's policy: ``AIC_INGEST_ALLOWED_HOSTS`` of the stack's settings."""
+    def from_settings(cls, current: AicSettings | None = None) -> NetworkPolicy:
+        """The operator's policy: ``AIC_INGEST_ALLOWED_HOSTS`` of the stack's settings (``current``,
+        read here when None)."""
         from blocks.settings import AicSettings
 
-        return cls(allowed_hosts=split_list(AicSettings().ingest_allowed_hosts))
+        return cls(allowed_hosts=split_list((current or AicSettings()).ingest_allowed_hosts))
 
     def _networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         networks = []

@@ -10,9 +10,13 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 from aicml.errors import ConfigurationError, SourceError
+
+if TYPE_CHECKING:
+    from blocks.settings import AicSettings
 
 # Plain SQL identifiers only: what every supported database accepts unquoted. SQLAlchemy still
 # quotes them; this rule just keeps injection attempts out of reflection and error messages.
@@ -105,7 +109,7 @@ class OutsideRootsError(ConfigurationError):
 KUBERNETES_DATA_ROOT = "/mnt/data"
 
 
-def configured_roots() -> tuple[str, ...]:
+def configured_roots(current: AicSettings | None = None) -> tuple[str, ...]:
     """The data roots of the operator's settings: ``AIC_DATA_ROOTS`` (comma-separated), else the
     stack's home and the Kubernetes data volume.
 
@@ -117,7 +121,7 @@ def configured_roots() -> tuple[str, ...]:
 
     from blocks.settings import AicSettings
 
-    current = AicSettings()
+    current = current or AicSettings()
     if current.data_roots:
         return tuple(str(Path(p.strip()).resolve()) for p in current.data_roots.split(",") if p.strip())
     roots = [str(current.root), KUBERNETES_DATA_ROOT]
