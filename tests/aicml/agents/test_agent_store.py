@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 
 import pytest
 
@@ -92,54 +93,53 @@ def test_activation_needs_a_passing_health_check(agent_db_url: str, python_agent
         service.close()
 
 
-def test_canary_rollout_shifts_traffic_and_audits_the_swap(agent_db_url: str) -> None:
+@pytest.fixture
+def two_versions(agent_db_url: str) -> Iterator[AgentService]:
+    """A service with answer@1 active and answer@2 registered (a draft, ready to roll out)."""
     service = AgentService.from_url(agent_db_url, catalog_ttl_s=600)  # service refreshes on change
     try:
         service.register(spec("1", 1), "alice")
         service.transition("answer", "1", A, "alice")
         service.register(spec("2", 2), "alice")
-
-        def share_of_v2() -> float:
-            async def many() -> list:
-                return [
-                    await service.invoke("answer", AgentMessage(correlation_id=f"k{i}")) for i in range(200)
-                ]
-
-            replies = asyncio.run(many())
-            assert all(r.outcome == Outcome.SUCCESS for r in replies)
-            return sum(r.payload["v"] == 2 for r in replies) / len(replies)
-
-        assert share_of_v2() == 0
-        rollout = service.start_rollout("answer", "2", "alice", [10, 50, 100])
-        assert rollout.weights() == {"1": 90.0, "2": 10.0}
-        assert 0.03 < share_of_v2() < 0.2
-        with pytest.raises(AgentConflict):
-            service.start_rollout("answer", "2", "alice")
-        service.advance_rollout("answer", "alice")
-        assert 0.35 < share_of_v2() < 0.65
-        done = service.advance_rollout("answer", "alice")
-        assert done.status == "completed"
-        assert share_of_v2() == 1.0
-        assert service.store.get("answer", "1").state == R
-        assert service.store.transitions("answer", "1")[-1].reason == "replaced by 2"
+        yield service
     finally:
         service.close()
 
 
-def test_rollback_sends_everything_back_and_pauses_the_canary(agent_db_url: str) -> None:
-    service = AgentService.from_url(agent_db_url, catalog_ttl_s=600)  # service refreshes on change
-    try:
-        service.register(spec("1", 1), "alice")
-        service.transition("answer", "1", A, "alice")
-        service.register(spec("2", 2), "alice")
-        service.start_rollout("answer", "2", "alice", [50, 100])
-        service.rollback_rollout("answer", "bob", "error rate up")
-        assert service.store.get("answer", "2").state == P
-        assert service.store.transitions("answer", "2")[-1].actor == "bob"
-        reply = asyncio.run(service.invoke("answer", AgentMessage()))
-        assert reply.payload == {"v": 1}
-    finally:
-        service.close()
+def test_canary_rollout_shifts_traffic_and_audits_the_swap(two_versions: AgentService) -> None:
+    service = two_versions
+
+    def share_of_v2() -> float:
+        async def many() -> list:
+            return [await service.invoke("answer", AgentMessage(correlation_id=f"k{i}")) for i in range(200)]
+
+        replies = asyncio.run(many())
+        assert all(r.outcome == Outcome.SUCCESS for r in replies)
+        return sum(r.payload["v"] == 2 for r in replies) / len(replies)
+
+    assert share_of_v2() == 0
+    rollout = service.start_rollout("answer", "2", "alice", [10, 50, 100])
+    assert rollout.weights() == {"1": 90.0, "2": 10.0}
+    assert 0.03 < share_of_v2() < 0.2
+    with pytest.raises(AgentConflict):
+        service.start_rollout("answer", "2", "alice")
+    service.advance_rollout("answer", "alice")
+    assert 0.35 < share_of_v2() < 0.65
+    done = service.advance_rollout("answer", "alice")
+    assert done.status == "completed"
+    assert share_of_v2() == 1.0
+    assert service.store.get("answer", "1").state == R
+    assert service.store.transitions("answer", "1")[-1].reason == "replaced by 2"
+
+
+def test_rollback_sends_everything_back_and_pauses_the_canary(two_versions: AgentService) -> None:
+    service = two_versions
+    service.start_rollout("answer", "2", "alice", [50, 100])
+    service.rollback_rollout("answer", "bob", "error rate up")
+    assert service.store.get("answer", "2").state == P
+    assert service.store.transitions("answer", "2")[-1].actor == "bob"
+    reply = asyncio.run(service.invoke("answer", AgentMessage()))
+    assert reply.payload == {"v": 1}
 
 
 def test_graphs_are_stored_as_data(agent_db_url: str) -> None:
