@@ -29,34 +29,25 @@ import httpx
 
 from aicml.stack.ports import free_port
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests.serving_support
+
 
 def register_model(workdir: Path) -> tuple[str, list[str], list[float]]:
     """Train a small logistic regression on 8 numeric features and register it (checksum stamped)."""
-    import mlflow
-    import mlflow.sklearn
     import numpy as np
     import pandas as pd
     from mlflow import MlflowClient
-    from mlflow.models import infer_signature
     from sklearn.linear_model import LogisticRegression
 
     from aicml.registry.promotion import register_challenger
+    from tests.serving_support import log_sklearn
 
     rng = np.random.default_rng(7)
     frame = pd.DataFrame({f"f{i}": rng.normal(size=2000) for i in range(8)})
     label = (frame["f0"] + 0.5 * frame["f1"] - frame["f2"] > 0).astype(int)
     model = LogisticRegression().fit(frame, label)
-    mlflow.set_experiment("serving-benchmark")
-    with mlflow.start_run() as run:
-        info = mlflow.sklearn.log_model(
-            model,
-            name="model",
-            signature=infer_signature(frame, model.predict(frame)),
-            serialization_format="skops",  # the server refuses pickled models
-            skops_trusted_types=[],
-            pip_requirements=["mlflow", "scikit-learn", "numpy", "pandas"],
-        )
-    version = register_challenger("bench-churn", info.model_uri, run.info.run_id, "accuracy", 0.0)
+    model_uri, run_id = log_sklearn(model, frame, "serving-benchmark", trusted_types=())
+    version = register_challenger("bench-churn", model_uri, run_id, "accuracy", 0.0)
     MlflowClient().set_registered_model_alias("bench-churn", "champion", version.version)
     return "bench-churn", list(frame.columns), frame.iloc[0].tolist()
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.services import free_port
+from tests.services import free_port, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 INVOKE_TOKEN = "test-token-1234567890"
@@ -83,10 +83,4 @@ def running_agent_service(
             pytest.fail("agent service did not answer /healthz within 60 s")
         yield RunningAgents(url, process=proc, log=log)
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc, 30)

@@ -50,6 +50,13 @@ def postgres() -> Iterator[Postgres]:
 
 
 @pytest.fixture
+def pg_url(postgres: Postgres) -> Iterator[str]:
+    """A fresh database on the session's PostgreSQL (SQLAlchemy URL), dropped after the test."""
+    with postgres.database("aic_test") as name:
+        yield postgres.url(name)
+
+
+@pytest.fixture
 def pg_agent_db(postgres: Postgres) -> Iterator[str]:
     """A fresh agent_db on the session's PostgreSQL (SQLAlchemy URL), dropped after the test."""
     with postgres.database("aic_agent_db") as name:

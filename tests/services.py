@@ -8,6 +8,7 @@ a test that needs PostgreSQL fails then, it is never skipped.
 from __future__ import annotations
 
 import contextlib
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -17,7 +18,15 @@ from typing import Any
 from aicml.stack.pgcluster import ThrowawayCluster, throwaway_cluster
 from aicml.stack.ports import answers, free_port
 
-__all__ = ["LOCAL_PORT", "Postgres", "free_port", "postgres_server", "throwaway_postgres_server", "wait_for"]
+__all__ = [
+    "LOCAL_PORT",
+    "Postgres",
+    "free_port",
+    "postgres_server",
+    "stop_process",
+    "throwaway_postgres_server",
+    "wait_for",
+]
 
 LOCAL_PORT = 5432  # the shared server's port when one runs here (CI's service container, a developer's own)
 
@@ -34,6 +43,17 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: 
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {timeout:g} s")
         time.sleep(interval)
+
+
+def stop_process(process: subprocess.Popen[Any], grace_s: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace_s`` if it has not exited; reaped either way."""
+    if process.poll() is None:
+        process.terminate()
+    try:
+        process.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
 
 
 @dataclass(frozen=True)

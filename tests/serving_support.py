@@ -6,15 +6,17 @@ import os
 import secrets
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import pandas as pd
 
 from aicml.stack.processes import wait_until
-from tests.services import free_port
+from tests.services import free_port, stop_process
 
 
 @dataclass(frozen=True)
@@ -41,11 +43,30 @@ def training_frame(rows: int = 300, seed: int = 0) -> tuple[pd.DataFrame, np.nda
     return frame, label
 
 
-def register_sklearn(name: str, flip: bool) -> tuple[str, list[int]]:
-    """Fit a small imputer + logistic regression, log it, register it as challenger (stamped)."""
+def log_sklearn(
+    model: Any, frame: pd.DataFrame, experiment: str, trusted_types: Sequence[str] = ("numpy.dtype",)
+) -> tuple[str, str]:
+    """Log a fitted scikit-learn model as the verified loaders take it (skops, never pickle; a signature;
+    pinned requirements) in a new run of ``experiment``; returns (model URI, run id)."""
     import mlflow
     import mlflow.sklearn
     from mlflow.models import infer_signature
+
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run() as run:
+        info = mlflow.sklearn.log_model(
+            model,
+            name="model",
+            signature=infer_signature(frame, model.predict(frame)),
+            serialization_format="skops",  # verified loaders refuse pickled models
+            skops_trusted_types=list(trusted_types),
+            pip_requirements=["mlflow", "scikit-learn", "numpy", "pandas"],
+        )
+    return str(info.model_uri), str(run.info.run_id)
+
+
+def register_sklearn(name: str, flip: bool) -> tuple[str, list[int]]:
+    """Fit a small imputer + logistic regression, log it, register it as challenger (stamped)."""
     from sklearn.impute import SimpleImputer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -56,17 +77,8 @@ def register_sklearn(name: str, flip: bool) -> tuple[str, list[int]]:
     if flip:
         label = 1 - label
     model = make_pipeline(SimpleImputer(), LogisticRegression()).fit(frame, label)
-    mlflow.set_experiment("serving-tests")
-    with mlflow.start_run() as run:
-        info = mlflow.sklearn.log_model(
-            model,
-            name="model",
-            signature=infer_signature(frame, model.predict(frame)),
-            serialization_format="skops",  # verified loaders refuse pickled models
-            skops_trusted_types=["numpy.dtype"],
-            pip_requirements=["mlflow", "scikit-learn", "numpy", "pandas"],
-        )
-    version = register_challenger(name, info.model_uri, run.info.run_id, "accuracy", 0.9)
+    model_uri, run_id = log_sklearn(model, frame, "serving-tests")
+    version = register_challenger(name, model_uri, run_id, "accuracy", 0.9)
     return version.version, model.predict(frame.head(8)).tolist()
 
 
@@ -119,9 +131,4 @@ def start_server(model_uri: str, tmp: Path, *extra: str) -> RunningServer:
 
 
 def stop_server(server: RunningServer) -> None:
-    server.process.terminate()
-    try:
-        server.process.wait(10)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait(5)
+    stop_process(server.process, 10)

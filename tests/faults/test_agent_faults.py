@@ -23,6 +23,7 @@ import psycopg
 import pytest
 
 from tests.agent_service import running_agent_service
+from tests.faults.fault_helpers import Outcome, sigterm_under_load
 from tests.services import Postgres, wait_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -56,20 +57,7 @@ def register_slow_agent(agents: Any, name: str, capacity: int, delay: float, tim
         assert activated.status_code == 200, activated.text
 
 
-@dataclass(frozen=True)
-class Call:
-    started: float
-    ended: float
-    result: int | str  # the status code, or the name of the transport error
-    correct: bool = True  # a 2xx carried the agent's answer
-    body: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return isinstance(self.result, int) and 200 <= self.result < 300
-
-
-def invoke(http: httpx.Client, name: str, delay: float, timeout_ms: float | None = None) -> Call:
+def invoke(http: httpx.Client, name: str, delay: float, timeout_ms: float | None = None) -> Outcome:
     message: dict[str, Any] = {"correlation_id": uuid.uuid4().hex, "payload": {"n": 1}}
     if timeout_ms is not None:
         message["timeout_ms"] = timeout_ms
@@ -77,14 +65,14 @@ def invoke(http: httpx.Client, name: str, delay: float, timeout_ms: float | None
     try:
         response = http.post(f"/v1/agents/{name}/invoke", json=message)
     except httpx.TransportError as exc:
-        return Call(started, time.monotonic(), type(exc).__name__)
+        return Outcome(started, time.monotonic(), type(exc).__name__)
     ended = time.monotonic()
     correct = True
     if response.is_success:
         body = response.json()
         correct = body["outcome"] == "success" and body["payload"] == {"n": 1, "slept": delay}
         correct = correct and body["correlation_id"] == message["correlation_id"]
-    return Call(started, ended, response.status_code, correct, response.text[:300])
+    return Outcome(started, ended, response.status_code, correct, response.text[:300])
 
 
 @dataclass
@@ -159,74 +147,20 @@ def test_sigterm_under_load_drains_releases_leases_and_exits_zero(pg_agent_db: s
         assert agents.process is not None
         register_slow_agent(agents, name, capacity, delay, timeout_s=5)
         replica = replica_of(agents.process.pid)
-        calls: list[Call] = []
-        readiness: list[tuple[float, int | str]] = []
-        stop = threading.Event()
-
-        def client() -> None:
-            with httpx.Client(base_url=agents.url, headers=agents.headers("invoker"), timeout=30) as http:
-                while not stop.is_set():
-                    call = invoke(http, name, delay)
-                    calls.append(call)
-                    if call.result == "ConnectError":
-                        return  # refused: the service has stopped accepting
-
-        def probe() -> None:
-            with httpx.Client(timeout=5) as http:
-                while not stop.is_set():
-                    try:
-                        result: int | str = http.get(f"{agents.url}/readyz").status_code
-                    except httpx.TransportError as exc:
-                        result = type(exc).__name__
-                    readiness.append((time.monotonic(), result))
-                    time.sleep(0.05)
-
-        threads = [threading.Thread(target=client) for _ in range(clients)] + [threading.Thread(target=probe)]
         with sampling(agent_db, f"calls:{name}") as sampler:
-            for thread in threads:
-                thread.start()
-            try:
-                wait_for(  # under load before the signal: every client answered, readiness and leases sampled
-                    lambda: sum(c.ok for c in calls) >= clients and readiness and sampler.samples > 20,
-                    60,
-                    "the service under load",
-                )
-                assert agents.process.poll() is None
-                signalled = time.monotonic()
-                agents.process.send_signal(signal.SIGTERM)
-                code = agents.process.wait(GRACE_S + 5)
-                exited = time.monotonic()
-            finally:
-                stop.set()
-                for thread in threads:
-                    thread.join(60)
+            drain = sigterm_under_load(
+                agents.process,
+                lambda: httpx.Client(base_url=agents.url, headers=agents.headers("invoker"), timeout=30),
+                lambda http: invoke(http, name, delay),
+                f"{agents.url}/readyz",
+                clients,
+                GRACE_S,
+                loaded=lambda _: sampler.samples > 20,  # leases sampled under load too
+            )
         output = agents.output()[-3000:]
 
-    # Exit: 0, within the grace period, not before the drain was served.
-    assert code == 0, output
-    assert DRAIN_S <= exited - signalled < GRACE_S, (exited - signalled, output)
-    # Every answer is a correct reply; nothing failed with a 5xx (or any other error status).
-    assert all(c.correct for c in calls if c.ok), [c.body for c in calls if c.ok and not c.correct][:3]
-    statuses = {c.result for c in calls if isinstance(c.result, int)}
-    assert statuses == {200}, (statuses, [c.body for c in calls if c.result != 200][:3])
-    assert sum(c.ok for c in calls if c.started < signalled) >= clients, "no load before the signal"
-    # Until the listener closes everything is answered; calls in flight at the close are finished, not cut.
-    assert not [c for c in calls if c.started < signalled + DRAIN_S - 0.3 and not c.ok]
-    assert any(c.ok for c in calls if signalled < c.started < signalled + DRAIN_S - 0.3), (
-        "not served in the drain"
-    )
-    refused = [c.ended for c in calls if c.result == "ConnectError"]
-    assert refused, "no client saw the listener close"
-    assert any(c.ok and c.started < min(refused) < c.ended for c in calls), (
-        "nothing was in flight at the close"
-    )
-    assert {c.result for c in calls if not c.ok} <= {"ConnectError", "RemoteProtocolError", "ReadError"}
-    # Readiness: 200 before the signal, 503 within half a second of it, until the exit, never 200 again.
-    assert {r for t, r in readiness if t < signalled} == {200}
-    after = [(t, r) for t, r in readiness if t >= signalled]
-    first_503 = next(t for t, r in after if r == 503)
-    assert first_503 - signalled < 0.5 and first_503 < exited
-    assert 200 not in {r for t, r in after if t > first_503}
+    # Exit 0 in time, every answer right, nothing refused or cut before the close, readiness 503 at once.
+    drain.check(clients, DRAIN_S, GRACE_S, output)
     # Leases: the replica held the agent's whole capacity under load, never more, and left none behind.
     assert sampler.samples > 20 and sampler.peak_of(replica) == capacity == sampler.peak
     assert lease_rows(agent_db, "holder LIKE %s", replica + "%") == []
@@ -254,7 +188,7 @@ def test_replica_killed_holding_leases_frees_them_within_the_ttl(pg_agent_db: st
         ):
             assert b.process is not None
             replica_a, replica_b = replica_of(a.process.pid), replica_of(b.process.pid)
-            lost: list[Call] = []
+            lost: list[Outcome] = []
 
             def call_a() -> None:
                 with httpx.Client(base_url=a.url, headers=a.headers("invoker"), timeout=30) as http:
@@ -276,7 +210,7 @@ def test_replica_killed_holding_leases_frees_them_within_the_ttl(pg_agent_db: st
 
             # Replica B, asked for twice its capacity at once with a deadline beyond the TTL: the calls wait for
             # the dead replica's leases to lapse, then all run, capacity at a time.
-            calls: list[Call] = []
+            calls: list[Outcome] = []
 
             def call_b() -> None:
                 with httpx.Client(base_url=b.url, headers=b.headers("invoker"), timeout=60) as http:
@@ -323,7 +257,7 @@ def test_postgres_restart_gives_clear_503s_then_recovers_without_a_restart(
     ):
         assert agents.process is not None
         register_slow_agent(agents, name, capacity, delay, timeout_s=3)
-        calls: list[Call] = []
+        calls: list[Outcome] = []
         stop = threading.Event()
 
         def client() -> None:

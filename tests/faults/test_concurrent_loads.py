@@ -13,7 +13,7 @@ import dataclasses
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,6 @@ from aicml.data.parallel import ClusterOptions
 from aicml.data.sinks import ParquetSink
 from aicml.data.state import IngestState
 from aicml.data.transforms import TransformSpec
-from tests.services import Postgres
 
 LOAD = "landing"
 SUITE = {
@@ -238,12 +237,6 @@ def test_a_crashed_commit_leaves_files_the_next_commit_removes(tmp_path: Path) -
 
 
 # PostgreSQL: the incremental load's ledger (partitions and watermark) in the stack's database.
-
-
-@pytest.fixture
-def pg_url(postgres: Postgres) -> Iterator[str]:
-    with postgres.database("aic_concurrent") as name:
-        yield postgres.url(name)
 
 
 @pytest.mark.parametrize("runs", [2, 4])

@@ -17,45 +17,20 @@ from typing import Any
 
 import psutil
 
-from aicml.data.connectors import FileConnector
 from aicml.data.integration import IngestJob, run_ingest
 from aicml.data.parallel import ClusterOptions
 from aicml.data.sinks import ParquetSink
-from aicml.data.transforms import TransformSpec
 from aicml.errors import SourceError
-from tests.faults.fault_helpers import HoldInWorker, write_id_sources
+from tests.faults.fault_helpers import HoldInWorker, check_id_sink, ingest_job, write_id_sources
 
 WAIT_S = 90
 FILES, ROWS = 6, 3_000
 
 
 def job_for(src: Path, sink: ParquetSink, work: Path) -> IngestJob:
-    return IngestJob(
-        "events",
-        FileConnector(str(src / "*.csv")),
-        sink,
-        str(work),
-        transform=TransformSpec(key=("id",)),
-        cluster=ClusterOptions(kind="local", workers=2, processes=True, memory_limit="0"),
+    return ingest_job(
+        src, sink, work, ClusterOptions(kind="local", workers=2, processes=True, memory_limit="0")
     )
-
-
-def check_sink(root: Path, expected: set[int]) -> None:
-    """Every manifest names whole files; no file is outside a manifest; each expected id once."""
-    import json
-
-    import pyarrow.parquet as pq
-
-    named: set[Path] = set()
-    for manifest in (root / "_manifests").glob("*.json"):
-        entry = json.loads(manifest.read_text())
-        files = {root / f for f in entry["files"]}
-        assert sum(pq.ParquetFile(f).metadata.num_rows for f in files) == entry["rows"]
-        named |= files
-    assert set(root.rglob("*.parquet")) == named, "a file outside every manifest is visible"
-    ids = ParquetSink(str(root)).read()["id"].astype(int).tolist()
-    assert len(ids) == len(set(ids)), f"{len(ids) - len(set(ids))} rows twice"
-    assert set(ids) == expected, f"{len(expected - set(ids))} rows lost"
 
 
 def test_a_worker_killed_mid_ingest_loses_and_duplicates_nothing(tmp_path: Path) -> None:
@@ -102,8 +77,8 @@ def test_a_worker_killed_mid_ingest_loses_and_duplicates_nothing(tmp_path: Path)
     else:
         print(f"worker loss: killed worker process {killed}; the run completed (Dask rescheduled)")
     assert result.committed_rows == len(expected)
-    check_sink(out, expected)
+    check_id_sink(out, expected)
     assert not list((work / "events" / "staging").iterdir()), "the run left staged files behind"
     again = run_ingest(job_for(src, ParquetSink(str(out)), work))
     assert again.partitions == 0 and again.committed_rows == 0
-    check_sink(out, expected)
+    check_id_sink(out, expected)

@@ -20,53 +20,18 @@ from typing import Any
 import mlflow
 import pandas as pd
 import psutil
-import pyarrow.parquet as pq
 import pytest
 
-from aicml.data.connectors import FileConnector
-from aicml.data.integration import IngestJob, run_ingest
-from aicml.data.parallel import ClusterOptions
+from aicml.data.integration import run_ingest
 from aicml.data.sinks import ParquetSink
-from aicml.data.transforms import TransformSpec
 from aicml.errors import SourceError, TrainingError
 from aicml.stack.local import LocalStack
 from blocks.settings import AicSettings
-from tests.faults.fault_helpers import write_id_sources
+from tests.faults.fault_helpers import check_id_sink, ingest_job, write_id_sources
 from tests.services import Postgres, free_port
 
 NO_SPACE = "No space left on device"
 FILES, ROWS = 4, 2_000
-
-
-def ingest_job(src: Path, sink: ParquetSink, work: Path) -> IngestJob:
-    return IngestJob(
-        "events",
-        FileConnector(str(src / "*.csv")),
-        sink,
-        str(work),
-        transform=TransformSpec(key=("id",)),
-        cluster=ClusterOptions(kind="sync"),
-    )
-
-
-def check_sink(root: Path, expected: set[int] | None) -> set[int]:
-    """Manifests name only whole files and every visible file is named; returns the ids read, each
-    once (equal to ``expected`` when given)."""
-    named: set[Path] = set()
-    for manifest in (root / "_manifests").glob("*.json") if (root / "_manifests").is_dir() else []:
-        entry = json.loads(manifest.read_text())
-        files = {root / f for f in entry["files"]}
-        assert sum(pq.ParquetFile(f).metadata.num_rows for f in files) == entry["rows"], manifest
-        named |= files
-    assert set(root.rglob("*.parquet")) - named <= set(root.rglob("part-*.parquet")), (
-        "a temporary file is left"
-    )
-    frame = ParquetSink(str(root)).read()
-    ids = frame["id"].astype(int).tolist() if len(frame) else []
-    assert len(ids) == len(set(ids)), f"{len(ids) - len(set(ids))} rows twice"
-    if expected is not None:
-        assert set(ids) == expected, f"{len(expected - set(ids))} rows lost"
-    return set(ids)
 
 
 @pytest.mark.parametrize("where", ["staging", "commit"])
@@ -100,14 +65,14 @@ def test_disk_full_during_an_ingest(small_disk: Any, tmp_path: Path, where: str)
         run_ingest(ingest_job(src, ParquetSink(str(out), **hooks), work))
     message = str(raised.value)
     assert NO_SPACE in message and str(small_disk.root) in message, message
-    landed = check_sink(out, None)  # readers see whole partitions only
+    landed = check_id_sink(out, None, uncommitted=True)  # readers see whole partitions only
     assert len(landed) == (0 if where == "staging" else ROWS), len(landed)
     assert not list(out.rglob(".tmp-*")), "a half-written file is left in the dataset"
 
     small_disk.free()
     report = run_ingest(ingest_job(src, ParquetSink(str(out)), work))
     assert report.committed_rows == len(expected) - len(landed)
-    check_sink(out, expected)
+    check_id_sink(out, expected, uncommitted=True)
     assert set(out.rglob("*.parquet")) == {
         out / f for m in (out / "_manifests").glob("*.json") for f in json.loads(m.read_text())["files"]
     }, "files of the interrupted commit were not removed"

@@ -25,13 +25,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from aicml.data.connectors import FileConnector
 from aicml.data.integration import IngestJob, run_ingest
-from aicml.data.parallel import ClusterOptions
 from aicml.data.sinks import LEDGER_TABLE, SqlSink
 from aicml.data.state import PARTITIONS, IngestState
-from aicml.data.transforms import TransformSpec
 from aicml.errors import ServiceUnavailableError
+from tests.faults.fault_helpers import ingest_job
 
 HERE = Path(__file__).parent
 REPO = HERE.parents[1]
@@ -56,16 +54,8 @@ def write_sources(src: Path, files: int = 4, rows: int = 2_000) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def ingest_job(src: Path, sink: SqlSink, work: Path) -> IngestJob:
-    return IngestJob(
-        LOAD,
-        FileConnector(str(src / "*.csv")),
-        sink,
-        str(work),
-        transform=TransformSpec(key=("id",)),
-        cluster=ClusterOptions(kind="sync"),
-        incremental=True,
-    )
+def sql_ingest_job(src: Path, sink: SqlSink, work: Path) -> IngestJob:
+    return ingest_job(src, sink, work, name=LOAD, incremental=True)
 
 
 def test_restart_during_a_sql_ingest_loses_and_duplicates_nothing(
@@ -91,7 +81,7 @@ def test_restart_during_a_sql_ingest_loses_and_duplicates_nothing(
 
     def run() -> None:
         try:
-            outcome.append(run_ingest(ingest_job(tmp_path / "landing", sink, tmp_path / "work"), state))
+            outcome.append(run_ingest(sql_ingest_job(tmp_path / "landing", sink, tmp_path / "work"), state))
         except BaseException as exc:
             outcome.append(exc)
 
@@ -109,7 +99,8 @@ def test_restart_during_a_sql_ingest_loses_and_duplicates_nothing(
         # Accepted too: an error that names the fault, then a rerun completes the load.
         assert isinstance(result, ServiceUnavailableError) and "PostgreSQL" in str(result), result
         result = run_ingest(
-            ingest_job(tmp_path / "landing", SqlSink(url, "orders", key=("id",)), tmp_path / "work"), state
+            sql_ingest_job(tmp_path / "landing", SqlSink(url, "orders", key=("id",)), tmp_path / "work"),
+            state,
         )
     else:
         # It reconnected: the COPY ran again from its first chunk in a new transaction.
@@ -133,7 +124,7 @@ def test_restart_during_a_sql_ingest_loses_and_duplicates_nothing(
     assert len(recorded) == 4 and sum(r.rows for r in recorded) == len(source)
     # A rerun adds nothing.
     again = run_ingest(
-        ingest_job(tmp_path / "landing", SqlSink(url, "orders", key=("id",)), tmp_path / "work"), state
+        sql_ingest_job(tmp_path / "landing", SqlSink(url, "orders", key=("id",)), tmp_path / "work"), state
     )
     assert again.partitions == 0 and again.committed_rows == 0
 

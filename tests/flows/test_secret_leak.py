@@ -31,7 +31,7 @@ import pytest
 from aicml.stack.local import LocalStack
 from aicml.stack.processes import wait_until
 from blocks.settings import AicSettings
-from tests.services import Postgres, free_port
+from tests.services import Postgres, free_port, stop_process
 
 pytestmark = pytest.mark.slow
 
@@ -167,12 +167,7 @@ def _start(command: list[str], env: dict[str, str], log: Path, health: str) -> s
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(5)
+    stop_process(process, 20)
 
 
 def test_the_canary_appears_nowhere(leak_stack: dict[str, Any], tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -19,17 +18,12 @@ import yaml
 
 from aicml.kube.monitoring import write_rule_file
 from aicml.kube.render import KubeObject
+from tests.services import free_port, stop_process
 
 pytestmark = pytest.mark.skipif(
     shutil.which("prometheus") is None,
     reason="the prometheus binary is not installed (Debian: apt-get install prometheus)",
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _get(url: str) -> Any:
@@ -50,7 +44,7 @@ def exporter() -> Iterator[int]:
     metrics.AGENT_ORCHESTRATION_REQUESTS.labels(pattern="sequential", outcome="success").inc(3)
     metrics.DATA_INTEGRATION_RECORDS.labels(source="demo.csv", outcome="accepted").inc(1000)
     metrics.MODEL_DEPLOYMENTS_ACTIVE.labels(model="churn").set(1)
-    port = _free_port()
+    port = free_port()
     server, thread = start_http_server(port, addr="127.0.0.1", registry=metrics.REGISTRY)
     yield port
     server.shutdown()
@@ -66,7 +60,7 @@ def prometheus(exporter: int, prod: list[KubeObject], tmp_path: Path) -> Iterato
         "scrape_configs": [{"job_name": "aicml", "static_configs": [{"targets": [f"127.0.0.1:{exporter}"]}]}],
     }
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = _free_port()
+    port = free_port()
     log = (tmp_path / "prometheus.log").open("w")
     process = subprocess.Popen(
         [
@@ -91,12 +85,7 @@ def prometheus(exporter: int, prod: list[KubeObject], tmp_path: Path) -> Iterato
                 time.sleep(0.3)
         yield base
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, 10)
         log.close()
 
 
