@@ -60,10 +60,10 @@ down: $(STAMP) ## Stop what `make up` started
 status: $(STAMP) ## Show what runs, where, and the UI addresses
 	$(BIN)/aicml status
 
-lint: $(STAMP) ## ruff, mypy and the import-linter layer contract
+lint: $(STAMP) ## ruff, mypy and the import-linter contracts (layers, library allowlists)
 	$(BIN)/ruff check flows tasks blocks deployments aicml tests benchmarks
 	$(BIN)/ruff format --check flows tasks blocks deployments aicml tests benchmarks
-	$(BIN)/mypy flows tasks blocks aicml
+	$(BIN)/mypy flows tasks blocks aicml deployments
 	$(BIN)/lint-imports
 
 fmt: $(STAMP) ## Format and auto-fix

@@ -33,9 +33,9 @@ import yaml
 
 from aicml.errors import ConfigurationError, StackError
 from aicml.stack.prefect_api import api_env, api_settings
+from aicml.stack.presets import STEP as PRESET_STEP
 
 Action = Literal["created", "updated", "unchanged"]
-PRESET_STEP = "deployments.presets.preset"
 _DEPLOY_TIMEOUT_S = 900
 
 
@@ -87,7 +87,7 @@ def scrub(text: str, secret: str | None) -> str:
 
 def kubernetes_pools() -> tuple[str, ...]:
     """The Kubernetes work pools whose base job templates `deployments/` keeps."""
-    from deployments.templates import POOLS
+    from aicml.kube.pools import POOLS
 
     return tuple(POOLS)
 
@@ -155,7 +155,7 @@ def _differences(entry: dict[str, Any], deployment: Any) -> list[str]:
     """The fields in which the registered ``deployment`` differs from prefect.yaml's ``entry``."""
     from prefect.utilities.templating import apply_values
 
-    from deployments.presets import deployment_params
+    from aicml.stack.presets import deployment_params
 
     # `prefect deploy` resolves {{ $VAR }} first
     entry = cast(dict[str, Any], apply_values(entry, dict(os.environ), remove_notset=False))
@@ -186,7 +186,7 @@ async def _apply_pools(client: Any, pools: Sequence[str]) -> list[Applied]:
     from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
     from prefect.exceptions import ObjectNotFound
 
-    from deployments.templates import base_job_template
+    from aicml.kube.pools import base_job_template
 
     applied = []
     action: Action

@@ -18,6 +18,7 @@ from typing import Any
 from aicml.kube.findings import Violation
 from aicml.kube.render import NAMESPACE, KubeObject, containers, object_ref, pod_spec, pod_template_labels
 from aicml.kube.secrets import SECRET_SPECS
+from aicml.names import slug
 
 Check = Callable[[list[KubeObject]], list[Violation]]
 
@@ -598,7 +599,7 @@ def render_flow_run_job(
     its base environment (not this process's)."""
     from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 
-    from deployments.plan import render_job
+    from aicml.kube.jobs import render_job
 
     updates = {PREFECT_API_URL: worker_env["PREFECT_API_URL"]} if "PREFECT_API_URL" in worker_env else {}
     with temporary_settings(updates=updates):
@@ -612,7 +613,9 @@ def render_flow_run_job(
 
 
 def _project_root(project_dir: Path | None) -> Path:
-    return project_dir or Path(__file__).resolve().parents[2]
+    from aicml.stack.prefect_yaml import PROJECT_ROOT
+
+    return project_dir or PROJECT_ROOT
 
 
 def prefect_deployments(project_dir: Path | None = None) -> list[dict[str, Any]]:
@@ -626,8 +629,8 @@ def prefect_deployments(project_dir: Path | None = None) -> list[dict[str, Any]]
 def flow_run_jobs(objects: list[KubeObject], project_dir: Path | None = None) -> list[FlowRunJob]:
     """The flow-run Job of every deployment of `prefect.yaml` on a Kubernetes pool, named
     `flow-run-<flow>-<deployment>` (the worker lets Kubernetes generate the name)."""
+    from aicml.kube.pools import POOLS, base_job_template
     from aicml.stack.prefect_yaml import flow_name_of
-    from deployments.templates import POOLS, base_job_template
 
     root = _project_root(project_dir)
     jobs = []
@@ -638,8 +641,7 @@ def flow_run_jobs(objects: list[KubeObject], project_dir: Path | None = None) ->
         flow = flow_name_of(root, item["entrypoint"])
         variables = dict(item["work_pool"].get("job_variables") or {})
         manifest = render_flow_run_job(base_job_template(pool), variables, _worker_prefect_env(objects, pool))
-        slug = re.sub(r"[^a-z0-9-]+", "-", f"flow-run-{flow}-{item['name']}".lower()).strip("-")[:63]
-        manifest["metadata"]["name"] = slug
+        manifest["metadata"]["name"] = slug(f"flow-run-{flow}-{item['name']}")
         manifest["metadata"].setdefault("annotations", {})[DEPLOYMENT_ANNOTATION] = f"{flow}/{item['name']}"
         manifest["metadata"].setdefault("namespace", NAMESPACE)
         jobs.append(FlowRunJob(f"{flow}/{item['name']}", pool, manifest))
@@ -670,7 +672,7 @@ def check_flow_run_env(objects: list[KubeObject]) -> list[Violation]:
 def check_worker_pools(objects: list[KubeObject], project_dir: Path | None = None) -> list[Violation]:
     """Every rendered worker polls a pool that a deployment of `prefect.yaml` uses, and every Kubernetes
     pool a deployment uses has a rendered worker."""
-    from deployments.templates import POOLS
+    from aicml.kube.pools import POOLS
 
     used = {str((item.get("work_pool") or {}).get("name")) for item in prefect_deployments(project_dir)}
     polled: set[str] = set()

@@ -1,4 +1,6 @@
-"""Read prefect.yaml entrypoints without importing the flows (the engine never imports `flows`)."""
+"""Read prefect.yaml entrypoints without importing the flows (the engine never imports `flows`), and where the
+project's deployment files live: ``prefect.yaml`` at the project root, the pools' base job templates and the
+parameter presets under ``deployments/`` (read as files: the engine never imports `deployments` either)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,10 @@ import ast
 from pathlib import Path
 
 from aicml.errors import ConfigurationError
+
+# The checkout (or, installed, site-packages): aicml/, deployments/ and prefect.yaml sit side by side.
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DEPLOYMENTS_DIR = PROJECT_ROOT / "deployments"
 
 
 def flow_name_of(project_dir: Path, entrypoint: str) -> str:
