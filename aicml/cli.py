@@ -173,12 +173,12 @@ def demo(
     rows: Annotated[int, typer.Option(min=1000, help="Rows of the demo dataset.")] = 50_000,
 ) -> None:
     """Start the stack, run the pipeline as a deployment, show the quality gate stop a bad batch, predict."""
-    import mlflow
     import pandas as pd
 
     from aicml.data.demo import write_demo_data
-    from aicml.data.sources import redact
     from aicml.errors import AicError
+    from aicml.redaction import redact
+    from aicml.registry.tracking import Tracking
     from aicml.serving.smoke import predict_rows
     from aicml.stack.deploy import register_deployments
 
@@ -228,7 +228,7 @@ def demo(
         f"    Stopped before training, as it should be:\n    {bad.state.message}", fg=typer.colors.YELLOW
     )
     typer.secho("6/6 Asking the champion for predictions", bold=True)
-    mlflow.set_tracking_uri(s.tracking_uri)
+    Tracking(uri=s.tracking_uri, experiment=s.experiment).activate()  # predict_rows loads through pyfunc
     sample = pd.read_csv(sorted(Path(".aic/demo").glob("churn-part-*.csv"))[0]).head(3)
     predictions = predict_rows("models:/churn@champion", sample.drop(columns=["churn"]))
     for (_, row), predicted in zip(sample.iterrows(), predictions, strict=True):
@@ -247,7 +247,7 @@ app.add_typer(pools_app, name="pools")
 @pools_app.command("apply")
 def pools_apply() -> None:
     """Create or update pools `local` (process), `k8s-cpu` and `k8s-gpu` (Kubernetes, with their base job templates)."""
-    from deployments.pools import apply_pools
+    from aicml.kube.pools import apply_pools
 
     s = _stack().settings
     for pool, what in apply_pools(s.prefect_url, s.work_pool, s.pool_concurrency):
@@ -261,14 +261,14 @@ def plan(
     """Render the final Kubernetes Job of every deployment and lint it; exit 1 on any finding."""
     import yaml
 
-    from deployments.plan import plan as plan_jobs
+    from aicml.kube.jobs import plan as plan_jobs
 
     findings = 0
     for job in plan_jobs(Path.cwd()):
         verdict = "ok" if not job.findings else f"{len(job.findings)} finding(s)"
         typer.echo(f"  {job.deployment:<28} pool {job.pool:<8} {verdict}")
         for finding in job.findings:
-            typer.secho(f"      [{finding.rule}] {finding.detail}", fg=typer.colors.RED)
+            typer.secho(f"      [{finding.rule}] {finding.message}", fg=typer.colors.RED)
         if show:
             typer.echo(yaml.safe_dump(job.manifest, sort_keys=False))
         findings += len(job.findings)

@@ -78,33 +78,25 @@ _RULE: dict[str, Any] = {
     },
 }
 
+
+def _monitor_spec(endpoints: str) -> dict[str, Any]:
+    """The spec of a ServiceMonitor (``endpoints``) or PodMonitor (``podMetricsEndpoints``)."""
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["selector", endpoints],
+        "properties": {
+            "selector": _LABEL_SELECTOR,
+            endpoints: {"type": "array", "minItems": 1, "items": _ENDPOINT},
+            "namespaceSelector": {"type": "object"},
+            "jobLabel": {"type": "string"},
+        },
+    }
+
+
 CRD_SCHEMAS: dict[str, dict[str, Any]] = {
-    "ServiceMonitor": _crd(
-        {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["selector", "endpoints"],
-            "properties": {
-                "selector": _LABEL_SELECTOR,
-                "endpoints": {"type": "array", "minItems": 1, "items": _ENDPOINT},
-                "namespaceSelector": {"type": "object"},
-                "jobLabel": {"type": "string"},
-            },
-        }
-    ),
-    "PodMonitor": _crd(
-        {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["selector", "podMetricsEndpoints"],
-            "properties": {
-                "selector": _LABEL_SELECTOR,
-                "podMetricsEndpoints": {"type": "array", "minItems": 1, "items": _ENDPOINT},
-                "namespaceSelector": {"type": "object"},
-                "jobLabel": {"type": "string"},
-            },
-        }
-    ),
+    "ServiceMonitor": _crd(_monitor_spec("endpoints")),
+    "PodMonitor": _crd(_monitor_spec("podMetricsEndpoints")),
     "PrometheusRule": _crd(
         {
             "type": "object",
