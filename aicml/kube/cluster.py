@@ -139,10 +139,10 @@ def register_prefect(
     outside the cluster network) with the API auth string read from its Secret, and returns one line per
     object (created, updated or unchanged).
     """
-    import socket
     import time
 
     from aicml.kube.prefect_setup import register_platform
+    from aicml.stack.ports import free_port
     from aicml.stack.processes import healthy
 
     kubectl(
@@ -150,9 +150,7 @@ def register_prefect(
         context=context,
     )
     auth = read_secret_value(*PREFECT_AUTH_SECRET, context=context, namespace=namespace)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     command = [kubectl_binary(), *(["--context", context] if context else [])]
     command += ["port-forward", "-n", namespace, "service/prefect-server", f"{port}:4200"]
     forward = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

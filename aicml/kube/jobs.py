@@ -1,14 +1,14 @@
 """`aicml plan`: render the final Kubernetes Job of every deployment and lint it before anything runs.
 
 The Job is the pool's base job template merged with the deployment's job variables, rendered by
-prefect-kubernetes's own job-configuration code, then checked against rules a reviewer would apply.
+prefect-kubernetes's own job-configuration code, then checked against rules a reviewer would apply (the
+secret names and credential URLs are those of `aicml.kube.policy`).
 A finding is a `Violation` whose ``ref`` is the deployment (``flow/deployment``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +17,9 @@ from typing import Any
 import yaml
 
 from aicml.kube.findings import Violation
+from aicml.kube.policy import GPU_RESOURCE as GPU
+from aicml.kube.policy import SECRET_ENV_NAME, URL_CREDENTIAL
 from aicml.kube.pools import POOLS, base_job_template, unreferenced_variables
-
-SECRET_NAME = re.compile(r"(PASSWORD|PASSWD|SECRET|TOKEN|API_KEY|ACCESS_KEY|PRIVATE_KEY)", re.I)
-CREDENTIAL_URL = re.compile(r"://[^/\s:@]+:[^/\s@]+@")
-GPU = "nvidia.com/gpu"
 
 
 def render_job(template: dict[str, Any], job_variables: dict[str, Any]) -> dict[str, Any]:
@@ -72,7 +70,7 @@ def lint_job(name: str, manifest: dict[str, Any], template: dict[str, Any] | Non
             value = env.get("value")
             if value is None:
                 continue
-            if SECRET_NAME.search(str(env.get("name", ""))) or CREDENTIAL_URL.search(str(value)):
+            if SECRET_ENV_NAME.search(str(env.get("name", ""))) or URL_CREDENTIAL.search(str(value)):
                 flag(
                     "secret-in-env",
                     f"container {cname!r} env {env.get('name')!r} holds a literal secret; use valueFrom.secretKeyRef",
