@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from aicml.data.connectors import SQL_SCHEMES, FileConnector, Partition, connector_for, scheme_of
+from aicml.data.netguard import NetworkPolicy
 from aicml.errors import SourceError
 from aicml.redaction import redact
 
@@ -41,11 +42,17 @@ class SourceSpec:
         return self.sql_url is not None
 
 
-def parse_source(source: str, table: str | None = None, roots: tuple[str, ...] | None = None) -> SourceSpec:
+def parse_source(
+    source: str,
+    table: str | None = None,
+    roots: tuple[str, ...] | None = None,
+    network: NetworkPolicy | None = None,
+) -> SourceSpec:
     """Split ``source`` into files or a SQL table; raise SourceError naming what is missing.
 
-    Files are listed by the ingestion's file connector (the operator's network policy for remote
-    files; with ``roots``, every local file must resolve into one of them, OutsideRootsError otherwise).
+    Files are listed by the ingestion's file connector: remote files under ``network`` (by default the
+    operator's policy); with ``roots``, every local file must resolve into one of them
+    (OutsideRootsError otherwise).
     """
     if not source or not source.strip():
         raise SourceError("The source is empty: give a file path, glob or URL, or a SQLAlchemy URL#table.")
@@ -56,7 +63,7 @@ def parse_source(source: str, table: str | None = None, roots: tuple[str, ...] |
             raise SourceError(f"SQL source {url!r} names no table: append '#<table>' or pass table=.")
         # The table name is checked when it is read: a bad one is an error of the read, never SQL text.
         return SourceSpec(raw=source, sql_url=url, table=name)
-    connector = connector_for(source, "files", roots=roots)
+    connector = connector_for(source, "files", roots=roots, network=network)
     assert isinstance(connector, FileConnector)
     # The pipeline reads a file as it is: hive directory names do not become columns here.
     partitions = tuple(dataclasses.replace(p, values={}) for p in connector.partitions())
