@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from functools import partial
 from typing import Annotated, Any, Literal
 
 from prefect import flow, get_run_logger
@@ -70,8 +71,9 @@ class PipelineParams(BaseModel):
     training_deployment: str | None = Field(
         default=None,
         description=(
-            "Run the train stage as this deployment (e.g. 'train-flow/k8s-gpu', on GPU nodes) instead of in "
-            "the pipeline's own process; the other stages stay where the pipeline runs."
+            "Run the train stage as this deployment of the `train-candidates` flow (e.g. "
+            "'train-candidates/k8s-gpu', on GPU nodes) instead of in the pipeline's own process; the other "
+            "stages stay where the pipeline runs."
         ),
     )
     tune: SearchOptions | None = Field(
@@ -154,36 +156,29 @@ def ml_pipeline(params: PipelineParams) -> PipelineResult:
                     trainer=params.trainer,
                 )
             if params.training_deployment:
-                # Per-stage infrastructure: training runs as its own deployment (GPU nodes, say).
-                outcome = train_on_deployment(
-                    gate=gate,
-                    target=params.target,
-                    problem=params.problem,
-                    options=trainer,
-                    seed=params.seed,
-                    experiment=experiment,
-                    parent_run_id=parent,
-                    deployment=params.training_deployment,
-                    tracking=tracking,
-                )
+                # Per-stage infrastructure: training runs as a `train-candidates` deployment (GPU nodes, say).
+                train = partial(train_on_deployment, deployment=params.training_deployment)
             else:
                 # `training-slot` is a concurrency limit (4, the namespace's GPU quota) that `aicml up` creates.
                 # The key leaves out where results are logged and written, as it always has.
-                outcome = train_models.with_options(
-                    cache_policy=INPUTS - "parent_run_id" - "tracking" - "splits_dir" + TASK_SOURCE,
-                    tags={"training-slot"},
-                    **reuse,
-                )(
-                    gate=gate,
-                    target=params.target,
-                    problem=params.problem,
-                    options=trainer,
-                    seed=params.seed,
-                    experiment=experiment,
-                    parent_run_id=parent,
+                train = partial(
+                    train_models.with_options(
+                        cache_policy=INPUTS - "parent_run_id" - "tracking" - "splits_dir" + TASK_SOURCE,
+                        tags={"training-slot"},
+                        **reuse,
+                    ),
                     tracking=tracking,
                     splits_dir=str(data_dir("splits", root=s.root)),
                 )
+            outcome = train(
+                gate=gate,
+                target=params.target,
+                problem=params.problem,
+                options=trainer,
+                seed=params.seed,
+                experiment=experiment,
+                parent_run_id=parent,
+            )
             # Register, decide, move the alias and prove the champion serves, as one transaction: if any
             # step fails, the rollback hooks put `challenger` and `champion` back where they were.
             with transaction():

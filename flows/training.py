@@ -1,23 +1,24 @@
-"""The training flow: one resumable training job (tabular or digits, Lightning, scikit-learn or Keras),
-or the pipeline's candidates when the pipeline runs its train stage on another work pool.
+"""The training flow: one resumable training job (tabular or digits, Lightning, scikit-learn or Keras).
+
+The pipeline's candidates, when its train stage runs on another work pool, are the `train-candidates`
+flow (flows/candidates.py).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from prefect import flow, get_run_logger
+from prefect import flow
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from aicml.models.jobs import TrainingJobSpec, derive_job_id
 from aicml.models.options import TrainerOptions
-from aicml.models.training import TrainingOutcome
 from aicml.names import ResourceName
 from aicml.redaction import refuse_password
 from blocks.settings import AicSettings
 from blocks.training import TrainingSettings
-from tasks.context import data_dir, settings, tracking_of
-from tasks.train import train_job, train_validated
+from tasks.context import data_dir, settings
+from tasks.train import train_job
 
 
 class TrainParams(BaseModel):
@@ -58,26 +59,18 @@ class TrainParams(BaseModel):
         description="Train in a child process, so a killed training process fails only the task, whose retry resumes.",
     )
     system_metrics: bool = Field(default=True, description="Log MLflow system metrics (CPU, memory, GPU).")
-    pipeline_candidates: bool = Field(
-        default=False,
-        description="Train the pipeline's candidates (Lightning + baseline) on validated `source` rows and return them.",
-    )
-    parent_run_id: str | None = Field(
-        default=None, description="With `pipeline_candidates`: the pipeline's MLflow run to nest under."
-    )
 
 
 class TrainResult(BaseModel):
-    """What `train-flow` produced: a job's run and model, or the pipeline's candidates."""
+    """What `train-flow` produced: the job's MLflow run and model."""
 
-    job_id: str | None = None
+    job_id: str
     mlflow_run_id: str
-    model_uri: str | None = None
+    model_uri: str
     metrics: dict[str, float] = Field(default_factory=dict)
-    epochs: int | None = None
+    epochs: int
     resumed_from_epoch: int | None = None
     best_checkpoint_artifact: str | None = None
-    outcome: TrainingOutcome | None = None
 
 
 def job_spec(params: TrainParams, s: AicSettings | None = None) -> TrainingJobSpec:
@@ -112,23 +105,8 @@ def job_spec(params: TrainParams, s: AicSettings | None = None) -> TrainingJobSp
 
 @flow(name="train-flow", log_prints=False, persist_result=True)
 def train_flow(params: TrainParams) -> TrainResult:
-    """Train one model as a resumable job tracked in one MLflow run (or the pipeline's candidates)."""
-    logger = get_run_logger()
+    """Train one model as a resumable job tracked in one MLflow run."""
     s = settings()
-    if params.pipeline_candidates:
-        outcome = train_validated(
-            source=params.source,
-            target=params.target,
-            problem=params.problem,
-            options=params.trainer,
-            seed=params.seed,
-            experiment=params.experiment or s.experiment,
-            parent_run_id=params.parent_run_id,
-            tracking=tracking_of(s, params.experiment),
-            splits_dir=str(data_dir("splits", root=s.root)),
-        )
-        logger.info("Candidates: %s", {c.name: c.metrics for c in outcome.candidates})
-        return TrainResult(mlflow_run_id=params.parent_run_id or "", outcome=outcome)
     result = train_job(
         spec=job_spec(params, s), isolate=params.isolate, workdir=str(data_dir("training-jobs", root=s.root))
     )

@@ -1,23 +1,23 @@
-"""Train tasks: the pipeline's candidates (Lightning + scikit-learn baseline), one resumable training
-job in its own process, and training run as a deployment on another work pool (e.g. `k8s-gpu`).
+"""Train tasks, one per kind of job: the pipeline's candidates (Lightning + scikit-learn baseline; in this
+process, or as a `train-candidates` run on another work pool such as `k8s-gpu`) and one resumable training
+job in its own process. Training from tuned options is the candidates' job with the tuned options.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 from uuid import UUID
 
-import mlflow
 import pandas as pd
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
 from aicml.data.gate import GateResult, load_validated
+from aicml.models.contract import CandidatesJob
 from aicml.models.features import Problem
 from aicml.models.jobs import TrainingInterrupted, TrainingJobResult, TrainingJobSpec
 from aicml.models.options import TrainerOptions
@@ -27,7 +27,6 @@ from aicml.registry.tracking import Tracking
 from aicml.retry import reporting_unreachable
 from tasks.context import data_dir, tracking_or_settings
 
-OUTCOME_ARTIFACT = "training/outcome.json"
 # Progress artifact updates at most this often: each is an API call, and work for the Prefect server
 # that shares the machine with the training (per epoch, a short run made several a second).
 PROGRESS_EVERY_S = 1.0
@@ -99,22 +98,10 @@ def train_frame(
         # MLflow's client rides out a short outage (aicml/retry.py); a longer one ends the run with an
         # error that names the server and says to resume.
         with reporting_unreachable("MLflow", tracking.uri, "logging the training run"):
-            tracking.experiment_id()  # mlflow.start_run below logs to the active server and experiment
-            with (
-                mlflow.start_run(run_id=parent_run_id)
-                if parent_run_id
-                else mlflow.start_run(run_name="training")
-            ):
-                outcome = train_candidates(
-                    frame,
-                    target,
-                    problem,
-                    trainers,
-                    seed,
-                    splits,
-                    tags={"aicml.validated": validated_path},
-                    progress=progress,
-                )
+            outcome = train_candidates(
+                frame, target, problem, trainers, seed, splits, tracking=tracking, parent_run_id=parent_run_id,
+                tags={"aicml.validated": validated_path}, progress=progress,
+            )  # fmt: skip
     except Exception:
         TRAINING_JOBS.labels(outcome="failure").inc()
         raise
@@ -203,39 +190,19 @@ def training_summary(outcome: TrainingOutcome, tracking: Tracking) -> str:
 @task(
     name="train-validated", retries=0, cache_policy=NO_CACHE, persist_result=False, timeout_seconds=6 * 3600
 )
-def train_validated(
-    source: str | None,
-    target: str | None,
-    problem: Problem | None,
-    options: TrainerOptions,
-    seed: int,
-    experiment: str,
-    parent_run_id: str | None = None,
-    *,
-    tracking: Tracking,
-    splits_dir: str,
-) -> TrainingOutcome:
-    """The pipeline's candidates on validated rows at ``source`` (the pipeline's train stage, run remotely)."""
+def train_validated(job: CandidatesJob, *, tracking: Tracking, splits_dir: str) -> TrainingOutcome:
+    """The pipeline's candidates on the validated rows at ``job.source`` (the body of `train-candidates`)."""
     from aicml.data.sources import parse_source, read_source
-    from aicml.errors import ConfigurationError
     from tasks.ingest import source_roots
 
-    if not source or not target:
-        raise ConfigurationError(
-            "Training the pipeline's candidates needs `source` (validated rows) and `target`."
-        )
     # Confined to the data roots in deployment runs, like every file source of a parameter.
-    frame = read_source(parse_source(source, roots=source_roots()))
-    tracking = tracking_or_settings(tracking, experiment)
+    frame = read_source(parse_source(job.source, roots=source_roots()))
+    tracking = tracking_or_settings(tracking, job.experiment)
     outcome = train_frame(
-        frame, target, problem, options, seed, experiment, parent_run_id, validated_path=source,
-        tracking=tracking, splits_dir=splits_dir,
+        frame, job.target, job.problem, job.trainer, job.seed, tracking.experiment, job.parent_run_id,
+        validated_path=job.source, tracking=tracking, splits_dir=splits_dir,
     )  # fmt: skip
     get_run_logger().info("Candidates: %s", {c.name: c.metrics for c in outcome.candidates})
-    if parent_run_id:
-        # The caller may run on other infrastructure: MLflow is the store both sides reach.
-        with reporting_unreachable("MLflow", tracking.uri, "recording the training outcome"):
-            tracking.client().log_dict(parent_run_id, dataclasses.asdict(outcome), OUTCOME_ARTIFACT)
     return outcome
 
 
@@ -310,15 +277,6 @@ def train_job(spec: TrainingJobSpec, isolate: bool = True, *, workdir: str) -> T
     return result
 
 
-def load_outcome(parent_run_id: str, tracking: Tracking) -> TrainingOutcome:
-    """The candidates a `train-flow` run logged to the pipeline's MLflow run."""
-    from pydantic import TypeAdapter
-
-    tracking.activate()
-    raw = mlflow.artifacts.load_dict(f"runs:/{parent_run_id}/{OUTCOME_ARTIFACT}")
-    return TypeAdapter(TrainingOutcome).validate_python(raw)
-
-
 @task(name="train-on-deployment", retries=0, cache_policy=NO_CACHE, persist_result=False)
 def train_on_deployment(
     gate: GateResult,
@@ -330,40 +288,43 @@ def train_on_deployment(
     parent_run_id: str | None,
     deployment: str,
     timeout_s: float = 6 * 3600,
-    tracking: Tracking | None = None,
 ) -> TrainingOutcome:
-    """Train the pipeline's candidates as a run of ``deployment`` (e.g. `train-flow/k8s-gpu`) and wait.
+    """Train the pipeline's candidates as a run of ``deployment`` (a `train-candidates` deployment, e.g.
+    `train-candidates/k8s-gpu`) and wait for its result.
 
     The validated rows must be readable there (on Kubernetes both pools mount the training-data volume
-    at /mnt/data; point AIC_HOME there). The candidates come back through the parent MLflow run.
+    at /mnt/data; point AIC_HOME there). The candidates come back as that flow run's return value, which
+    Prefect persists where both sides read it (PREFECT_LOCAL_STORAGE_PATH, pipeline-execution-pvc).
     """
     from prefect.deployments import run_deployment
+    from pydantic import TypeAdapter, ValidationError
 
     from aicml.errors import TrainingError
 
-    logger = get_run_logger()
-    parameters = {
-        "params": {
-            "family": "tabular",
-            "source": gate.path,
-            "target": target,
-            "problem": problem,
-            "trainer": options.model_dump(),
-            "seed": seed,
-            "experiment": experiment,
-            "pipeline_candidates": True,
-            "parent_run_id": parent_run_id,
-        }
-    }
-    logger.info("Training on deployment %s", deployment)
-    flow_run = run_deployment(deployment, parameters=parameters, timeout=timeout_s, as_subflow=True)
+    job = CandidatesJob(
+        source=gate.path,
+        target=target,
+        problem=problem,
+        trainer=options,
+        seed=seed,
+        experiment=experiment,
+        parent_run_id=parent_run_id,
+    )
+    get_run_logger().info("Training on deployment %s", deployment)
+    flow_run = run_deployment(
+        deployment, parameters={"params": job.model_dump(mode="json")}, timeout=timeout_s, as_subflow=True
+    )
     state = getattr(flow_run, "state", None)
     if state is None or not state.is_completed():
         raise TrainingError(
             f"Training deployment {deployment!r} ended as {getattr(state, 'name', 'unknown')}: "
             "see that flow run's logs in the Prefect UI."
         )
-    if parent_run_id:
-        return load_outcome(parent_run_id, tracking_or_settings(tracking, experiment))
     result = state.result()
-    return cast(TrainingOutcome, result.outcome)
+    try:
+        return TypeAdapter(TrainingOutcome).validate_python(result)
+    except ValidationError as exc:
+        raise TrainingError(
+            f"Deployment {deployment!r} returned a {type(result).__name__}, not the candidates: the pipeline's "
+            "`training_deployment` must be a deployment of the `train-candidates` flow."
+        ) from exc

@@ -1,7 +1,9 @@
 """Train candidate models on one dataset and track each in MLflow; the pipeline's train stage.
 
 Split deterministically by seed into train/validation/test, fit the preprocessor on train only,
-fit every trainer, score on test, log parameters, per-epoch metrics, plot and model.
+fit every trainer, score on test, log parameters, per-epoch metrics, plot and model. ``train_candidates``
+is the one entry of this kind of job (the pipeline's candidates, here or on another work pool, and the final
+model of a tuning study); one resumable model is ``aicml.models.jobs``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from aicml.errors import SchemaError, TrainingError
 from aicml.models.evaluation import PRIMARY_METRIC, diagnostic_figure, score
 from aicml.models.features import LabelCodec, Problem, TabularPreprocessor, infer_problem
 from aicml.models.trainers import PreparedData, Trainer
+from aicml.registry.tracking import Tracking
 
 ProgressHook = Callable[[str, int, int, dict[str, float]], None]
 
@@ -110,12 +113,25 @@ def train_candidates(
     test_dir: Path,
     tags: dict[str, str] | None = None,
     progress: ProgressHook | None = None,
+    *,
+    tracking: Tracking | None = None,
+    parent_run_id: str | None = None,
 ) -> TrainingOutcome:
-    """Fit every trainer as a nested MLflow run under the active run; return their test metrics.
+    """Fit every trainer as a nested MLflow run; return their test metrics.
 
-    The caller sets the tracking URI and opens the parent run.
+    With ``tracking``, the runs nest under run ``parent_run_id`` (a pipeline's or a study's; a new run
+    named `training` in ``tracking``'s experiment when None) on that server. Without, they nest under the
+    caller's active run, on the server the caller made current.
     """
     import mlflow
+
+    if tracking is not None:
+        tracking.experiment_id()  # the fluent runs log to this server and experiment
+        parent = (
+            mlflow.start_run(run_id=parent_run_id) if parent_run_id else mlflow.start_run(run_name="training")
+        )
+        with parent:
+            return train_candidates(frame, target, problem, trainers, seed, test_dir, tags, progress)
 
     data, test, resolved = prepare(frame, target, problem, seed)
     primary = PRIMARY_METRIC[resolved]

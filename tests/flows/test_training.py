@@ -11,7 +11,7 @@ import yaml
 from aicml.models.options import TrainerOptions
 from aicml.observability.metrics import REGISTRY
 from deployments.presets import deployment_params
-from flows.training import TrainParams, job_spec, train_flow
+from flows.training import TrainParams, TrainResult, job_spec, train_flow
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -99,3 +99,60 @@ def test_prefect_yaml_presets_validate(name: str) -> None:
         if d["entrypoint"] == "flows/training.py:train_flow" and d["name"] == name
     )
     TrainParams.model_validate(deployment_params(entry))
+
+
+def test_train_flow_has_one_result_shape() -> None:
+    # The pipeline's candidates are a flow of their own (`train-candidates`): no mode flag switches the shape.
+    assert "pipeline_candidates" not in TrainParams.model_fields
+    assert "outcome" not in TrainResult.model_fields
+    assert {"job_id", "mlflow_run_id", "model_uri", "epochs"} <= {
+        name for name, field in TrainResult.model_fields.items() if field.is_required()
+    }
+
+
+def test_train_candidates_flow_returns_the_outcome_nested_under_the_pipeline_run(
+    stack: object, tmp_path: Path
+) -> None:
+    import mlflow
+    import numpy as np
+    import pandas as pd
+
+    from aicml.models.contract import CandidatesJob
+    from aicml.registry.tracking import Tracking
+    from flows.candidates import train_candidates_flow
+
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({"x": rng.normal(size=240), "z": rng.normal(size=240)})
+    frame["y"] = np.where(frame["x"] - frame["z"] > 0, "up", "down")
+    validated = tmp_path / "validated.parquet"
+    frame.to_parquet(validated)
+    tracking = Tracking(uri=stack.settings.tracking_uri, experiment="test-train-candidates")  # type: ignore[attr-defined]
+    parent = tracking.client().create_run(tracking.experiment_id(), run_name="pipeline").info.run_id
+    job = CandidatesJob(
+        source=str(validated),
+        target="y",
+        trainer=TrainerOptions(max_epochs=2, accelerator="cpu", progress_bar=False),
+        seed=7,
+        experiment="test-train-candidates",
+        parent_run_id=parent,
+    )
+    # What the pipeline sends is the model itself, dumped: the contract round-trips through JSON.
+    assert CandidatesJob.model_validate(job.model_dump(mode="json")) == job
+
+    outcome = train_candidates_flow(job)
+
+    assert {c.name for c in outcome.candidates} == {"lightning", "sklearn"}
+    assert outcome.best.metrics["accuracy"] > 0.8
+    for candidate in outcome.candidates:
+        run = mlflow.MlflowClient(tracking.uri).get_run(candidate.run_id)
+        assert run.data.tags["mlflow.parentRunId"] == parent
+
+
+def test_the_candidates_job_refuses_a_source_with_a_password() -> None:
+    from pydantic import ValidationError
+
+    from aicml.models.contract import CandidatesJob
+
+    with pytest.raises(ValidationError) as raised:
+        CandidatesJob(source="postgresql+psycopg://loader:Canary-pw@db:5432/sales#orders", target="y")
+    assert "source" in str(raised.value) and "Canary-pw" not in str(raised.value)
