@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import ClassVar
 from uuid import UUID
 
+import httpx
 import pytest
 from prefect import flow
 from prefect.automations import Automation
 from prefect.client.orchestration import get_client
 
 from aicml.stack.automations import CRASH_AUTOMATION, FAILURE_AUTOMATION, ensure_failure_notification
+from tests.services import wait_for
 
 
 class _Receiver(BaseHTTPRequestHandler):
@@ -66,6 +68,19 @@ def test_failed_flow_run_notifies_the_webhook(stack) -> None:
         Automation.read(name=FAILURE_AUTOMATION).delete()
 
 
+def _heartbeats(api: str, run_id: UUID) -> list[dict]:
+    """The heartbeat events of flow run ``run_id`` the server has stored."""
+    body = {
+        "filter": {
+            "event": {"name": ["prefect.flow-run.heartbeat"]},
+            "resource": {"id": [f"prefect.flow-run.{run_id}"]},
+        }
+    }
+    response = httpx.post(f"{api}/events/filter", json=body, timeout=30)
+    response.raise_for_status()
+    return list(response.json()["events"])
+
+
 SLEEPER = """
 import time
 from prefect import flow
@@ -90,7 +105,8 @@ def test_a_killed_flow_run_is_marked_crashed(stack, tmp_path: Path) -> None:
     try:
         assert process.stdout is not None
         run_id = UUID(process.stdout.readline().strip())
-        time.sleep(40)  # at least one heartbeat goes out
+        # At least one heartbeat goes out (the crash automation waits for one before it can fire).
+        wait_for(lambda: _heartbeats(stack.settings.prefect_url, run_id), 120, "a heartbeat of the flow run")
     finally:
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
