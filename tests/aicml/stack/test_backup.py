@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -87,14 +88,22 @@ def test_backup_records_counts_taken_in_the_dumped_snapshot(
     assert not list((tmp_path / "backups").glob("*.partial"))
 
 
-def test_restore_verifies_counts_and_artifacts(
+@pytest.fixture
+def restored(
     mlflow_db: tuple[str, dict[str, int]], server: str, databases: list[str], tmp_path: Path
-) -> None:
+) -> tuple[dict[str, int], str, Any]:
+    """``mlflow_db`` backed up and restored into a new database: (its counts, the new database, the dump)."""
     name, counts = mlflow_db
     path = backup_databases(server, [name], tmp_path / "backups")
     target = _name("dst")
     databases.append(target)
-    dump = restore_database(path, name, server, target)
+    return counts, target, restore_database(path, name, server, target)
+
+
+def test_restore_verifies_counts_and_artifacts(
+    restored: tuple[dict[str, int], str, Any], server: str, tmp_path: Path
+) -> None:
+    counts, target, dump = restored
     check = verify_restore(server, target, dump.mlflow_counts)
     assert check.actual == counts
     assert check.artifacts_checked == 2
@@ -120,14 +129,8 @@ def test_restore_refuses_an_existing_database_and_a_damaged_dump(
         restore_database(path, name, server, _name("never"))
 
 
-def test_counts_mismatch_fails_verification(
-    mlflow_db: tuple[str, dict[str, int]], server: str, databases: list[str], tmp_path: Path
-) -> None:
-    name, counts = mlflow_db
-    path = backup_databases(server, [name], tmp_path / "backups")
-    target = _name("dst")
-    databases.append(target)
-    restore_database(path, name, server, target)
+def test_counts_mismatch_fails_verification(restored: tuple[dict[str, int], str, Any], server: str) -> None:
+    counts, target, _ = restored
     check = verify_restore(server, target, {**counts, "runs": counts["runs"] + 1})
     assert not check.counts_match and not check.ok
     assert "MISMATCH" in check.describe()
