@@ -12,6 +12,7 @@ from prefect import flow
 
 from aicml.compat import heartbeats_that_stop_at_once as install
 from aicml.stack.heartbeats import flow_heartbeats
+from tests.services import wait_for
 
 
 class FakeEngine:
@@ -51,7 +52,7 @@ def test_beats_every_interval_and_tolerates_a_failed_beat() -> None:
 
     engine._emit_flow_run_heartbeat = flaky  # type: ignore[method-assign]
     with flow_heartbeats(engine):
-        time.sleep(0.5)
+        wait_for(lambda: calls["n"] >= 4, 30, "four beats, the second one failed")
     assert calls["n"] >= 4
 
 
