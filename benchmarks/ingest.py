@@ -295,4 +295,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from aicml.compat import install
+
+    install()  # the flows run in this process: install the patches the flow-run command installs
     main()

@@ -54,11 +54,10 @@ def main() -> None:
 
 
 def run(stack, home: Path, args: argparse.Namespace) -> None:  # type: ignore[no-untyped-def]
-    import mlflow
 
     from aicml.data.demo import write_demo_data
     from aicml.models.options import TrainerOptions
-    from aicml.registry.tracking import use_tracking
+    from aicml.registry.tracking import Tracking
     from flows.pipeline import PipelineParams, ml_pipeline
     from tasks.ingest import ingest
     from tasks.registry import promote, register
@@ -75,15 +74,26 @@ def run(stack, home: Path, args: argparse.Namespace) -> None:  # type: ignore[no
 
     def plain() -> None:
         experiment = stack.settings.experiment
-        experiment_id = use_tracking(stack.settings.tracking_uri, experiment)
-        parent = mlflow.MlflowClient().create_run(experiment_id, run_name="pipeline-plain").info.run_id
+        tracking = Tracking(uri=stack.settings.tracking_uri, experiment=experiment)
+        parent = tracking.client().create_run(tracking.experiment_id(), run_name="pipeline-plain").info.run_id
         snapshot = ingest(params.source, None, "bench")
         gate = validate(snapshot, "churn", "bench", None, 0.1)
-        outcome = train(gate, "churn", None, options, params.seed, experiment, parent)
-        version = register(outcome, "bench", snapshot.fingerprint)
-        promote(version, outcome, "churn", params.promotion_margin)
-        smoke("bench", outcome.test_path, "churn", params.smoke_rows)
-        mlflow.MlflowClient().set_terminated(parent, "FINISHED")
+        splits = str(stack.settings.root / "splits")
+        outcome = train(
+            gate,
+            "churn",
+            None,
+            options,
+            params.seed,
+            experiment,
+            parent,
+            tracking=tracking,
+            splits_dir=splits,
+        )
+        version = register(outcome, "bench", snapshot.fingerprint, tracking=tracking)
+        promote(version, outcome, "churn", params.promotion_margin, tracking=tracking)
+        smoke("bench", outcome.test_path, "churn", params.smoke_rows, tracking=tracking)
+        tracking.client().set_terminated(parent, "FINISHED")
 
     def flow() -> None:
         ml_pipeline(params)
@@ -116,4 +126,7 @@ def run(stack, home: Path, args: argparse.Namespace) -> None:  # type: ignore[no
 
 
 if __name__ == "__main__":
+    from aicml.compat import install
+
+    install()  # the flows run in this process: install the patches the flow-run command installs
     main()

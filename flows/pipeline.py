@@ -132,10 +132,20 @@ def ml_pipeline(params: PipelineParams) -> PipelineResult:
                 "cache_expiration": CACHE_FOR,
             }
             snapshot = ingest_source.with_options(cache_policy=SourceFiles() + TASK_SOURCE, **reuse)(
-                source=params.source, table=params.table, dataset=dataset
+                source=params.source,
+                table=params.table,
+                dataset=dataset,
+                snapshots_dir=data_dir("snapshots", s.root),
             )
+            # Where the report is logged and the files are written are not part of the key, as always.
             gate = validate_snapshot.with_options(
-                cache_policy=INPUTS - "parent_run_id" + TASK_SOURCE, **reuse
+                cache_policy=INPUTS
+                - "parent_run_id"
+                - "tracking"
+                - "suites_dir"
+                - "validated_dir"
+                + TASK_SOURCE,
+                **reuse,
             )(
                 snapshot=snapshot,
                 target=params.target,
@@ -143,6 +153,9 @@ def ml_pipeline(params: PipelineParams) -> PipelineResult:
                 suite_path=params.suite_path,
                 max_missing_label_fraction=params.max_missing_label_fraction,
                 parent_run_id=parent,
+                tracking=tracking,
+                suites_dir=data_dir("suites", s.root),
+                validated_dir=data_dir("validated", s.root),
             )
             trainer = params.trainer
             if params.tune is not None:
@@ -154,6 +167,8 @@ def ml_pipeline(params: PipelineParams) -> PipelineResult:
                     experiment=experiment,
                     study_name=params.tune.study_name or f"{params.model_name}-pipeline",
                     trainer=params.trainer,
+                    tracking=tracking,
+                    home=s.root,
                 )
             if params.training_deployment:
                 # Per-stage infrastructure: training runs as a `train-candidates` deployment (GPU nodes, say).

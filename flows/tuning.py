@@ -19,7 +19,7 @@ from aicml.redaction import redact, refuse_password
 from aicml.registry.tracking import Tracking
 from aicml.tuning.options import SearchOptions
 from aicml.tuning.search import SearchOutcome, plan_workers, run_workers, task_runner_for, warm_workers
-from tasks.context import settings, tracking_of
+from tasks.context import data_dir, settings, tracking_of
 from tasks.ingest import ingest_source
 from tasks.registry import promote_model, register_best
 from tasks.tune import (
@@ -145,12 +145,14 @@ def tune_before_training(
     study_name: str,
     trainer: TrainerOptions,
     tracking: Tracking | None = None,
+    home: Path | None = None,
 ) -> TrainerOptions:
     """The pipeline's tune switch: search the Lightning model's options, return the best as TrainerOptions.
 
     Runs inside the calling flow (the pipeline): the study's parent MLflow run, the trials on Dask,
     the plots and the leaderboard, exactly as in `tune`; the final training stays the pipeline's.
-    ``tracking`` is the pipeline's MLflow server; without it, the settings' server and ``experiment``.
+    ``tracking`` is the pipeline's MLflow server and ``home`` the stack's home (the study storage's default);
+    the pipeline passes both, a direct call without them reads the settings once here.
     """
     from aicml.tuning.errors import TuningError
     from aicml.tuning.objectives import DataRef, lightning_options
@@ -160,9 +162,11 @@ def tune_before_training(
             f"The pipeline's tune switch tunes the Lightning model's options; got model={options.model!r} "
             f"objective={options.objective!r}. Use the `tune` flow for other models."
         )
-    if tracking is None:
-        tracking = tracking_of(settings(), experiment)
-    storage_url = storage_url_of(options)
+    if tracking is None or home is None:
+        current = settings()
+        tracking, home = tracking or tracking_of(current), home or current.root
+    tracking = tracking.model_copy(update={"experiment": experiment})
+    storage_url = storage_url_of(options, home)
     ref = open_study_task(
         study_name=study_name,
         storage_url=storage_url,
@@ -199,7 +203,9 @@ def tune_flow(params: TuneParams) -> TuneResult:
         or f"{params.model_name or dataset}-{'custom' if params.objective else params.model}"
     )
     storage_url = storage_url_of(params, s.root)
-    snapshot = ingest_source(source=params.source, table=params.table, dataset=dataset)
+    snapshot = ingest_source(
+        source=params.source, table=params.table, dataset=dataset, snapshots_dir=data_dir("snapshots", s.root)
+    )
     gate = validate_snapshot(
         snapshot=snapshot,
         target=params.target,
@@ -207,6 +213,9 @@ def tune_flow(params: TuneParams) -> TuneResult:
         suite_path=None,
         max_missing_label_fraction=0.1,
         parent_run_id=None,
+        tracking=tracking,
+        suites_dir=data_dir("suites", s.root),
+        validated_dir=data_dir("validated", s.root),
     )
     logged = {
         "study": study_name,
@@ -248,13 +257,20 @@ def tune_flow(params: TuneParams) -> TuneResult:
                 model=params.model,
                 base_options=params.trainer.model_dump(),
                 seed=params.seed,
-                splits_dir=str(s.root / "splits"),
+                splits_dir=str(data_dir("splits", s.root)),
             )
             version = register_best(
-                outcome=outcome, model_name=params.model_name, fingerprint=snapshot.fingerprint
+                outcome=outcome,
+                model_name=params.model_name,
+                fingerprint=snapshot.fingerprint,
+                tracking=tracking,
             )
             decision = promote_model(
-                version=version, outcome=outcome, target=params.target, margin=params.promotion_margin
+                version=version,
+                outcome=outcome,
+                target=params.target,
+                margin=params.promotion_margin,
+                tracking=tracking,
             )
         status = "FINISHED"
     finally:

@@ -17,19 +17,6 @@ def tracking_of(s: AicSettings, experiment: str | None = None) -> Tracking:
     return Tracking(uri=s.tracking_uri, experiment=experiment or s.experiment)
 
 
-def tracking_or_settings(tracking: Tracking | None, experiment: str | None = None) -> Tracking:
-    """``tracking`` for ``experiment`` (its own experiment when None).
-
-    Transitional: a caller that passes no ``tracking`` yet (a flow or script outside this package's
-    training, registry and serving flows) gets the server of the settings read here. Remove the fallback
-    once every caller passes one.
-    """
-    base = tracking if tracking is not None else tracking_of(settings())
-    if experiment is None or experiment == base.experiment:
-        return base
-    return base.model_copy(update={"experiment": experiment})
-
-
 def data_dir(name: str, root: Path | None = None) -> Path:
     """A directory under the stack's home (``root``; read from the settings when None): snapshots,
     validated, suites, splits."""

@@ -27,15 +27,14 @@ from aicml.registry.promotion import (
 from aicml.registry.scoring import score_model_on
 from aicml.registry.tracking import Tracking
 from aicml.retry import reporting_unreachable
-from tasks.context import tracking_or_settings
 from tasks.policies import fail_if_injected, retry_unless_aic_error
 
 
 def register(
-    outcome: TrainingOutcome, model_name: str, fingerprint: str, *, tracking: Tracking | None = None
+    outcome: TrainingOutcome, model_name: str, fingerprint: str, *, tracking: Tracking
 ) -> RegisteredVersion:
     """The task's body as a plain function (the benchmark's plain path)."""
-    tracking_or_settings(tracking).activate()
+    tracking.activate()
     best = outcome.best
     return register_challenger(
         model_name,
@@ -53,10 +52,10 @@ def promote(
     target: str,
     margin: float,
     *,
-    tracking: Tracking | None = None,
+    tracking: Tracking,
 ) -> PromotionDecision:
     """The task's body as a plain function (the benchmark's plain path)."""
-    tracking_or_settings(tracking).activate()
+    tracking.activate()
     return promote_if_better(
         version,
         margin,
@@ -68,7 +67,8 @@ def promote(
 
 def _tracking_of(transaction: Transaction) -> Tracking:
     """The registry the rolled-back task worked on (remembered by it in the transaction)."""
-    return tracking_or_settings(transaction.get("tracking", None))
+    tracking: Tracking = transaction.get("tracking")
+    return tracking
 
 
 def _remember(key: str, value: object) -> None:
@@ -87,14 +87,12 @@ def _remember(key: str, value: object) -> None:
     timeout_seconds=600,
 )
 def register_best(
-    outcome: TrainingOutcome, model_name: str, fingerprint: str, tracking: Tracking | None = None
+    outcome: TrainingOutcome, model_name: str, fingerprint: str, *, tracking: Tracking
 ) -> RegisteredVersion:
-    """The best candidate becomes a new version of ``model_name`` with alias ``challenger``.
-
-    ``tracking`` is the registry's server (the settings' server when None, for callers not passing one yet).
-    """
+    """The best candidate becomes a new version of ``model_name`` (on ``tracking``'s registry) with alias
+    ``challenger``."""
     fail_if_injected("register")
-    tracking = tracking_or_settings(tracking).activate()
+    tracking.activate()
     _remember("tracking", tracking)
     _remember("model_name", model_name)
     # Idempotent (see register_challenger): after an outage, `aicml resume` finishes this version.
@@ -124,13 +122,12 @@ def promote_model(
     outcome: TrainingOutcome,
     target: str,
     margin: float,
-    tracking: Tracking | None = None,
+    *,
+    tracking: Tracking,
 ) -> PromotionDecision:
-    """Move ``champion`` only if the challenger beats it by ``margin``; say why in a markdown artifact.
-
-    ``tracking`` is the registry's server (the settings' server when None, for callers not passing one yet).
-    """
-    tracking = tracking_or_settings(tracking).activate()
+    """Move ``champion`` (on ``tracking``'s registry) only if the challenger beats it by ``margin``; say why
+    in a markdown artifact."""
+    tracking.activate()
     with reporting_unreachable("MLflow", tracking.uri, f"promoting {version.name!r}"):
         previous = alias_version(version.name, CHAMPION)
         _remember("tracking", tracking)

@@ -17,15 +17,12 @@ from aicml.rollout.canary import Decision, Objectives
 from aicml.serving.kubernetes import KubeServingSpec
 from aicml.serving.local import LocalServer
 from aicml.serving.smoke import predict_rows
-from tasks.context import tracking_or_settings
 from tasks.policies import fail_if_injected
 
 
-def smoke(
-    model_name: str, test_path: str, target: str, rows: int, *, tracking: Tracking | None = None
-) -> dict[str, Any]:
+def smoke(model_name: str, test_path: str, target: str, rows: int, *, tracking: Tracking) -> dict[str, Any]:
     """The task's body as a plain function (the benchmark's plain path)."""
-    tracking_or_settings(tracking).activate()
+    tracking.activate()
     test = pd.read_parquet(test_path).head(rows)
     uri = f"models:/{model_name}@champion"
     predictions = predict_rows(uri, test.drop(columns=[target]))

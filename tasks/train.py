@@ -25,7 +25,6 @@ from aicml.models.training import ProgressHook, TrainingOutcome
 from aicml.observability.metrics import TRAINING_JOBS
 from aicml.registry.tracking import Tracking
 from aicml.retry import reporting_unreachable
-from tasks.context import data_dir, tracking_or_settings
 
 # Progress artifact updates at most this often: each is an API call, and work for the Prefect server
 # that shares the machine with the training (per epoch, a short run made several a second).
@@ -57,8 +56,8 @@ def train(
     parent_run_id: str | None = None,
     progress: ProgressHook | None = None,
     *,
-    tracking: Tracking | None = None,
-    splits_dir: str | None = None,
+    tracking: Tracking,
+    splits_dir: str,
 ) -> TrainingOutcome:
     """The task's body as a plain function (used by the benchmark and tests)."""
     return train_frame(
@@ -78,13 +77,12 @@ def train_frame(
     progress: ProgressHook | None = None,
     validated_path: str = "",
     *,
-    tracking: Tracking | None = None,
-    splits_dir: str | None = None,
+    tracking: Tracking,
+    splits_dir: str,
 ) -> TrainingOutcome:
-    """Train the pipeline's candidates on a validated frame (also what `train-flow` runs for the pipeline).
+    """Train the pipeline's candidates on a validated frame (also what `train-candidates` runs).
 
-    Logs to ``tracking``'s server in ``experiment``; the held-out test rows go under ``splits_dir``. Both
-    fall back to the settings for callers that do not pass them yet.
+    Logs to ``tracking``'s server in ``experiment``; the held-out test rows go under ``splits_dir``.
     """
     from aicml.models.trainers import LightningTabularTrainer, SklearnTrainer, Trainer
     from aicml.models.training import train_candidates
@@ -92,8 +90,8 @@ def train_frame(
     trainers: list[Trainer] = [LightningTabularTrainer(options)]
     if options.baseline:
         trainers.append(SklearnTrainer())
-    tracking = tracking_or_settings(tracking, experiment)
-    splits = Path(splits_dir) if splits_dir else data_dir("splits")
+    tracking = tracking.in_experiment(experiment)
+    splits = Path(splits_dir)
     try:
         # MLflow's client rides out a short outage (aicml/retry.py); a longer one ends the run with an
         # error that names the server and says to resume.
@@ -148,7 +146,7 @@ def train_models(
         if artifact_id is not None and throttle.ready(final=done >= 100.0):
             update_progress_artifact(artifact_id, progress=min(done, 100.0))
 
-    tracking = tracking_or_settings(tracking, experiment)
+    tracking = tracking.in_experiment(experiment)
     outcome = train(
         gate, target, problem, options, seed, experiment, parent_run_id, progress,
         tracking=tracking, splits_dir=splits_dir,
@@ -197,7 +195,7 @@ def train_validated(job: CandidatesJob, *, tracking: Tracking, splits_dir: str) 
 
     # Confined to the data roots in deployment runs, like every file source of a parameter.
     frame = read_source(parse_source(job.source, roots=source_roots()))
-    tracking = tracking_or_settings(tracking, job.experiment)
+    tracking = tracking.in_experiment(job.experiment)
     outcome = train_frame(
         frame, job.target, job.problem, job.trainer, job.seed, tracking.experiment, job.parent_run_id,
         validated_path=job.source, tracking=tracking, splits_dir=splits_dir,

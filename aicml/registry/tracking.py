@@ -39,6 +39,12 @@ class Tracking(BaseModel):
         mlflow.set_registry_uri(self.uri)
         return self
 
+    def in_experiment(self, experiment: str | None) -> Tracking:
+        """The same server, logging to ``experiment`` (this one's own when None)."""
+        if experiment is None or experiment == self.experiment:
+            return self
+        return self.model_copy(update={"experiment": experiment})
+
     def experiment_id(self) -> str:
         """Activate this server and make the experiment current; its id."""
         import mlflow
@@ -46,7 +52,3 @@ class Tracking(BaseModel):
         self.activate()
         return str(mlflow.set_experiment(self.experiment).experiment_id)
 
-
-def use_tracking(tracking_uri: str, experiment: str) -> str:
-    """Set the tracking URI and experiment for this process; return the experiment id."""
-    return Tracking(uri=tracking_uri, experiment=experiment).experiment_id()

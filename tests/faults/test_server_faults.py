@@ -154,8 +154,9 @@ def test_retry_settings_are_bounded_and_the_same_locally_and_on_kubernetes(tmp_p
 def test_mlflow_killed_while_training_logs_and_back_in_5s_the_run_completes(
     tracking: LocalStack, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from testdata import regression_csv
+    from tests.testdata import regression_csv
 
+    from aicml.registry.tracking import Tracking
     from tasks.train import train_frame
 
     frame = pd.read_csv(regression_csv(tmp_path / "d.csv", rows=300))
@@ -170,7 +171,11 @@ def test_mlflow_killed_while_training_logs_and_back_in_5s_the_run_completes(
 
     experiment = f"faults-{uuid.uuid4().hex[:6]}"
     started = time.monotonic()
-    outcome = train_frame(frame, "y", None, options, seed=3, experiment=experiment, progress=progress)
+    outcome = train_frame(
+        frame, "y", None, options, seed=3, experiment=experiment, progress=progress,
+        tracking=Tracking(uri=tracking.settings.local_tracking_uri, experiment=experiment),
+        splits_dir=str(tmp_path / "splits"),
+    )  # fmt: skip
     down = outage.wait()
     assert down >= RESTART_AFTER_S and outage.killed_at is not None
     assert outage.back_at is not None and time.monotonic() - started < 90
