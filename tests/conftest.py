@@ -6,7 +6,6 @@ import atexit
 import contextlib
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,13 +21,16 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 
 import pytest  # noqa: E402
 
-# Test modules not yet moved to package imports (``from tests.services import ...``) still import their
-# helpers as top-level modules (``from services import ...``): keep tests/ importable that way meanwhile.
-sys.path.insert(0, str(Path(__file__).parent))
-
 from tests.services import Postgres, free_port, postgres_server  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Install the patches of a process that runs flows: the tests run flows in-process."""
+    from aicml.compat import install
+
+    install()
 
 
 @pytest.fixture(scope="session")

@@ -210,13 +210,13 @@ def test_disk_full_while_mlflow_stores_a_model(
     (``register_challenger``). The disk is left 256 KiB: the run's features.json and plot fit, the model
     file (about 1 MiB) does not, so the server's write fails partway (ENOSPC) while MLflow uploads it."""
     from mlflow.entities import LoggedModelStatus
-    from testdata import regression_csv
 
     from aicml.models.trainers import SklearnTrainer
     from aicml.models.training import TrainingOutcome, train_candidates
     from aicml.registry.checksums import CHECKSUM_TAG, artifact_digest, fetch_verified
     from aicml.registry.promotion import COMPLETE, REGISTRATION_TAG, register_challenger
     from aicml.retry import reporting_unreachable
+    from tests.testdata import regression_csv
 
     uri = artifacts_on_small_disk.settings.local_tracking_uri
     frame = pd.read_csv(regression_csv(tmp_path / "rows.csv", rows=500))

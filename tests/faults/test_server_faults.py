@@ -154,10 +154,9 @@ def test_retry_settings_are_bounded_and_the_same_locally_and_on_kubernetes(tmp_p
 def test_mlflow_killed_while_training_logs_and_back_in_5s_the_run_completes(
     tracking: LocalStack, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from tests.testdata import regression_csv
-
     from aicml.registry.tracking import Tracking
     from tasks.train import train_frame
+    from tests.testdata import regression_csv
 
     frame = pd.read_csv(regression_csv(tmp_path / "d.csv", rows=300))
     options = TrainerOptions(max_epochs=4, progress_bar=False, hidden=[8], baseline=False)

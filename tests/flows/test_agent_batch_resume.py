@@ -7,7 +7,6 @@ from pathlib import Path
 from uuid import UUID
 
 from prefect.deployments import run_deployment
-from runs import task_run_states
 
 from aicml.agents.demo import TICKETS, demo_agents, demo_coordinations
 from aicml.agents.service import AgentService
@@ -15,6 +14,7 @@ from aicml.agents.spec import LifecycleState
 from aicml.stack.deploy import register_deployments
 from aicml.stack.resume import resume_flow_run
 from tasks.policies import FAULT_VARIABLE
+from tests.runs import task_run_states
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from services import free_port
-from serving_support import register_sklearn, training_frame
 
 from flows.deployment import DeployParams, deploy_model_flow
+from tests.services import free_port
+from tests.serving_support import register_sklearn, training_frame
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -16,10 +16,10 @@ import yaml
 from mlflow import MlflowClient
 from prefect import Flow
 from pydantic import BaseModel
-from testdata import regression_csv
 
 from aicml.stack.deploy import deployment_names, register_deployments
 from deployments.presets import deployment_params, presets
+from tests.testdata import regression_csv
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = yaml.safe_load((REPO / "prefect.yaml").read_text())

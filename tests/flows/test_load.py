@@ -20,9 +20,9 @@ from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterTags,
 )
-from testdata import regression_csv
 
 from aicml.stack.deploy import register_deployments
+from tests.testdata import regression_csv
 
 REPO = Path(__file__).resolve().parents[2]
 RUNS = 20

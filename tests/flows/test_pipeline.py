@@ -10,12 +10,12 @@ import pytest
 from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.sorting import ArtifactSort
-from testdata import housing_csv, regression_csv
 
 from aicml.data.demo import write_demo_data
 from aicml.errors import DataQualityError
 from aicml.models.options import TrainerOptions
 from flows.pipeline import PipelineParams, ml_pipeline
+from tests.testdata import housing_csv, regression_csv
 
 FAST = TrainerOptions(max_epochs=2, progress_bar=False, hidden=[32])
 

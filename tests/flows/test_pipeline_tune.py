@@ -8,12 +8,12 @@ from pathlib import Path
 import optuna
 from mlflow import MlflowClient
 from optuna.trial import TrialState
-from testdata import regression_csv
 
 from aicml.models.options import TrainerOptions
 from aicml.tuning.study import open_storage
 from flows.pipeline import PipelineParams, ml_pipeline
 from flows.tuning import SearchOptions
+from tests.testdata import regression_csv
 
 # Base options the search must override: three tiny layers, one epoch, a learning rate out of the space.
 BASE = TrainerOptions(max_epochs=1, hidden=[4, 4, 4], learning_rate=0.5, batch_size=64, baseline=False,

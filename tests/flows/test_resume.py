@@ -8,12 +8,12 @@ from uuid import UUID
 
 from mlflow import MlflowClient
 from prefect.deployments import run_deployment
-from runs import task_run_states
-from testdata import regression_csv
 
 from aicml.stack.deploy import register_deployments
 from aicml.stack.resume import resume_flow_run
 from tasks.policies import FAULT_VARIABLE
+from tests.runs import task_run_states
+from tests.testdata import regression_csv
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
-from testdata import regression_csv
 
 import tasks.registry
 import tasks.serve
 from aicml.errors import RegistryError
 from aicml.models.options import TrainerOptions
 from flows.pipeline import PipelineParams, ml_pipeline
+from tests.testdata import regression_csv
 
 FAST = TrainerOptions(max_epochs=2, progress_bar=False, hidden=[16], baseline=False)
 

@@ -17,10 +17,10 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
-from testdata import regression_csv
 
 from aicml.tuning.study import open_storage
 from flows.tuning import TuneParams, tune_flow
+from tests.testdata import regression_csv
 
 REPO = Path(__file__).resolve().parents[2]
 TOYS = REPO / "tests" / "aicml" / "tuning"

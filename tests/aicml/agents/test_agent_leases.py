@@ -7,7 +7,6 @@ import threading
 import time
 
 import pytest
-import testagents
 
 from aicml.agents.errors import AgentConfigurationError, LeaseTimeout
 from aicml.agents.leases import LeaseManager
@@ -16,6 +15,7 @@ from aicml.agents.schema import ResourceRow
 from aicml.agents.service import AgentService
 from aicml.agents.spec import AgentSpec, LifecycleState
 from aicml.agents.store import AgentStore
+from tests import testagents
 
 
 def hammer(manager: LeaseManager, resource: str, clients: int, seconds: float, hold_s: float):

@@ -202,7 +202,7 @@ def s3() -> Iterator[dict[str, Any]]:
     from moto.server import ThreadedMotoServer
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from services import free_port
+    from tests.services import free_port
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from testdata import housing_csv
 
 from aicml.errors import SchemaError
 from aicml.models.features import LabelCodec, TabularPreprocessor, infer_problem
+from tests.testdata import housing_csv
 
 
 def test_problem_inference() -> None:

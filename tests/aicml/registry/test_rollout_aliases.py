@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from serving_support import register_sklearn, training_frame
 
 from aicml.errors import RegistryError
 from aicml.registry.checksums import (
@@ -20,6 +19,7 @@ from aicml.registry.checksums import (
     pickled_files,
 )
 from aicml.rollout.audit import read_audit
+from tests.serving_support import register_sklearn, training_frame
 
 
 @pytest.fixture

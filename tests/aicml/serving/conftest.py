@@ -6,7 +6,8 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from serving_support import (
+
+from tests.serving_support import (
     Registered,
     RunningServer,
     register_sklearn,

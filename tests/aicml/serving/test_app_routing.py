@@ -10,7 +10,6 @@ import mlflow.pyfunc
 import mlflow.sklearn
 import pytest
 from mlflow.models import infer_signature
-from serving_support import training_frame
 from sklearn.linear_model import LogisticRegression
 
 from aicml.auth import BearerAuth
@@ -18,6 +17,7 @@ from aicml.registry.checksums import ModelRef
 from aicml.rollout.canary import RolloutPlan, TrafficRouter
 from aicml.serving.app import ModelServer
 from aicml.serving.runtime import ModelHost, ServedModel
+from tests.serving_support import training_frame
 
 
 def local_host(tmp: Path, name: str, version: str, flip: bool) -> ModelHost:

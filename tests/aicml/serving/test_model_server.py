@@ -8,7 +8,8 @@ import time
 import httpx
 import orjson
 import pytest
-from serving_support import Registered, RunningServer
+
+from tests.serving_support import Registered, RunningServer
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serving_support import Registered, RunningServer
+
+from tests.serving_support import Registered, RunningServer
 
 pytestmark = pytest.mark.timeout(400)
 

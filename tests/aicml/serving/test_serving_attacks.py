@@ -38,7 +38,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serving_support import Registered, RunningServer, start_server, stop_server
+
+from tests.serving_support import Registered, RunningServer, start_server, stop_server
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from serving_support import start_server, stop_server
 
 from aicml.models.digits import load_digits_split
 from aicml.models.jobs import TrainingJobSpec, run_training_job
 from aicml.models.options import TrainerOptions
 from aicml.registry.promotion import register_challenger
+from tests.serving_support import start_server, stop_server
 
 FRAMEWORKS = [
     "lightning",

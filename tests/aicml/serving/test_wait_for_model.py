@@ -11,10 +11,10 @@ import uuid
 from pathlib import Path
 
 import httpx
-from services import free_port
-from serving_support import register_sklearn, training_frame
 
 from aicml.stack.processes import wait_until
+from tests.services import free_port
+from tests.serving_support import register_sklearn, training_frame
 
 
 def test_the_server_waits_for_the_alias_then_serves(stack: object, tmp_path: Path) -> None:

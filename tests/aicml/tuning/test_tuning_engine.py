@@ -8,12 +8,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from optuna.trial import TrialState
-from testdata import regression_csv
 from tuning_helpers import run_inline
 
 from aicml.tuning.errors import TuningError
 from aicml.tuning.objectives import DataRef
 from aicml.tuning.space import Budget, CategoricalParam, FloatParam, IntParam, PruningOptions
+from tests.testdata import regression_csv
 
 X = {"x": FloatParam(low=-4.0, high=6.0)}
 
