@@ -3,11 +3,17 @@ or a SQLite file; the agent service as a real process (tests/agent_service.py)."
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+# Python agents are loaded by top-level module name (``testagents:fn``, the allowlist names ``testagents``),
+# in this process as in the agent service (tests/agent_service.py sets its PYTHONPATH the same way); a test
+# that reads the agents' state must import that same module: ``import testagents``, not ``tests.testagents``.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.agent_service import running_agent_service
 

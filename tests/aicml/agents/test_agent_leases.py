@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+import testagents
 
 from aicml.agents.errors import AgentConfigurationError, LeaseTimeout
 from aicml.agents.leases import LeaseManager
@@ -15,7 +16,6 @@ from aicml.agents.schema import ResourceRow
 from aicml.agents.service import AgentService
 from aicml.agents.spec import AgentSpec, LifecycleState
 from aicml.agents.store import AgentStore
-from tests import testagents
 
 
 def hammer(manager: LeaseManager, resource: str, clients: int, seconds: float, hold_s: float):
@@ -79,7 +79,8 @@ def test_timeouts_budgets_and_bad_requests(agent_db_url: str) -> None:
         started = time.monotonic()
         with pytest.raises(LeaseTimeout, match="slot"):
             manager.acquire("slot", "b", wait_s=0.2)
-        assert time.monotonic() - started < 2
+        waited = time.monotonic() - started
+        assert 0.2 <= waited < 30, waited  # it waited out its wait_s, and then gave up (it did not hang)
         manager.release([held])
         manager.release([manager.acquire("slot", "b", wait_s=1)])  # the queue was left clean
         with pytest.raises(AgentConfigurationError, match="not declared"):

@@ -94,7 +94,12 @@ def test_fanout_merge_runs_branches_concurrently() -> None:
     reply = run(router, FanOut(branches=[Step(agent=s.name, output_key=s.name) for s in slow]), {})
     assert reply.outcome == Outcome.SUCCESS
     assert set(reply.payload) == {"slow0", "slow1", "slow2"}
-    assert reply.duration_ms < 800  # three 0.3 s calls at once, not one after another
+    # Three 0.3 s calls at once, not one after another: each branch started before any of them ended, and
+    # the whole took less than the calls one after another would.
+    calls = reply.calls
+    assert sorted(c.agent for c in calls) == ["slow0", "slow1", "slow2"]
+    assert max(c.started_ms for c in calls) < min(c.started_ms + c.duration_ms for c in calls)
+    assert reply.duration_ms < sum(c.duration_ms for c in calls)
 
 
 def test_supervisor_routes_by_classified_skill_and_by_header() -> None:
@@ -139,10 +144,13 @@ def test_timeout_then_retry_and_deadline() -> None:
     assert reply.outcome == Outcome.SUCCESS and reply.payload["attempt"] == 3
     assert reply.calls[0].attempts == 3
     # The message's deadline wins over the agent's own timeout.
-    patient = py("patient", "testagents:slow", config={"delay": 0.5}, policy={"timeout_s": 5})
+    patient = py("patient", "testagents:slow", config={"delay": 5}, policy={"timeout_s": 30})
     reply = run(Router(StaticCatalog([patient])), Pipeline(steps=[Step(agent="patient")]), {}, timeout_ms=100)
     assert reply.outcome == Outcome.TIMEOUT
-    assert reply.duration_ms < 400
+    # The call was cut at the deadline, not left to run out its 5 s.
+    [call] = reply.calls
+    assert not call.ok and "Deadline passed" in (call.error or "")
+    assert call.duration_ms < 5000 and reply.duration_ms < 5000
 
 
 def test_optional_pipeline_step_gives_partial() -> None:

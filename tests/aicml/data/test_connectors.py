@@ -72,8 +72,6 @@ def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield f"sqlite:///{tmp_path / 'src.db'}"
         return
     postgres = request.getfixturevalue("postgres")
-    if postgres is None:
-        pytest.skip("no PostgreSQL here")
     name = postgres.create_database("aic_src")
     try:
         yield postgres.url(name)
@@ -197,11 +195,8 @@ def test_http_json_pagination_and_exactly_once(api: str, tmp_path: Path) -> None
 
 @pytest.fixture
 def s3() -> Iterator[dict[str, Any]]:
-    import sys
-
     from moto.server import ThreadedMotoServer
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from tests.services import free_port
 
     port = free_port()

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +50,6 @@ def job_for(src: Path, sink: ParquetSink | SqlSink, work: Path, incremental: boo
 CHILD = textwrap.dedent(
     """
     import sys, time
-    sys.path.insert(0, {repo!r})
     from pathlib import Path
     from aicml.data.connectors import FileConnector
     from aicml.data.integration import IngestJob, run_ingest
@@ -81,7 +79,7 @@ CHILD = textwrap.dedent(
 def kill_mid_write(kind: str, src: Path, work: Path, target: str) -> None:
     """Run the load in a child process and SIGKILL it once it is inside the write."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD.format(repo=str(REPO)), kind, str(src), str(work), target],
+        [sys.executable, "-c", CHILD, kind, str(src), str(work), target],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -127,17 +125,6 @@ def test_parquet_rerun_adds_nothing_and_sigkill_mid_write_loses_nothing(tmp_path
     third = run_ingest(job_for(src, sink, work))
     assert third.committed_rows == 0 and third.partitions == 0
     assert len(sink.read()) == 1000 + BIG
-
-
-@pytest.fixture
-def pg_url(postgres: object) -> Iterator[str]:
-    if postgres is None:
-        pytest.skip("no PostgreSQL here")
-    name = postgres.create_database("aic_ingest")  # type: ignore[attr-defined]
-    try:
-        yield postgres.url(name)  # type: ignore[attr-defined]
-    finally:
-        postgres.drop_database(name)  # type: ignore[attr-defined]
 
 
 def test_postgres_copy_upsert_is_one_transaction_per_batch(tmp_path: Path, pg_url: str) -> None:

@@ -11,7 +11,6 @@ from collections import Counter
 from pathlib import Path
 
 import optuna
-import pytest
 from optuna.trial import TrialState
 
 from aicml.tuning.engine import SURPLUS_ATTR
@@ -24,8 +23,6 @@ N_TRIALS = 40
 
 
 def test_four_processes_finish_exactly_the_budget_on_postgres(postgres, tmp_path: Path) -> None:
-    if postgres is None:
-        pytest.skip("no PostgreSQL server or binaries on this machine")
     database = postgres.create_database("aic_tuning")
     url = postgres.url(database)
     study_name = f"race-{uuid.uuid4().hex[:6]}"
