@@ -32,6 +32,7 @@ SERVER_ERRORS = re.compile(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # it waits up to 1500 s for the runs: above the suite's global timeout
 def test_twenty_runs_at_once_all_complete_exactly_once(stack, tmp_path: Path) -> None:
     register_deployments(stack, REPO, "local")
     csv = regression_csv(tmp_path / "load.csv", rows=300)

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ValidationError
 
+from aicml.models.contract import CandidatesJob
 from flows.ingestion import IngestParams
 from flows.pipeline import PipelineParams
 from flows.training import TrainParams
@@ -23,6 +24,7 @@ CASES: list[tuple[type[BaseModel], dict[str, Any], str]] = [
     (PipelineParams, {"target": "churn", "model_name": "churn"}, "source"),
     (TrainParams, {"family": "tabular", "target": "churn"}, "source"),
     (TuneParams, {"target": "churn", "model_name": "churn"}, "source"),
+    (CandidatesJob, {"target": "churn"}, "source"),
 ]
 
 

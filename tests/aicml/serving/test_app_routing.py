@@ -112,7 +112,11 @@ def test_shadow_never_changes_the_answer_and_counts_disagreements(
             (await client.post("/invocations", json={"dataframe_records": rows[:5]})).json()["predictions"]
             for _ in range(60)
         ]
-        await asyncio.sleep(0.2)  # let mirrored requests finish
+        # Let the mirrored requests finish: none left in flight (a deadline, not a fixed sleep).
+        deadline = asyncio.get_running_loop().time() + 30
+        while server._shadow_tasks:
+            assert asyncio.get_running_loop().time() < deadline, "mirrored requests still running after 30 s"
+            await asyncio.sleep(0.01)
         return answers, (await client.get("/router")).json()
 
     answers, status = run(server, scenario)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import httpx
 import orjson
 import pytest
 
+from tests.services import wait_for
 from tests.serving_support import Registered, RunningServer
 
 pytestmark = pytest.mark.timeout(300)
@@ -233,12 +233,13 @@ def test_alias_move_is_followed_without_failed_requests(
     worker = threading.Thread(target=traffic)
     worker.start()
     try:
-        time.sleep(0.5)
+        wait_for(
+            lambda: failures or tuple(registered.expected_v1) in seen, 60, "v1 answering before the swap"
+        )
         MlflowClient().set_registered_model_alias(registered.name, "champion", registered.v2)
-        deadline = time.monotonic() + 60
-        while tuple(registered.expected_v2) not in seen and time.monotonic() < deadline:
-            time.sleep(0.2)
-        time.sleep(0.3)
+        wait_for(lambda: failures or tuple(registered.expected_v2) in seen, 60, "v2 answering after the swap")
+        answered = len(statuses)
+        wait_for(lambda: failures or len(statuses) >= answered + 10, 60, "ten more answers after the swap")
     finally:
         stop.set()
         worker.join()
