@@ -1,4 +1,4 @@
-"""The pipeline's train stage run as a deployment of `train-flow` (the per-stage infrastructure path),
+"""The pipeline's train stage run as a deployment of `train-candidates` (the per-stage infrastructure path),
 through the real Prefect server and process worker; and the retry rule of training jobs."""
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def test_training_runs_as_a_deployment_and_returns_the_candidates(stack: object,
     from aicml.stack.deploy import register_deployments
 
     settings = stack.settings  # type: ignore[attr-defined]
-    assert "train-flow/local" in register_deployments(stack, REPO, pool="local")  # type: ignore[arg-type]
+    assert "train-candidates/local" in register_deployments(stack, REPO, pool="local")  # type: ignore[arg-type]
     rng = np.random.default_rng(1)
     frame = pd.DataFrame({"x": rng.normal(size=240), "z": rng.normal(size=240)})
     frame["y"] = np.where(frame["x"] - frame["z"] > 0, "up", "down")
@@ -53,7 +53,7 @@ def test_training_runs_as_a_deployment_and_returns_the_candidates(stack: object,
     def pipeline() -> object:
         options = TrainerOptions(max_epochs=2, accelerator="cpu", progress_bar=False)
         return train_on_deployment(
-            gate, "y", None, options, 7, "test-train-on-deployment", parent, "train-flow/local", 600
+            gate, "y", None, options, 7, "test-train-on-deployment", parent, "train-candidates/local", 600
         )
 
     outcome = pipeline()
