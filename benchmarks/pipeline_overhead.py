@@ -56,13 +56,14 @@ def main() -> None:
 def run(stack, home: Path, args: argparse.Namespace) -> None:  # type: ignore[no-untyped-def]
 
     from aicml.data.demo import write_demo_data
+    from aicml.data.gate import load_validated
     from aicml.models.options import TrainerOptions
     from aicml.registry.tracking import Tracking
     from flows.pipeline import PipelineParams, ml_pipeline
     from tasks.ingest import ingest
     from tasks.registry import promote, register
     from tasks.serve import smoke
-    from tasks.train import train
+    from tasks.train import train_frame
     from tasks.validate import validate
 
     files = write_demo_data(home / "demo", rows=args.rows)
@@ -79,17 +80,10 @@ def run(stack, home: Path, args: argparse.Namespace) -> None:  # type: ignore[no
         snapshot = ingest(params.source, None, "bench")
         gate = validate(snapshot, "churn", "bench", None, 0.1)
         splits = str(stack.settings.root / "splits")
-        outcome = train(
-            gate,
-            "churn",
-            None,
-            options,
-            params.seed,
-            experiment,
-            parent,
-            tracking=tracking,
-            splits_dir=splits,
-        )
+        outcome = train_frame(
+            load_validated(gate), "churn", None, options, params.seed, experiment, parent,
+            validated_path=gate.path, tracking=tracking, splits_dir=splits,
+        )  # fmt: skip
         version = register(outcome, "bench", snapshot.fingerprint, tracking=tracking)
         promote(version, outcome, "churn", params.promotion_margin, tracking=tracking)
         smoke("bench", outcome.test_path, "churn", params.smoke_rows, tracking=tracking)

@@ -46,26 +46,6 @@ class Throttle:
         return False
 
 
-def train(
-    gate: GateResult,
-    target: str,
-    problem: Problem | None,
-    options: TrainerOptions,
-    seed: int,
-    experiment: str,
-    parent_run_id: str | None = None,
-    progress: ProgressHook | None = None,
-    *,
-    tracking: Tracking,
-    splits_dir: str,
-) -> TrainingOutcome:
-    """The task's body as a plain function (used by the benchmark and tests)."""
-    return train_frame(
-        load_validated(gate), target, problem, options, seed, experiment, parent_run_id, progress, gate.path,
-        tracking=tracking, splits_dir=splits_dir,
-    )  # fmt: skip
-
-
 def train_frame(
     frame: pd.DataFrame,
     target: str,
@@ -80,7 +60,8 @@ def train_frame(
     tracking: Tracking,
     splits_dir: str,
 ) -> TrainingOutcome:
-    """Train the pipeline's candidates on a validated frame (also what `train-candidates` runs).
+    """Train the pipeline's candidates on a validated frame: the one entry behind the `train` task, the
+    `train-candidates` flow and the benchmark's plain path.
 
     Logs to ``tracking``'s server in ``experiment``; the held-out test rows go under ``splits_dir``.
     """
@@ -147,8 +128,8 @@ def train_models(
             update_progress_artifact(artifact_id, progress=min(done, 100.0))
 
     tracking = tracking.in_experiment(experiment)
-    outcome = train(
-        gate, target, problem, options, seed, experiment, parent_run_id, progress,
+    outcome = train_frame(
+        load_validated(gate), target, problem, options, seed, experiment, parent_run_id, progress, gate.path,
         tracking=tracking, splits_dir=splits_dir,
     )  # fmt: skip
     if artifact_id is not None:

@@ -229,7 +229,6 @@ def train_best_task(
 
     The test split is kept under ``splits_dir``.
     """
-    import mlflow
     import pandas as pd
 
     from aicml.models.features import infer_problem
@@ -252,18 +251,18 @@ def train_best_task(
         )
     if ref.tracking is None:
         raise ValueError(f"Study {ref.study_name!r} is not tracked in MLflow: no run to train under")
-    ref.tracking.activate()  # the fluent run below (and train_candidates' logging) use this server
-    Path(splits_dir).mkdir(parents=True, exist_ok=True)
-    with mlflow.start_run(run_id=ref.parent_run_id):
-        outcome = train_candidates(
-            frame,
-            target,
-            resolved,  # type: ignore[arg-type]
-            [trainer],
-            seed,
-            Path(splits_dir),
-            tags={"aicml.study": ref.study_name, "aicml.best_trial": str(report.best_number)},
-        )
+    # The same candidates code as the pipeline's, nested under the study's parent run on its server.
+    outcome = train_candidates(
+        frame,
+        target,
+        resolved,  # type: ignore[arg-type]
+        [trainer],
+        seed,
+        Path(splits_dir),
+        tags={"aicml.study": ref.study_name, "aicml.best_trial": str(report.best_number)},
+        tracking=ref.tracking,
+        parent_run_id=ref.parent_run_id,
+    )
     get_run_logger().info(
         "Final %s model: test %s=%.4f",
         model,
