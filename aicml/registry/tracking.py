@@ -51,4 +51,3 @@ class Tracking(BaseModel):
 
         self.activate()
         return str(mlflow.set_experiment(self.experiment).experiment_id)
-
