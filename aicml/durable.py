@@ -8,8 +8,10 @@ record that points at it is written.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -68,6 +70,24 @@ def publish_once(tmp: str | os.PathLike[str], final: str | os.PathLike[str]) -> 
         tmp_path.unlink(missing_ok=True)
     fsync_dir(final_path.parent)
     return True
+
+
+@contextlib.contextmanager
+def publishing(target: Path) -> Iterator[str]:
+    """A temporary sibling of ``target`` for the block to write; when the block returns it is made
+    durable and renamed to ``target`` (``publish``), when it raises it is removed.
+
+    The one way to publish a file written by a library that wants a path (pyarrow,
+    pandas): ``target`` is whole or absent, and durable before the caller returns a reference to it.
+    """
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=target.suffix)
+    os.close(fd)
+    try:
+        yield tmp
+        publish(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _sibling_tmp(final: Path) -> Path:

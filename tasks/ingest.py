@@ -9,10 +9,11 @@ from prefect.cache_policies import NO_CACHE
 
 from aicml.data.integration import IngestJob, IngestReport, run_ingest
 from aicml.data.snapshots import Snapshot, dataset_name, write_snapshot
-from aicml.data.sources import parse_source, read_source, redact
+from aicml.data.sources import parse_source, read_source
 from aicml.data.state import IngestState
 from aicml.errors import DataQualityError
 from aicml.observability.metrics import DATA_INTEGRATION_RECORDS
+from aicml.redaction import redact
 from blocks.settings import AicSettings
 from tasks.context import data_dir, settings
 from tasks.policies import retry_unless_aic_error

@@ -23,9 +23,9 @@ from aicml.data.quality import (
     save_suite,
     split_missing_labels,
 )
-from aicml.data.sinks import publishing
 from aicml.data.snapshots import Snapshot, load_snapshot
 from aicml.data.validation import validate_batch
+from aicml.durable import publishing
 from aicml.errors import ConfigurationError, DataQualityError, SchemaError
 from aicml.names import check_name
 

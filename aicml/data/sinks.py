@@ -21,11 +21,9 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -33,7 +31,7 @@ from typing import Any, Protocol, runtime_checkable
 import pandas as pd
 
 from aicml.data.safety import check_identifier, check_table_name
-from aicml.durable import fsync_dir, fsync_file, publish, write_durably
+from aicml.durable import fsync_dir, fsync_file, publishing, write_durably
 from aicml.errors import ConfigurationError, SourceError
 from aicml.retry import is_unreachable, retry_idempotent
 
@@ -101,24 +99,6 @@ def write_parquet_atomic(
     except OSError as exc:
         raise write_failed(exc, target) from exc
     return target
-
-
-@contextmanager
-def publishing(target: Path) -> Iterator[str]:
-    """A temporary sibling of ``target`` for the block to write; when the block returns it is made
-    durable and renamed to ``target`` (``aicml.durable.publish``), when it raises it is removed.
-
-    The one way this package publishes a file written by a library that wants a path (pyarrow,
-    pandas): ``target`` is whole or absent, and durable before the caller returns a reference to it.
-    """
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=target.suffix)
-    os.close(fd)
-    try:
-        yield tmp
-        publish(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def write_failed(exc: OSError, path: Path) -> SourceError:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from aicml.data.sinks import publishing
+from aicml.durable import publishing
 
 _NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 
