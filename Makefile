@@ -42,11 +42,14 @@ $(NCA_STAMP): tools-nca-requirements.txt
 
 tools: $(TOOLS_STAMP) $(NCA_STAMP) ## Install checkov (.tools/) and the NetworkPolicy analyser nca (.tools/nca): their pins clash with torch's and each other's
 
-system-deps: ## Debian packages the tests use (promtool/prometheus, pg_dump); installs only what is missing
+system-deps: ## Debian packages the tests use (promtool/prometheus, pg_dump, chromium); installs only what is missing
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
 	@command -v pg_dump >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-client >/dev/null; }
+	@# headless Chromium: the tests open the HTML pages (Data Docs, plots, the local metrics page) in a real browser
+	@command -v chromium >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 demo: $(STAMP) ## Start the local stack, run the pipeline as a deployment, show the quality gate and a prediction
 	$(BIN)/aicml demo
