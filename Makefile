@@ -4,6 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+CORE_STAMP := $(VENV)/.installed-core
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
@@ -14,21 +15,29 @@ NCA := $(TOOLS)/nca
 NCA_STAMP := $(NCA)/.installed
 export AIC_NCA := $(CURDIR)/$(NCA)/bin/nca
 
-.PHONY: help venv tools system-deps demo test test-fast lint fmt up down status bench clean audit \
+.PHONY: help core venv tools system-deps demo test test-fast lint fmt up down status bench clean audit \
 	rehearsal-deps k8s-images k8s-rehearsal k8s-smoke
 
 help: ## List every target
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml constraints.txt
+# Two installs from the same pins: the core (what `make demo`, `up` and `run` need) and, on top of it, everything the
+# tests need (the dev, k8s, s3, embeddings and tensorflow extras).
+$(CORE_STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, alone, so pip takes the CPU build pinned in constraints.txt
 	$(BIN)/pip install -q -c constraints.txt torch
+	$(BIN)/pip install -q -c constraints.txt -e .
+	@touch $(CORE_STAMP)
+
+$(STAMP): $(CORE_STAMP)
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev,tensorflow]'
 	@touch $(STAMP)
 
-venv: $(STAMP) ## Create .venv and install aic-ml with its dev extra from the pinned constraints
+core: $(CORE_STAMP) ## Create .venv with aic-ml alone (what the demo uses), from the pinned constraints
+
+venv: $(STAMP) ## Create .venv with aic-ml and everything the tests use (dev, k8s, s3, embeddings, tensorflow)
 
 $(TOOLS_STAMP): tools-requirements.txt
 	@test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
@@ -51,16 +60,16 @@ system-deps: ## Debian packages the tests use (promtool/prometheus, pg_dump, chr
 	@command -v chromium >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-demo: $(STAMP) ## Start the local stack, run the pipeline as a deployment, show the quality gate and a prediction
+demo: $(CORE_STAMP) ## Start the local stack, run the pipeline as a deployment, show the quality gate and a prediction
 	$(BIN)/aicml demo
 
-up: $(STAMP) ## Start the local stack (Prefect server, MLflow server, worker, metrics exporter)
+up: $(CORE_STAMP) ## Start the local stack (Prefect server, MLflow server, worker, metrics exporter)
 	$(BIN)/aicml up
 
-down: $(STAMP) ## Stop what `make up` started
+down: $(CORE_STAMP) ## Stop what `make up` started
 	$(BIN)/aicml down
 
-status: $(STAMP) ## Show what runs, where, and the UI addresses
+status: $(CORE_STAMP) ## Show what runs, where, and the UI addresses
 	$(BIN)/aicml status
 
 lint: $(STAMP) ## ruff, mypy and the import-linter contracts (layers, library allowlists)
@@ -104,7 +113,7 @@ clean: ## Remove the venv and the local stack's state
 # --- Kubernetes: the podman rehearsal (this machine, no API server) and the kind smoke test (clusters) ---
 CONTAINERS_CONF ?= /etc/containers/containers.conf
 KIND_CLUSTER ?= aic-ml-smoke
-K8S_IMAGE ?= ghcr.io/aic/aic-ml:0.1.0
+K8S_IMAGE ?= ghcr.io/aic/aic-ml:$(shell sed -n 's/^__version__ = "\(.*\)".*/\1/p' aicml/__init__.py)
 
 rehearsal-deps: ## Install podman, runc and debootstrap; containers.conf with runc and explicit ulimits
 	@command -v podman >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null || \

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from aicml import IMAGE
 from aicml.errors import ConfigurationError, SourceError
 
 T = TypeVar("T")
@@ -38,7 +39,7 @@ class ClusterOptions:
     dashboard: bool = False
     memory_limit: str = "auto"
     # The platform's image: workers unpickle and run aicml's partition code, so they must import aicml.
-    image: str = "ghcr.io/aic/aic-ml:0.1.0"
+    image: str = IMAGE
     namespace: str = "aic-ai-ml"
     cluster_name: str = "aic-ingest"
     worker_cpu: str = "1"

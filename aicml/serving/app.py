@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from aicml import __version__
 from aicml.auth import BearerAuth
 from aicml.observability.metrics import exposition
 from aicml.rollout.canary import Arm, TrafficRouter
@@ -247,7 +248,7 @@ class ModelServer:
         if path in ("/openapi.json", "/v2/openapi.json"):
             return 200, self._openapi_bytes(), None
         if path == "/v2":
-            return 200, orjson.dumps({"name": "aicml", "version": "0.1.0", "extensions": []}), None
+            return 200, orjson.dumps({"name": "aicml", "version": __version__, "extensions": []}), None
         if path == "/router":
             if not self.auth.allows(self._header(scope, b"authorization")):
                 return 401, _UNAUTHORIZED, [*_JSON, (b"www-authenticate", b"Bearer")]

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from aicml import IMAGE
 from aicml.errors import ConfigurationError
 from aicml.names import slug
 
@@ -67,7 +68,7 @@ class KubeServingSpec:
 
     model_name: str
     namespace: str = "aic-ai-ml"
-    image: str = "ghcr.io/aic/aic-ml:0.1.0"
+    image: str = IMAGE
     tracking_uri: str = "http://mlflow-service.aic-ai-ml.svc.cluster.local:5000"
     token_secret: str = "model-serving-token"
     # The rollout controller's token (only with a challenger): predict clients cannot freeze a rollout.
