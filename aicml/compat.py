@@ -4,14 +4,21 @@ A patch here replaces or wraps something its library does not promise to keep. E
 
 - names the distribution and the versions it was written and tested for (a ``Fence``); on any other
   installed version it does nothing, warns once (``CompatWarning``, naming the package and version) and
-  the process runs the library unchanged: slower, never wrong;
+  the process runs the library unchanged: slower, never wrong. Prefect's fences are strict: Prefect is
+  the orchestrator every process of ours runs under, so an untested minor stops the process with an error
+  that names the installed version and what to do (install the tested one, or set
+  ``AIC_ALLOW_UNTESTED_PREFECT=true`` to run Prefect unpatched);
 - checks, before patching, that the attribute is still there with the parameters the patch relies on;
 - is installed by an explicit call where a process starts, never as a side effect of an import:
 
   ======================================  ==================================================================
   ``install()``                           processes that run flows: ``aicml.stack.engine`` (the local
                                           worker's flow-run command), and tests and benchmarks that call
-                                          flows in-process. Installs ``heartbeats_that_stop_at_once``.
+                                          flows in-process. Installs ``heartbeats_that_stop_at_once``
+                                          and ``quiet_downloads``.
+  ``quiet_downloads()``                   not a patch: MLflow's public switch for its download progress
+                                          bars, off by default in every process of ours (``install()``,
+                                          ``aicml serve``, the ``aicml`` command)
   ``take_slots_under_write_lock()``       the local stack's Prefect server (``aicml.stack.prefect_server``)
   ``share_compiled_templates()``          the first Data Docs build of a process (``build_data_docs``)
   ``direct_predict(pyfunc)``              an accessor, not a patch: serving's validated fast path
@@ -29,6 +36,7 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import inspect
+import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,16 +62,30 @@ def _warn_once(patch: str, reason: str) -> None:
         )
 
 
+ALLOW_UNTESTED_PREFECT_ENV = "AIC_ALLOW_UNTESTED_PREFECT"
+
+
+def _distribution_version(package: str) -> str:
+    """The installed version of distribution ``package`` (one place, so tests can pretend another)."""
+    return importlib.metadata.version(package)
+
+
 @dataclass(frozen=True)
 class Fence:
-    """The versions of ``package`` (a distribution name) a patch was written and tested for."""
+    """The versions of ``package`` (a distribution name) a patch was written and tested for.
+
+    ``strict``: outside the fence, stop with an error instead of warning and running unpatched, unless
+    ``escape`` (an environment variable, read when a patch is installed) is ``true``.
+    """
 
     package: str
     versions: str  # a PEP 440 specifier set, e.g. ">=3.9,<3.10"
+    strict: bool = False
+    escape: str | None = None
 
     def installed(self) -> str | None:
         try:
-            return importlib.metadata.version(self.package)
+            return _distribution_version(self.package)
         except importlib.metadata.PackageNotFoundError:
             return None
 
@@ -72,9 +94,26 @@ class Fence:
         return version is not None and SpecifierSet(self.versions).contains(version, prereleases=True)
 
     def admits(self, patch: str) -> bool:
-        """True when the installed version is inside the fence; otherwise warn once (naming it) and False."""
+        """True when the installed version is inside the fence; otherwise warn once (naming it) and False,
+        or, for a strict fence without its escape set, raise ``ConfigurationError`` saying what to do."""
         if self.holds():
             return True
+        escaped = self.escape is not None and os.environ.get(self.escape, "").strip().lower() == "true"
+        if self.strict and not escaped:
+            from aicml.errors import ConfigurationError
+
+            installed = self.installed() or "not installed"
+            escape = (
+                f", or set {self.escape}=true to run {self.package} {installed} with its own code unpatched"
+                if self.escape
+                else ""
+            )
+            raise ConfigurationError(
+                f"aic-ml patches {patch}, a private part of {self.package} that it was written and tested for "
+                f"with {self.package}{self.versions}; installed: {self.package} {installed}. Install the tested "
+                f"version (`pip install -c constraints.txt {self.package}`, or "
+                f"`pip install '{self.package}{self.versions}'`){escape}."
+            )
         _warn_once(patch, f"written for {self.package}{self.versions}, installed: {self.installed()}")
         return False
 
@@ -87,7 +126,7 @@ def parameters(function: Any) -> tuple[str, ...]:
 # ---------------------------------------------------------------------------------------------------------
 # Prefect: flow-run heartbeats that stop the moment the flow ends (prefect.flow_engine._send_heartbeats)
 
-HEARTBEATS = Fence("prefect", ">=3.9,<3.10")
+HEARTBEATS = Fence("prefect", ">=3.9,<3.10", strict=True, escape=ALLOW_UNTESTED_PREFECT_ENV)
 HEARTBEATS_PARAMETERS = ("engine", "join_on_exit")
 
 
@@ -116,15 +155,36 @@ def heartbeats_that_stop_at_once() -> bool:
 
 
 def install() -> None:
-    """The patches of a process that runs flows; call once where the process starts (idempotent)."""
+    """The patches of a process that runs flows; call once where the process starts (idempotent).
+
+    Raises ``ConfigurationError`` when the installed Prefect is not the minor the patches were written for.
+    """
+    quiet_downloads()
     heartbeats_that_stop_at_once()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# MLflow: no download progress bars (a public setting, not a patch)
+
+PROGRESS_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+
+
+def quiet_downloads() -> None:
+    """Turn MLflow's artifact progress bars off in this process and the ones it starts, unless the user
+    set ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR`` (their value wins).
+
+    Each model load drew ``Downloading artifacts: 12%|...`` lines into flow-run and server logs; MLflow
+    reads the variable each time it makes a bar, so setting it at process start is enough. Loaders log one
+    line instead (``aicml.serving.runtime.load_served``).
+    """
+    os.environ.setdefault(PROGRESS_BAR_ENV, "false")
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Prefect server: concurrency slots taken under SQLite's write lock
 # (prefect.server.api.concurrency_limits_v2._acquire_concurrency_slots; see aicml/stack/prefect_server.py)
 
-SLOTS = Fence("prefect", ">=3.9,<3.10")
+SLOTS = Fence("prefect", ">=3.9,<3.10", strict=True, escape=ALLOW_UNTESTED_PREFECT_ENV)
 SLOTS_PARAMETERS = ("session", "names", "slots", "mode")
 _MARK = "_aicml_begin_immediate"
 

@@ -16,6 +16,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aicml.errors import RegistryError
 
@@ -178,9 +179,10 @@ def fetch_verified(name: str, version: str, cache_dir: Path) -> Path:
     expected = tags.get(CHECKSUM_TAG)
     if not expected:
         raise ChecksumError(
-            f"Model {name!r} version {version} has no {CHECKSUM_TAG} tag, so its files cannot be verified. "
-            f"Stamp it with aicml.registry.checksums.stamp_checksum({name!r}, {version!r}) "
-            "(register_challenger does this for new versions)."
+            f"Model {name!r} version {version} has no {CHECKSUM_TAG} tag, so its files cannot be verified "
+            "(it was registered outside aic-ml's pipeline). Check it with "
+            f"`aicml models verify {name} {version}`, then, if you vouch for its files, record their digest "
+            f"with `aicml models trust {name} {version}` (needs MANAGE on the registered model)."
         )
     target = cache_dir / f"{name}-v{version}"
     if target.exists():
@@ -191,7 +193,9 @@ def fetch_verified(name: str, version: str, cache_dir: Path) -> Path:
         shutil.rmtree(target, ignore_errors=True)
         raise ChecksumError(
             f"Model {name!r} version {version}: downloaded files hash to {actual[:12]}..., the registry "
-            f"recorded {expected[:12]}...; the artifacts changed after registration. Re-register the model."
+            f"recorded {expected[:12]}...; the artifacts changed after registration or trust. Register the "
+            f"model again, or, after checking the files (`aicml models verify {name} {version}`), record their "
+            f"digest anew with `aicml models trust {name} {version} --replace`."
         )
     pickled = pickled_files(path)
     if pickled:
@@ -227,3 +231,192 @@ def load_verified(uri: str, cache_dir: Path | None = None) -> object:
     ref = parse_model_uri(uri)
     path = fetch_verified(ref.name, resolve_version(ref), cache_dir or verified_cache_dir())
     return mlflow.pyfunc.load_model(str(path))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Models from elsewhere: verify a version's files against its tag, and trust (stamp) one, audited.
+
+MATCH, MISMATCH, UNTRUSTED = "match", "mismatch", "untrusted"
+TRUST_ACTION = "trust"
+TRUST_TAG_PREFIX = "aicml.trust"  # one tag per trust decision: aicml.trust.<audit id> = the audit record
+MANAGE = "MANAGE"
+
+
+class TrustRefusedError(RegistryError):
+    """The identity running ``aicml models trust`` may not vouch for this registered model."""
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What ``aicml models verify`` found: the recorded digest, the files' digest, and what would unpickle."""
+
+    name: str
+    version: str
+    recorded: str | None
+    actual: str
+    size_bytes: int
+    pickled: dict[str, str]
+
+    @property
+    def status(self) -> str:
+        if not self.recorded:
+            return UNTRUSTED
+        return MATCH if self.recorded == self.actual else MISMATCH
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who trusts: the MLflow account the server authenticated, or (registry without accounts) the OS user.
+
+    ``grounds`` says why it may: ``admin``, ``MANAGE`` (its permission on the registered model), or
+    ``no accounts`` (the tracking server runs without MLflow's auth app; anyone may, and is recorded).
+    """
+
+    name: str
+    source: str  # "mlflow" or "os"
+    grounds: str
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.source}: {self.grounds})"
+
+
+def _files_size(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def verify_version(name: str, version: str) -> Verification:
+    """Download ``name`` version ``version`` into a temporary folder and compare its digest with the tag.
+
+    Nothing is loaded or deserialized: the files are hashed and the MLmodel flavors read as YAML.
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        tags = MlflowClient().get_model_version(name, version).tags or {}
+    except MlflowException as exc:
+        raise RegistryError(
+            f"Model {name!r} has no version {version!r} in the registry ({exc.message})."
+        ) from exc
+    with tempfile.TemporaryDirectory(prefix="aic-verify-") as tmp:
+        path = _download(name, version, Path(tmp))
+        return Verification(
+            name,
+            version,
+            tags.get(CHECKSUM_TAG),
+            artifact_digest(path),
+            _files_size(path),
+            pickled_files(path),
+        )
+
+
+def trusting_identity(tracking_uri: str, name: str) -> Identity:
+    """The identity that would trust a version of ``name``, refused (``TrustRefusedError``) unless allowed.
+
+    With MLflow's basic-auth app on the tracking server, the identity is the account the server
+    authenticates (``MLFLOW_TRACKING_USERNAME``/``PASSWORD`` or MLflow's credentials file), and it must be
+    an admin or hold MANAGE on the registered model: the permission of whoever may grant access to the
+    model, not merely edit it. A server without the auth app (or a local file or database registry) has no
+    accounts: the operating-system user is recorded.
+    """
+    import getpass
+
+    if not tracking_uri.startswith(("http://", "https://")):
+        return Identity(getpass.getuser(), "os", "no accounts")
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    creds = get_default_host_creds(tracking_uri)
+
+    def get(endpoint: str, **params: str) -> Any:
+        return http_request(creds, endpoint, "GET", max_retries=2, timeout=30, params=params or None)
+
+    current = get("/api/2.0/mlflow/users/current")
+    if current.status_code == 404:  # no auth app: MLflow has no accounts to ask
+        return Identity(getpass.getuser(), "os", "no accounts")
+    if current.status_code == 401:
+        raise TrustRefusedError(
+            f"The MLflow server at {tracking_uri} requires a login and refused this one (401). Set "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account that holds MANAGE on "
+            f"registered model {name!r}."
+        )
+    if current.status_code != 200:
+        raise TrustRefusedError(
+            f"The MLflow server at {tracking_uri} answered {current.status_code} when asked who is logged in: "
+            f"{current.text[:200]}"
+        )
+    user = current.json()["user"]
+    username = str(user["username"])
+    if user.get("is_admin"):
+        return Identity(username, "mlflow", "admin")
+    answer = get(
+        "/api/3.0/mlflow/users/permissions/get",
+        username=username,
+        resource_type="registered_model",
+        resource_id=name,
+    )
+    permission = str(answer.json().get("permission", "")) if answer.status_code == 200 else ""
+    if permission != MANAGE:
+        held = permission or f"no readable permission (HTTP {answer.status_code})"
+        raise TrustRefusedError(
+            f"MLflow user {username!r} holds {held} on registered model {name!r}; trusting one of its "
+            f"versions needs {MANAGE} on the model (or an MLflow admin). Ask the model's owner or an admin "
+            "to run `aicml models trust`, or to grant you MANAGE on it."
+        )
+    return Identity(username, "mlflow", MANAGE)
+
+
+def trust_version(
+    name: str, version: str, identity: Identity, audit_path: Path, *, replace: bool = False
+) -> tuple[Verification, Any]:
+    """Record the digest of version ``version``'s files as its ``aicml.sha256`` tag, on ``identity``'s word.
+
+    The decision is written twice: as a JSON line appended to ``audit_path`` and as the model-version tag
+    ``aicml.trust.<id>`` (the same record), so it travels with the registry. A version whose recorded digest
+    no longer matches its files is refused unless ``replace``: its files changed after someone vouched for
+    them. Returns what was verified and the ``AuditRecord``.
+    """
+    import json
+
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from aicml.rollout.audit import AuditRecord, append_audit
+
+    found = verify_version(name, version)
+    if found.status == MISMATCH and not replace:
+        raise ChecksumError(
+            f"Model {name!r} version {version}: its files hash to {found.actual[:12]}..., but "
+            f"{found.recorded[:12] if found.recorded else ''}... was recorded: they changed after they were "
+            "registered or trusted. Find out why first; to vouch for the files as they are now, run "
+            f"`aicml models trust {name} {version} --replace`."
+        )
+    record = AuditRecord(
+        model=name,
+        version=version,
+        action=TRUST_ACTION,
+        reason=f"{CHECKSUM_TAG} recorded by {identity.name}",
+        actor=identity.name,
+        evidence={
+            "digest": found.actual,
+            "previous_digest": found.recorded,
+            "size_bytes": found.size_bytes,
+            "identity_source": identity.source,
+            "grounds": identity.grounds,
+            "pickled_files": sorted(found.pickled),
+        },
+        previous_champion=None,
+        champion_after=None,
+    )
+    client = MlflowClient()
+    try:
+        client.set_model_version_tag(name, version, CHECKSUM_TAG, found.actual)
+        client.set_model_version_tag(
+            name, version, f"{TRUST_TAG_PREFIX}.{record.id}", json.dumps(record.as_dict(), default=str)[:4900]
+        )
+    except MlflowException as exc:
+        raise TrustRefusedError(
+            f"MLflow refused to record the digest on {name!r} version {version}: {exc.message}"
+        ) from exc
+    append_audit(audit_path, record)
+    return found, record

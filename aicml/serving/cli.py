@@ -82,7 +82,10 @@ def serve(
     """Serve MODEL_URI with the MLflow scoring protocol, Open Inference Protocol v2 and /metrics."""
     import logging
 
+    from aicml import compat
     from aicml.errors import AicError
+
+    compat.quiet_downloads()  # a process start: one "loaded model" line per load, no progress bars
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aicml").setLevel(logging.INFO)

@@ -264,12 +264,22 @@ class MicroBatcher:
 
 
 def load_served(name: str, version: str, cache_dir: Path, max_rows: int) -> ServedModel:
-    """Fetch a version from the registry, verify its checksum, load it and predict once to warm it up."""
+    """Fetch a version from the registry, verify its checksum and load it; logs one line when done.
+
+    MLflow's download progress bars are off in the server process (``compat.quiet_downloads``): this line
+    is what a load leaves in the log.
+    """
     import mlflow.pyfunc
 
+    started = time.perf_counter()
     path = fetch_verified(name, version, cache_dir)
     pyfunc = mlflow.pyfunc.load_model(str(path))
-    return ServedModel.from_pyfunc(name, version, pyfunc, max_rows)
+    served = ServedModel.from_pyfunc(name, version, pyfunc, max_rows)
+    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    log.info(
+        "loaded model %s v%s (%.1f MB) in %.1f s", name, version, size / 1e6, time.perf_counter() - started
+    )
+    return served
 
 
 class ModelHost:
