@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from aicml.errors import SchemaError, TrainingError
-from aicml.models.evaluation import PRIMARY_METRIC, diagnostic_figure, score
+from aicml.models.evaluation import PRIMARY_METRIC, evaluate_candidate, score
 from aicml.models.features import LabelCodec, Problem, TabularPreprocessor, infer_problem
 from aicml.models.trainers import PreparedData, Trainer
 from aicml.registry.tracking import Tracking
@@ -178,13 +178,7 @@ def train_candidates(
                 f"test_{k}": v for k, v in score(resolved, test[target].to_numpy(), predictions).items()
             }
             mlflow.log_metrics(metrics)
-            figure = diagnostic_figure(resolved, test[target].to_numpy(), predictions, trainer.name)
-            store_artifacts(
-                "the diagnostics plot",
-                run_id,
-                partial(mlflow.log_figure, figure, "plots/diagnostics.png"),
-            )
-            _close(figure)
+            log_evaluation(resolved, fitted, test, target, trainer.name, seed, run_id)
             model_uri = store_artifacts("the model", run_id, partial(fitted.log_to_mlflow, "model", example))
             elapsed = time.perf_counter() - started
             mlflow.log_metric("train_seconds", elapsed)
@@ -286,7 +280,27 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _close(figure: Any) -> None:
-    import matplotlib.pyplot as plt
+def log_evaluation(
+    problem: Problem, fitted: Any, test: pd.DataFrame, target: str, title: str, seed: int, run_id: str
+) -> list[str]:
+    """The candidate's evaluation on the held-out test split, logged to its (active) run ``run_id``:
+    the plots under ``plots/`` (ROC, precision-recall, confusion matrix, calibration, feature importance;
+    residuals and predicted against actual for regression), ``evaluation/feature_importance.json`` and the
+    extra test metrics (``test_roc_auc``). Returns the artifact paths of the plots."""
+    import mlflow
 
-    plt.close(figure)
+    evaluation = evaluate_candidate(problem, fitted, test, target, title, seed)
+    try:
+        for path, figure in evaluation.figures.items():
+            store_artifacts(f"the plot {path}", run_id, partial(mlflow.log_figure, figure, path))
+    finally:
+        evaluation.close()
+    if evaluation.importance:
+        store_artifacts(
+            "the feature importance",
+            run_id,
+            partial(mlflow.log_dict, evaluation.importance, "evaluation/feature_importance.json"),
+        )
+    if evaluation.metrics:
+        mlflow.log_metrics({f"test_{k}": v for k, v in evaluation.metrics.items()})
+    return list(evaluation.figures)
