@@ -10,18 +10,22 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The standard variables of the tools aic-ml drives. A user (or a Kubernetes ConfigMap) who sets them means
-# them: settings fall back to them, and `LocalStack.export_client_env` never overwrites them.
+# them: settings fall back to them, and `LocalStack.export_client_env` never overwrites them. MLflow, Prefect,
+# botocore/s3fs and libpq read them themselves; aic-ml only has to leave them alone.
 STANDARD_VARIABLES = (
     "MLFLOW_TRACKING_URI",
     "MLFLOW_TRACKING_USERNAME",
     "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_S3_ENDPOINT_URL",
     "PREFECT_API_URL",
     "PREFECT_API_KEY",
     "PREFECT_API_AUTH_STRING",
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_ENDPOINT_URL",
-    "MLFLOW_S3_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_DEFAULT_REGION",
     "PGHOST",
     "PGPORT",
     "PGUSER",
@@ -59,6 +63,9 @@ class AicSettings(BaseSettings):
     prefect_port: int = Field(default=4200, description="Port of the local Prefect server.")
     mlflow_port: int = Field(default=5000, description="Port of the local MLflow tracking server.")
     metrics_port: int = Field(default=9464, description="Port of the local Prometheus metrics exporter.")
+    prometheus_port: int = Field(
+        default=9090, description="Port of the local Prometheus (`aicml up --with-prometheus`)."
+    )
     database_url: SecretStr | None = Field(
         default=None,
         description=(

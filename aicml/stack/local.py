@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shlex
+import shutil
 import sys
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -17,6 +19,9 @@ from aicml.stack.processes import ServiceSpec, healthy, read_pid, start, stop
 from blocks.settings import AicSettings
 
 SERVICES = ("prefect-server", "mlflow-server", "metrics-exporter", "worker")
+# Started only when asked for (`aicml up --with-prometheus`); listed by `status` while it runs.
+PROMETHEUS = "prometheus"
+PROMETHEUS_SCRAPE_SECONDS = 5
 WORKER_POLL_SECONDS = 2
 
 
@@ -75,6 +80,24 @@ class LocalStack:
         return self.home / "metrics"
 
     @property
+    def prometheus_dir(self) -> Path:
+        """The local Prometheus's configuration, rules and time series (`aicml up --with-prometheus`)."""
+        return self.home / "prometheus"
+
+    @property
+    def metrics_page(self) -> Path:
+        """The local metrics page (the dashboards' panels as Prometheus graph links), served by the exporter."""
+        return self.prometheus_dir / "dashboards.html"
+
+    @property
+    def prometheus_url(self) -> str:
+        return f"http://{self.settings.host}:{self.settings.prometheus_port}"
+
+    @property
+    def metrics_page_url(self) -> str:
+        return f"http://{self.settings.host}:{self.settings.metrics_port}/dashboards"
+
+    @property
     def auth_file(self) -> Path:
         """``user:password`` of the Prefect API when the stack runs with ``aicml up --auth`` (mode 0600)."""
         return self.home / "prefect-api-auth"
@@ -110,12 +133,10 @@ class LocalStack:
 
         return api_settings(self.settings.local_prefect_url, self.auth_string())
 
-    def client_env(self) -> dict[str, str]:
-        """Environment for anything that talks to this stack: CLI commands, workers, flow runs."""
+    def _stack_env(self) -> dict[str, str]:
+        """What every process of this stack and its clients share; the Prefect and MLflow addresses aside."""
         s = self.settings
         env = {
-            "PREFECT_API_URL": s.local_prefect_url,
-            "MLFLOW_TRACKING_URI": s.local_tracking_uri,
             "AIC_HOME": str(self.home),
             "AIC_PREFECT_PORT": str(s.prefect_port),
             "AIC_MLFLOW_PORT": str(s.mlflow_port),
@@ -134,9 +155,6 @@ class LocalStack:
             # after about a minute (aicml/retry.py says how the numbers add up).
             **CLIENT_RETRY_ENV,
         }
-        auth = self.auth_string()
-        if auth is not None:
-            env["PREFECT_API_AUTH_STRING"] = auth
         if s.database_url is not None:
             env["AIC_DATABASE_URL"] = s.database_url.get_secret_value()
             # Without these a client would look for the default database names on that server.
@@ -146,9 +164,94 @@ class LocalStack:
                 env["AIC_DATA_INTEGRATION_DATABASE"] = s.data_integration_database
         return env
 
+    def _local_prefect_auth(self, env: dict[str, str], prefect_url: str) -> None:
+        """This stack's Prefect password, only for this stack's server: never sent to another one."""
+        auth = self.auth_string()
+        if auth is not None and prefect_url == self.settings.local_prefect_url:
+            env["PREFECT_API_AUTH_STRING"] = auth
+
+    def client_env(self) -> dict[str, str]:
+        """Environment for anything that talks to the stack as a client: CLI commands, notebooks, `prefect
+        deploy`. Prefect and MLflow are the settings' (``AIC_*``, else the standard variables the user set,
+        else this stack's servers), so a user's ``PREFECT_API_URL`` or ``MLFLOW_TRACKING_URI`` stays in force."""
+        s = self.settings
+        env = {"PREFECT_API_URL": s.prefect_url, "MLFLOW_TRACKING_URI": s.tracking_uri, **self._stack_env()}
+        self._local_prefect_auth(env, s.prefect_url)
+        return env
+
+    def service_env(self) -> dict[str, str]:
+        """Environment of the stack's own processes: they serve, and poll, this stack's servers.
+
+        The worker's flow runs alone track to the settings' MLflow (``specs``): a user's
+        ``MLFLOW_TRACKING_URI`` set at `aicml up` says where runs are recorded; which pool feeds the worker
+        is the stack's.
+        """
+        s = self.settings
+        env = {
+            "PREFECT_API_URL": s.local_prefect_url,
+            "MLFLOW_TRACKING_URI": s.local_tracking_uri,
+            **self._stack_env(),
+        }
+        self._local_prefect_auth(env, s.local_prefect_url)
+        return env
+
+    def uses_local(self) -> tuple[str, ...]:
+        """The services of this stack that its clients use under these settings (a user who points
+        ``PREFECT_API_URL`` and ``MLFLOW_TRACKING_URI`` elsewhere needs none of them)."""
+        s = self.settings
+        used = []
+        if s.prefect_url == s.local_prefect_url:
+            used += ["prefect-server", "worker"]
+        if s.tracking_uri == s.local_tracking_uri:
+            used.append("mlflow-server")
+        return tuple(name for name in SERVICES if name in used)
+
+    def user_overrides(self) -> dict[str, str]:
+        """The standard addresses the user set that differ from this stack's own (passwords in URLs hidden):
+        clients follow these, not the stack. Secrets are never returned, only that addresses differ."""
+        from aicml.redaction import redact
+        from blocks.settings import user_variable
+
+        s = self.settings
+        own = {"PREFECT_API_URL": s.local_prefect_url, "MLFLOW_TRACKING_URI": s.local_tracking_uri}
+        out = {}
+        for name, value in own.items():
+            theirs = user_variable(name)
+            if theirs is not None and theirs.rstrip("/") != value.rstrip("/"):
+                out[name] = redact(theirs)
+        return out
+
+    def shell_exports(self) -> dict[str, str]:
+        """The variables to export in a shell so that Prefect, MLflow and `aicml` there use this stack.
+
+        Values are shell words ready for ``export NAME=VALUE`` (an assignment is not word-split, so
+        ``export NAME="VALUE"`` works too). Prefect's auth string (``aicml up --auth``)
+        is a command substitution reading the 0600 file, ``$(cat <home>/prefect-api-auth)``, never the
+        password itself. The stack's artifacts are served through the MLflow server, so no S3 variable is
+        needed; ``AIC_*`` settings appear only where they differ from the defaults.
+        """
+        s = self.settings
+        exports = {
+            "PREFECT_API_URL": shlex.quote(s.local_prefect_url),
+            "MLFLOW_TRACKING_URI": shlex.quote(s.local_tracking_uri),
+        }
+        if self.auth_string() is not None:
+            exports["PREFECT_API_AUTH_STRING"] = f"$(cat {shlex.quote(str(self.auth_file))})"
+        defaults = AicSettings.model_fields
+        for field in ("home", "host", "prefect_port", "mlflow_port", "metrics_port", "prometheus_port"):
+            value = getattr(s, field)
+            if value != defaults[field].default:
+                shown = self.home if field == "home" else value
+                exports[f"AIC_{field.upper()}"] = shlex.quote(str(shown))
+        return exports
+
+    def shell_export_lines(self) -> list[str]:
+        """``export NAME=VALUE`` lines of ``shell_exports`` (what `aicml up` and `aicml env` print)."""
+        return [f"export {name}={value}" for name, value in self.shell_exports().items()]
+
     def specs(self) -> list[ServiceSpec]:
         s = self.settings
-        env = self.client_env()
+        env = self.service_env()
         prefect_db = s.database_for(s.prefect_database, "asyncpg") or (
             f"sqlite+aiosqlite:///{self.home / 'prefect' / 'prefect.db'}"
         )
@@ -215,6 +318,8 @@ class LocalStack:
                     str(s.metrics_port),
                     "--dir",
                     str(self.metrics_dir),
+                    "--page",
+                    str(self.metrics_page),
                 ],
                 env=env,
                 health_url=f"http://{s.host}:{s.metrics_port}/metrics",
@@ -235,18 +340,63 @@ class LocalStack:
                 ],
                 # Poll every 2 s, not Prefect's 10: on one machine a flow run (a landed file's,
                 # `prefect deployment run`'s) then starts within about 2 s, for one cheap query.
-                env={**env, "PREFECT_WORKER_QUERY_SECONDS": str(WORKER_POLL_SECONDS)},
+                env={
+                    **env,
+                    "PREFECT_WORKER_QUERY_SECONDS": str(WORKER_POLL_SECONDS),
+                    "MLFLOW_TRACKING_URI": s.tracking_uri,
+                },
                 health_url=None,
                 address=f"pool {s.work_pool}",
                 cwd=Path.cwd(),
             ),
         ]
 
-    def up(self, services: tuple[str, ...] = SERVICES, auth: bool | None = None) -> list[ServiceStatus]:
+    def prometheus_spec(self) -> ServiceSpec:
+        """Prometheus from Debian's package, scraping the metrics exporter with the cluster's alert rules."""
+        s = self.settings
+        binary = shutil.which("prometheus")
+        if binary is None:
+            raise StackError(
+                "Prometheus is not installed: run `make system-deps` (Debian package `prometheus`), or start "
+                "the stack without --with-prometheus."
+            )
+        return ServiceSpec(
+            name=PROMETHEUS,
+            command=[
+                binary,
+                f"--config.file={self.prometheus_dir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={self.prometheus_dir / 'data'}",
+                f"--web.listen-address={s.host}:{s.prometheus_port}",
+                "--storage.tsdb.retention.time=15d",
+            ],
+            env={},
+            health_url=f"{self.prometheus_url}/-/ready",
+            address=self.prometheus_url,
+        )
+
+    def start_prometheus(self) -> None:
+        """Write Prometheus's configuration and rules, start it (idempotent), then write the metrics page
+        (its links point at the web UI this Prometheus has)."""
+        from aicml.observability import dashboards, prometheus
+
+        s = self.settings
+        spec = self.prometheus_spec()
+        prometheus.write_files(self.prometheus_dir, f"{s.host}:{s.metrics_port}", PROMETHEUS_SCRAPE_SECONDS)
+        start(spec, self.run_dir, self.log_dir, timeout=60.0)
+        dashboards.write_page(
+            self.metrics_page,
+            prometheus.monitoring_dir() / "dashboards",
+            prometheus.ui_url(self.prometheus_url),
+        )
+
+    def up(
+        self, services: tuple[str, ...] = SERVICES, auth: bool | None = None, with_prometheus: bool = False
+    ) -> list[ServiceStatus]:
         """Start what is not running (idempotent); create PostgreSQL databases and the work pool first.
 
         ``auth`` True starts the Prefect server with API auth (a random password in ``auth_file``), False
-        without; None keeps how this stack's home was last started.
+        without; None keeps how this stack's home was last started. ``with_prometheus`` also starts a local
+        Prometheus with the cluster's alert rules, and writes the metrics page the exporter serves.
         """
         s = self.settings
         if auth is not None:
@@ -268,7 +418,29 @@ class LocalStack:
             start(spec, self.run_dir, self.log_dir)
             if spec.name == "prefect-server":
                 self.ensure_automations()
+                self.ensure_block_types()
+        if with_prometheus:
+            self.start_prometheus()
         return self.status()
+
+    def ensure_block_types(self) -> list[str]:
+        """Register the block types (ours and the prefect-aws / prefect-sqlalchemy ones) with the stack's
+        Prefect server, so that the UI can create them; returns their slugs."""
+        try:
+            from blocks.registration import register_blocks
+        except ModuleNotFoundError as exc:  # TEMPORARY until blocks/registration.py lands
+            if exc.name != "blocks.registration":
+                raise
+            return []
+        url = self.settings.local_prefect_url
+        try:
+            with self.prefect_api():
+                return register_blocks(url)
+        except Exception as exc:
+            raise StackError(
+                f"Registering the Prefect block types with {url} failed: {exc}. The server's log: "
+                f"{self.log_dir / 'prefect-server.log'}"
+            ) from exc
 
     def move_ingest_state(self) -> None:
         """The ingest state into its own database: stacks on PostgreSQL kept it in Prefect's, where it
@@ -304,20 +476,28 @@ class LocalStack:
 
         Only processes named by pid files under this stack's `run/` are touched; returns the names stopped.
         """
-        stopped = [name for name in reversed(SERVICES) if stop(self.run_dir, name)]
+        stopped = [name for name in (PROMETHEUS, *reversed(SERVICES)) if stop(self.run_dir, name)]
         others = sorted(p.stem for p in self.run_dir.glob("*.pid") if p.stem not in SERVICES)
         return stopped + [name for name in others if stop(self.run_dir, name)]
 
     def status(self) -> list[ServiceStatus]:
+        """Every service of the stack; Prometheus too while it runs (it is started only when asked for)."""
+        specs = self.specs()
+        if read_pid(self.run_dir, PROMETHEUS) is not None:
+            specs.append(
+                ServiceSpec(PROMETHEUS, [], {}, f"{self.prometheus_url}/-/ready", self.prometheus_url)
+            )
         out = []
-        for spec in self.specs():
+        for spec in specs:
             pid = read_pid(self.run_dir, spec.name)
             ok = pid is not None and (spec.health_url is None or healthy(spec.health_url, timeout=1.0))
             out.append(ServiceStatus(spec.name, pid, spec.address, ok))
         return out
 
-    def require_up(self) -> None:
-        missing = [st.name for st in self.status() if not st.healthy]
+    def require_up(self, services: tuple[str, ...] = SERVICES) -> None:
+        """StackError naming what of ``services`` is not running (``uses_local()``: only what the clients
+        use under these settings)."""
+        missing = [st.name for st in self.status() if st.name in services and not st.healthy]
         if missing:
             raise StackError(f"Not running: {', '.join(missing)}. Start the stack with `aicml up`.")
 
