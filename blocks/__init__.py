@@ -1,1 +1,3 @@
-"""Configuration and credentials: pydantic-settings (`settings`) and Prefect Block classes (`credentials`)."""
+"""Configuration and credentials: pydantic-settings (`settings`, `training`), the data blocks' resolution to
+connector options (`data`), our one Prefect block (`llm`) and the registration of every block type we use
+(`registration`, also the `prefect.collections` entry point)."""
