@@ -8,12 +8,19 @@ through the ``Tracking`` the flow hands in (in ``StudyRef``); no task reads the 
 
 from __future__ import annotations
 
+import contextvars
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import (
+    create_link_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 from pydantic import SecretStr
 
@@ -22,6 +29,7 @@ from aicml.names import slug
 from aicml.registry.tracking import Tracking
 from aicml.tuning.engine import TrackingRef, WorkerJob, WorkerReport
 from tasks.context import settings
+from tasks.validate import artifact_page_url
 
 
 @dataclass(frozen=True)
@@ -86,8 +94,13 @@ def open_study_task(
     tracking: Tracking,
     tags: dict[str, str],
     params_to_log: dict[str, Any],
+    budget: int | None = None,
 ) -> StudyRef:
-    """Create or load the study, and create (or, on resume, reopen) its parent MLflow run."""
+    """Create or load the study, and create (or, on resume, reopen) its parent MLflow run.
+
+    Also creates the study's progress artifact in Prefect (trials finished out of ``budget``, by default
+    the ``n_trials`` of ``params_to_log``), which the trial workers update as trials finish.
+    """
     from aicml.tuning.engine import FINISHED
     from aicml.tuning.reporting import STUDY_RUN_ATTR
     from aicml.tuning.study import open_storage, open_study
@@ -106,6 +119,12 @@ def open_study_task(
     else:
         client.update_run(parent, status="RUNNING")
     finished = len(study.get_trials(deepcopy=False, states=FINISHED))
+    total = budget or params_to_log.get("n_trials")
+    create_progress_artifact(
+        progress=progress_percent(finished, int(total)) if total else 0.0,
+        key=progress_key(study_name),
+        description=f"Study {study_name}: {finished} of {total or '?'} trials finished",
+    )
     get_run_logger().info(
         "Study %s %s (%d trials finished before); MLflow parent run %s",
         study_name,
@@ -123,6 +142,50 @@ def open_study_task(
         resumed=resumed,
         finished_before=finished,
     )
+
+
+def progress_key(study_name: str) -> str:
+    """The key of a study's progress artifact in Prefect."""
+    return "tuning-progress-" + slug(study_name, limit=80)
+
+
+def progress_percent(finished: int, budget: int) -> float:
+    return round(min(100.0, 100.0 * finished / budget), 1) if budget > 0 else 0.0
+
+
+def latest_artifact_id(key: str) -> Any:
+    """The id of the newest artifact under ``key`` (this run's progress artifact), or None."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactCollectionFilter, ArtifactCollectionFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_latest_artifacts(
+            artifact_filter=ArtifactCollectionFilter(key=ArtifactCollectionFilterKey(any_=[key])), limit=1
+        )
+    return found[0].latest_id if found else None
+
+
+def study_progress_reporter(study_name: str) -> Callable[[int, int, float | None], None] | None:
+    """A hook for ``run_worker`` that moves the study's progress artifact (None when it has none).
+
+    It runs on the worker's logging thread: the Prefect context of this task (its API settings) is
+    carried there.
+    """
+    artifact_id = latest_artifact_id(progress_key(study_name))
+    if artifact_id is None:
+        return None
+    context = contextvars.copy_context()
+
+    def report(finished: int, budget: int, best: float | None) -> None:
+        best_text = "" if best is None else f"; best value {best:.6g}"
+        context.copy().run(
+            update_progress_artifact,
+            artifact_id=artifact_id,
+            progress=progress_percent(finished, budget),
+            description=f"Study {study_name}: {finished} of {budget} trials finished{best_text}",
+        )
+
+    return report
 
 
 def _param(key: str, value: Any) -> Any:
@@ -143,7 +206,12 @@ def search_worker_task(job: WorkerJob) -> WorkerReport:
     from aicml.tuning.engine import run_worker
 
     logger = get_run_logger()
-    report = run_worker(job)
+    try:
+        reporter = study_progress_reporter(job.trial.study_name)
+    except Exception as exc:  # progress is for people watching: never a reason to lose the trials
+        logger.warning("No progress artifact for study %s: %s", job.trial.study_name, exc)
+        reporter = None
+    report = run_worker(job, on_progress=reporter)
     for result in report.results:
         logger.info(
             "Trial %d %s value=%s epochs=%d in %.2fs%s",
@@ -162,11 +230,26 @@ def search_worker_task(job: WorkerJob) -> WorkerReport:
     return report
 
 
+def _link_study_page(ref: StudyRef, page: str) -> None:
+    """A Prefect link artifact to the study's interactive plots in the MLflow UI."""
+    try:
+        link = artifact_page_url(ref.tracking, ref.experiment_id, ref.parent_run_id, page)
+    except ValueError as exc:
+        get_run_logger().warning("No link to the plots of study %s: %s", ref.study_name, exc)
+        return
+    create_link_artifact(
+        link=link,
+        link_text=f"Interactive plots of study {ref.study_name} (MLflow)",
+        key="tuning-plots-" + slug(ref.study_name, limit=80),
+        description=f"Optuna's plots of study {ref.study_name}, an artifact of MLflow run {ref.parent_run_id}",
+    )
+
+
 @task(name="report-study", retries=1, cache_policy=NO_CACHE, persist_result=False)
 def report_study_task(ref: StudyRef, stop_reason: str) -> StudyReport:
     """Plots to the parent MLflow run and a leaderboard Prefect table artifact; the best trial."""
     from aicml.tuning.errors import TuningError
-    from aicml.tuning.reporting import leaderboard, log_study_plots, study_counts
+    from aicml.tuning.reporting import leaderboard, log_study_html, log_study_plots, study_counts
     from aicml.tuning.study import open_storage, open_study
 
     study = open_study(ref.study_name, open_storage(ref.storage_url.get_secret_value()), ref.direction)
@@ -180,6 +263,10 @@ def report_study_task(ref: StudyRef, stop_reason: str) -> StudyReport:
     board = leaderboard(study)
     client = ref.client()
     plots = log_study_plots(study, client, ref.parent_run_id)
+    page = log_study_html(study, client, ref.parent_run_id)
+    if page is not None:
+        plots.append(page)
+        _link_study_page(ref, page)
     client.log_batch(
         ref.parent_run_id,
         params=[_param(f"best_{k}", v) for k, v in best.params.items() if not ref.resumed],
@@ -194,6 +281,18 @@ def report_study_task(ref: StudyRef, stop_reason: str) -> StudyReport:
         key="tuning-" + slug(ref.study_name, limit=93),
         description=f"Leaderboard of study {ref.study_name}: best trial {best.number} = {best.value:.5f}",
     )
+    finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
+    try:
+        artifact_id = latest_artifact_id(progress_key(ref.study_name))
+        if artifact_id is not None:
+            update_progress_artifact(
+                artifact_id=artifact_id,
+                progress=100.0,
+                description=f"Study {ref.study_name}: done, {finished} trials finished ({stop_reason}); "
+                f"best trial {best.number} = {best.value:.6g}",
+            )
+    except Exception as exc:
+        get_run_logger().warning("Progress artifact of study %s not closed: %s", ref.study_name, exc)
     get_run_logger().info("Study %s: %s; best trial %d = %.5f %s", ref.study_name, counts, best.number,
                           best.value or 0.0, best.params)  # fmt: skip
     return StudyReport(

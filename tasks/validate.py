@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
@@ -21,6 +21,42 @@ from aicml.names import slug
 from aicml.observability.metrics import DATA_INTEGRATION_RECORDS
 from aicml.registry.tracking import Tracking
 from tasks.context import data_dir, settings, tracking_of
+
+
+def artifact_page_url(tracking: Tracking | None, experiment_id: str, run_id: str, path: str) -> str:
+    """The MLflow UI's page of artifact ``path`` of run ``run_id``: it shows images, and HTML pages in a
+    frame (MLflow serves every artifact file as a download, so a direct file link would not open).
+
+    The UI is reached at ``AIC_MLFLOW_UI_URL`` when set (on Kubernetes the tracking URI is an in-cluster
+    address: set it to where people reach MLflow, e.g. ``http://localhost:5000`` behind
+    ``kubectl port-forward svc/mlflow-service 5000``), else at the tracking URI itself.
+    """
+    import os
+    import urllib.parse
+
+    base = os.environ.get("AIC_MLFLOW_UI_URL") or (tracking or tracking_of(settings())).uri
+    if not base.startswith(("http://", "https://")):
+        raise ValueError(f"MLflow tracking URI {base!r} has no web UI to link to (set AIC_MLFLOW_UI_URL)")
+    quoted = urllib.parse.quote(path)
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}/artifactPath/{quoted}"
+
+
+def upload_data_docs(
+    index: Path, tracking: Tracking, run_name: str, tags: dict[str, str]
+) -> tuple[str, str, str]:
+    """Upload the Data Docs site around ``index`` as artifacts ``data-docs/`` of a new MLflow run named
+    ``run_name`` (in ``tracking``'s experiment); (experiment id, run id, the index's artifact path)."""
+    client = tracking.client()
+    experiment = client.get_experiment_by_name(tracking.experiment)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(tracking.experiment)
+    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+    try:
+        client.log_artifacts(run.info.run_id, str(index.parent), "data-docs")
+    except Exception:
+        client.set_terminated(run.info.run_id, status="FAILED")
+        raise
+    client.set_terminated(run.info.run_id, status="FINISHED")
+    return str(experiment_id), str(run.info.run_id), f"data-docs/{index.name}"
 
 
 def _artifact_key(prefix: str, name: str) -> str:
@@ -198,10 +234,16 @@ def publish_batch_quality(
     run_name: str | None = None,
     *,
     docs_dir: Path | None = None,
+    tracking: Tracking | None = None,
 ) -> str | None:
     """A table artifact with counts by expectation, one with quarantine reasons, and (optionally)
     a Great Expectations Data Docs site for this run under ``docs_dir`` (by default
-    ``<home>/data-docs``); returns the site's index.html."""
+    ``<home>/data-docs``); returns the site's index.html.
+
+    The site is also uploaded to MLflow (``tracking``'s server, the settings' when None) as the artifacts
+    ``data-docs/`` of a run ``data-docs-<load>``, and a Prefect link artifact points at its index in the
+    MLflow UI, so that it opens in a browser wherever MLflow is reachable (a pod's disk is not).
+    """
     key = _artifact_key("ingest", report.load)
     summary = (
         f"{report.rows_in} rows in, {report.accepted} accepted, {report.quarantined} quarantined, "
@@ -221,12 +263,42 @@ def publish_batch_quality(
         # GE renders from a bounded sample of what arrived: its cost per call does not grow with the batch.
         sample = report.raw_sample.sample(n=min(DATA_DOCS_ROWS, len(report.raw_sample)), random_state=0)
         index = build_data_docs(sample, suite, site, name)
+        link = _publish_data_docs(index, report, name, key, summary, tracking)
+        where = f"[the MLflow run's artifacts]({link}) (built in `{index}`)" if link else f"`{index}`"
         create_markdown_artifact(
-            markdown=f"Great Expectations Data Docs for batch `{report.batch_id}`: `{index}`\n\n{summary}",
+            markdown=f"Great Expectations Data Docs for batch `{report.batch_id}`: {where}\n\n{summary}",
             key=f"{key}-data-docs",
         )
     get_run_logger().info("Batch quality: %s%s", summary, f"; Data Docs at {index}" if index else "")
     return str(index) if index else None
+
+
+def _publish_data_docs(
+    index: Path, report: IngestReport, name: str, key: str, summary: str, tracking: Tracking | None
+) -> str | None:
+    """Upload the site and link it from a Prefect link artifact; the link, or None when the upload failed
+    (logged: the batch is committed, its Data Docs stay on local disk)."""
+    tracking = tracking or tracking_of(settings())
+    try:
+        experiment_id, run_id, path = upload_data_docs(
+            index,
+            tracking,
+            f"data-docs-{report.load}",
+            {"aicml.load": report.load, "aicml.batch_id": report.batch_id, "aicml.flow_run": name},
+        )
+        link = artifact_page_url(tracking, experiment_id, run_id, path)
+    except Exception as exc:
+        get_run_logger().warning(
+            "Data Docs of %s not uploaded to MLflow (kept at %s): %s", report.load, index, exc
+        )
+        return None
+    create_link_artifact(
+        link=link,
+        link_text=f"Data Docs of load {report.load} (MLflow)",
+        key=f"{key}-data-docs-link",
+        description=f"Great Expectations Data Docs of batch {report.batch_id}: {summary}",
+    )
+    return link
 
 
 @task(name="check-drift", retries=0, cache_policy=NO_CACHE, persist_result=False)

@@ -480,12 +480,33 @@ def worker_seed(seed: int, index: int) -> int:
     return seed + 7919 * index
 
 
-def run_worker(job: WorkerJob) -> WorkerReport:
+ProgressHook = Callable[[int, int, "float | None"], None]
+
+
+def _report_progress(study: optuna.Study, budget: Budget, on_progress: ProgressHook) -> None:
+    """Finished trials of the whole study (every worker's), its budget and best value so far, to
+    ``on_progress``; a failure is logged, never raised (progress is for people watching, not for the study)."""
+    try:
+        finished = study.get_trials(deepcopy=False, states=FINISHED)
+        values = [t.value for t in finished if t.state == TrialState.COMPLETE and t.value is not None]
+        best = None
+        if values:
+            best = min(values) if study.direction == optuna.study.StudyDirection.MINIMIZE else max(values)
+        on_progress(len(finished), budget.n_trials, best)
+    except Exception as exc:
+        log.warning("Progress of study %s not reported: %s", study.study_name, exc)
+
+
+def run_worker(
+    job: WorkerJob, on_progress: ProgressHook | None = None, progress_every_s: float = 1.0
+) -> WorkerReport:
     """Claim, evaluate and record trials one after another until the study's budget is spent.
 
     The worker's sampler reads the whole shared study (TPE, CMA-ES and Hyperopt learn from every
     worker's trials); trials waiting in the study (enqueued grid points, retries of a dead worker's
-    trial) are taken first.
+    trial) are taken first. ``on_progress(finished, budget, best)`` is called after a trial (at most once
+    per ``progress_every_s``) and when the worker stops, on the thread that logs trial runs, beside the
+    next trial rather than before it.
     """
     from aicml.tuning.study import make_sampler
 
@@ -507,17 +528,23 @@ def run_worker(job: WorkerJob) -> WorkerReport:
         )
 
     logged: list[Future[TrialResult]] = []
+    last_progress = [0.0]
     with ThreadPoolExecutor(1, thread_name_prefix="aicml-trial-runs") as tracker:
 
         def on_result(result: TrialResult) -> None:
             if template.tracking is not None:
                 logged.append(tracker.submit(_log_in_background, template.tracking, result))
+            if on_progress is not None and time.monotonic() - last_progress[0] >= progress_every_s:
+                last_progress[0] = time.monotonic()
+                tracker.submit(_report_progress, study, job.budget, on_progress)
 
         # A worker out of claims waits only for the other workers' last trials: poll them often.
         outcome = drive(
             study, job.space, job.budget, make_job, InlineExecutor(study), 1, job.max_trials,
             on_result=on_result, poll_s=0.1, storage=storage,
         )  # fmt: skip
+        if on_progress is not None:
+            tracker.submit(_report_progress, study, job.budget, on_progress)
     results = [f.result() for f in logged] if template.tracking is not None else outcome.results
     seconds = time.perf_counter() - started
     timings: dict[str, float] = {}

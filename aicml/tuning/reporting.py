@@ -7,6 +7,7 @@ worker processes land under the study's parent run.
 from __future__ import annotations
 
 import dataclasses
+import html
 import logging
 import math
 import time
@@ -121,3 +122,53 @@ def log_study_plots(study: optuna.Study, client: MlflowClient, run_id: str) -> l
         except Exception as exc:  # e.g. importances need two finished trials and a varying parameter
             log.warning("Skipped %s: %s", path, exc)
     return logged
+
+
+STUDY_HTML = "plots/study.html"
+
+
+def study_html(study: optuna.Study) -> str | None:
+    """Optuna's interactive plots of ``study`` (plotly) as one self-contained HTML page, or None when
+    no plot could be drawn.
+
+    History, intermediate values, parameter importances, parallel coordinates and slices, in that order.
+    plotly.js is inlined once (about 4.6 MB): the page opens offline, in the MLflow UI's artifact view
+    (which shows an HTML artifact in a sandboxed frame with no base URL) and from a downloaded file alike.
+    """
+    from optuna import visualization as ov
+
+    plots: dict[str, Callable[[optuna.Study], Any]] = {
+        "Optimization history": ov.plot_optimization_history,
+        "Intermediate values (per epoch)": ov.plot_intermediate_values,
+        "Parameter importances": ov.plot_param_importances,
+        "Parallel coordinates": ov.plot_parallel_coordinate,
+        "Slices": ov.plot_slice,
+    }
+    parts: list[str] = []
+    for title, plot in plots.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                figure = plot(study)
+        except Exception as exc:  # e.g. importances need two finished trials and a varying parameter
+            log.warning("Skipped the %s plot: %s", title, exc)
+            continue
+        figure.update_layout(title=f"{study.study_name}: {title}", height=480)
+        parts.append(figure.to_html(full_html=False, include_plotlyjs=not parts))
+    if not parts:
+        return None
+    body = "\n".join(f"<section>{part}</section>" for part in parts)
+    return (
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
+        f"<title>Study {html.escape(study.study_name)}</title></head>"
+        f'<body style="font-family: sans-serif">{body}</body></html>\n'
+    )
+
+
+def log_study_html(study: optuna.Study, client: MlflowClient, run_id: str) -> str | None:
+    """``study_html`` as the artifact ``plots/study.html`` of ``run_id``; its path, or None when empty."""
+    page = study_html(study)
+    if page is None:
+        return None
+    client.log_text(run_id, page, STUDY_HTML)
+    return STUDY_HTML
