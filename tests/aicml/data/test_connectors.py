@@ -210,11 +210,19 @@ def s3() -> Iterator[dict[str, Any]]:
 
 def test_s3_compatible_storage_with_credentials_from_a_block(s3: dict[str, Any], tmp_path: Path) -> None:
     import boto3
+    from prefect_aws import AwsClientParameters, MinIOCredentials, S3Bucket
 
-    from blocks.data import S3Storage
+    from blocks.data import storage_options_of
 
-    block = S3Storage(
-        access_key_id="testing", secret_access_key="testing-secret", endpoint_url=s3["endpoint"]
+    # prefect-aws's blocks, as the Prefect UI creates them: a bucket holding MinIO-style credentials.
+    block = S3Bucket(
+        bucket_name="landing",
+        credentials=MinIOCredentials(
+            minio_root_user="testing",
+            minio_root_password="testing-secret",
+            region_name="us-east-1",
+            aws_client_parameters=AwsClientParameters(endpoint_url=s3["endpoint"]),
+        ),
     )
     client = boto3.client(
         "s3",
@@ -230,7 +238,7 @@ def test_s3_compatible_storage_with_credentials_from_a_block(s3: dict[str, Any],
         )
         client.put_object(Bucket="landing", Key=f"orders/day={day}/part.csv", Body=body)
     assert "testing-secret" not in repr(block)
-    connector = FileConnector("s3://landing/orders/*/*.csv", storage_options=block.storage_options())
+    connector = FileConnector("s3://landing/orders/*/*.csv", storage_options=storage_options_of(block))
     parts = connector.partitions()
     assert [p.values for p in parts] == [{"day": "1"}, {"day": "2"}]
     sink = ParquetSink(str(tmp_path / "out"))
