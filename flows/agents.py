@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture, wait
@@ -11,6 +12,7 @@ from pydantic import BaseModel, Field
 
 from aicml.agents.batch import batch_fingerprint, read_payloads
 from aicml.agents.settings import AgentSettings
+from aicml.stack.overrides import resolve_params
 from tasks.agents import ChunkResult, coordinate_chunk, load_coordination
 from tasks.context import settings
 
@@ -41,8 +43,17 @@ class AgentBatchResult(BaseModel):
 
 
 @flow(name="agent-batch", log_prints=False, persist_result=True)
-def agent_batch(params: AgentBatchParams) -> AgentBatchResult:
-    """Load the graph, split the inputs into chunks, coordinate each chunk in a task, write JSON lines."""
+def agent_batch(params: AgentBatchParams, overrides: dict[str, Any] | None = None) -> AgentBatchResult:
+    """Load the graph, split the inputs into chunks, coordinate each chunk in a task, write JSON lines.
+
+    Args:
+        params: The batch's parameters (a deployment fills them from its preset).
+        overrides: Fields of `params` to change for this run, by dotted path, e.g.
+            {"chunk_size": 100} or {"source": "data/tickets.jsonl"}; every other field keeps its value.
+            The result is validated as a whole: a key that names no field, or a value of the wrong
+            type, fails the run with an error naming it.
+    """
+    params = resolve_params(params, overrides, AgentBatchParams)
     logger = get_run_logger()
     database_url = params.database_url or AgentSettings().resolved_database_url()
     coordination = load_coordination(database_url=database_url, name=params.coordination)

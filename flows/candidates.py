@@ -6,10 +6,13 @@ run as a deployment on other infrastructure (`train-candidates/k8s-gpu`, on GPU 
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import flow
 
 from aicml.models.contract import CandidatesJob
 from aicml.models.training import TrainingOutcome
+from aicml.stack.overrides import resolve_params
 from tasks.context import data_dir, settings, tracking_of
 from tasks.train import train_validated
 
@@ -17,8 +20,17 @@ __all__ = ["CandidatesJob", "train_candidates_flow"]
 
 
 @flow(name="train-candidates", log_prints=False, persist_result=True)
-def train_candidates_flow(params: CandidatesJob) -> TrainingOutcome:
-    """Train the candidates as nested MLflow runs of the pipeline's run; the outcome is this run's result."""
+def train_candidates_flow(params: CandidatesJob, overrides: dict[str, Any] | None = None) -> TrainingOutcome:
+    """Train the candidates as nested MLflow runs of the pipeline's run; the outcome is this run's result.
+
+    Args:
+        params: The job: validated rows, label, options, the parent MLflow run.
+        overrides: Fields of `params` to change for this run, by dotted path, e.g.
+            {"trainer.max_epochs": 3} or {"source": "data/validated.parquet"}; every other field keeps its value.
+            The result is validated as a whole: a key that names no field, or a value of the wrong
+            type, fails the run with an error naming it.
+    """
+    params = resolve_params(params, overrides, CandidatesJob)
     s = settings()
     return train_validated(
         job=params,

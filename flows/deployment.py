@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from aicml.names import ResourceName
 from aicml.rollout.canary import Objectives
 from aicml.serving.kubernetes import KubeServingSpec
+from aicml.stack.overrides import resolve_params
 from tasks.context import settings, tracking_of
 from tasks.serve import (
     apply_kubernetes,
@@ -85,8 +86,17 @@ class DeployResult(BaseModel):
 
 
 @flow(name="deploy-model", log_prints=False, persist_result=True)
-def deploy_model_flow(params: DeployParams) -> DeployResult:
-    """Roll a registered version out behind the champion and promote, hold or roll it back on live evidence."""
+def deploy_model_flow(params: DeployParams, overrides: dict[str, Any] | None = None) -> DeployResult:
+    """Roll a registered version out behind the champion and promote, hold or roll it back on live evidence.
+
+    Args:
+        params: The rollout's parameters (a deployment fills them from its preset).
+        overrides: Fields of `params` to change for this run, by dotted path, e.g.
+            {"mode": "ab"} or {"canary_steps": [0.1, 0.5]}; every other field keeps its value.
+            The result is validated as a whole: a key that names no field, or a value of the wrong
+            type, fails the run with an error naming it.
+    """
+    params = resolve_params(params, overrides, DeployParams)
     logger = get_run_logger()
     s = settings()
     tracking = tracking_of(s)

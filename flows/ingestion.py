@@ -23,6 +23,7 @@ from aicml.errors import ConfigurationError
 from aicml.names import ResourceName
 from aicml.observability.metrics import pipeline_execution
 from aicml.redaction import refuse_password
+from aicml.stack.overrides import resolve_params
 from blocks.data import S3Storage, SqlDatabase
 from blocks.settings import AicSettings
 from tasks.context import settings
@@ -250,8 +251,17 @@ def build_job(params: IngestParams, current: AicSettings | None = None) -> Inges
 
 # The flow name mirrors the function name: `prefect deploy --name ingest-flow/full` matches on it.
 @flow(name="ingest-flow", log_prints=False, persist_result=True)
-def ingest_flow(params: IngestParams) -> IngestResult:
-    """Resolve the suite -> process partitions in parallel and commit -> publish quality -> check drift."""
+def ingest_flow(params: IngestParams, overrides: dict[str, Any] | None = None) -> IngestResult:
+    """Resolve the suite -> process partitions in parallel and commit -> publish quality -> check drift.
+
+    Args:
+        params: The load's parameters (a deployment fills them from its preset).
+        overrides: Fields of `params` to change for this run, by dotted path, e.g.
+            {"source": "data/new.csv"} or {"policy": "fail"}; every other field keeps its value.
+            The result is validated as a whole: a key that names no field, or a value of the wrong
+            type, fails the run with an error naming it.
+    """
+    params = resolve_params(params, overrides, IngestParams)
     logger = get_run_logger()
     with pipeline_execution("ingest-flow") as execution:
         current = settings()  # once per run: the tasks get values, not the environment

@@ -15,6 +15,7 @@ from aicml.models.options import TrainerOptions
 from aicml.names import ResourceName
 from aicml.observability.metrics import pipeline_execution
 from aicml.redaction import refuse_password
+from aicml.stack.overrides import resolve_params
 from flows.tuning import SearchOptions, tune_before_training
 from tasks.context import data_dir, settings, tracking_of
 from tasks.ingest import ingest_source
@@ -109,8 +110,17 @@ class PipelineResult(BaseModel):
 
 
 @flow(name="ml-pipeline", log_prints=False, persist_result=True)
-def ml_pipeline(params: PipelineParams) -> PipelineResult:
-    """Ingest -> validate -> train (Lightning + baseline) -> register challenger -> promote -> smoke-serve."""
+def ml_pipeline(params: PipelineParams, overrides: dict[str, Any] | None = None) -> PipelineResult:
+    """Ingest -> validate -> train (Lightning + baseline) -> register challenger -> promote -> smoke-serve.
+
+    Args:
+        params: The pipeline's parameters (a deployment fills them from its preset).
+        overrides: Fields of `params` to change for this run, by dotted path, e.g.
+            {"trainer.max_epochs": 3} or {"source": "data/new.csv"}; every other field keeps its value.
+            The result is validated as a whole: a key that names no field, or a value of the wrong
+            type, fails the run with an error naming it.
+    """
+    params = resolve_params(params, overrides, PipelineParams)
     logger = get_run_logger()
     s = settings()
     tracking = tracking_of(s, params.experiment)

@@ -6,7 +6,7 @@ flow (flows/candidates.py).
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from prefect import flow
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -15,6 +15,7 @@ from aicml.models.jobs import TrainingJobSpec, derive_job_id
 from aicml.models.options import TrainerOptions
 from aicml.names import ResourceName
 from aicml.redaction import refuse_password
+from aicml.stack.overrides import resolve_params
 from blocks.settings import AicSettings
 from blocks.training import TrainingSettings
 from tasks.context import data_dir, settings
@@ -104,8 +105,17 @@ def job_spec(params: TrainParams, s: AicSettings | None = None) -> TrainingJobSp
 
 
 @flow(name="train-flow", log_prints=False, persist_result=True)
-def train_flow(params: TrainParams) -> TrainResult:
-    """Train one model as a resumable job tracked in one MLflow run."""
+def train_flow(params: TrainParams, overrides: dict[str, Any] | None = None) -> TrainResult:
+    """Train one model as a resumable job tracked in one MLflow run.
+
+    Args:
+        params: The training job's parameters (a deployment fills them from its preset).
+        overrides: Fields of `params` to change for this run, by dotted path, e.g.
+            {"trainer.max_epochs": 3} or {"framework": "sklearn"}; every other field keeps its value.
+            The result is validated as a whole: a key that names no field, or a value of the wrong
+            type, fails the run with an error naming it.
+    """
+    params = resolve_params(params, overrides, TrainParams)
     s = settings()
     result = train_job(
         spec=job_spec(params, s), isolate=params.isolate, workdir=str(data_dir("training-jobs", root=s.root))

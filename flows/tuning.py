@@ -17,6 +17,7 @@ from aicml.models.options import TrainerOptions
 from aicml.names import ResourceName
 from aicml.redaction import redact, refuse_password
 from aicml.registry.tracking import Tracking
+from aicml.stack.overrides import resolve_params
 from aicml.tuning.options import SearchOptions
 from aicml.tuning.search import SearchOutcome, plan_workers, run_workers, task_runner_for, warm_workers
 from tasks.context import data_dir, settings, tracking_of
@@ -189,8 +190,17 @@ def tune_before_training(
 
 
 @flow(name="tune", log_prints=False, persist_result=True)
-def tune_flow(params: TuneParams) -> TuneResult:
-    """Ingest -> validate -> parallel pruned trials -> plots + leaderboard -> best model -> promotion."""
+def tune_flow(params: TuneParams, overrides: dict[str, Any] | None = None) -> TuneResult:
+    """Ingest -> validate -> parallel pruned trials -> plots + leaderboard -> best model -> promotion.
+
+    Args:
+        params: The study's parameters (a deployment fills them from its preset).
+        overrides: Fields of `params` to change for this run, by dotted path, e.g.
+            {"budget.n_trials": 4} or {"trainer.batch_size": 256}; every other field keeps its value.
+            The result is validated as a whole: a key that names no field, or a value of the wrong
+            type, fails the run with an error naming it.
+    """
+    params = resolve_params(params, overrides, TuneParams)
     from aicml.tuning.objectives import DataRef
 
     logger = get_run_logger()

@@ -33,7 +33,9 @@ def test_entrypoint_is_a_flow_and_parameters_validate(deployment: dict) -> None:
     assert isinstance(flow, Flow)
     # One pydantic Params model per flow; the deployment's preset must validate against it.
     signature = flow.parameters.properties
-    assert list(signature) == ["params"], "every flow takes one Params model"
+    assert list(signature) == ["params", "overrides"], "every flow takes one Params model and its overrides"
+    # The UI form explains the overrides (from the flow's docstring).
+    assert "dotted path" in signature["overrides"]["description"]
     annotation = flow.fn.__annotations__["params"]
     model = getattr(module, annotation) if isinstance(annotation, str) else annotation
     assert issubclass(model, BaseModel)

@@ -28,7 +28,8 @@ def _runs_for(source: str) -> list[Any]:
             runs = await client.read_flow_runs(
                 deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])), limit=200
             )
-        return [r for r in runs if (r.parameters.get("params") or {}).get("source") == source]
+        # The trigger changes only the preset's source, through `overrides`.
+        return [r for r in runs if (r.parameters.get("overrides") or {}).get("source") == source]
 
     return asyncio.run(read())
 
