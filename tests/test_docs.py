@@ -12,7 +12,14 @@ from prefect import flow
 from pydantic import BaseModel, Field
 
 from aicml.stack import params_reference
-from aicml.stack.params_reference import REFERENCE_FILE, flow_section, render
+from aicml.stack.params_reference import (
+    REFERENCE_FILE,
+    SETTINGS_FILE,
+    flow_section,
+    render,
+    render_settings,
+    settings_block,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -32,6 +39,14 @@ def relative_links(page: Path) -> list[str]:
 def test_parameters_reference_is_current() -> None:
     assert REFERENCE_FILE.exists(), "docs/parameters.md is missing: run `make docs`."
     assert REFERENCE_FILE.read_text() == render(), "docs/parameters.md is stale: run `make docs`."
+
+
+def test_settings_tables_are_current() -> None:
+    block = settings_block(SETTINGS_FILE.read_text())
+    assert block, "docs/settings.md lost its generated block markers."
+    assert block == render_settings(), "docs/settings.md's settings tables are stale: run `make docs`."
+    for name in ("AIC_HOME", "AIC_TRAINING_CHECKPOINT_DIR", "AIC_AGENTS_TOKEN"):
+        assert f"| `{name}` |" in block
 
 
 def test_reference_covers_every_deployed_flow_and_nested_field() -> None:
