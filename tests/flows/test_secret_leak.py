@@ -171,7 +171,9 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def test_the_canary_appears_nowhere(leak_stack: dict[str, Any], tmp_path: Path) -> None:
-    from blocks.data import SqlDatabase
+    from prefect_sqlalchemy import ConnectionComponents, SqlAlchemyConnector
+
+    from blocks.registration import register_blocks
 
     stack: LocalStack = leak_stack["stack"]
     outputs: list[tuple[str, str]] = []
@@ -192,7 +194,19 @@ def test_the_canary_appears_nowhere(leak_stack: dict[str, Any], tmp_path: Path) 
     from prefect.blocks.system import Secret
 
     with stack.prefect_api():
-        SqlDatabase(url=leak_stack["data_url"]).save("leak-sql", overwrite=True)
+        register_blocks()
+        data = sqlalchemy.make_url(leak_stack["data_url"])
+        # prefect-sqlalchemy's block, the password a secret field of its connection components.
+        SqlAlchemyConnector(
+            connection_info=ConnectionComponents(
+                driver=data.drivername,
+                username=data.username,
+                password=data.password,
+                host=data.host,
+                port=data.port,
+                database=data.database,
+            )
+        ).save("leak-sql", overwrite=True)
         Secret(value=leak_stack["tuning_url"]).save("leak-tuning-storage", overwrite=True)
     register_deployments(stack, REPO, "local")
 
