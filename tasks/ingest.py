@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextvars
+import logging
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
 from aicml.data.integration import IngestJob, IngestReport, run_ingest
@@ -12,6 +18,7 @@ from aicml.data.snapshots import Snapshot, dataset_name, write_snapshot
 from aicml.data.sources import parse_source, read_source
 from aicml.data.state import IngestState
 from aicml.errors import DataQualityError
+from aicml.names import slug
 from aicml.observability.metrics import DATA_INTEGRATION_RECORDS
 from aicml.redaction import redact
 from blocks.settings import AicSettings
@@ -133,6 +140,63 @@ def record_metrics(report: IngestReport) -> None:
     DATA_INTEGRATION_RECORDS.labels(source=report.load, outcome="quarantined").inc(report.quarantined)
 
 
+class IngestProgressArtifact:
+    """The Prefect progress artifact of one ingest batch: partitions processed (up to 90 %), then the
+    commit (100 %). Updated from the partitions' threads, at most every ``every_s`` seconds (and always
+    at the commit), in the Prefect context of the task that created it; a failed update is logged only.
+    """
+
+    COMMIT_SHARE = 10.0  # percent left for the commit after the last partition
+
+    def __init__(self, load: str, artifact_id: Any, every_s: float = 0.5):
+        self.load, self.artifact_id, self.every_s = load, artifact_id, every_s
+        self.context = contextvars.copy_context()
+        self.lock = threading.Lock()
+        self.last, self.seen = 0.0, 0
+
+    @classmethod
+    def create(cls, load: str) -> IngestProgressArtifact | None:
+        """The artifact (key ``ingest-progress-<load>``) at 0 %; None when Prefect did not take it."""
+        try:
+            artifact_id = create_progress_artifact(
+                progress=0.0,
+                key="ingest-progress-" + slug(load, limit=100),
+                description=f"Load {load}: listing partitions",
+            )
+        except Exception as exc:
+            get_run_logger().warning("No progress artifact for load %s: %s", load, exc)
+            return None
+        return cls(load, artifact_id)
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage == "committed":
+            self._update(100.0, f"Load {self.load}: {total} partitions committed")
+            return
+        share = 100.0 - self.COMMIT_SHARE
+        percent = share * done / total if total else share
+        # Under the lock: the values reach Prefect in order, never 60 % then 50 %.
+        with self.lock:
+            now = time.monotonic()
+            if done < self.seen or (done not in (0, total) and now - self.last < self.every_s):
+                return
+            self.last, self.seen = now, done
+            self._update(round(percent, 1), f"Load {self.load}: {done} of {total} partitions processed")
+
+    def finish(self, description: str) -> None:
+        self._update(100.0, description)
+
+    def _update(self, percent: float, description: str) -> None:
+        try:
+            self.context.copy().run(
+                update_progress_artifact,
+                artifact_id=self.artifact_id,
+                progress=percent,
+                description=description,
+            )
+        except Exception as exc:
+            logging.getLogger(__name__).warning("Progress of load %s not updated: %s", self.load, exc)
+
+
 # A batch is idempotent (outputs named by partition identity, SQL batches in a ledger), so an
 # infrastructure failure is retried; bad data and bad settings (our own errors) are not.
 @task(
@@ -147,13 +211,19 @@ def record_metrics(report: IngestReport) -> None:
 def ingest_batch(job: IngestJob, state_url: str | None = None) -> IngestReport:
     """Run one batch of ``job`` (parallel partitions, quarantine, commit, then state)."""
     logger = get_run_logger()
+    progress = IngestProgressArtifact.create(job.load)
     try:
-        report = run_ingest(job, IngestState(state_url) if state_url else None)
+        report = run_ingest(job, IngestState(state_url) if state_url else None, progress=progress)
     except DataQualityError as exc:
         DATA_INTEGRATION_RECORDS.labels(source=job.load, outcome="rejected").inc(exc.rows)
         logger.error("%s", exc)
         raise
     record_metrics(report)
+    if progress is not None:
+        progress.finish(
+            f"Load {job.load}: {report.partitions} partitions ({report.skipped} already loaded), "
+            f"{report.accepted} rows accepted, {report.quarantined} quarantined"
+        )
     logger.info(
         "Load %s: %d partitions (%d already loaded), %d rows in, %d accepted, %d quarantined, "
         "%d committed to %s in %.1fs",

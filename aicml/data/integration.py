@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -451,8 +452,51 @@ def _max_watermark(marks: list[str | None]) -> str | None:
         return max(present)
 
 
-def run_ingest(job: IngestJob, state: IngestState | None = None) -> IngestReport:
-    """Run one batch of ``job`` to commit; raises DataQualityError under policy ``fail``."""
+# (stage, done, total): "partitions" after each partition processed, "committed" once the batch is committed.
+IngestProgress = Callable[[str, int, int], None]
+_PROGRESS: dict[str, _Counter] = {}
+
+
+class _Counter:
+    """Partitions done of a batch, reported to a hook; shared by the threads of an in-process cluster."""
+
+    def __init__(self, total: int, hook: IngestProgress):
+        self.total, self.hook, self.done = total, hook, 0
+        self.lock = threading.Lock()
+
+    def one_more(self) -> None:
+        with self.lock:
+            self.done += 1
+            done = self.done
+        self.hook("partitions", done, self.total)
+
+
+@dataclass(frozen=True)
+class _CountedPartition:
+    """``process_partition`` that counts each finished partition in the counter registered under ``token``.
+
+    Picklable (a token, not the hook): in a worker process or a pod there is no counter and nothing is
+    reported, in this process (sync, or a LocalCluster of threads, the default) every partition is.
+    """
+
+    token: str
+
+    def __call__(self, task: PartitionTask) -> PartitionOutcome:
+        outcome = process_partition(task)
+        counter = _PROGRESS.get(self.token)
+        if counter is not None:
+            counter.one_more()
+        return outcome
+
+
+def run_ingest(
+    job: IngestJob, state: IngestState | None = None, progress: IngestProgress | None = None
+) -> IngestReport:
+    """Run one batch of ``job`` to commit; raises DataQualityError under policy ``fail``.
+
+    ``progress(stage, done, total)`` hears of each partition processed (when they run in this process)
+    and of the commit; a failing hook is the caller's to guard.
+    """
     started = time.perf_counter()
     since = state.watermark(job.load) if (state is not None and job.incremental) else None
     listed = job.connector.partitions(since)
@@ -466,7 +510,7 @@ def run_ingest(job: IngestJob, state: IngestState | None = None) -> IngestReport
     # before commit; the sink decides which of them commits a partition.
     staging = work / "staging" / uuid.uuid4().hex
     try:
-        return _run_batch(job, state, started, listed, todo, done, work, staging)
+        return _run_batch(job, state, started, listed, todo, done, work, staging, progress)
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # committed files were moved out; the rest is spare
 
@@ -480,6 +524,7 @@ def _run_batch(
     done: set[str],
     work: Path,
     staging: Path,
+    progress: IngestProgress | None = None,
 ) -> IngestReport:
     layout = job.sink.staging()
     # Partitions side by side already fill the cores: each parses on its own thread.
@@ -501,7 +546,14 @@ def _run_batch(
         )
         for p in todo
     ]
-    parts = run_partitions(process_partition, tasks, job.cluster)
+    token = uuid.uuid4().hex
+    if progress is not None:
+        _PROGRESS[token] = _Counter(len(tasks), progress)
+        progress("partitions", 0, len(tasks))
+    try:
+        parts = run_partitions(_CountedPartition(token), tasks, job.cluster)
+    finally:
+        _PROGRESS.pop(token, None)
     # Content-identified partitions (HTTP) are only known after reading: skip those already committed.
     parts = [p for p in parts if p.identity not in done]
     if job.policy == "fail":
@@ -527,6 +579,8 @@ def _run_batch(
             [CommittedPartition(p.identity, p.key, p.accepted) for p in parts],
             watermark if job.incremental else None,
         )
+    if progress is not None:
+        progress("committed", len(parts), len(parts))
     samples = [p.sample for p in parts if p.sample is not None and len(p.sample)]
     raw = [p.raw_sample for p in parts if p.raw_sample is not None and len(p.raw_sample)]
     return IngestReport(
