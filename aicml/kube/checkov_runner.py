@@ -54,17 +54,37 @@ def load_skips(path: Path | None = None) -> list[CheckovSkip]:
     return skips
 
 
+def checkov_candidates() -> list[Path]:
+    """Where checkov is looked for, in order: $AIC_CHECKOV, `.tools/bin/checkov` of the project in the
+    current directory (or a parent of it) and of the checkout this package lives in, then PATH and this
+    Python's own bin directory."""
+    found: list[Path] = []
+    if configured := os.environ.get("AIC_CHECKOV"):
+        found.append(Path(configured))
+    cwd = Path.cwd().resolve()
+    for directory in (cwd, *cwd.parents, Path(__file__).resolve().parents[2]):
+        if (directory / "pyproject.toml").is_file() or (directory / ".tools").is_dir():
+            candidate = directory / ".tools" / "bin" / "checkov"
+            if candidate not in found:
+                found.append(candidate)
+    if on_path := shutil.which("checkov"):
+        found.append(Path(on_path))
+    found.append(Path(sys.executable).with_name("checkov"))
+    return found
+
+
 def checkov_command() -> list[str]:
-    # checkov pins networkx<2.7, which torch's stack cannot share: it lives in its own venv (`make tools`),
-    # named by AIC_CHECKOV.
-    found = (
-        os.environ.get("AIC_CHECKOV")
-        or shutil.which("checkov")
-        or str(Path(sys.executable).with_name("checkov"))
+    # checkov pins networkx<2.7, which torch's stack cannot share: it lives in its own venv (`make tools`,
+    # .tools/), found through AIC_CHECKOV or relative to the project.
+    candidates = checkov_candidates()
+    for candidate in candidates:
+        if candidate.is_file():
+            return [str(candidate)]
+    looked = ", ".join(str(c) for c in dict.fromkeys(candidates))
+    raise KubeError(
+        f"checkov is not installed: run `make tools` (it gets its own venv, .tools/) or set AIC_CHECKOV. "
+        f"Looked in: {looked}."
     )
-    if not Path(found).exists():
-        raise KubeError("checkov is not installed: run `make tools` (it gets its own venv, .tools/).")
-    return [found]
 
 
 def write_for_checkov(objects: list[KubeObject], directory: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -80,6 +80,14 @@ def apply(
     project_dir: Annotated[
         Path, typer.Option("--project-dir", help="Where prefect.yaml is (default: the current directory).")
     ] = Path("."),
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Validate and print what would be applied (objects, Secrets, Prefect deployments); change "
+            "nothing. With --context, the API server also dry-runs the apply (`kubectl apply --dry-run=server`).",
+        ),
+    ] = False,
 ) -> None:
     """Validate the overlay like `plan`, create missing Secrets, server-side apply it, then bring the cluster's
     Prefect to the platform's state (needs a cluster)."""
@@ -89,6 +97,9 @@ def apply(
     try:
         report = plan_overlay(overlay.value, k8s_dir, checkov=False)
         report.raise_for_violations()
+        if dry_run:
+            _print_dry_run(report, project_dir.resolve(), context, prefect)
+            return
         print(apply_manifest(report.manifest, report.objects, context=context), end="")
         if prefect:
             for line in register_prefect(project_dir.resolve(), context=context):
@@ -96,6 +107,30 @@ def apply(
     except KubeError as error:
         print(f"error: {error}")
         raise typer.Exit(1) from error
+
+
+def _print_dry_run(report: Any, project_dir: Path, context: str | None, prefect: bool) -> None:
+    """What `apply` would do, from the rendered overlay; the cluster is only asked (a server-side dry run)
+    when a context is named."""
+    from aicml.kube.cluster import FIELD_MANAGER, kubectl
+    from aicml.kube.secrets import SECRET_SPECS
+
+    print(f"would apply {len(report.objects)} objects (server-side, field manager {FIELD_MANAGER}):")
+    for obj in report.objects:
+        meta = obj.get("metadata") or {}
+        where = f" -n {meta['namespace']}" if meta.get("namespace") else ""
+        print(f"  {obj.get('kind')}/{meta.get('name')}{where}")
+    print("would create these Secrets where missing: " + ", ".join(spec.name for spec in SECRET_SPECS))
+    if prefect:
+        from aicml.kube.prefect_setup import deployment_entries, kubernetes_pools
+
+        pools = kubernetes_pools()
+        print(f"would register on the cluster's Prefect: pools {', '.join(pools)}; deployments "
+              + ", ".join(deployment_entries(project_dir, pools)))  # fmt: skip
+    if context is not None:
+        print(kubectl(["apply", "--server-side", f"--field-manager={FIELD_MANAGER}", "--dry-run=server", "-f", "-"],
+                      stdin=report.manifest, context=context), end="")  # fmt: skip
+    print("dry run: nothing applied")
 
 
 @app.command()

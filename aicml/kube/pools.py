@@ -71,11 +71,7 @@ async def _apply(specs: list[PoolSpec]) -> list[tuple[str, str]]:
     done = []
     async with get_client() as client:
         for spec in specs:
-            template = (
-                base_job_template(spec.name)  # type: ignore[arg-type]
-                if spec.type == "kubernetes"
-                else process_base_job_template()
-            )
+            template = _template_for(spec)
             try:
                 await client.read_work_pool(spec.name)
             except ObjectNotFound:
@@ -102,3 +98,71 @@ def apply_pools(api_url: str, local_pool: str = "local", local_concurrency: int 
 
     with temporary_settings(updates={PREFECT_API_URL: api_url}):
         return asyncio.run(_apply(pool_specs(local_pool, local_concurrency)))
+
+
+def _template_for(spec: PoolSpec) -> dict[str, Any]:
+    if spec.type == "kubernetes":
+        return base_job_template(spec.name)  # type: ignore[arg-type]
+    return process_base_job_template()
+
+
+def _differences(template: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Which parts of a base job template differ: job_configuration keys and variables, by name."""
+    changes = []
+    for part in ("job_configuration",):
+        want, have = template.get(part) or {}, current.get(part) or {}
+        changes += [
+            f"{part}.{key}" for key in sorted(set(want) | set(have)) if want.get(key) != have.get(key)
+        ]
+    want_vars = (template.get("variables") or {}).get("properties") or {}
+    have_vars = (current.get("variables") or {}).get("properties") or {}
+    for key in sorted(set(want_vars) | set(have_vars)):
+        if key not in have_vars:
+            changes.append(f"variable {key} (added)")
+        elif key not in want_vars:
+            changes.append(f"variable {key} (removed)")
+        elif want_vars[key] != have_vars[key]:
+            changes.append(f"variable {key}")
+    if not changes and template != current:
+        changes.append("base_job_template")
+    return changes
+
+
+@dataclass(frozen=True)
+class PoolChange:
+    """What `aicml pools apply` would do to one pool: ``create``, ``update`` (with ``changes``) or ``unchanged``."""
+
+    name: str
+    type: str
+    action: str
+    changes: tuple[str, ...] = ()
+
+
+async def _plan(specs: list[PoolSpec]) -> list[PoolChange]:
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    out = []
+    async with get_client() as client:
+        for spec in specs:
+            template = _template_for(spec)
+            try:
+                pool = await client.read_work_pool(spec.name)
+            except ObjectNotFound:
+                out.append(PoolChange(spec.name, spec.type, "create"))
+                continue
+            changes = _differences(template, pool.base_job_template)
+            if pool.concurrency_limit != spec.concurrency:
+                changes.append(f"concurrency_limit {pool.concurrency_limit} -> {spec.concurrency}")
+            if pool.type != spec.type:
+                changes.append(f"type {pool.type} (Prefect cannot change a pool's type; delete it first)")
+            out.append(PoolChange(spec.name, spec.type, "update" if changes else "unchanged", tuple(changes)))
+    return out
+
+
+def plan_pools(api_url: str, local_pool: str = "local", local_concurrency: int = 4) -> list[PoolChange]:
+    """What `apply_pools` would do to each pool, read from the server; writes nothing."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        return asyncio.run(_plan(pool_specs(local_pool, local_concurrency)))

@@ -251,17 +251,29 @@ def backup_databases(
     return final
 
 
-def prune_backups(output: Path, retention_days: int, *, now: datetime | None = None) -> list[Path]:
-    """Delete complete backups older than `retention_days`; the newest one is always kept."""
+def backups_to_prune(
+    output: Path, retention_days: int, *, now: datetime | None = None, keep_newest: bool = True
+) -> list[Path]:
+    """The complete backups older than `retention_days` that pruning deletes; never the newest one
+    (``keep_newest`` False: as if a new backup had just been written, which is then the newest)."""
+    if not output.is_dir():
+        return []
     complete = sorted(
         p for p in output.iterdir() if p.is_dir() and _STAMP.match(p.name) and (p / MANIFEST).exists()
     )
     cutoff = (now or datetime.now(UTC)) - timedelta(days=retention_days)
-    removed: list[Path] = []
-    for path in complete[:-1]:
-        if datetime.strptime(path.name, STAMP_FORMAT).replace(tzinfo=UTC) < cutoff:
-            shutil.rmtree(path)
-            removed.append(path)
+    return [
+        path
+        for path in (complete[:-1] if keep_newest else complete)
+        if datetime.strptime(path.name, STAMP_FORMAT).replace(tzinfo=UTC) < cutoff
+    ]
+
+
+def prune_backups(output: Path, retention_days: int, *, now: datetime | None = None) -> list[Path]:
+    """Delete complete backups older than `retention_days`; the newest one is always kept."""
+    removed = backups_to_prune(output, retention_days, now=now)
+    for path in removed:
+        shutil.rmtree(path)
     return removed
 
 

@@ -53,9 +53,16 @@ def backup(
         typer.Option("--retention-days", help="Delete backups older than this (the newest stays)."),
     ] = None,
     url: UrlOption = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Print what would be dumped and which old backups would be deleted; write nothing.",
+        ),
+    ] = False,
 ) -> None:
     """pg_dump (custom format) of each database into a new stamped directory, with checksums and MLflow counts."""
-    from aicml.stack.backup import backup_databases
+    from aicml.stack.backup import backup_databases, backups_to_prune
 
     server_url = _server_url(url)
     if not database:
@@ -63,6 +70,17 @@ def backup(
 
         settings = AicSettings()
         database = [settings.mlflow_database, settings.prefect_database]
+    if dry_run:
+        directory = output or _home() / "backups"
+        print(f"would dump {', '.join(dict.fromkeys(database))} into a new backup under {directory}")
+        if retention_days is not None:
+            # After the new backup it is the newest: every complete backup past the cutoff goes.
+            old = backups_to_prune(directory, retention_days, keep_newest=False)
+            print(f"would delete {len(old)} backup(s) older than {retention_days} day(s)")
+            for path in old:
+                print(f"  {path}")
+        print("dry run: nothing written")
+        return
     try:
         path = backup_databases(
             server_url, database, output or _home() / "backups", retention_days=retention_days

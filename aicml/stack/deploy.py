@@ -47,8 +47,42 @@ def register_deployments(stack: LocalStack, project_dir: Path, pool: str | None 
     return names
 
 
+def submit_deployment_run(
+    name: str, parameters: dict[str, Any] | None = None, tags: list[str] | None = None
+) -> Any:
+    """Create a run of deployment ``name`` and return it at once (Scheduled); the worker picks it up.
+
+    ``parameters`` are merged by Prefect onto the deployment's parameters at the top level: send
+    ``{"overrides": {...}}`` to change single fields of the preset, never a whole ``params``.
+    """
+    from prefect.deployments import run_deployment
+
+    return run_deployment(name, parameters=parameters, timeout=0, tags=tags)
+
+
 def run_deployment_and_wait(name: str, parameters: dict[str, Any] | None, timeout: float) -> Any:
     """Submit a run of deployment ``name`` and wait for its final state; return the flow run."""
     from prefect.deployments import run_deployment
 
     return run_deployment(name, parameters=parameters, timeout=timeout)
+
+
+def registered_deployments(names: list[str]) -> dict[str, bool]:
+    """For each ``flow/deployment`` name, whether the Prefect server (current settings) already has it."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    async def read() -> dict[str, bool]:
+        found = {}
+        async with get_client() as client:
+            for name in names:
+                try:
+                    await client.read_deployment_by_name(name)
+                    found[name] = True
+                except ObjectNotFound:
+                    found[name] = False
+        return found
+
+    return asyncio.run(read())

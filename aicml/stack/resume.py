@@ -40,7 +40,8 @@ async def _prepare(flow_run_id: UUID) -> tuple[str, dict[str, Any]]:
 
 
 def resume_flow_run(flow_run_id: UUID, timeout: float = 3600) -> Any:
-    """Start the resumed run, wait for it, and return it (its `state` says how it ended)."""
+    """Start the resumed run, wait for it, and return it (its `state` says how it ended); ``timeout`` 0
+    returns the new run as soon as it is created."""
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL
 
