@@ -30,8 +30,10 @@ TrackingUri = Annotated[
 
 def _activate(tracking_uri: str | None) -> str:
     """Point MLflow at the server (option, MLFLOW_TRACKING_URI, the stack's), read once here at the edge."""
+    from aicml import compat
     from aicml.registry.tracking import Tracking
 
+    compat.quiet_downloads()  # a command's start: no MLflow download bars in its output
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         from blocks.settings import AicSettings
@@ -39,6 +41,10 @@ def _activate(tracking_uri: str | None) -> str:
         uri = AicSettings().tracking_uri
     Tracking(uri=uri).activate()
     return uri
+
+
+def _size(size_bytes: int) -> str:
+    return f"{size_bytes / 1e6:.1f} MB" if size_bytes >= 100_000 else f"{size_bytes / 1e3:.1f} kB"
 
 
 def _pickle_note(pickled: dict[str, str]) -> str | None:
@@ -73,7 +79,7 @@ def verify(
     except AicError as exc:
         typer.secho(str(exc), fg=typer.colors.RED, err=True)
         raise typer.Exit(EXIT_ERROR) from exc
-    size = f"{found.size_bytes / 1e6:.1f} MB"
+    size = _size(found.size_bytes)
     if found.status == MATCH:
         typer.echo(
             f"match: {name} v{version} ({size}) hashes to {found.actual}, as recorded in {CHECKSUM_TAG}"

@@ -277,7 +277,7 @@ def load_served(name: str, version: str, cache_dir: Path, max_rows: int) -> Serv
     served = ServedModel.from_pyfunc(name, version, pyfunc, max_rows)
     size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     log.info(
-        "loaded model %s v%s (%.1f MB) in %.1f s", name, version, size / 1e6, time.perf_counter() - started
+        "loaded model %s v%s (%.2f MB) in %.1f s", name, version, size / 1e6, time.perf_counter() - started
     )
     return served
 
