@@ -215,17 +215,57 @@ def test_documents_created_in_the_ui_resolve_to_connector_options(api: str) -> N
 
 
 def test_documents_of_the_retired_types_still_resolve_with_a_warning(api: str) -> None:
-    from blocks.data import S3Storage, SqlDatabase, sql_url_from_block, storage_options_from_block
+    """``aic-sql-database`` and ``aic-s3-storage`` documents saved by earlier versions (type, schema and
+    document as those versions put them on the server; the classes are gone)."""
+    from blocks.data import sql_url_from_block, storage_options_from_block
 
+    ui = Ui(api)
     tag = uuid.uuid4().hex[:6]
-    SqlDatabase(url="postgresql+psycopg://u:old-pw@h/db").save(f"old-sql-{tag}")
-    S3Storage(access_key_id="ak", secret_access_key="old-secret", endpoint_url="http://s3:9000").save(
-        f"old-s3-{tag}"
-    )
+    old = {
+        "aic-sql-database": ("AIC SQL Database", {"url": "postgresql+psycopg://u:old-pw@h/db"}, ["url"]),
+        "aic-s3-storage": (
+            "AIC S3 Storage",
+            {"access_key_id": "ak", "secret_access_key": "old-secret", "endpoint_url": "http://s3:9000"},
+            ["secret_access_key"],
+        ),
+    }
+    for slug, (name, data, secret) in old.items():
+        reply = ui.http.get(f"/block_types/slug/{slug}")
+        block_type = (
+            reply.json()
+            if reply.status_code == 200
+            else ui.post("/block_types/", {"name": name, "slug": slug})
+        )
+        properties = {field: {"type": "string"} for field in data}
+        properties.update(
+            {field: {"type": "string", "format": "password", "writeOnly": True} for field in secret}
+        )
+        schema = ui.post(
+            "/block_schemas/",
+            {
+                "block_type_id": block_type["id"],
+                "fields": {
+                    "title": name,
+                    "type": "object",
+                    "properties": properties,
+                    "secret_fields": secret,
+                },
+                "capabilities": [],
+            },
+        )
+        ui.post(
+            "/block_documents/",
+            {
+                "name": f"old-{tag}",
+                "block_type_id": block_type["id"],
+                "block_schema_id": schema["id"],
+                "data": data,
+            },
+        )
     with pytest.warns(DeprecationWarning, match="save its values as a 'sqlalchemy-connector' block"):
-        assert sql_url_from_block(f"old-sql-{tag}") == "postgresql+psycopg://u:old-pw@h/db"
+        assert sql_url_from_block(f"old-{tag}") == "postgresql+psycopg://u:old-pw@h/db"
     with pytest.warns(DeprecationWarning, match="'s3-bucket'"):
-        assert storage_options_from_block(f"old-s3-{tag}") == {
+        assert storage_options_from_block(f"old-{tag}") == {
             "key": "ak",
             "secret": "old-secret",
             "client_kwargs": {"region_name": "us-east-1", "endpoint_url": "http://s3:9000"},
