@@ -97,6 +97,15 @@ def _require_up(stack: Any, *, prefect: bool = True, mlflow: bool = True) -> Non
             )
 
 
+def require_stack(*, prefect: bool = True, mlflow: bool = True) -> Any:
+    """The stack, after checking that the servers a command needs answer (exit 1 naming what is down),
+    with this process pointed at them; for sub-apps (`aicml data landed`) as for the commands here."""
+    stack = _stack()
+    _require_up(stack, prefect=prefect, mlflow=mlflow)
+    stack.export_client_env()
+    return stack
+
+
 def _print_exports(stack: Any) -> None:
     for name, value in stack.shell_exports().items():
         typer.echo(f"export {name}={value}")
@@ -128,7 +137,7 @@ def up(
     stack = _stack()
     typer.echo(f"Starting the local stack under {stack.home} ...")
     try:
-        stack.up(auth=auth, **({"with_prometheus": True} if with_prometheus else {}))
+        stack.up(auth=auth, with_prometheus=with_prometheus)
     except AicError as exc:
         _fail(str(exc))
     _print_status(stack, last=20)
@@ -317,6 +326,17 @@ def _watch(stack: Any, flow_run: Any, label: str, timeout: float, as_json: bool 
     return data
 
 
+def _exit_unless_completed(data: dict[str, Any], as_json: bool) -> None:
+    """Exit 1 unless the run completed (the summary already said how it ended)."""
+    if data["state"] == "Completed":
+        return
+    if not as_json:
+        if not data["finished"]:
+            _fail(f"Stopped following after {data['seconds']:.0f}s; the run goes on: {data['url']}")
+        _fail(f"The run ended {data['state']}: {data.get('message') or 'no message'}")
+    raise typer.Exit(1)
+
+
 def _submit(stack: Any, name: str, overrides: dict[str, Any] | None) -> Any:
     from aicml.errors import AicError
     from aicml.stack.deploy import submit_deployment_run
@@ -390,10 +410,7 @@ def run(
     stack.export_client_env()
     flow_run = _submit(stack, deployment, overrides)
     data = _watch(stack, flow_run, deployment, timeout, as_json)
-    if data["state"] != "Completed":
-        if not as_json:
-            _fail(data.get("message") or f"The run ended {data['state']}.")
-        raise typer.Exit(1)
+    _exit_unless_completed(data, as_json)
 
 
 @app.command()
@@ -560,8 +577,7 @@ def resume(
     except AicError as exc:
         _fail(str(exc))
     data = _watch(stack, run, f"resume of {failed_id}", timeout, as_json)
-    if data["state"] != "Completed":
-        raise typer.Exit(1)
+    _exit_unless_completed(data, as_json)
 
 
 @app.command("metrics-exporter")
@@ -589,15 +605,23 @@ def _register_subcommands() -> None:
     from aicml.agents.cli import app as agents_app
     from aicml.data.cli import app as data_app
     from aicml.kube.cli import app as kube_app
+    from aicml.registry.cli import app as models_app
     from aicml.serving.cli import serve as serve_command
     from aicml.stack.backup_cli import backup as backup_command
     from aicml.stack.backup_cli import restore as restore_command
+    from aicml.tuning.cli import app as tune_app
 
     app.add_typer(kube_app, name="k8s", help="Render, validate, apply and verify the platform on Kubernetes.")
     app.add_typer(
         data_app, name="data", help="Data integration: watch a landing folder, render the Dask spec."
     )
     app.add_typer(agents_app, name="agents", help="Agent orchestration: registry, lifecycle, coordination.")
+    app.add_typer(
+        models_app,
+        name="models",
+        help="Registered models: verify a version's digest, trust one from elsewhere.",
+    )
+    app.add_typer(tune_app, name="tune", help="Tuning studies: the live Optuna dashboard.")
     app.command("serve")(serve_command)
     app.command("backup")(backup_command)
     app.command("restore")(restore_command)

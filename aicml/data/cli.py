@@ -12,6 +12,13 @@ import typer
 app = typer.Typer(help="Data integration: landing events and cluster specs.", no_args_is_help=True)
 
 
+def _require_prefect() -> None:
+    """Events go to the Prefect API: fail at once when it does not answer, and point this process at it."""
+    from aicml.cli import require_stack
+
+    require_stack(mlflow=False)
+
+
 @app.command()
 def watch(
     directory: Annotated[Path, typer.Argument(help="Directory where files land.")],
@@ -28,6 +35,7 @@ def watch(
     if not directory.is_dir():
         typer.secho(f"{directory} is not a directory.", fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
+    _require_prefect()
     LandingWatcher(directory, announce).run(interval, polls)
 
 
@@ -39,6 +47,7 @@ def landed(path: Annotated[Path, typer.Argument(help="A file that has landed.")]
     if not path.is_file():
         typer.secho(f"{path} is not a file.", fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
+    _require_prefect()
     emit_file_landed(path)
     typer.echo(f"landed: {path.resolve()}")
 

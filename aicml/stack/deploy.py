@@ -60,13 +60,6 @@ def submit_deployment_run(
     return run_deployment(name, parameters=parameters, timeout=0, tags=tags)
 
 
-def run_deployment_and_wait(name: str, parameters: dict[str, Any] | None, timeout: float) -> Any:
-    """Submit a run of deployment ``name`` and wait for its final state; return the flow run."""
-    from prefect.deployments import run_deployment
-
-    return run_deployment(name, parameters=parameters, timeout=timeout)
-
-
 def registered_deployments(names: list[str]) -> dict[str, bool]:
     """For each ``flow/deployment`` name, whether the Prefect server (current settings) already has it."""
     import asyncio

@@ -45,6 +45,21 @@ def test_version_comes_from_the_package_metadata() -> None:
     assert result.output.strip() == f"aic-ml {version('aic-ml')}"
 
 
+def test_env_prints_the_export_lines_of_the_stack(tmp_path: Path) -> None:
+    env = _down_env(tmp_path)
+    result = CliRunner().invoke(app, ["env"], env=env)
+    assert result.exit_code == 0, result.output
+    port = env["AIC_PREFECT_PORT"]
+    assert f"export PREFECT_API_URL=http://127.0.0.1:{port}/api" in result.output.splitlines()
+    # What a shell gets from eval "$(aicml env)".
+    shell = subprocess.run(["bash", "-c", f"{result.output}\necho $PREFECT_API_URL $MLFLOW_TRACKING_URI"],
+                           capture_output=True, text=True, check=True, env={"PATH": os.environ["PATH"]})  # fmt: skip
+    assert shell.stdout.split() == [
+        f"http://127.0.0.1:{port}/api",
+        f"http://127.0.0.1:{env['AIC_MLFLOW_PORT']}",
+    ]
+
+
 def test_commands_fail_fast_with_the_stack_down(tmp_path: Path) -> None:
     csv = tmp_path / "rows.csv"
     csv.write_text("a,b\n1,2\n")
@@ -53,6 +68,8 @@ def test_commands_fail_fast_with_the_stack_down(tmp_path: Path) -> None:
         ["run", str(csv), "--target", "b", "--model-name", "m"],
         ["resume", str(uuid.uuid4())],
         ["deploy"],
+        ["data", "landed", str(csv)],
+        ["pools", "apply", "--dry-run"],
     ):
         started = time.monotonic()
         result = CliRunner().invoke(app, args, env=_down_env(tmp_path))
