@@ -222,15 +222,27 @@ def verified_cache_dir() -> Path:
     return Path(os.environ.get("AIC_HOME", ".aic")).resolve() / "models"
 
 
+def loaded_line(name: str, version: str, path: Path, seconds: float) -> str:
+    """The one log line a model load leaves (MLflow's download progress bars are off in our processes)."""
+    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return f"loaded model {name} v{version} ({size / 1e6:.2f} MB) in {seconds:.1f} s"
+
+
 def load_verified(uri: str, cache_dir: Path | None = None) -> object:
     """Load ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` as a pyfunc, only after its files match the
     digest recorded at registration. Every loader (server, agents, smoke test, ``aicml predict``, the
     champion's re-scoring) goes through here or ``fetch_verified``: nothing loads unverified files."""
+    import time
+
     import mlflow.pyfunc
 
+    started = time.perf_counter()
     ref = parse_model_uri(uri)
-    path = fetch_verified(ref.name, resolve_version(ref), cache_dir or verified_cache_dir())
-    return mlflow.pyfunc.load_model(str(path))
+    version = resolve_version(ref)
+    path = fetch_verified(ref.name, version, cache_dir or verified_cache_dir())
+    model = mlflow.pyfunc.load_model(str(path))
+    log.info("%s", loaded_line(ref.name, version, path, time.perf_counter() - started))
+    return model
 
 
 # ---------------------------------------------------------------------------------------------------------

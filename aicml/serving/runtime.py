@@ -24,7 +24,7 @@ import pandas as pd
 
 from aicml import compat
 from aicml.errors import AicError, RegistryError
-from aicml.registry.checksums import ModelRef, fetch_verified, resolve_version
+from aicml.registry.checksums import ModelRef, fetch_verified, loaded_line, resolve_version
 from aicml.serving.inputs import V2_NATIVE, Batch, InputError, InputSchema
 
 log = logging.getLogger(__name__)
@@ -275,10 +275,7 @@ def load_served(name: str, version: str, cache_dir: Path, max_rows: int) -> Serv
     path = fetch_verified(name, version, cache_dir)
     pyfunc = mlflow.pyfunc.load_model(str(path))
     served = ServedModel.from_pyfunc(name, version, pyfunc, max_rows)
-    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    log.info(
-        "loaded model %s v%s (%.2f MB) in %.1f s", name, version, size / 1e6, time.perf_counter() - started
-    )
+    log.info("%s", loaded_line(name, version, path, time.perf_counter() - started))
     return served
 
 
