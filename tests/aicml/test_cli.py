@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from importlib.metadata import version
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from aicml.cli import _register_subcommands, app
@@ -232,6 +233,7 @@ def test_pools_apply_and_deploy_dry_runs_write_nothing(stack) -> None:
     assert "nothing registered" in result.output
 
 
+@pytest.mark.slow  # a whole pipeline run and a failing one through the worker: 1-3 minutes
 def test_run_prints_the_link_at_once_then_follows_and_summarizes(stack, tmp_path: Path) -> None:
     """`aicml run` against the real stack: the link while the run has not ended, live lines, then the
     candidates, the best, the version and the decision; only the options given are sent, as overrides."""
