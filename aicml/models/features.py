@@ -6,19 +6,24 @@ transformation. Everything is vectorised (pandas/numpy); no per-row Python.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from aicml.errors import SchemaError
+from aicml.models.portable.features import (
+    MISSING,
+    OTHER,
+    TEXT_FEATURES,
+    LabelDecoder,
+    Problem,
+    TableFeatures,
+)
 
-Problem = Literal["classification", "regression"]
+__all__ = ["TEXT_FEATURES", "LabelCodec", "Problem", "TabularPreprocessor", "infer_problem"]
 MAX_CATEGORIES = 50
-TEXT_FEATURES = 32
-_MISSING = "__missing__"
-_OTHER = "__other__"
 
 
 def infer_problem(labels: pd.Series) -> Problem:
@@ -48,17 +53,12 @@ def _numeric_share(values: pd.Series) -> float:
 
 
 @dataclass
-class TabularPreprocessor:
-    """Fit on a training frame, then ``transform`` any frame with the same columns to float32."""
+class TabularPreprocessor(TableFeatures):
+    """Fit on a training frame, then ``transform`` any frame with the same columns to float32.
 
-    numeric: list[str] = field(default_factory=list)
-    categorical: dict[str, list[str]] = field(default_factory=dict)
-    dates: list[str] = field(default_factory=list)
-    text: list[str] = field(default_factory=list)
-    dropped: dict[str, str] = field(default_factory=dict)
-    stats: dict[str, tuple[float, float, float]] = field(default_factory=dict)
-    feature_names: list[str] = field(default_factory=list)
-    input_columns: list[str] = field(default_factory=list)
+    The transformation itself is ``TableFeatures`` (shipped with every logged model, see
+    ``aicml.models.portable``); ``fitted()`` is the plain state a model stores.
+    """
 
     def fit(self, frame: pd.DataFrame) -> TabularPreprocessor:
         if frame.shape[1] == 0:
@@ -98,7 +98,7 @@ class TabularPreprocessor:
         for column in self.dates:
             names += [f"{column}__{part}" for part in ("days", "month", "weekday")]
         for column, levels in self.categorical.items():
-            names += [f"{column}={level}" for level in [*levels, _OTHER, _MISSING]]
+            names += [f"{column}={level}" for level in [*levels, OTHER, MISSING]]
         for column in self.text:
             names += [f"{column}__len", *(f"{column}__h{i}" for i in range(TEXT_FEATURES))]
         self.feature_names = names
@@ -109,60 +109,11 @@ class TabularPreprocessor:
             )
         return self
 
-    def _numeric_block(self, frame: pd.DataFrame, fit: bool) -> np.ndarray:
-        columns = []
-        for column in self.numeric:
-            raw = pd.to_numeric(frame[column], errors="coerce").astype("float64").to_numpy()
-            raw = np.where(np.isfinite(raw), raw, np.nan)
-            if fit:
-                finite = raw[~np.isnan(raw)]
-                median = float(np.median(finite)) if finite.size else 0.0
-                mean = float(finite.mean()) if finite.size else 0.0
-                std = float(finite.std()) if finite.size else 1.0
-                self.stats[column] = (median, mean, std if std > 1e-12 else 1.0)
-            median, mean, std = self.stats[column]
-            columns.append((np.where(np.isnan(raw), median, raw) - mean) / std)
-        for column in self.dates:
-            stamps = pd.to_datetime(frame[column], errors="coerce", format="mixed")
-            days = (stamps - pd.Timestamp("1970-01-01")).dt.days.astype("float64").to_numpy()
-            if fit:
-                finite = days[~np.isnan(days)]
-                mean = float(finite.mean()) if finite.size else 0.0
-                std = float(finite.std()) if finite.size and finite.std() > 0 else 1.0
-                self.stats[column] = (mean, mean, std)
-            _, mean, std = self.stats[column]
-            columns.append((np.where(np.isnan(days), mean, days) - mean) / std)
-            columns.append(stamps.dt.month.fillna(0).to_numpy(dtype="float64") / 12.0)
-            columns.append(stamps.dt.weekday.fillna(0).to_numpy(dtype="float64") / 6.0)
-        if not columns:
-            return np.zeros((len(frame), 0))
-        return np.column_stack(columns)
-
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
-        missing = [c for c in self.input_columns if c not in frame.columns]
+        missing = self.missing_columns(frame)
         if missing:
             raise SchemaError(f"Input lacks feature column(s) {missing}; the model was trained with them.")
-        blocks = [self._numeric_block(frame, fit=False)]
-        for column, levels in self.categorical.items():
-            values = frame[column].astype(object)
-            text = values.astype(str)
-            codes = pd.Categorical(
-                text.where(text.isin(levels), _OTHER), categories=[*levels, _OTHER, _MISSING]
-            )
-            index = np.asarray(codes.codes, dtype=np.int64)
-            index[values.isna().to_numpy()] = len(levels) + 1
-            onehot = np.zeros((len(frame), len(levels) + 2))
-            onehot[np.arange(len(frame)), index] = 1.0
-            blocks.append(onehot)
-        if self.text:
-            from sklearn.feature_extraction.text import HashingVectorizer
-
-            hasher = HashingVectorizer(n_features=TEXT_FEATURES, alternate_sign=False, norm="l2")
-            for column in self.text:
-                text = frame[column].fillna("").astype(str)
-                length = np.log1p(text.str.len().to_numpy(dtype="float64"))[:, None]
-                blocks.append(np.hstack([length, hasher.transform(text).toarray()]))
-        return np.hstack(blocks).astype(np.float32)
+        return super().transform(frame)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -176,13 +127,9 @@ class TabularPreprocessor:
 
 
 @dataclass
-class LabelCodec:
-    """Classes <-> integer codes for classification; scaling for regression targets."""
-
-    problem: Problem
-    classes: list[Any] = field(default_factory=list)
-    mean: float = 0.0
-    std: float = 1.0
+class LabelCodec(LabelDecoder):
+    """Classes <-> integer codes for classification; scaling for regression targets (``decode``: the
+    shipped ``LabelDecoder``)."""
 
     def fit(self, labels: pd.Series) -> LabelCodec:
         if self.problem == "classification":
@@ -208,8 +155,3 @@ class LabelCodec:
             return codes.to_numpy(dtype=np.int64)
         values = pd.to_numeric(labels, errors="coerce").to_numpy(dtype="float64")
         return ((values - self.mean) / self.std).astype(np.float32)
-
-    def decode(self, output: np.ndarray) -> np.ndarray:
-        if self.problem == "classification":
-            return np.asarray(self.classes, dtype=object)[output]
-        return output.astype("float64") * self.std + self.mean

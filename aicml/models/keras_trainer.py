@@ -4,12 +4,13 @@ Tables get a dense network (``TrainerOptions.hidden``), images a small convoluti
 epoch writes ``last.keras`` (model and optimiser state) and its epoch number; a rerun resumes from
 it with ``initial_epoch``. TensorFlow is imported only inside the functions here. The logged model
 holds no pickle: Keras' own ``.keras`` file, plain values as JSON and the fitted preprocessing as skops.
+It is portable: served by ``aicml.models.portable.keras_model`` (shipped in ``code_paths``), with pinned
+requirements that name no aic-ml (``aicml.models.requirements``).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,61 +19,42 @@ from typing import Any, ClassVar, cast
 
 import numpy as np
 import pandas as pd
-from mlflow.pyfunc import PythonModel
 
 from aicml.durable import publish, write_durably
-from aicml.errors import ConfigurationError, RegistryError, TrainingError
-from aicml.models.artifacts import (
-    dump_skops,
-    load_skops,
-    read_json,
-    refuse_pickle,
-    write_json,
-    write_pyfunc_code,
-)
+from aicml.errors import ConfigurationError, TrainingError
+from aicml.models.artifacts import dump_skops, write_json, write_pyfunc_code
 from aicml.models.options import TrainerOptions
+from aicml.models.portable.keras_model import (
+    KerasPyfuncModel,
+    ShippedInputs,
+    channels_last,
+    keras_module,
+)
+from aicml.models.requirements import pinned_requirements, ship_portable_code
 from aicml.models.trainers import (
-    SKOPS_TRUSTED_TYPES,
     Checkpointing,
-    DataKind,
     EpochHook,
     FitReport,
     ImageData,
     PreparedData,
     TrainingData,
-    prepare_images,
 )
 
-KERAS_PIP_REQUIREMENTS = [
-    "mlflow",
-    "pandas",
-    "numpy",
-    "scikit-learn",
-    "skops",
-    "tensorflow-cpu",
-    "aic-ml[tensorflow]",
-]
+# Old models name aicml.models.keras_trainer.KerasPyfuncModel in their code file: the same class.
+__all__ = ["FittedKeras", "KerasInputs", "KerasPyfuncModel", "KerasTrainer"]
 
 
 def _keras() -> Any:
-    # Keras 3 picks its backend from the environment; torch is installed too, so say which one.
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     try:
-        import keras
+        return keras_module()
     except ImportError as exc:
         raise ConfigurationError(
             "The Keras trainer needs TensorFlow: install the extra with `pip install 'aic-ml[tensorflow]'`."
         ) from exc
-    return keras
-
-
-def _channels_last(images: np.ndarray) -> np.ndarray:
-    """(N, 1, H, W) -> (N, H, W, 1), the layout Keras convolutions take by default."""
-    return np.ascontiguousarray(np.transpose(images, (0, 2, 3, 1)))
 
 
 def _model_inputs(data: TrainingData, x: np.ndarray) -> np.ndarray:
-    return _channels_last(x) if data.kind == "image" else x
+    return channels_last(x) if data.kind == "image" else x
 
 
 class KerasTrainer:
@@ -195,59 +177,27 @@ def _last_checkpoint(keras: Any, last: Path, state: Path) -> Any:
 
 
 @dataclass
-class KerasInputs:
+class KerasInputs(ShippedInputs):
     """How raw input becomes the network's input, and output becomes labels (logged beside the model).
 
     ``save`` writes it without pickle: kind, classes and scale as JSON, the fitted preprocessor and
-    label codec (tables only) with skops; ``load`` reads them back trusting only ``SKOPS_TRUSTED_TYPES``.
+    label codec (tables only, as their plain shipped types) with skops; ``load`` reads them back trusting
+    only ``aicml.models.portable.keras_model.TRUSTED_TYPES``.
     """
-
-    kind: DataKind
-    preprocessor: Any = None
-    codec: Any = None
-    classes: list[Any] = field(default_factory=list)
-    scale: float = 1.0
-
-    def features(self, raw: Any) -> np.ndarray:
-        if self.kind == "image":
-            return _channels_last(prepare_images(raw, self.scale))
-        return np.asarray(self.preprocessor.transform(raw))
-
-    def labels(self, output: np.ndarray) -> np.ndarray:
-        if self.kind == "image":
-            return np.asarray(self.classes)[output.argmax(-1)]
-        if self.codec.problem == "classification":
-            return np.asarray(self.codec.decode(output.argmax(-1)))
-        return np.asarray(self.codec.decode(output.reshape(-1)))
 
     def save(self, directory: Path) -> dict[str, str]:
         """Write the artifacts into ``directory``; returns them by MLflow artifact name."""
         fields = {"kind": self.kind, "classes": self.classes, "scale": float(self.scale)}
         artifacts = {"inputs": write_json(directory / "inputs.json", fields)}
         if self.kind == "tabular":
-            fitted = {"preprocessor": self.preprocessor, "codec": self.codec}
+            fitted = {"preprocessor": self.preprocessor.fitted(), "codec": self.codec.fitted()}
             artifacts["fitted"] = dump_skops(fitted, directory / "inputs.skops")
         return artifacts
 
     @classmethod
     def load(cls, artifacts: Mapping[str, str]) -> KerasInputs:
         """Read what ``save`` wrote; an artifact holding any type outside the trusted list is refused."""
-        plain = Path(artifacts["inputs"])
-        if plain.suffix == ".pkl":
-            refuse_pickle(plain, "Keras")
-        fields = read_json(plain)
-        kind = fields.get("kind")
-        if kind not in ("tabular", "image"):
-            raise RegistryError(f"{plain.name} names kind {kind!r}; expected 'tabular' or 'image'.")
-        inputs = cls(cast(DataKind, kind), classes=list(fields["classes"]), scale=float(fields["scale"]))
-        if kind == "tabular":
-            if "fitted" not in artifacts:
-                raise RegistryError(
-                    f"{plain.name} describes a table model but no fitted preprocessing was logged."
-                )
-            state = load_skops(Path(artifacts["fitted"]), SKOPS_TRUSTED_TYPES, "FittedKeras.log_to_mlflow")
-            inputs.preprocessor, inputs.codec = state["preprocessor"], state["codec"]
-        return inputs
+        return cast(KerasInputs, cls.read(artifacts))
 
 
 def _inputs_of(data: TrainingData) -> KerasInputs:
@@ -282,25 +232,9 @@ class FittedKeras:
                 # A source file naming the class, not a cloudpickle of an instance (python_model.pkl).
                 python_model=write_pyfunc_code(KerasPyfuncModel, Path(tmp)),
                 artifacts={"model": str(model_path), **self.inputs.save(Path(tmp))},
+                code_paths=[ship_portable_code(Path(tmp) / "code")],
                 signature=infer_signature(example, self.predict(example)),
                 input_example=example,
-                pip_requirements=KERAS_PIP_REQUIREMENTS,
+                pip_requirements=pinned_requirements("keras"),
             )
         return str(info.model_uri)
-
-
-class KerasPyfuncModel(PythonModel):  # type: ignore[misc]
-    """Serves a Keras model logged by ``FittedKeras``: raw table or images in, labels or values out."""
-
-    # Its input is a table or a tensor (checked by the model's signature), which MLflow's type-hint
-    # validation cannot express: without this it warns on every import that it skips it anyway.
-    _skip_type_hint_validation = True
-
-    def load_context(self, context: Any) -> None:
-        keras = _keras()
-        self.model = keras.models.load_model(context.artifacts["model"], safe_mode=True)
-        # Written next to the model by FittedKeras.log_to_mlflow; read without unpickling anything.
-        self.inputs = KerasInputs.load(context.artifacts)
-
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:
-        return FittedKeras(self.model, self.inputs).predict(model_input)

@@ -5,6 +5,10 @@ A trainer takes prepared arrays (``TrainingData``: the tabular ``PreparedData`` 
 ``ImageData``) and returns a ``FittedModel`` that predicts from raw input (a DataFrame for tables,
 an array of images for the image family) and logs itself to MLflow with a signature. Trainers
 with epochs write a checkpoint per epoch when given a ``Checkpointing`` and resume from the last one.
+
+A logged model is portable: its pip requirements are pinned and name no aic-ml
+(``aicml.models.requirements``), and what it runs at load (``aicml.models.portable``) ships with it in
+``code_paths``, so it serves from a virtualenv built from its own ``requirements.txt``.
 """
 
 from __future__ import annotations
@@ -19,15 +23,20 @@ import numpy as np
 import pandas as pd
 
 from aicml.errors import TrainingError
-from aicml.models.artifacts import write_pyfunc_code
+from aicml.models.artifacts import dump_skops, save_weights, write_json, write_pyfunc_code
 from aicml.models.features import LabelCodec, Problem, TabularPreprocessor
 from aicml.models.options import TrainerOptions
+from aicml.models.portable import features as portable_features
+from aicml.models.portable import sklearn_steps
+from aicml.models.requirements import pinned_requirements, ship_portable_code
 
 if TYPE_CHECKING:
     from torch import nn
 
 EpochHook = Callable[[int, int, dict[str, float]], None]
 DataKind = Literal["tabular", "image"]
+# The preprocessing types of models logged before they were portable (read by aicml.models.pyfunc and
+# the Keras loader); new models store aicml.models.portable's types.
 SKOPS_TRUSTED_TYPES = [
     "aicml.models.features.TabularPreprocessor",
     "aicml.models.features.LabelCodec",
@@ -35,7 +44,6 @@ SKOPS_TRUSTED_TYPES = [
     "aicml.models.trainers.FlattenImages",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
 ]
-PIP_REQUIREMENTS = ["mlflow", "pandas", "numpy", "scikit-learn", "skops", "torch", "lightning", "aic-ml"]
 
 
 class TrainingData(Protocol):
@@ -105,14 +113,12 @@ class ImageData:
 
 def prepare_images(raw: Any, scale: float) -> np.ndarray:
     """(N, H, W) or (N, 1, H, W) pixels -> float32 (N, 1, H, W) divided by ``scale``."""
-    images = np.asarray(raw, dtype=np.float32)
-    if images.ndim == 3:
-        images = images[:, None]
-    if images.ndim != 4 or images.shape[1] != 1:
+    try:
+        return portable_features.prepare_images(raw, scale)
+    except portable_features.ImageShapeError as exc:
         from aicml.errors import SchemaError
 
-        raise SchemaError(f"Images must have shape (N, H, W) or (N, 1, H, W); got {images.shape}.")
-    return np.ascontiguousarray(images / np.float32(scale))
+        raise SchemaError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -183,12 +189,24 @@ class FittedNet:
         return np.asarray(self.codec.decode(codes))
 
     def log_to_mlflow(self, name: str, input_example: pd.DataFrame) -> str:
-        from aicml.models.pyfunc import TabularNetModel
+        from aicml.models.portable.torch_models import TabularNetModel
 
         def write(directory: Path) -> dict[str, str]:
-            return TabularNetModel.write_artifacts(
-                directory, self.network, self.preprocessor, self.codec, self.hidden
-            )
+            """What ``TabularNetModel.load_context`` reads: constructor fields, weights, preprocessing."""
+            first = next(self.network.parameters())
+            problem = self.codec.problem
+            fields = {
+                "n_features": int(first.shape[1]),
+                "n_outputs": len(self.codec.classes) if problem == "classification" else 1,
+                "hidden": [int(h) for h in self.hidden],
+            }
+            # The plain fitted state (portable types), not aic-ml's fitting subclasses.
+            fitted = {"preprocessor": self.preprocessor.fitted(), "codec": self.codec.fitted()}
+            return {
+                "network": write_json(directory / "network.json", fields),
+                "weights": save_weights(self.network, directory / "weights.npz"),
+                "inputs": dump_skops(fitted, directory / "inputs.skops"),
+            }
 
         return _log_network(self, name, TabularNetModel, write, input_example)
 
@@ -210,12 +228,19 @@ class FittedImageNet:
         return np.asarray(self.classes)[codes]
 
     def log_to_mlflow(self, name: str, input_example: np.ndarray) -> str:
-        from aicml.models.pyfunc import ImageNetModel
+        from aicml.models.portable.torch_models import ImageNetModel
 
         def write(directory: Path) -> dict[str, str]:
-            return ImageNetModel.write_artifacts(
-                directory, self.network, self.classes, self.scale, self.channels
-            )
+            """What ``ImageNetModel.load_context`` reads: classes, scale and channels, then weights."""
+            fields = {
+                "classes": list(self.classes),
+                "scale": float(self.scale),
+                "channels": [int(c) for c in self.channels],
+            }
+            return {
+                "network": write_json(directory / "network.json", fields),
+                "weights": save_weights(self.network, directory / "weights.npz"),
+            }
 
         return _log_network(self, name, ImageNetModel, write, np.asarray(input_example, dtype=np.float32))
 
@@ -227,7 +252,11 @@ def _log_network(
     write_artifacts: Callable[[Path], dict[str, str]],
     example: Any,
 ) -> str:
-    """Log a torch network as ``served``, a pyfunc from code, with the artifacts it reads: no pickle."""
+    """Log a torch network as ``served``, a pyfunc from code, with the artifacts it reads: no pickle.
+
+    ``served`` lives in ``aicml.models.portable``, which is shipped in ``code_paths``; the requirements are
+    pinned and name no aic-ml.
+    """
     import mlflow
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -235,9 +264,10 @@ def _log_network(
             name=name,
             python_model=write_pyfunc_code(served, Path(tmp)),
             artifacts=write_artifacts(Path(tmp)),
+            code_paths=[ship_portable_code(Path(tmp) / "code")],
             signature=_signature(model, example),
             input_example=example,
-            pip_requirements=PIP_REQUIREMENTS,
+            pip_requirements=pinned_requirements("torch"),
         )
     return str(info.model_uri)
 
@@ -381,7 +411,8 @@ class LightningTabularTrainer(LightningTrainer):
     family: ClassVar[DataKind] = "tabular"
 
     def build_network(self, data: PreparedData) -> nn.Module:
-        from aicml.models.tabular import TabularMLP
+        # The network class the logged model rebuilds (shipped with it): one definition for both.
+        from aicml.models.portable.networks import TabularMLP
 
         return TabularMLP(data.x_train.shape[1], data.n_outputs, self.options.hidden, self.options.dropout)
 
@@ -402,7 +433,7 @@ class LightningImageTrainer(LightningTrainer):
     channels = (16, 32)
 
     def build_network(self, data: ImageData) -> nn.Module:
-        from aicml.models.vision import SmallCNN
+        from aicml.models.portable.networks import SmallCNN
 
         return SmallCNN(data.n_outputs, self.channels, self.options.dropout)
 
@@ -426,21 +457,28 @@ class FittedSklearn:
     def log_to_mlflow(self, name: str, input_example: Any) -> str:
         import mlflow.sklearn
 
-        info = mlflow.sklearn.log_model(
-            sk_model=self.pipeline,
-            name=name,
-            # skops format (no arbitrary pickle); these are our own and scikit-learn's types.
-            serialization_format="skops",
-            skops_trusted_types=SKOPS_TRUSTED_TYPES,
-            signature=_signature(self, input_example),
-            input_example=input_example,
-            pip_requirements=PIP_REQUIREMENTS,
-        )
+        with tempfile.TemporaryDirectory() as tmp:
+            info = mlflow.sklearn.log_model(
+                sk_model=self.pipeline,
+                name=name,
+                # skops format (no arbitrary pickle); the steps are aicml.models.portable's, shipped with
+                # the model, and scikit-learn's.
+                serialization_format="skops",
+                skops_trusted_types=sklearn_steps.TRUSTED_TYPES,
+                code_paths=[ship_portable_code(Path(tmp))],
+                signature=_signature(self, input_example),
+                input_example=input_example,
+                pip_requirements=pinned_requirements("sklearn"),
+            )
         return str(info.model_uri)
 
 
 class PreprocessorStep:
-    """Wraps a fitted TabularPreprocessor as a scikit-learn transformer inside a Pipeline."""
+    """Wraps a fitted TabularPreprocessor as a scikit-learn transformer inside a Pipeline.
+
+    Kept for pipelines logged before they were portable (skops names this class); new pipelines use
+    ``aicml.models.portable.sklearn_steps.TableStep``.
+    """
 
     def __init__(self, preprocessor: TabularPreprocessor):
         self.preprocessor = preprocessor
@@ -453,7 +491,10 @@ class PreprocessorStep:
 
 
 class FlattenImages:
-    """Raw images (N, H, W) -> scaled pixel rows (N, H*W), so any scikit-learn estimator can take them."""
+    """Raw images (N, H, W) -> scaled pixel rows (N, H*W), so any scikit-learn estimator can take them.
+
+    Kept for pipelines logged before they were portable; new ones use ``sklearn_steps.FlattenImages``.
+    """
 
     def __init__(self, scale: float = 1.0):
         self.scale = scale
@@ -505,12 +546,13 @@ class SklearnTrainer:
             estimator = HistGradientBoostingRegressor(max_iter=self.max_iter, random_state=data.seed)
         if isinstance(data, PreparedData):
             estimator.fit(data.x_train, data.codec.decode(data.y_train))
-            pipeline = Pipeline([("features", PreprocessorStep(data.preprocessor)), ("model", estimator)])
+            step = sklearn_steps.TableStep(data.preprocessor.fitted())
+            pipeline = Pipeline([("features", step), ("model", estimator)])
         elif isinstance(data, ImageData):
             labels = np.asarray(data.classes)[data.y_train]
             estimator.fit(data.x_train.reshape(len(data.x_train), -1), labels)
             # The pipeline takes raw pixels; x_train is already scaled, so only the pipeline scales.
-            pipeline = Pipeline([("pixels", FlattenImages(data.scale)), ("model", estimator)])
+            pipeline = Pipeline([("pixels", sklearn_steps.FlattenImages(data.scale)), ("model", estimator)])
         else:
             raise TrainingError(f"SklearnTrainer cannot train {data.kind} data.")
         return FittedSklearn(pipeline)
