@@ -307,6 +307,10 @@ def verify_version(name: str, version: str) -> Verification:
     try:
         tags = MlflowClient().get_model_version(name, version).tags or {}
     except MlflowException as exc:
+        from aicml.retry import is_unreachable
+
+        if is_unreachable(exc):
+            raise
         raise RegistryError(
             f"Model {name!r} has no version {version!r} in the registry ({exc.message})."
         ) from exc

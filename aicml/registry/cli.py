@@ -72,10 +72,12 @@ def verify(
     """
     from aicml.errors import AicError
     from aicml.registry.checksums import CHECKSUM_TAG, MATCH, MISMATCH, verify_version
+    from aicml.retry import reporting_unreachable
 
     try:
-        _activate(tracking_uri)
-        found = verify_version(name, version)
+        uri = _activate(tracking_uri)
+        with reporting_unreachable("MLflow", uri, f"verifying {name} version {version}"):
+            found = verify_version(name, version)
     except AicError as exc:
         typer.secho(str(exc), fg=typer.colors.RED, err=True)
         raise typer.Exit(EXIT_ERROR) from exc
@@ -132,15 +134,17 @@ def trust(
     """
     from aicml.errors import AicError
     from aicml.registry.checksums import CHECKSUM_TAG, trust_version, trusting_identity
+    from aicml.retry import reporting_unreachable
 
     try:
         uri = _activate(tracking_uri)
-        identity = trusting_identity(uri, name)
         if audit_log is None:
             from blocks.settings import AicSettings
 
             audit_log = AicSettings().root / "audit" / "trust.jsonl"
-        found, record = trust_version(name, version, identity, audit_log, replace=replace)
+        with reporting_unreachable("MLflow", uri, f"trusting {name} version {version}"):
+            identity = trusting_identity(uri, name)
+            found, record = trust_version(name, version, identity, audit_log, replace=replace)
     except AicError as exc:
         typer.secho(str(exc), fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from exc

@@ -161,3 +161,16 @@ def test_verify_of_a_version_that_does_not_exist_is_an_error(stack: Any) -> None
     result = CliRunner().invoke(app, ["verify", "no-such-model", "7", "--tracking-uri", uri])
     assert result.exit_code == 3
     assert "'no-such-model' has no version '7'" in result.output
+
+
+def test_an_unreachable_mlflow_is_reported_as_such(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    uri = f"http://127.0.0.1:{free_port()}"
+    verify = CliRunner().invoke(app, ["verify", "any-model", "1", "--tracking-uri", uri])
+    assert verify.exit_code == 3 and "did not answer while verifying any-model version 1" in verify.output
+    audit = tmp_path / "trust.jsonl"
+    trust = CliRunner().invoke(
+        app, ["trust", "any-model", "1", "--tracking-uri", uri, "--audit-log", str(audit)]
+    )
+    assert trust.exit_code == 1 and "did not answer while trusting any-model version 1" in trust.output
+    assert not audit.exists()
