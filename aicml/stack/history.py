@@ -1,4 +1,4 @@
-"""Success rate of the last N runs of each deployment, for `aicml status` (the seed asks 95%)."""
+"""Success rate of the last N runs of each deployment, for `aicml status` (the target is 95%)."""
 
 from __future__ import annotations
 

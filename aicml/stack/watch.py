@@ -188,7 +188,8 @@ class FlowRunWatcher:
                     continue
                 self.seen_logs.add(log.id)
                 self.since = max(self.since, log.timestamp) if self.since else log.timestamp
-                if log.level < self.min_level:
+                # Prefect's "Finished in state Completed()" repeats a state change already shown.
+                if log.level < self.min_level or str(log.message).startswith("Finished in state "):
                     continue
                 where = self.task_names.get(log.task_run_id, "task") if log.task_run_id else "flow"
                 level = logging.getLevelName(log.level)
