@@ -43,9 +43,10 @@ def artifact_page_url(tracking: Tracking | None, experiment_id: str, run_id: str
 
 def upload_data_docs(
     index: Path, tracking: Tracking, run_name: str, tags: dict[str, str]
-) -> tuple[str, str, str]:
+) -> tuple[str, str, list[str]]:
     """Upload the Data Docs site around ``index`` as artifacts ``data-docs/`` of a new MLflow run named
-    ``run_name`` (in ``tracking``'s experiment); (experiment id, run id, the index's artifact path)."""
+    ``run_name`` (in ``tracking``'s experiment); (experiment id, run id, artifact paths of the pages to
+    open: the batch's validation results first, then the index)."""
     client = tracking.client()
     experiment = client.get_experiment_by_name(tracking.experiment)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(tracking.experiment)
@@ -56,7 +57,13 @@ def upload_data_docs(
         client.set_terminated(run.info.run_id, status="FAILED")
         raise
     client.set_terminated(run.info.run_id, status="FINISHED")
-    return str(experiment_id), str(run.info.run_id), f"data-docs/{index.name}"
+    site = index.parent
+    # The validation page is rendered by GE in full; the index lists it through scripts from CDNs, and
+    # the MLflow UI shows an HTML artifact alone in a frame, where the index's relative links lead nowhere.
+    pages = [
+        f"data-docs/{p.relative_to(site).as_posix()}" for p in sorted(site.glob("validations/**/*.html"))
+    ]
+    return str(experiment_id), str(run.info.run_id), [*pages[-1:], f"data-docs/{index.name}"]
 
 
 def _artifact_key(prefix: str, name: str) -> str:
@@ -263,8 +270,12 @@ def publish_batch_quality(
         # GE renders from a bounded sample of what arrived: its cost per call does not grow with the batch.
         sample = report.raw_sample.sample(n=min(DATA_DOCS_ROWS, len(report.raw_sample)), random_state=0)
         index = build_data_docs(sample, suite, site, name)
-        link = _publish_data_docs(index, report, name, key, summary, tracking)
-        where = f"[the MLflow run's artifacts]({link}) (built in `{index}`)" if link else f"`{index}`"
+        links = _publish_data_docs(index, report, name, key, summary, tracking)
+        where = (
+            f"[validation results]({links[0]}), [index]({links[-1]}) in MLflow (built in `{index}`)"
+            if links
+            else f"`{index}`"
+        )
         create_markdown_artifact(
             markdown=f"Great Expectations Data Docs for batch `{report.batch_id}`: {where}\n\n{summary}",
             key=f"{key}-data-docs",
@@ -275,30 +286,31 @@ def publish_batch_quality(
 
 def _publish_data_docs(
     index: Path, report: IngestReport, name: str, key: str, summary: str, tracking: Tracking | None
-) -> str | None:
-    """Upload the site and link it from a Prefect link artifact; the link, or None when the upload failed
-    (logged: the batch is committed, its Data Docs stay on local disk)."""
+) -> list[str] | None:
+    """Upload the site and link its validation page from a Prefect link artifact; the MLflow UI links of
+    the validation page and the index, or None when the upload failed (logged: the batch is committed,
+    its Data Docs stay on local disk)."""
     tracking = tracking or tracking_of(settings())
     try:
-        experiment_id, run_id, path = upload_data_docs(
+        experiment_id, run_id, pages = upload_data_docs(
             index,
             tracking,
             f"data-docs-{report.load}",
             {"aicml.load": report.load, "aicml.batch_id": report.batch_id, "aicml.flow_run": name},
         )
-        link = artifact_page_url(tracking, experiment_id, run_id, path)
+        links = [artifact_page_url(tracking, experiment_id, run_id, page) for page in pages]
     except Exception as exc:
         get_run_logger().warning(
             "Data Docs of %s not uploaded to MLflow (kept at %s): %s", report.load, index, exc
         )
         return None
     create_link_artifact(
-        link=link,
-        link_text=f"Data Docs of load {report.load} (MLflow)",
+        link=links[0],
+        link_text=f"Data Docs of load {report.load}: validation results (MLflow)",
         key=f"{key}-data-docs-link",
         description=f"Great Expectations Data Docs of batch {report.batch_id}: {summary}",
     )
-    return link
+    return links
 
 
 @task(name="check-drift", retries=0, cache_policy=NO_CACHE, persist_result=False)
