@@ -3,7 +3,9 @@
 Each deployment's ``build`` runs the step ``deployments.presets.preset`` (a thin layer over `preset`
 here) with its ``flow/deployment`` name, and its parameters read ``{{ preset.params }}``: `prefect deploy`
 resolves the preset at deploy time, so prefect.yaml holds where and when a flow runs, and the presets
-file holds with what.
+file holds with what. A run changes one field of its preset through the flow's ``overrides`` parameter
+(dotted keys, `aicml.stack.overrides`): a run's own ``params`` would replace the whole preset, since Prefect
+merges run parameters with the deployment's only at the top level.
 """
 
 from __future__ import annotations
