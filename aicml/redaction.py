@@ -36,7 +36,7 @@ def refuse_password(value: str | None) -> str | None:
     if value and has_password(value):
         raise ValueError(
             "must not carry a password (flow-run parameters are stored and shown in the UI): keep the URL "
-            "without it and put the credentials in a block (aic-sql-database, aic-s3-storage) or the "
+            "without it and put the credentials in a block (a SQLAlchemy Connector or S3 Bucket block) or the "
             "environment (PGPASSWORD, AWS_*)"
         )
     return value

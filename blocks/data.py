@@ -16,9 +16,6 @@ import importlib.util
 import warnings
 from typing import TYPE_CHECKING, Any, cast
 
-from prefect.blocks.core import Block
-from pydantic import Field, SecretStr
-
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import BlockDocument
     from prefect_aws import AwsCredentials, MinIOCredentials, S3Bucket
@@ -236,41 +233,3 @@ def _warn_legacy(name: str, slug: str, replacement: str) -> None:
         DeprecationWarning,
         stacklevel=3,
     )
-
-
-class S3Storage(Block):
-    """Retired: use prefect-aws's ``S3Bucket``/``MinIOCredentials``/``AwsCredentials`` (``storage_options_from_block``).
-
-    Kept only until ``flows/ingestion.py`` calls ``storage_options_from_block``; never registered."""
-
-    _block_type_name = "AIC S3 Storage"
-    _block_type_slug = LEGACY_STORAGE_BLOCK_TYPE
-
-    access_key_id: str = Field(description="Access key id.")
-    secret_access_key: SecretStr = Field(description="Secret access key.")
-    endpoint_url: str | None = Field(
-        default=None, description="Endpoint of an S3-compatible server; empty for AWS S3."
-    )
-    region: str = Field(default="us-east-1", description="Region name.")
-
-    def storage_options(self) -> dict[str, Any]:
-        return _s3fs_options(
-            key=self.access_key_id,
-            secret=self.secret_access_key.get_secret_value(),
-            region=self.region,
-            endpoint_url=self.endpoint_url,
-        )
-
-
-class SqlDatabase(Block):
-    """Retired: use prefect-sqlalchemy's ``SqlAlchemyConnector`` (``sql_url_from_block``).
-
-    Kept only until ``flows/ingestion.py`` calls ``sql_url_from_block``; never registered."""
-
-    _block_type_name = "AIC SQL Database"
-    _block_type_slug = LEGACY_SQL_BLOCK_TYPE
-
-    url: SecretStr = Field(description="SQLAlchemy URL, e.g. postgresql+psycopg://user:pass@host/db.")
-
-    def sqlalchemy_url(self) -> str:
-        return self.url.get_secret_value()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, Literal
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
@@ -24,7 +24,7 @@ from aicml.names import ResourceName
 from aicml.observability.metrics import pipeline_execution
 from aicml.redaction import refuse_password
 from aicml.stack.overrides import resolve_params
-from blocks.data import S3Storage, SqlDatabase
+from blocks.data import BlockLookupError, sql_url_from_block, storage_options_from_block
 from blocks.settings import AicSettings
 from tasks.context import settings
 from tasks.ingest import check_landed_source, ingest_batch, ingest_state_url, source_roots
@@ -68,10 +68,14 @@ class IngestParams(BaseModel):
         default=DEFAULT_MAX_FIELD_BYTES, gt=0, description="Longer fields are quarantined."
     )
     s3_block: str | None = Field(
-        default=None, description="Name of an `aic-s3-storage` block for s3:// sources."
+        default=None,
+        description="Name of a prefect-aws block for s3:// sources: an S3 Bucket, MinIO Credentials or AWS "
+        "Credentials block (`<type-slug>/<name>` when two types share the name).",
     )
     source_block: str | None = Field(
-        default=None, description="Name of an `aic-sql-database` block whose URL replaces a SQL source's URL."
+        default=None,
+        description="Name of an SQLAlchemy Connector block (prefect-sqlalchemy) whose URL replaces a SQL "
+        "source's URL.",
     )
     table: str | None = Field(default=None, description="SQL table (or give it after '#').")
     query: str | None = Field(
@@ -112,7 +116,7 @@ class IngestParams(BaseModel):
         default=None, description="SQLAlchemy URL of the SQL sink (no password here)."
     )
     sink_block: str | None = Field(
-        default=None, description="Name of an `aic-sql-database` block for the sink."
+        default=None, description="Name of an SQLAlchemy Connector block (prefect-sqlalchemy) for the sink."
     )
     sink_table: str | None = Field(
         default=None, description="Table of the SQL sink; the load name by default."
@@ -169,11 +173,17 @@ def _home_dir(current: AicSettings, name: str) -> Path:
 
 
 def _sql_url(block_name: str) -> str:
-    return cast(SqlDatabase, SqlDatabase.load(block_name)).sqlalchemy_url()
+    try:
+        return sql_url_from_block(block_name)
+    except BlockLookupError as exc:
+        raise ConfigurationError(str(exc)) from exc
 
 
 def _s3_options(block_name: str) -> dict[str, Any]:
-    return cast(S3Storage, S3Storage.load(block_name)).storage_options()
+    try:
+        return storage_options_from_block(block_name)
+    except BlockLookupError as exc:
+        raise ConfigurationError(str(exc)) from exc
 
 
 def build_job(params: IngestParams, current: AicSettings | None = None) -> IngestJob:
