@@ -46,6 +46,16 @@ def test_version_comes_from_the_package_metadata() -> None:
     assert result.output.strip() == f"aic-ml {version('aic-ml')}"
 
 
+def test_shell_completion_is_on() -> None:
+    aicml = str(Path(sys.executable).with_name("aicml"))
+    script = subprocess.run([aicml, "--show-completion", "bash"], capture_output=True, text=True, check=True)
+    assert "_AICML_COMPLETE=complete_bash" in script.stdout and "complete " in script.stdout
+    # What bash asks when one presses TAB after `aicml k8s ap` (sub-apps complete too).
+    env = {**os.environ, "_AICML_COMPLETE": "complete_bash", "COMP_WORDS": "aicml k8s ap", "COMP_CWORD": "2"}
+    completed = subprocess.run([aicml], env=env, capture_output=True, text=True, check=True)
+    assert completed.stdout.split() == ["apply"]
+
+
 def test_env_prints_the_export_lines_of_the_stack(tmp_path: Path) -> None:
     env = _down_env(tmp_path)
     result = CliRunner().invoke(app, ["env"], env=env)
