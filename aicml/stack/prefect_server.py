@@ -21,11 +21,17 @@ from __future__ import annotations
 import sys
 
 from aicml.compat import take_slots_under_write_lock
+from aicml.errors import ConfigurationError
 
 
 def main() -> None:
     """``python -m aicml.stack.prefect_server server start ...``: the ``prefect`` CLI, patched first."""
-    if not take_slots_under_write_lock():
+    try:
+        patched = take_slots_under_write_lock()
+    except ConfigurationError as exc:  # an untested Prefect: one clear line in the server's log, not a traceback
+        print(f"aicml: {exc}", file=sys.stderr)
+        sys.exit(1)
+    if not patched:
         print("aicml: concurrency-slot acquisition runs unpatched (see the CompatWarning)", file=sys.stderr)
     from prefect.cli import app
 
