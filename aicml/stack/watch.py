@@ -127,11 +127,13 @@ class FlowRunWatcher:
         self.task_names: dict[UUID, str] = {}
         self.seen_logs: set[UUID] = set()
         self.since: datetime | None = None
+        # Flow runs started by this one (a stage run as a deployment of its own, e.g. on GPU nodes).
+        self.children: dict[UUID, tuple[str, str]] = {}
 
     def poll(self) -> Any:
         """One round: read the run, its task runs and new logs; returns the flow run as read."""
         flow_run = self.client.read_flow_run(self.flow_run_id)
-        events = self._task_events() + self._log_events()
+        events = self._child_events() + self._task_events() + self._log_events()
         name = flow_run.state.name if flow_run.state is not None else None
         if name != self.state:
             self.state = name
@@ -144,7 +146,29 @@ class FlowRunWatcher:
 
     def poll_events(self) -> None:
         """Task states and logs only (after the run ended: the last lines arrive a moment later)."""
-        self._emit(self._task_events() + self._log_events())
+        self._emit(self._child_events() + self._task_events() + self._log_events())
+
+    @property
+    def run_ids(self) -> list[UUID]:
+        return [self.flow_run_id, *self.children]
+
+    def _child_events(self) -> list[tuple[datetime, str]]:
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+        runs = self.client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[self.flow_run_id])
+            )
+        )
+        events = []
+        for run in runs:
+            state = str(run.state_name)
+            if self.children.get(run.id, ("", ""))[1] != state:
+                self.children[run.id] = (run.name, state)
+                events.append(
+                    (_when(run.state.timestamp if run.state else None), f"subflow run {run.name} {state}")
+                )
+        return events
 
     def _emit(self, events: list[tuple[datetime, str]]) -> None:
         for when, text in sorted(events, key=lambda event: event[0]):
@@ -157,7 +181,7 @@ class FlowRunWatcher:
         from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
         runs = self.client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[self.flow_run_id]))
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=self.run_ids))
         )
         events = []
         for run in runs:
@@ -177,7 +201,7 @@ class FlowRunWatcher:
         while True:
             page = self.client.read_logs(
                 log_filter=LogFilter(
-                    flow_run_id=LogFilterFlowRunId(any_=[self.flow_run_id]),
+                    flow_run_id=LogFilterFlowRunId(any_=self.run_ids),
                     timestamp=LogFilterTimestamp(after_=after) if after else None,
                 ),
                 limit=LOG_PAGE,
@@ -191,7 +215,12 @@ class FlowRunWatcher:
                 # Prefect's "Finished in state Completed()" repeats a state change already shown.
                 if log.level < self.min_level or str(log.message).startswith("Finished in state "):
                     continue
-                where = self.task_names.get(log.task_run_id, "task") if log.task_run_id else "flow"
+                if log.task_run_id:
+                    where = self.task_names.get(log.task_run_id, "task")
+                elif log.flow_run_id != self.flow_run_id and log.flow_run_id in self.children:
+                    where = self.children[log.flow_run_id][0]
+                else:
+                    where = "flow"
                 level = logging.getLevelName(log.level)
                 events.append((_when(log.timestamp), f"{level:<7} {where} | {log.message}"))
             if len(page) < LOG_PAGE:

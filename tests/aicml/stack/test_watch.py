@@ -51,6 +51,17 @@ def test_watch_follows_states_tasks_and_logs_while_the_run_goes_on(stack) -> Non
                                           timestamp=datetime.now(UTC), flow_run_id=run.id,
                                           task_run_id=task_run.id)])  # fmt: skip
             wait_for(lambda: any("step-1 | halfway there" in line for line in lines), 30, "a live log line")
+            # A stage run as a deployment of its own is a child flow run: followed too.
+            child = client.create_flow_run(
+                watched, name="child-run", parent_task_run_id=task_run.id, state=Running()
+            )
+            client.create_logs([LogCreate(name="prefect.flow_runs", level=20, message="from the child",
+                                          timestamp=datetime.now(UTC), flow_run_id=child.id)])  # fmt: skip
+            wait_for(
+                lambda: any("child-run | from the child" in line for line in lines), 30, "the child's log"
+            )
+            assert any("subflow run child-run Running" in line for line in lines), lines
+            client.set_flow_run_state(child.id, Completed(), force=True)
             assert follower.is_alive(), "it stopped following a running flow run"
             client.set_task_run_state(task_run.id, Completed(), force=True)
             client.set_flow_run_state(run.id, Completed(), force=True)
