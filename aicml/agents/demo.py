@@ -170,6 +170,8 @@ def train_churn_model(tracking: Tracking) -> str:
     import pandas as pd
     from sklearn.linear_model import LogisticRegression
 
+    from aicml.models.requirements import pinned_requirements
+
     tracking.experiment_id()  # the fluent API below logs to this server and experiment
     rng = np.random.default_rng(7)
     frame = pd.DataFrame(
@@ -179,7 +181,7 @@ def train_churn_model(tracking: Tracking) -> str:
     with mlflow.start_run(run_name="agent-churn-risk"):
         info = mlflow.sklearn.log_model(
             LogisticRegression().fit(frame, label), name="model", registered_model_name="agent-churn-risk",
-            input_example=frame.head(2), pip_requirements=["scikit-learn"],
+            input_example=frame.head(2), pip_requirements=pinned_requirements("sklearn"),  # no aic-ml
             serialization_format="skops", skops_trusted_types=[],  # model agents refuse pickled models
         )  # fmt: skip
     version = str(info.registered_model_version)

@@ -82,6 +82,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # pip installs torch and MLflow's server into a new virtualenv: minutes
 def test_registered_champions_serve_from_a_virtualenv_built_from_their_own_requirements(
     tmp_path: Path,
 ) -> None:
@@ -144,7 +145,7 @@ def test_registered_champions_serve_from_a_virtualenv_built_from_their_own_requi
     # A fresh virtualenv without aic-ml, built from the models' requirements (sklearn's is a subset).
     venv = tmp_path / "venv"
     subprocess.run([PYTHON, "-m", "venv", str(venv)], check=True, cwd=tmp_path)
-    install = [str(venv / "bin" / "pip"), "install", "-q"]
+    install = [str(venv / "bin" / "pip"), "install", "-q", "--no-compile"]
     for path in models.values():
         install += ["-r", str(path / "requirements.txt")]
     subprocess.run(
