@@ -60,4 +60,6 @@ def test_scores_come_from_the_model_and_the_sample_is_bounded() -> None:
     proba, classes = scores
     assert sorted(classes) == ["high", "low", "mid"] and np.allclose(proba.sum(axis=1), 1.0)
     big = pd.DataFrame({"a": range(5000)})
-    assert len(evaluation_sample(big, rows=100)) == 100 and len(evaluation_sample(big.head(50), rows=100)) == 50
+    assert (
+        len(evaluation_sample(big, rows=100)) == 100 and len(evaluation_sample(big.head(50), rows=100)) == 50
+    )
