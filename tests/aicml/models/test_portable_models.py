@@ -1,6 +1,7 @@
 """A champion registered the way the pipeline does serves, with the same predictions, from a fresh virtualenv
 built only from the model's own requirements.txt (no aic-ml in it): the Lightning pyfunc and the
-scikit-learn baseline, each through ``mlflow models serve --env-manager local``."""
+scikit-learn baseline, each through ``mlflow models serve --env-manager local`` (slow: pip installs torch);
+and, fast, the pins every flavour logs."""
 
 from __future__ import annotations
 
@@ -166,3 +167,25 @@ def test_registered_champions_serve_from_a_virtualenv_built_from_their_own_requi
         assert served == expected[kind], kind
         assert len(set(map(str, served))) > 1, "predictions that vary with the rows"
     assert np.array_equal(np.asarray(expected["lightning"]).shape, (40,))
+
+
+def test_every_flavour_pins_what_it_loads_with_and_an_unknown_flavour_is_named() -> None:
+    import importlib.metadata
+
+    from aicml.errors import ConfigurationError
+    from aicml.models.requirements import pinned_requirements
+
+    for flavour in ("torch", "sklearn", "keras"):
+        try:
+            lines = pinned_requirements(flavour)  # type: ignore[arg-type]
+        except ConfigurationError as exc:  # Keras without the optional TensorFlow extra installed
+            assert flavour == "keras" and "is not installed" in str(exc)
+            continue
+        pins = dict(line.split("==") for line in lines)
+        assert "aic-ml" not in pins and "lightning" not in pins
+        assert pins["mlflow"] == importlib.metadata.version("mlflow")
+        assert pins["scikit-learn"] == importlib.metadata.version("scikit-learn")
+        assert all(version and "+" not in version for version in pins.values()), lines
+    assert "torch" in dict(line.split("==") for line in pinned_requirements("torch"))
+    with pytest.raises(ConfigurationError, match=r"flavour 'onnx'.*keras, sklearn, torch"):
+        pinned_requirements("onnx")  # type: ignore[arg-type]
