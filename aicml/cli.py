@@ -633,6 +633,9 @@ def main() -> None:
     # The command is a process entry point: keep third-party phone-home off unless the user turned it on.
     for name, value in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("GX_ANALYTICS_ENABLED", "False")):
         os.environ.setdefault(name, value)
+    from aicml.compat import quiet_downloads
+
+    quiet_downloads()  # no MLflow download progress bars in the command's output (the user's own value wins)
     _register_subcommands()
     app()
 
