@@ -77,6 +77,10 @@ def stack(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Itera
     from blocks.settings import EXPORTED, AicSettings
 
     home = tmp_path_factory.mktemp("aic-home")
+    saved = dict(os.environ)
+    # The tests' stack, whatever the shell points Prefect and MLflow at (restored after the session).
+    for name in ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_API_AUTH_STRING", "MLFLOW_TRACKING_URI"):
+        os.environ.pop(name, None)
     databases = [postgres.create_database("aic_prefect"), postgres.create_database("aic_mlflow")]
     settings = AicSettings(
         home=home,
@@ -88,15 +92,15 @@ def stack(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Itera
         mlflow_database=databases[1],
     )
     local = LocalStack(settings)
-    saved = dict(os.environ)
-    env = {k: v for k, v in local.client_env().items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    # The stack's own addresses (service_env), never a PREFECT_API_URL or MLFLOW_TRACKING_URI of the shell.
+    env = {k: v for k, v in local.service_env().items() if k != "PROMETHEUS_MULTIPROC_DIR"}
     os.environ.update(env)
     # The stack's own values, not a user's: a test's second stack may export over them.
     EXPORTED.update(env)
     try:
         os.chdir(REPO)
         local.up()
-        with temporary_settings(updates={PREFECT_API_URL: settings.prefect_url}):
+        with temporary_settings(updates={PREFECT_API_URL: settings.local_prefect_url}):
             yield local
     finally:
         local.down()

@@ -426,17 +426,13 @@ class LocalStack:
     def ensure_block_types(self) -> list[str]:
         """Register the block types (ours and the prefect-aws / prefect-sqlalchemy ones) with the stack's
         Prefect server, so that the UI can create them; returns their slugs."""
-        try:
-            from blocks.registration import register_blocks
-        except ModuleNotFoundError as exc:  # TEMPORARY until blocks/registration.py lands
-            if exc.name != "blocks.registration":
-                raise
-            return []
+        from blocks.registration import BlockRegistrationError, register_blocks
+
         url = self.settings.local_prefect_url
         try:
             with self.prefect_api():
                 return register_blocks(url)
-        except Exception as exc:
+        except BlockRegistrationError as exc:
             raise StackError(
                 f"Registering the Prefect block types with {url} failed: {exc}. The server's log: "
                 f"{self.log_dir / 'prefect-server.log'}"

@@ -113,7 +113,10 @@ def test_up_with_auth_guards_the_api_and_the_worker_still_runs_flows(
         assert auth.partition(":")[2] not in log.read_text(), log
 
 
-def test_auth_is_off_by_default_and_on_only_when_asked(tmp_path: Path) -> None:
+def test_auth_is_off_by_default_and_on_only_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)  # the local password goes to the local server only
     stack = LocalStack(AicSettings(home=tmp_path / "aic", prefect_port=free_port(), database_url=None))
     assert stack.auth_string() is None
     assert (

@@ -105,8 +105,10 @@ def test_exported_client_env_reaches_a_prefect_imported_before(tmp_path: Path) -
     import prefect.context
     from prefect.context import refresh_global_settings_context
 
+    from blocks.settings import EXPORTED
+
     local = LocalStack(AicSettings(home=tmp_path / "aic", prefect_port=free_port()))
-    saved = dict(os.environ)
+    saved, exported = dict(os.environ), dict(EXPORTED)
     try:
         local.export_client_env(exclude=("PROMETHEUS_MULTIPROC_DIR",))
         settings = prefect.context.GLOBAL_SETTINGS_CONTEXT.settings
@@ -115,6 +117,9 @@ def test_exported_client_env_reaches_a_prefect_imported_before(tmp_path: Path) -
     finally:
         os.environ.clear()
         os.environ.update(saved)
+        # What the session's stack exported stays the stack's, not a user's choice, for the tests after.
+        EXPORTED.clear()
+        EXPORTED.update(exported)
         refresh_global_settings_context()
 
 

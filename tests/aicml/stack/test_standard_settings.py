@@ -125,6 +125,12 @@ def test_a_flow_run_goes_to_the_users_prefect_and_the_stack_password_stays_home(
     try:
         team.up(services=("prefect-server",))
         team_api = team.settings.local_prefect_url
+        # `up` registered the block types, so the UI can create them.
+        from blocks.registration import block_classes
+
+        for cls in block_classes():
+            slug = cls.get_block_type_slug()
+            assert httpx.get(f"{team_api}/block_types/slug/{slug}", timeout=10).status_code == 200, slug
         done = subprocess.run(
             [sys.executable, "-c", PREFECT_PROBE],
             env={**idle_stack_env, "PREFECT_API_URL": team_api, "MLFLOW_TRACKING_URI": team_mlflow},
