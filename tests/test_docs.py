@@ -30,10 +30,10 @@ LINK = re.compile(r"!?\[[^\]\n]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 
 
 def relative_links(page: Path) -> list[str]:
-    """Link targets of a markdown page that are neither URLs nor in-page anchors (code is not a link)."""
+    """Link targets of a markdown page that are not URLs (code is not a link)."""
     text = CODE_SPAN.sub("", FENCE.sub("", page.read_text()))
     targets = [m.group(1) for m in LINK.finditer(text)]
-    return [t for t in targets if not re.match(r"^[a-z][a-z0-9+.-]*:", t) and not t.startswith("#")]
+    return [t for t in targets if not re.match(r"^[a-z][a-z0-9+.-]*:", t)]
 
 
 def test_parameters_reference_is_current() -> None:
@@ -97,11 +97,19 @@ def test_readme_is_a_front_door() -> None:
     assert len(lines) <= 200, f"README.md has {len(lines)} lines; move reference material to docs/."
 
 
+def anchors(page: Path) -> set[str]:
+    """The fragment names GitHub gives a page's headings (lowercase, punctuation dropped, spaces to dashes)."""
+    headings = re.findall(r"^#{1,6} +(.+?) *$", FENCE.sub("", page.read_text()), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+
+
 @pytest.mark.parametrize("page", [README, *PAGES], ids=lambda p: p.name)
 def test_relative_links_resolve(page: Path) -> None:
     missing = []
     for target in relative_links(page):
-        path = target.split("#", 1)[0]
-        if path and not (page.parent / path).exists():
+        path, _, fragment = target.partition("#")
+        linked = (page.parent / path) if path else page
+        unknown_heading = bool(fragment) and linked.suffix == ".md" and fragment not in anchors(linked)
+        if not linked.exists() or unknown_heading:
             missing.append(target)
-    assert not missing, f"{page.relative_to(ROOT)} links to files that do not exist: {missing}"
+    assert not missing, f"{page.relative_to(ROOT)} links to files or headings that do not exist: {missing}"
