@@ -24,6 +24,7 @@ from tests.browser import rendered_dom, screenshot
 from tests.services import free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[3]
+# Kept in the docs when the tests run with AIC_UPDATE_SCREENSHOTS=1 (as tests/tasks/test_pictures.py).
 SCREENSHOT = REPO / "docs" / "images" / "local-metrics.png"
 
 
@@ -86,7 +87,7 @@ def test_the_five_dashboards_become_graph_links() -> None:
 
 
 def test_up_with_prometheus_loads_the_rules_scrapes_the_exporter_and_the_page_links_return_data(
-    metrics_stack: LocalStack,
+    metrics_stack: LocalStack, tmp_path: Path
 ) -> None:
     prometheus = metrics_stack.prometheus_url
     statuses = {item.name: item for item in metrics_stack.status()}
@@ -139,7 +140,11 @@ def test_up_with_prometheus_loads_the_rules_scrapes_the_exporter_and_the_page_li
     dom = rendered_dom(metrics_stack.metrics_page_url)
     assert "ML Training Overview" in dom and "GPU Utilization" in dom and "Kubernetes only" in dom
     assert dom.count('class="graph"') >= 25
-    screenshot(metrics_stack.metrics_page_url, SCREENSHOT, width=1280, height=1000)
+    picture = screenshot(
+        metrics_stack.metrics_page_url, tmp_path / "local-metrics.png", width=1280, height=1000
+    )
+    if os.environ.get("AIC_UPDATE_SCREENSHOTS") == "1":
+        shutil.copyfile(picture, SCREENSHOT)
 
     # `down` stops Prometheus too.
     pid = statuses["prometheus"].pid
