@@ -26,7 +26,7 @@ from aicml.redaction import refuse_password
 from aicml.stack.overrides import resolve_params
 from blocks.data import BlockLookupError, sql_url_from_block, storage_options_from_block
 from blocks.settings import AicSettings
-from tasks.context import settings
+from tasks.context import settings, tracking_of
 from tasks.ingest import check_landed_source, ingest_batch, ingest_state_url, source_roots
 from tasks.validate import check_drift, publish_batch_quality, resolve_suite
 
@@ -293,6 +293,7 @@ def ingest_flow(params: IngestParams, overrides: dict[str, Any] | None = None) -
                 data_docs=params.data_docs,
                 run_name=flow_run.get_name(),
                 docs_dir=_home_dir(current, "data-docs"),
+                tracking=tracking_of(current),
             )
             if report.partitions
             else None

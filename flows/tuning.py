@@ -176,6 +176,7 @@ def tune_before_training(
         tags={"aicml.study": study_name},
         params_to_log={"study": study_name, "storage": redact(storage_url), "sampler": options.sampler,
                        "pruner": options.pruning.pruner, "n_trials": options.budget.n_trials},
+        budget=options.budget.n_trials,
     )  # fmt: skip
     status = "FAILED"
     try:
@@ -249,6 +250,7 @@ def tune_flow(params: TuneParams, overrides: dict[str, Any] | None = None) -> Tu
         tracking=tracking,
         tags={"aicml.study": study_name, "aicml.dataset": dataset},
         params_to_log=logged,
+        budget=params.budget.n_trials,
     )
     status = "FAILED"
     try:
