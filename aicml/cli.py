@@ -210,6 +210,10 @@ def _status_data(stack: Any, last: int) -> dict[str, Any]:
         "prefect_ui": redact(s.prefect_ui_url),
         "mlflow_ui": redact(s.tracking_uri),
         "metrics": f"http://{s.host}:{s.metrics_port}/metrics",
+        # the dashboards' panels as Prometheus graphs, while `aicml up --with-prometheus` runs Prometheus
+        "metrics_page": next(
+            (stack.metrics_page_url for x in services if x["name"] == "prometheus" and x["healthy"]), None
+        ),
         "home": str(stack.home),
         "prefect_api_auth": stack.auth_string() is not None,
         "last_runs": last,
@@ -225,6 +229,10 @@ def _print_status(stack: Any, last: int) -> dict[str, Any]:
         typer.echo(f"  {item['name']:<17} {item['state']:<18} {pid:<11} {item['address']}{note}")
     typer.echo(f"\n  Prefect UI : {data['prefect_ui']}\n  MLflow UI  : {data['mlflow_ui']}")
     typer.echo(f"  Metrics    : {data['metrics']}\n  State      : {data['home']}")
+    if data["metrics_page"]:
+        typer.echo(
+            f"  Dashboards : {data['metrics_page']}  (the Grafana panels' queries in the local Prometheus)"
+        )
     if data["prefect_api_auth"]:  # the file's name only: a password is never printed
         typer.echo(f"  Prefect API auth: on; user `aicml`, password in {stack.auth_file}")
     if data["deployments"]:

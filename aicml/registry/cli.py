@@ -8,7 +8,6 @@ audits who did.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -29,13 +28,13 @@ TrackingUri = Annotated[
 
 
 def _activate(tracking_uri: str | None) -> str:
-    """Point MLflow at the server (option, MLFLOW_TRACKING_URI, the stack's), read once here at the edge."""
+    """Point MLflow at the server (option, the settings: AIC_MLFLOW_TRACKING_URI, MLFLOW_TRACKING_URI, the stack's), read once here at the edge."""
     from aicml import compat
     from aicml.registry.tracking import Tracking
 
     compat.quiet_downloads()  # a command's start: no MLflow download bars in its output
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if not uri:
+    uri = tracking_uri
+    if not uri:  # AIC_MLFLOW_TRACKING_URI, then MLFLOW_TRACKING_URI, then the local stack's
         from blocks.settings import AicSettings
 
         uri = AicSettings().tracking_uri

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -113,12 +112,11 @@ def serve(
         refuse_open_server(host, no_auth, "--no-auth")
         predict_auth = resolve_auth(token_file, secret_block=token_block, disabled=no_auth)
         control_auth = resolve_control_auth(control_token_file, predict_auth)
-        if tracking_uri is None and not os.environ.get("MLFLOW_TRACKING_URI"):
+        if tracking_uri is None:  # AIC_MLFLOW_TRACKING_URI, then MLFLOW_TRACKING_URI, then the local stack's
             from blocks.settings import AicSettings
 
             tracking_uri = AicSettings().tracking_uri
-        if tracking_uri is not None:
-            Tracking(uri=tracking_uri).activate()
+        Tracking(uri=tracking_uri).activate()
         config = ServeConfig(
             model_uri,
             host=host,

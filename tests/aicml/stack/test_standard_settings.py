@@ -196,7 +196,7 @@ def test_clients_follow_the_users_servers_and_the_stack_serves_its_own(
     assert secret not in "\n".join(local.shell_export_lines())
 
 
-@pytest.mark.slow  # the whole pipeline in a notebook kernel, as tests/flows/test_notebook.py
+@pytest.mark.slow  # the whole pipeline in a notebook kernel (the quickstart notebook's one test)
 def test_the_notebook_logs_to_the_users_mlflow(
     stack: LocalStack, team_mlflow: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
