@@ -12,6 +12,7 @@ import contextlib
 import logging
 import shutil
 import time
+import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ from aicml.serving.metrics import (
     SHADOW_DISAGREEMENTS,
 )
 from aicml.serving.openapi import openapi_document
+from aicml.serving.predlog import PredictionLog
 from aicml.serving.runtime import ModelHost, PredictionError, ServedModel, to_jsonable
 from aicml.shutdown import closing
 
@@ -49,6 +51,23 @@ _OPT = orjson.OPT_SERIALIZE_NUMPY
 
 class _TooLarge(Exception):
     pass
+
+
+REQUEST_ID_HEADER = b"x-request-id"
+_MAX_REQUEST_ID = 128
+
+
+def request_id_of(value: bytes | None) -> str:
+    """The client's ``x-request-id`` (1 to 128 visible ASCII characters), else a new one."""
+    if value is None:
+        return uuid.uuid4().hex
+    if not 0 < len(value) <= _MAX_REQUEST_ID or not all(0x21 <= c <= 0x7E for c in value):
+        raise InputError(
+            400,
+            f"The x-request-id header must be 1 to {_MAX_REQUEST_ID} visible ASCII characters.",
+            field="x-request-id",
+        )
+    return value.decode("ascii")
 
 
 @dataclass
@@ -73,6 +92,9 @@ class ModelServer:
     # The rollout controller's token (POST /router/freeze), never the predict clients' one. None: control
     # is refused, unless the whole server runs without auth (loopback only).
     control_auth: BearerAuth | None = None
+    # Records each (sampled) prediction off the request path; None: predictions are not logged.
+    prediction_log: PredictionLog | None = None
+    prediction_log_close_s: float = 1.5  # at shutdown, within the exit reserve of the grace period
 
     def __post_init__(self) -> None:
         self.name = self.champion.ref.name
@@ -93,12 +115,16 @@ class ModelServer:
         await self.champion.start()
         if self.challenger is not None:
             await self.challenger.start()
+        if self.prediction_log is not None:
+            self.prediction_log.start()
         MODEL_DEPLOYMENTS_ACTIVE.labels(model=self.name).inc()
 
     def begin_drain(self) -> None:
         if not self.draining:
             self.draining = True
             log.info("Draining: readiness answers 503 from now on")
+            if self.prediction_log is not None:
+                self.prediction_log.request_flush()  # written now, not after the in-flight requests
 
     async def shutdown(self) -> None:
         MODEL_DEPLOYMENTS_ACTIVE.labels(model=self.name).dec()
@@ -107,6 +133,9 @@ class ModelServer:
         await self.champion.stop()
         if self.challenger is not None:
             await self.challenger.stop()
+        if self.prediction_log is not None:
+            # Flush what is queued; the writer is a thread, so the loop stays free meanwhile.
+            await asyncio.to_thread(self.prediction_log.close, self.prediction_log_close_s)
         if self.cleanup_dir is not None:
             shutil.rmtree(self.cleanup_dir, ignore_errors=True)
 
@@ -212,7 +241,9 @@ class ModelServer:
                     status = 405
                     await self._send(send, 405, _USE_POST, [*_JSON, (b"allow", b"POST")])
                     return
-                status = await self._predict_endpoint(scope, receive, send, v2=route != "/invocations")
+                status = await self._predict_endpoint(
+                    scope, receive, send, v2=route != "/invocations", started=started
+                )
                 return
             status, body, headers = self._read_only(path, method, scope)
             route = _route_label(path, self.name) if status != 404 else "unmatched"
@@ -244,6 +275,8 @@ class ModelServer:
 
             return 200, mlflow.__version__.encode(), [(b"content-type", b"text/plain")]
         if path == "/metrics":
+            if self.prediction_log is not None:
+                self.prediction_log.sync_metrics()
             return 200, exposition(), [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]
         if path in ("/openapi.json", "/v2/openapi.json"):
             return 200, self._openapi_bytes(), None
@@ -352,8 +385,10 @@ class ModelServer:
             code="REQUEST_TOO_LARGE",
         )
 
-    async def _error(self, send: Send, error: InputError) -> int:
+    async def _error(self, send: Send, error: InputError, request_id: str | None = None) -> int:
         headers = list(_JSON)
+        if request_id is not None:
+            headers.append((REQUEST_ID_HEADER, request_id.encode()))
         if error.status == 401:
             headers.append((b"www-authenticate", b"Bearer"))
         elif error.status == 503:
@@ -363,27 +398,37 @@ class ModelServer:
 
     # --- prediction -----------------------------------------------------------------------------------
 
-    async def _predict_endpoint(self, scope: Scope, receive: Receive, send: Send, v2: bool) -> int:
+    async def _predict_endpoint(
+        self, scope: Scope, receive: Receive, send: Send, v2: bool, started: float
+    ) -> int:
         if not self.auth.allows(self._header(scope, b"authorization")):
             return await self._error(
                 send, InputError(401, "Missing or wrong bearer token.", code="UNAUTHENTICATED")
             )
+        try:
+            request_id = request_id_of(self._header(scope, REQUEST_ID_HEADER))
+        except InputError as exc:
+            return await self._error(send, exc)
         if self.in_flight >= self.options.max_in_flight:
             self.shed += 1
             return await self._error(
-                send, InputError(503, "The server is at capacity; retry shortly.", code="SERVICE_UNAVAILABLE")
+                send,
+                InputError(503, "The server is at capacity; retry shortly.", code="SERVICE_UNAVAILABLE"),
+                request_id,
             )
         self.in_flight += 1
         try:
-            return await self._predict(scope, receive, send, v2)
+            return await self._predict(scope, receive, send, v2, request_id, started)
         except _TooLarge:
-            return await self._error(send, self._too_large())
+            return await self._error(send, self._too_large(), request_id)
         except InputError as exc:
-            return await self._error(send, exc)
+            return await self._error(send, exc, request_id)
         finally:
             self.in_flight -= 1
 
-    async def _predict(self, scope: Scope, receive: Receive, send: Send, v2: bool) -> int:
+    async def _predict(
+        self, scope: Scope, receive: Receive, send: Send, v2: bool, request_id: str, started: float
+    ) -> int:
         if v2:
             name = scope["path"][len("/v2/models/") :].split("/")[0]
             if name != self.name:
@@ -407,17 +452,17 @@ class ModelServer:
         if batcher is None:
             raise InputError(503, "The model is not loaded yet.", code="SERVICE_UNAVAILABLE")
         model = batcher.model
-        started = time.perf_counter()
+        predict_started = time.perf_counter()
         if content_type.startswith(b"text/csv") and not v2:
             batch = _csv_batch(body, model)
-            request_id, outputs = None, None
+            v2_id, outputs = None, None
         elif content_type.startswith(b"application/json"):
             payload = parse_json(body)
             if v2:
-                batch, request_id, outputs = model.schema.parse_v2(payload)
+                batch, v2_id, outputs = model.schema.parse_v2(payload)
             else:
                 batch = model.schema.parse_mlflow(payload)
-                request_id, outputs = None, None
+                v2_id, outputs = None, None
         else:
             raise InputError(
                 415,
@@ -426,6 +471,8 @@ class ModelServer:
                 field="content-type",
                 code="UNSUPPORTED_MEDIA_TYPE",
             )
+        headers = [*_JSON, (REQUEST_ID_HEADER, request_id.encode())]
+        version = model.version
         try:
             try:
                 predictions = await batcher.submit(batch)
@@ -434,25 +481,48 @@ class ModelServer:
                 if exc.status != 503 or current is None or current is batcher:
                     raise
                 # The version was swapped between validation and submission: answer with the new one.
+                version = current.model.version
                 predictions = await current.submit(batch)
         except PredictionError as exc:
             if router is not None:
-                router.record(arm, True, time.perf_counter() - started)
+                router.record(arm, True, time.perf_counter() - predict_started)
             log.error("%s", exc)
             await self._send(
-                send, 500, orjson.dumps({"error_code": "PREDICTION_FAILED", "message": str(exc)})
+                send, 500, orjson.dumps({"error_code": "PREDICTION_FAILED", "message": str(exc)}), headers
             )
+            if self.prediction_log is not None:
+                self.prediction_log.record(
+                    request_id,
+                    version,
+                    arm,
+                    time.perf_counter() - started,
+                    batch.columns,
+                    batch.rows,
+                    None,
+                    True,
+                )
             return 500
         if router is not None:
-            router.record(arm, False, time.perf_counter() - started)
+            router.record(arm, False, time.perf_counter() - predict_started)
             if arm == "champion" and self.challenger is not None and router.mirror():
                 self._start_shadow(batch, predictions)
         BATCH_ROWS.labels(self.name).observe(batch.rows)
         if v2:
-            body_out = self._v2_response(model, predictions, request_id, outputs)
+            # The response's "id" is the request's own, as the protocol says; the header is the log's id.
+            body_out = self._v2_response(model, predictions, v2_id, outputs)
         else:
             body_out = _mlflow_response(predictions)
-        await self._send(send, 200, body_out)
+        await self._send(send, 200, body_out, headers)
+        if self.prediction_log is not None:  # after the answer is on its way: costs the caller nothing
+            self.prediction_log.record(
+                request_id,
+                version,
+                arm,
+                time.perf_counter() - started,
+                batch.columns,
+                batch.rows,
+                predictions,
+            )
         return 200
 
     def _v2_response(

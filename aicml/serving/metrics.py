@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from aicml.observability.metrics import MODEL_DEPLOYMENTS_ACTIVE, REGISTRY
 
@@ -32,11 +32,27 @@ BATCH_ROWS = Histogram(
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096),
     registry=REGISTRY,
 )
+PREDICTION_LOG_RECORDS = Counter(
+    "aicml_prediction_log_records",
+    "Sampled predictions (requests) of the prediction log by outcome: enqueued, dropped (queue full), "
+    "written, failed (could not be written).",
+    ["model", "outcome"],
+    registry=REGISTRY,
+)
+PREDICTION_LOG_QUEUE_ROWS = Gauge(
+    "aicml_prediction_log_queue_rows",
+    "Prediction rows waiting for the prediction log's writer, by model.",
+    ["model"],
+    multiprocess_mode="livesum",
+    registry=REGISTRY,
+)
 
 __all__ = [
     "BATCH_ROWS",
     "HTTP_REQUESTS",
     "MODEL_DEPLOYMENTS_ACTIVE",
+    "PREDICTION_LOG_QUEUE_ROWS",
+    "PREDICTION_LOG_RECORDS",
     "REQUEST_LATENCY",
     "SHADOW_DISAGREEMENTS",
 ]

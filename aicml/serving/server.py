@@ -13,6 +13,7 @@ from aicml.errors import ConfigurationError
 from aicml.registry.checksums import parse_model_uri
 from aicml.rollout.canary import RolloutPlan, TrafficRouter
 from aicml.serving.app import ModelServer, ServerOptions
+from aicml.serving.predlog import PredictionLog, PredictionLogConfig
 from aicml.serving.runtime import ModelHost
 from aicml.shutdown import DrainPolicy, draining_server
 
@@ -44,6 +45,8 @@ class ServeConfig:
     # is gone within grace_s, below Kubernetes' default terminationGracePeriodSeconds of 30.
     drain_s: float = 5.0
     grace_s: float = 25.0
+    # Prediction logging (aicml.serving.predlog); None: off, unless run_server finds AIC_PREDICTION_LOG set.
+    prediction_log: PredictionLogConfig | None = None
     drain: DrainPolicy = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -76,8 +79,17 @@ def build_server(config: ServeConfig) -> ModelServer:
         raise ConfigurationError(
             "The model server was given no authentication; resolve it with resolve_auth."
         )
+    prediction_log = None
+    if config.prediction_log is not None:
+        prediction_log = PredictionLog(champion.ref.name, config.prediction_log)
     return ModelServer(
-        champion, config.auth, config.options, challenger, router, control_auth=config.control_auth
+        champion,
+        config.auth,
+        config.options,
+        challenger,
+        router,
+        control_auth=config.control_auth,
+        prediction_log=prediction_log,
     )
 
 
@@ -87,6 +99,8 @@ def run_server(config: ServeConfig) -> None:
 
     import uvicorn
 
+    if config.prediction_log is None:  # the process's edge: the environment is read here, once
+        config.prediction_log = PredictionLogConfig.from_env()
     owned = config.cache_dir is None
     if owned:  # a private download cache, removed when the server stops
         config.cache_dir = Path(tempfile.mkdtemp(prefix="aic-serve-"))
