@@ -126,3 +126,23 @@ def test_the_demo_path_imports_no_extra() -> None:
         [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=300, check=True
     )
     assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout
+
+
+def test_the_portable_contract_names_every_other_aicml_module() -> None:
+    """The import-linter contract for aicml.models.portable lists aic-ml's modules one by one (forbidding the
+    ancestor does not apply to descendants): a module added later must be listed, or the models it reaches
+    would no longer load without aic-ml."""
+    contract = next(
+        c
+        for c in PYPROJECT["tool"]["importlinter"]["contracts"]
+        if c.get("source_modules") == ["aicml.models.portable"]
+    )
+    listed = set(contract["forbidden_modules"])
+    package = ROOT / "aicml"
+    names = {f"aicml.{p.stem}" for p in package.iterdir() if p.suffix == ".py" and p.stem != "__init__"}
+    names |= {
+        f"aicml.{p.name}" for p in package.iterdir() if (p / "__init__.py").exists() and p.name != "models"
+    }
+    names |= {f"aicml.models.{p.stem}" for p in (package / "models").glob("*.py") if p.stem != "__init__"}
+    missing = sorted(n for n in names if n not in listed)
+    assert not missing, f"add to the portable contract's forbidden_modules in pyproject.toml: {missing}"
