@@ -258,7 +258,7 @@ def join_labels(
 
     matched = frame.merge(
         candidates.drop_duplicates("key")[
-            ["key", "request_id", "ts", *_present(candidates, "version", "prediction")]
+            ["key", "request_id", "ts", *_present(candidates, "row", "version", "prediction")]
         ],
         on="key",
         how="inner",
