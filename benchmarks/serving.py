@@ -2,10 +2,13 @@
 
 Both servers load version 1 of the same registered model from one MLflow registry (SQLite, in a temporary
 directory; no network). A bounded asyncio HTTP/1.1 keep-alive client sends the same one-row
-`dataframe_split` body at 1 and at 16 concurrent connections, alternating the two servers round by round.
-The last line printed is a JSON object with the figures.
+`dataframe_split` body at 1 and at 16 concurrent connections, alternating the servers round by round.
+A third server, `aicml serve` with prediction logging on at 100% sampling (Parquet under the temporary
+directory, summaries in SQLite), runs beside them (`--prediction-log off` leaves it out); its figures are the
+`aicml_logged_*` keys, and `log_*` say what its prediction log wrote and dropped. The last line printed is a
+JSON object with the figures.
 
-    .venv/bin/python benchmarks/serving.py [--seconds 5] [--rounds 2]
+    .venv/bin/python benchmarks/serving.py [--seconds 5] [--rounds 2] [--prediction-log both|off]
 """
 
 from __future__ import annotations
@@ -149,6 +152,29 @@ async def load(port: int, request: bytes, connections: int, seconds: float) -> d
     }
 
 
+def log_counts(port: int) -> dict[str, int]:
+    """What the logging server's prediction log counted (from /metrics), once its queue is empty."""
+    import re
+
+    deadline = time.monotonic() + 30
+    counts: dict[str, int] = {}
+    while time.monotonic() < deadline:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        counts = {f"log_{outcome}": 0 for outcome in ("enqueued", "written", "dropped", "failed")}
+        counts |= {
+            f"log_{outcome}": int(float(value))
+            for outcome, value in re.findall(
+                r'aicml_prediction_log_records_total\{model="[^"]*",outcome="(\w+)"\} (\S+)', text
+            )
+        }
+        queue = re.search(r'aicml_prediction_log_queue_rows\{model="[^"]*"\} (\S+)', text)
+        counts["log_queue_rows"] = int(float(queue.group(1))) if queue else 0
+        if counts["log_queue_rows"] == 0 and counts.get("log_written", 0) == counts.get("log_enqueued", 0):
+            break
+        time.sleep(0.5)
+    return counts
+
+
 def http_request(port: int, body: bytes, token: str | None) -> bytes:
     auth = f"Authorization: Bearer {token}\r\n" if token else ""
     return (
@@ -161,6 +187,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="Seconds per measurement.")
     parser.add_argument("--rounds", type=int, default=2, help="Alternating rounds per concurrency.")
+    parser.add_argument(
+        "--prediction-log",
+        choices=("both", "off"),
+        default="both",
+        help="both: also measure aicml serve with prediction logging at 100%% sampling; off: without.",
+    )
     args = parser.parse_args()
 
     try:
@@ -191,7 +223,7 @@ def main() -> None:
         body = json.dumps({"dataframe_split": {"columns": columns, "data": [row]}}).encode()
         token = secrets.token_urlsafe(24)
         (workdir / "token").write_text(token)
-        mlflow_port, aicml_port = free_port(), free_port()
+        mlflow_port, aicml_port, logged_port = free_port(), free_port(), free_port()
         bin_dir = Path(sys.executable).parent
         print(
             f"Starting mlflow models serve on :{mlflow_port} and aicml serve on :{aicml_port} ...", flush=True
@@ -240,6 +272,38 @@ def main() -> None:
             "aicml": http_request(aicml_port, body, token),
         }
         ports = {"mlflow": mlflow_port, "aicml": aicml_port}
+        logging_on = args.prediction_log == "both"
+        if logging_on:
+            logged_env = {
+                **env,
+                "AIC_PREDICTION_LOG": str(workdir / "predictions"),
+                "AIC_PREDICTION_LOG_DB": f"sqlite:///{workdir / 'deployment.db'}",
+                "AIC_PREDICTION_LOG_SAMPLE": "1.0",
+                # A file every 5 s rather than the default 60: more writes during the measurement, not fewer.
+                "AIC_PREDICTION_LOG_FLUSH_SECONDS": "5",
+            }
+            print(f"Starting aicml serve with prediction logging on :{logged_port} ...", flush=True)
+            processes.append(
+                start(
+                    [
+                        sys.executable,
+                        "-m",
+                        "aicml.serving.cli",
+                        f"models:/{name}@champion",
+                        "--port",
+                        str(logged_port),
+                        "--token-file",
+                        str(workdir / "token"),
+                        "--tracking-uri",
+                        tracking,
+                    ],
+                    logged_env,
+                    workdir / "aicml-logged-serve.log",
+                    f"http://127.0.0.1:{logged_port}/v2/health/ready",
+                )
+            )
+            targets["aicml_logged"] = http_request(logged_port, body, token)
+            ports["aicml_logged"] = logged_port
         for server in targets:  # same answer from both, and warm
             asyncio.run(load(ports[server], targets[server], 4, 1.0))
         same = [
@@ -248,13 +312,13 @@ def main() -> None:
                 content=body,
                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
             ).json()
-            for s in ("mlflow", "aicml")
+            for s in ports
         ]
-        assert same[0] == same[1], f"The servers disagree: {same}"
+        assert all(answer == same[0] for answer in same), f"The servers disagree: {same}"
         results: dict[tuple[str, int], list[dict[str, float]]] = {}
         for round_ in range(args.rounds):
             for connections in (1, 16):
-                order = ("mlflow", "aicml") if round_ % 2 == 0 else ("aicml", "mlflow")
+                order = tuple(targets) if round_ % 2 == 0 else tuple(reversed(targets))
                 for server in order:
                     result = asyncio.run(load(ports[server], targets[server], connections, args.seconds))
                     results.setdefault((server, connections), []).append(result)
@@ -283,6 +347,22 @@ def main() -> None:
             "rounds": args.rounds,
             "cpus": os.cpu_count(),
         }
+        if logging_on:
+            summary.update(
+                {
+                    "aicml_logged_rps": agg("aicml_logged", 16, "rps"),
+                    "logged_ratio": round(agg("aicml_logged", 16, "rps") / agg("mlflow", 16, "rps"), 2),
+                    "aicml_logged_p50_ms": agg("aicml_logged", 16, "p50_ms"),
+                    "aicml_logged_p99_ms": agg("aicml_logged", 16, "p99_ms"),
+                    "aicml_logged_single_p50_ms": agg("aicml_logged", 1, "p50_ms"),
+                    "aicml_logged_single_rps": agg("aicml_logged", 1, "rps"),
+                    "logging_rps_cost": round(
+                        1 - agg("aicml_logged", 16, "rps") / agg("aicml", 16, "rps"), 3
+                    ),
+                    "log_sampling": 1.0,
+                    **log_counts(logged_port),
+                }
+            )
         print(json.dumps(summary))
     finally:
         for process in processes:
