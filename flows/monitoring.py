@@ -97,7 +97,7 @@ class MonitorResult(BaseModel):
     events: list[str]
 
 
-@task(name="load-reference", retries=1, cache_policy=NO_CACHE, timeout_seconds=900)
+@task(name="load-reference", retries=1, cache_policy=NO_CACHE, persist_result=False, timeout_seconds=900)
 def load_champion_reference(model: str, alias: str, tracking: Tracking, home: Path) -> Reference:
     """The champion's training snapshot, suite and metrics, with its predictions on the snapshot (cached per
     version under ``<home>/monitoring``)."""
@@ -126,7 +126,7 @@ def load_champion_reference(model: str, alias: str, tracking: Tracking, home: Pa
     return reference
 
 
-@task(name="judge-window", cache_policy=NO_CACHE, timeout_seconds=1800)
+@task(name="judge-window", cache_policy=NO_CACHE, persist_result=False, timeout_seconds=1800)
 def judge_window(
     reference: Reference, start: datetime, end: datetime, thresholds: Thresholds, home: Path
 ) -> MonitorReport:
@@ -137,7 +137,7 @@ def judge_window(
     return monitor_window(window, labels, reference, start, end, thresholds)
 
 
-@task(name="publish-report", retries=1, cache_policy=NO_CACHE, timeout_seconds=600)
+@task(name="publish-report", retries=1, cache_policy=NO_CACHE, persist_result=False, timeout_seconds=600)
 def publish_report(
     report: MonitorReport, reference: Reference, tracking: Tracking, home: Path
 ) -> tuple[str, str | None]:
@@ -215,7 +215,7 @@ def monitor_model(params: MonitorParams, overrides: dict[str, Any] | None = None
     path, artifact = publish_report(report, reference, tracking, s.root)
     events = emit_verdict(report) if params.emit_events else []
     logger.info(
-        "%s v%s: %d requests, drift on %s, %s live %s (training %s), %d quality failure(s)%s",
+        "%s v%s: %d logged predictions, drift on %s, %s live %s (training %s), %d quality failure(s)%s",
         report.model, report.version, report.rows, report.drifted_features or "nothing", report.labelled_rows,
         report.live.get(report.metric), report.baseline.get(report.metric), len(report.quality),
         f"; events: {', '.join(events)}" if events else "",
