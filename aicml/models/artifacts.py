@@ -2,33 +2,35 @@
 
 Plain values go to JSON, fitted preprocessing to skops (read back against a trusted list of types),
 torch weights to a numpy ``.npz`` read with ``allow_pickle=False``, and the pyfunc is a "model from
-code" source file, so MLflow writes no ``python_model.pkl``. A refused file raises ``RegistryError``.
+code" source file, so MLflow writes no ``python_model.pkl``. A refused file raises
+``aicml.models.portable.errors.ModelFileError`` (a ``RegistryError`` where aic-ml is installed).
 """
 
 from __future__ import annotations
 
 import json
-import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from aicml.errors import RegistryError
+# The readers are the ones shipped with every model; aic-ml's callers keep importing them from here.
+from aicml.models.portable.files import load_skops, load_weights, read_json, refuse_pickle
 
 if TYPE_CHECKING:
     from torch import nn
 
-_LOG_AGAIN = "Log the model again with this version of aic-ml."
-
-
-def refuse_pickle(path: Path, family: str) -> NoReturn:
-    """Refuse a pickle an older aic-ml logged, by name and unread: unpickling it could run any code."""
-    raise RegistryError(
-        f"{path.name} is a pickle (a {family} model logged by an older aic-ml); it is not loaded "
-        f"because unpickling can run any code. {_LOG_AGAIN}"
-    )
+__all__ = [
+    "dump_skops",
+    "load_skops",
+    "load_weights",
+    "read_json",
+    "refuse_pickle",
+    "save_weights",
+    "write_json",
+    "write_pyfunc_code",
+]
 
 
 def _json_scalar(value: Any) -> Any:
@@ -43,39 +45,11 @@ def write_json(path: Path, fields: Mapping[str, Any]) -> str:
     return str(path)
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        fields = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RegistryError(
-            f"{path.name} is not the JSON this model was logged with: {exc}. {_LOG_AGAIN}"
-        ) from exc
-    if not isinstance(fields, dict):
-        raise RegistryError(
-            f"{path.name} holds {type(fields).__name__}, not an object of fields. {_LOG_AGAIN}"
-        )
-    return fields
-
-
 def dump_skops(value: Any, path: Path) -> str:
     import skops.io
 
     skops.io.dump(value, path)
     return str(path)
-
-
-def load_skops(path: Path, trusted: Sequence[str], writer: str) -> Any:
-    """Read a skops file, refusing (before building anything) one that holds a type outside ``trusted``."""
-    import skops.io
-    from skops.io.exceptions import UntrustedTypesFoundException
-
-    try:
-        return skops.io.load(path, trusted=list(trusted))
-    except UntrustedTypesFoundException as exc:
-        raise RegistryError(
-            f"Refusing to load {path.name}: {exc} Only the preprocessing that {writer} writes is "
-            "trusted; log the model again from a trusted run."
-        ) from exc
 
 
 def write_pyfunc_code(model_class: type, directory: Path) -> str:
@@ -99,24 +73,3 @@ def save_weights(network: nn.Module, path: Path) -> str:
     with path.open("wb") as out:
         np.savez(out, **arrays)
     return str(path)
-
-
-def load_weights(network: nn.Module, path: Path) -> None:
-    """Load what ``save_weights`` wrote into ``network``: numeric arrays only, every key the network has."""
-    import torch
-
-    state: dict[str, torch.Tensor] = {}
-    try:
-        with np.load(path, allow_pickle=False) as arrays:
-            for key in arrays.files:
-                value = arrays[key]
-                if not isinstance(value, np.ndarray) or value.dtype.hasobject:
-                    raise ValueError(f"member {key!r} is not a numeric array")
-                state[key] = torch.from_numpy(np.array(value))
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        # np.load refuses object arrays and pickled files before unpickling anything.
-        raise RegistryError(f"Refusing to load {path.name} as network weights: {exc}. {_LOG_AGAIN}") from exc
-    try:
-        network.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise RegistryError(f"{path.name} does not fit the logged network: {exc}") from exc

@@ -15,6 +15,18 @@ import numpy as np
 import torch
 from torch import nn
 
+# Prediction is the logged model's own (shipped with it); aic-ml's callers keep importing it from here.
+from aicml.models.portable.networks import predict_array
+
+__all__ = [
+    "Batch",
+    "EpochCallback",
+    "SupervisedModule",
+    "TensorBatches",
+    "TensorDataModule",
+    "predict_array",
+]
+
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -266,14 +278,3 @@ class EpochCallback(L.Callback):
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         self.hook(trainer.current_epoch, trainer.max_epochs or 0, metrics)
-
-
-def predict_array(network: nn.Module, x: np.ndarray, problem: str, batch_size: int = 65536) -> np.ndarray:
-    """Class codes (classification) or scaled values (regression) for ``x``, in eval mode, no grad."""
-    network.eval()
-    outputs = []
-    with torch.inference_mode():
-        for start in range(0, len(x), batch_size):
-            out = network(torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size])))
-            outputs.append(out.argmax(-1).numpy() if problem == "classification" else out.squeeze(-1).numpy())
-    return np.concatenate(outputs) if outputs else np.zeros(0)

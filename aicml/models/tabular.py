@@ -6,8 +6,6 @@ which keeps Lightning within a few percent of a hand-written loop.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import torch
 from torch import nn
@@ -20,6 +18,9 @@ from aicml.models.modules import (
     predict_array,
 )
 
+# The network is the one a logged model rebuilds (shipped with it); it keeps its name here.
+from aicml.models.portable.networks import TabularMLP
+
 __all__ = [
     "EpochCallback",
     "TabularDataModule",
@@ -29,26 +30,6 @@ __all__ = [
     "predict_array",
     "predict_proba_array",
 ]
-
-
-class TabularMLP(nn.Module):
-    """A feed-forward network for a float feature vector."""
-
-    def __init__(
-        self, n_features: int, n_outputs: int, hidden: Sequence[int] = (128, 64), dropout: float = 0.1
-    ):
-        super().__init__()
-        layers: list[nn.Module] = []
-        width = n_features
-        for size in hidden:
-            layers += [nn.Linear(width, size), nn.LayerNorm(size), nn.GELU(), nn.Dropout(dropout)]
-            width = size
-        layers.append(nn.Linear(width, n_outputs))
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.net(x)
-        return out
 
 
 class TabularDataModule(TensorDataModule):

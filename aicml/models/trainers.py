@@ -473,38 +473,35 @@ class FittedSklearn:
         return str(info.model_uri)
 
 
-class PreprocessorStep:
+class PreprocessorStep(sklearn_steps.TableStep):
     """Wraps a fitted TabularPreprocessor as a scikit-learn transformer inside a Pipeline.
 
-    Kept for pipelines logged before they were portable (skops names this class); new pipelines use
-    ``aicml.models.portable.sklearn_steps.TableStep``.
+    Kept for pipelines logged before they were portable (skops names this class and stores its
+    ``preprocessor``); new pipelines use ``aicml.models.portable.sklearn_steps.TableStep``.
     """
 
     def __init__(self, preprocessor: TabularPreprocessor):
         self.preprocessor = preprocessor
 
-    def fit(self, frame: pd.DataFrame, y: Any = None) -> PreprocessorStep:
-        return self
-
-    def transform(self, frame: pd.DataFrame) -> np.ndarray:
-        return self.preprocessor.transform(frame)
+    @property
+    def features(self) -> portable_features.TableFeatures:  # type: ignore[override]
+        return self.preprocessor
 
 
-class FlattenImages:
+class FlattenImages(sklearn_steps.FlattenImages):
     """Raw images (N, H, W) -> scaled pixel rows (N, H*W), so any scikit-learn estimator can take them.
 
-    Kept for pipelines logged before they were portable; new ones use ``sklearn_steps.FlattenImages``.
+    Kept for pipelines logged before they were portable (a wrong shape is aic-ml's ``SchemaError``, as
+    it was); new ones use ``sklearn_steps.FlattenImages``.
     """
 
-    def __init__(self, scale: float = 1.0):
-        self.scale = scale
-
-    def fit(self, images: Any, y: Any = None) -> FlattenImages:
-        return self
-
     def transform(self, images: Any) -> np.ndarray:
-        flat = prepare_images(images, self.scale)
-        return flat.reshape(len(flat), -1)
+        try:
+            return super().transform(images)
+        except portable_features.ImageShapeError as exc:
+            from aicml.errors import SchemaError
+
+            raise SchemaError(str(exc)) from None
 
 
 class SklearnTrainer:

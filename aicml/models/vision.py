@@ -7,35 +7,14 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from aicml.errors import SchemaError
 from aicml.models.modules import TensorDataModule
 
+# The network is the one a logged model rebuilds (shipped with it); it keeps its name here.
+from aicml.models.portable.networks import SmallCNN
 
-class SmallCNN(nn.Module):
-    """Two 3x3 convolution blocks and a linear head, for (N, 1, H, W) inputs of any small size."""
-
-    def __init__(self, n_outputs: int, channels: tuple[int, int] = (16, 32), dropout: float = 0.1):
-        super().__init__()
-        first, second = channels
-        self.features = nn.Sequential(
-            nn.Conv2d(1, first, kernel_size=3, padding=1),
-            nn.BatchNorm2d(first),
-            nn.ReLU(),
-            nn.Conv2d(first, second, kernel_size=3, padding=1),
-            nn.BatchNorm2d(second),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            # Pool to a fixed 2x2 so the head does not depend on the input size.
-            nn.AdaptiveAvgPool2d(2),
-        )
-        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(second * 4, n_outputs))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.head(self.features(x))
-        return out
+__all__ = ["ImageDataModule", "SmallCNN"]
 
 
 class ImageDataModule(TensorDataModule):

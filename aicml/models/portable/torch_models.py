@@ -8,7 +8,7 @@ for tables, the fitted preprocessing and label decoder as ``inputs.skops`` (read
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -27,6 +27,9 @@ TRUSTED_TYPES = [
 class TabularNetModel(PythonModel):  # type: ignore[misc]
     """Serves a ``TabularMLP`` logged by ``aicml.models.trainers.FittedNet``."""
 
+    # The types ``inputs.skops`` may hold (a subclass serving older versions widens it).
+    trusted_types: ClassVar[list[str]] = TRUSTED_TYPES
+
     def load_context(self, context: Any) -> None:
         from aicml.models.portable.networks import TabularMLP
 
@@ -38,7 +41,7 @@ class TabularNetModel(PythonModel):  # type: ignore[misc]
         self.network = TabularMLP(n_features, n_outputs, counts(fields, "hidden"), 0.0)
         load_weights(self.network, weights)
         self.network.eval()
-        state = load_skops(inputs, TRUSTED_TYPES, "FittedNet.log_to_mlflow")
+        state = load_skops(inputs, self.trusted_types, "FittedNet.log_to_mlflow")
         preprocessor, codec = (
             state.get(key) if isinstance(state, dict) else None for key in ("preprocessor", "codec")
         )
