@@ -46,9 +46,9 @@ class MonitorThresholds(BaseModel):
         ge=0,
         description="How far the live test metric (f1_macro or r2) may fall below the training one.",
     )
-    min_rows: int = Field(default=100, ge=1, description="Fewest served requests drift is judged on.")
+    min_rows: int = Field(default=100, ge=1, description="Fewest logged predictions drift is judged on.")
     min_labelled: int = Field(
-        default=50, ge=1, description="Fewest labelled requests the live metric is computed on."
+        default=50, ge=1, description="Fewest labelled predictions the live metric is computed on."
     )
 
 
@@ -153,7 +153,7 @@ def publish_report(
     create_table_artifact(
         table=report.summary_rows(),
         key=key,
-        description=f"{report.model} v{report.version}, {report.rows} requests: {'; '.join(verdict) or 'quiet'}",
+        description=f"{report.model} v{report.version}, {report.rows} predictions: {'; '.join(verdict) or 'quiet'}",
     )
     stamp = report.end.strftime("%Y%m%dT%H%M%SZ")
     path = write_html(report, data_dir("monitoring", home) / report.model / f"report-{stamp}.html")

@@ -107,7 +107,7 @@ class MonitorReport:
     def summary_rows(self) -> list[dict[str, Any]]:
         """The table artifact: one row per check, with its value, threshold and verdict."""
         rows: list[dict[str, Any]] = [
-            {"check": "requests", "value": self.rows, "threshold": "", "verdict": ""},
+            {"check": "predictions", "value": self.rows, "threshold": "", "verdict": ""},
             {"check": "error rate", "value": round(self.error_rate, 4), "threshold": "", "verdict": ""},
         ]
         for name, value in self.latency_ms.items():
@@ -120,7 +120,7 @@ class MonitorReport:
                  "threshold": r["threshold"], "verdict": "DRIFT" if r["drifted"] == "YES" else "ok"}
             )  # fmt: skip
         rows.append(
-            {"check": "labelled requests", "value": self.labelled_rows, "threshold": "", "verdict": ""}
+            {"check": "labelled predictions", "value": self.labelled_rows, "threshold": "", "verdict": ""}
         )
         for name, value in self.live.items():
             base = self.baseline.get(name)
@@ -193,7 +193,7 @@ def monitor_window(
     report.baseline = dict(reference.baseline)
     report.rows = len(window)
     if window.empty:
-        report.notes.append("no served requests in the window")
+        report.notes.append("no logged predictions in the window")
         return report
     failed = failed_mask(window)
     report.failed_rows = int(failed.sum())
@@ -250,7 +250,7 @@ def monitor_window(
             report.live = score(reference.problem, truth.to_numpy(), predicted.to_numpy())
         else:
             report.notes.append(
-                f"{len(joined)} labelled requests: the live metric is computed from {thresholds.min_labelled}"
+                f"{len(joined)} labelled predictions: the live metric is computed from {thresholds.min_labelled}"
             )
     return report
 

@@ -87,12 +87,12 @@ def load_reference(
     if not path:
         raise ConfigurationError(
             f"{model!r} version {found.version}: its run {found.run_id} records no training snapshot "
-            f"(tag {VALIDATED_TAG}); pass the snapshot's path (reference_path)."
+            f"(tag {VALIDATED_TAG}): only models trained by ml-pipeline (or given snapshot_path) can be monitored."
         )
     if not Path(path).is_file():
         raise ConfigurationError(
             f"{model!r} version {found.version}: training snapshot {path!r} is not there (a different "
-            "machine's home?); pass the snapshot's path (reference_path)."
+            "machine's home?): monitor where the pipeline ran, or pass snapshot_path."
         )
     target = params.get("target") or (found.tags or {}).get("target")
     if not target:

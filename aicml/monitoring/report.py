@@ -118,7 +118,7 @@ def render_html(report: MonitorReport) -> str:
         "<style>body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}img{margin:6px}</style></head><body>",
         f"<h1>{html.escape(report.model)} version {html.escape(report.version)}</h1>",
-        f"<p>Window {report.start.isoformat()} to {report.end.isoformat()}: {report.rows} requests. "
+        f"<p>Window {report.start.isoformat()} to {report.end.isoformat()}: {report.rows} logged predictions. "
         f"<b>{html.escape(headline)}</b>.</p>",
         "<h2>Summary</h2>",
         _table(report.summary_rows()),

@@ -163,3 +163,53 @@ def _table(data: Any) -> list[dict[str, Any]]:
     import json
 
     return list(json.loads(data) if isinstance(data, str) else data)
+
+
+def test_aicml_monitor_run_goes_through_the_deployment_and_the_worker(stack: Any, champion: tuple[str, str],
+                                                                        tmp_path: Path) -> None:  # fmt: skip
+    """`aicml monitor run` starts monitor-model/local; the stack's worker runs it on the log the server
+    writes by default (<home>/predictions)."""
+    import asyncio
+    import os
+    import subprocess
+    import sys
+
+    from prefect.client.orchestration import get_client
+
+    from aicml.monitoring.cli import app
+
+    name, version = champion
+    repo = Path(__file__).resolve().parents[2]
+    traffic = generate_churn(400, seed=41).drop(columns=["churn"])
+    serve_and_log(name, version, traffic, stack.settings.root / "predictions", "d")
+    env = {**os.environ, **stack.client_env(), "AIC_PROJECT_DIR": str(repo)}
+    env.pop("AIC_PREDICTION_LOG", None)
+    deployed = subprocess.run(
+        [str(Path(sys.executable).with_name("prefect")), "--no-prompt", "deploy", "--name", "monitor-model/local"],
+        cwd=repo, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert deployed.returncode == 0 and "will not be deployed" not in deployed.stdout, deployed.stdout[-2000:]
+
+    started = CliRunner().invoke(app, ["monitor", "run", "--model", name, "--window-hours", "2"])
+    assert started.exit_code == 0, started.output
+    run_id = started.output.strip().rsplit("(", 1)[1].rstrip(")")
+
+    async def final_state() -> Any:
+        async with get_client() as client:
+            deadline = time.monotonic() + 240
+            while True:
+                run = await client.read_flow_run(uuid.UUID(run_id))
+                if (run.state and run.state.is_final()) or time.monotonic() > deadline:
+                    return run
+                await asyncio.sleep(1)
+
+    run = asyncio.run(final_state())
+    assert run.state is not None and run.state.is_completed(), run.state
+    assert run.parameters["overrides"] == {"model_name": name, "window_hours": 2}
+    response = httpx.post(
+        f"{stack.settings.prefect_url}/artifacts/filter",
+        json={"artifacts": {"key": {"any_": [f"monitor-{name}"]}, "flow_run_id": {"any_": [run_id]}}},
+        timeout=30,
+    )
+    rows = {row["check"]: row for artifact in response.json() for row in _table(artifact["data"])}
+    assert rows["predictions"]["value"] == 400 and rows["drift age (ks)"]["verdict"] == "ok", rows
