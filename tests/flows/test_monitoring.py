@@ -213,3 +213,11 @@ def test_aicml_monitor_run_goes_through_the_deployment_and_the_worker(stack: Any
     )
     rows = {row["check"]: row for artifact in response.json() for row in _table(artifact["data"])}
     assert rows["predictions"]["value"] == 400 and rows["drift age (ks)"]["verdict"] == "ok", rows
+    # The worker's gauges reach the stack's exporter (multiprocess mode), as Prometheus scrapes them.
+    scraped = httpx.get(
+        f"http://{stack.settings.host}:{stack.settings.metrics_port}/metrics", timeout=30
+    ).text
+    assert f'ml_model_drift_score{{feature="age",model="{name}"}}' in scraped
+    assert (
+        f'ml_model_live_metric{{metric="f1_macro",model="{name}"}}' not in scraped
+    )  # no labels in this window
