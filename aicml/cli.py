@@ -613,6 +613,7 @@ def _register_subcommands() -> None:
     from aicml.agents.cli import app as agents_app
     from aicml.data.cli import app as data_app
     from aicml.kube.cli import app as kube_app
+    from aicml.monitoring.cli import labels_app, monitor_app
     from aicml.registry.cli import app as models_app
     from aicml.serving.cli import serve as serve_command
     from aicml.stack.backup_cli import backup as backup_command
@@ -630,6 +631,8 @@ def _register_subcommands() -> None:
         help="Registered models: verify a version's digest, trust one from elsewhere.",
     )
     app.add_typer(tune_app, name="tune", help="Tuning studies: the live Optuna dashboard.")
+    app.add_typer(labels_app, name="labels", help="Ground truth: join late labels to logged predictions.")
+    app.add_typer(monitor_app, name="monitor", help="Monitor a served model (the monitor-model flow).")
     app.command("serve")(serve_command)
     app.command("backup")(backup_command)
     app.command("restore")(restore_command)
