@@ -27,6 +27,8 @@ from aicml.kube.render import KubeObject, object_ref
 SERVING_METRICS: dict[str, str] = {
     "aicml_http_requests_total": "counter",
     "aicml_request_latency_seconds": "histogram",
+    "aicml_prediction_log_records": "counter",
+    "aicml_prediction_log_queue_rows": "gauge",
 }
 OWN_PREFIXES = ("ml_", "aicml_")
 STANDARD_METRICS = frozenset(
@@ -95,7 +97,8 @@ def series_names(name: str, metric_type: str) -> set[str]:
 
 
 def exported_metric_names() -> set[str]:
-    """Every series name aicml.observability.metrics and the model server expose."""
+    """Every series name aicml.observability.metrics, the monitor-model flow and the model server expose."""
+    import aicml.monitoring.metrics  # noqa: F401  (declares the monitor's gauges in the shared registry)
     from aicml.observability.metrics import REGISTRY
 
     names: set[str] = set()

@@ -105,7 +105,13 @@ def test_exported_names_follow_the_registry() -> None:
     } <= names
     assert "ml_training_jobs" not in names  # a counter is only stored with its _total suffix
     assert {"aicml_http_requests_total", "aicml_request_latency_seconds_bucket"} <= names
-    assert set(SERVING_METRICS) == {"aicml_http_requests_total", "aicml_request_latency_seconds"}
+    assert set(SERVING_METRICS) == {
+        "aicml_http_requests_total",
+        "aicml_request_latency_seconds",
+        "aicml_prediction_log_records",
+        "aicml_prediction_log_queue_rows",
+    }
+    assert {"aicml_prediction_log_records_total", "ml_model_drift_score", "ml_model_live_metric"} <= names
 
 
 @pytest.mark.parametrize(
