@@ -95,6 +95,14 @@ class AicSettings(BaseSettings):
             "MLFLOW_TRACKING_URI."
         ),
     )
+    mlflow_ui_url: str | None = Field(
+        default=None,
+        description=(
+            "Where people open the MLflow UI, for the links in Prefect artifacts (Data Docs, reports, plots), "
+            "when it differs from the tracking URI: on Kubernetes the flows reach MLflow at an in-cluster "
+            "address, people at an ingress or `kubectl port-forward` (e.g. http://localhost:5000)."
+        ),
+    )
     prefect_api_url: str | None = Field(
         default=None,
         description="Use this Prefect API instead of the local server's. Falls back to PREFECT_API_URL.",

@@ -14,7 +14,7 @@ def settings() -> AicSettings:
 
 def tracking_of(s: AicSettings, experiment: str | None = None) -> Tracking:
     """The MLflow server and experiment of these settings, to hand to the tasks that log or register."""
-    return Tracking(uri=s.tracking_uri, experiment=experiment or s.experiment)
+    return Tracking(uri=s.tracking_uri, experiment=experiment or s.experiment, ui_url=s.mlflow_ui_url)
 
 
 def data_dir(name: str, root: Path | None = None) -> Path:

@@ -24,21 +24,9 @@ from tasks.context import data_dir, settings, tracking_of
 
 
 def artifact_page_url(tracking: Tracking | None, experiment_id: str, run_id: str, path: str) -> str:
-    """The MLflow UI's page of artifact ``path`` of run ``run_id``: it shows images, and HTML pages in a
-    frame (MLflow serves every artifact file as a download, so a direct file link would not open).
-
-    The UI is reached at ``AIC_MLFLOW_UI_URL`` when set (on Kubernetes the tracking URI is an in-cluster
-    address: set it to where people reach MLflow, e.g. ``http://localhost:5000`` behind
-    ``kubectl port-forward svc/mlflow-service 5000``), else at the tracking URI itself.
-    """
-    import os
-    import urllib.parse
-
-    base = os.environ.get("AIC_MLFLOW_UI_URL") or (tracking or tracking_of(settings())).uri
-    if not base.startswith(("http://", "https://")):
-        raise ValueError(f"MLflow tracking URI {base!r} has no web UI to link to (set AIC_MLFLOW_UI_URL)")
-    quoted = urllib.parse.quote(path)
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}/artifactPath/{quoted}"
+    """The MLflow UI's page of an artifact (``Tracking.artifact_page_url``; the flow run's settings when
+    ``tracking`` is None)."""
+    return (tracking or tracking_of(settings())).artifact_page_url(experiment_id, run_id, path)
 
 
 def upload_data_docs(

@@ -23,6 +23,24 @@ class Tracking(BaseModel):
 
     uri: str = Field(description="MLflow tracking URI; the model registry is on the same server.")
     experiment: str = Field(default="aic-ml", description="MLflow experiment runs are logged to.")
+    ui_url: str | None = Field(
+        default=None, description="Where people open the MLflow UI, when not at ``uri`` (links only)."
+    )
+
+    def artifact_page_url(self, experiment_id: str, run_id: str, path: str) -> str:
+        """The MLflow UI's page of artifact ``path`` of run ``run_id``: it shows images, and HTML pages in a
+        frame (MLflow serves every artifact file as a download, so a direct file link would not open).
+
+        The UI is reached at ``ui_url`` when set (``AIC_MLFLOW_UI_URL``: on Kubernetes the tracking URI is
+        an in-cluster address), else at the tracking URI itself; a URI without a web UI is refused.
+        """
+        import urllib.parse
+
+        base = self.ui_url or self.uri
+        if not base.startswith(("http://", "https://")):
+            raise ValueError(f"MLflow tracking URI {base!r} has no web UI to link to (set AIC_MLFLOW_UI_URL)")
+        quoted = urllib.parse.quote(path)
+        return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}/artifactPath/{quoted}"
 
     def client(self) -> MlflowClient:
         """A client bound to this server; it does not touch the process-wide URI."""
