@@ -7,15 +7,17 @@ from functools import partial
 from typing import Annotated, Any, Literal
 
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 from prefect.transactions import transaction
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from aicml.models.options import TrainerOptions
-from aicml.names import ResourceName
+from aicml.names import ResourceName, slug
 from aicml.observability.metrics import pipeline_execution
 from aicml.redaction import refuse_password
 from aicml.stack.overrides import resolve_params
+from aicml.stack.watch import RESULT_ARTIFACT_PREFIX
 from flows.tuning import SearchOptions, tune_before_training
 from tasks.context import data_dir, settings, tracking_of
 from tasks.ingest import ingest_source
@@ -231,7 +233,7 @@ def ml_pipeline(params: PipelineParams, overrides: dict[str, Any] | None = None)
         finally:
             finish_pipeline_run(tracking=tracking, run_id=parent, status=status)
     logger.info("Pipeline finished in %.1fs: %s", execution.seconds, decision.reason)
-    return PipelineResult(
+    result = PipelineResult(
         mlflow_run_id=parent,
         fingerprint=snapshot.fingerprint,
         rows=snapshot.rows,
@@ -247,3 +249,11 @@ def ml_pipeline(params: PipelineParams, overrides: dict[str, Any] | None = None)
         reason=decision.reason,
         predictions=served["predictions"],
     )
+    # Also as an artifact of this flow run: readable through the API wherever the persisted result is not
+    # (a cluster's volume), which is how `aicml run` prints it against Kubernetes; and shown in the UI.
+    create_table_artifact(
+        [result.model_dump(mode="json")],
+        key=RESULT_ARTIFACT_PREFIX + slug(params.model_name),
+        description=f"ml-pipeline result: {params.model_name} version {result.version}, {decision.reason}",
+    )
+    return result

@@ -80,6 +80,31 @@ def _entrypoint_module(entrypoint: str | None) -> tuple[str, str] | None:
     return dotted.rsplit(".", 1)[-1], dotted
 
 
+# The pipeline publishes its result as a table artifact keyed by this prefix and the model: read when the
+# persisted result is not reachable from here (a cluster's volume).
+RESULT_ARTIFACT_PREFIX = "pipeline-result-"
+
+
+def result_from_artifact(client: Any, flow_run_id: UUID) -> dict[str, Any] | None:
+    """The flow run's result as its table artifact holds it (one row), or None when it published none."""
+    import json
+
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterType
+
+    artifacts = client.read_artifacts(
+        artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]), type=ArtifactFilterType(any_=["table"])
+        )
+    )
+    for artifact in artifacts:
+        if not (artifact.key or "").startswith(RESULT_ARTIFACT_PREFIX.rstrip("-")):
+            continue
+        rows = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+        if isinstance(rows, list) and rows and isinstance(rows[0], dict):
+            return rows[0]
+    return None
+
+
 def read_result(flow_run: Any, entrypoint: str | None = None) -> tuple[dict[str, Any] | None, str | None]:
     """The flow run's returned value, read from its persisted result; (None, why) when it cannot be read.
 
@@ -272,7 +297,11 @@ def watch_flow_run(
         entrypoint = None
         if flow_run.deployment_id is not None and flow_run.state.is_completed():
             entrypoint = client.read_deployment(flow_run.deployment_id).entrypoint
-    result, error = read_result(flow_run, entrypoint)
+        result, error = read_result(flow_run, entrypoint)
+        if result is None and flow_run.state.is_completed():
+            published = result_from_artifact(client, flow_run_id)
+            if published is not None:
+                result, error = published, None
     return WatchOutcome(flow_run, seconds, True, result, error, watcher.named_task_states())
 
 

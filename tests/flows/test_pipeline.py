@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from pathlib import Path
 
@@ -83,6 +84,10 @@ def test_pipeline_end_to_end_then_gate_rejects_bad_batch(stack, demo) -> None:
         for label, data in seen
     ), "a training summary linking this run's MLflow runs"
     assert any(label == f"promotion-{name}" and "promoted to `champion`" in data for label, data in seen)
+    # The result itself, as a table artifact: what `aicml run` reads where the persisted result is not reachable.
+    published = [data for label, data in seen if label == f"pipeline-result-{name}"]
+    assert published and json.loads(published[0])[0]["version"] == result.version
+    assert json.loads(published[0])[0]["candidates"] == result.candidates
 
     # The corrupted batch of the same dataset: stopped before training, nothing registered.
     with pytest.raises(DataQualityError) as caught:

@@ -77,6 +77,21 @@ def test_watch_follows_states_tasks_and_logs_while_the_run_goes_on(stack) -> Non
     assert outcome.result is None and outcome.result_error and "not readable" in outcome.result_error
 
 
+def test_a_result_published_as_an_artifact_is_read_when_the_persisted_one_is_not(stack) -> None:
+    """On Kubernetes the persisted result sits on the cluster's volume: the pipeline's table artifact stands in."""
+    from prefect.client.schemas.actions import ArtifactCreate
+
+    published = {"model_name": "churn", "version": "4", "promoted": True, "candidates": {"sklearn": 0.71}}
+    with get_client(sync_client=True) as client:
+        run = client.create_flow_run(watched, state=Running())
+        client.create_artifact(
+            ArtifactCreate(key="pipeline-result-churn", type="table", data=[published], flow_run_id=run.id)
+        )
+        client.set_flow_run_state(run.id, Completed(), force=True)
+    outcome = watch_flow_run(run.id, timeout=60, poll_seconds=0.1)
+    assert outcome.completed and outcome.result == published and outcome.result_error is None
+
+
 def test_summary_of_a_pipeline_result(stack) -> None:
     from flows.pipeline import PipelineResult
 
