@@ -28,7 +28,8 @@ def main() -> None:
     """``python -m aicml.stack.prefect_server server start ...``: the ``prefect`` CLI, patched first."""
     try:
         patched = take_slots_under_write_lock()
-    except ConfigurationError as exc:  # an untested Prefect: one clear line in the server's log, not a traceback
+    except ConfigurationError as exc:
+        # An untested Prefect: one clear line in the server's log, not a traceback.
         print(f"aicml: {exc}", file=sys.stderr)
         sys.exit(1)
     if not patched:
