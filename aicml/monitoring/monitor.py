@@ -146,6 +146,56 @@ class MonitorReport:
         rows += [{"check": "note", "value": note, "threshold": "", "verdict": ""} for note in self.notes]
         return rows
 
+    def alerts(self) -> list[dict[str, Any]]:
+        """The thresholds this window crossed, one row each (what a person has to look at)."""
+        found: list[dict[str, Any]] = []
+        for row in self.drift_rows():
+            if row["drifted"] == "YES":
+                found.append(
+                    {"alert": "prediction drift" if row["column"] == PREDICTION else "feature drift",
+                     "subject": row["column"], "value": row["value"], "threshold": row["threshold"]}
+                )  # fmt: skip
+        if self.degraded:
+            found.append(
+                {"alert": "live metric degraded", "subject": self.metric, "value": self.live.get(self.metric),
+                 "threshold": f"drop > {self.thresholds.metric_drop}"}
+            )  # fmt: skip
+        if self.quality:
+            found.append(
+                {"alert": "data quality failed", "subject": ", ".join(f.expectation for f in self.quality),
+                 "value": len(self.quality), "threshold": "0 failed"}
+            )  # fmt: skip
+        return found
+
+    def summary(self) -> dict[str, Any]:
+        """The run's figures as plain JSON values, kept per run so the weekly audit can trace them over time."""
+        return {
+            "model": self.model,
+            "version": self.version,
+            "window_start": self.start.isoformat(),
+            "window_end": self.end.isoformat(),
+            "rows": self.rows,
+            "failed_rows": self.failed_rows,
+            "error_rate": self.error_rate,
+            "latency_ms": dict(self.latency_ms),
+            "metric": self.metric,
+            "live": dict(self.live),
+            "baseline": dict(self.baseline),
+            "labelled_rows": self.labelled_rows,
+            "drift_scores": self.drift_scores(),
+            "drifted_features": self.drifted_features,
+            "prediction_drifted": bool(self.prediction_drift and self.prediction_drift.drifted),
+            "degraded": self.degraded,
+            "quality_failures": len(self.quality),
+            "thresholds": {
+                "drift": self.thresholds.drift,
+                "prediction_drift": self.thresholds.prediction_drift,
+                "metric_drop": self.thresholds.metric_drop,
+            },
+            "alerts": self.alerts(),
+            "notes": list(self.notes),
+        }
+
     def drift_evidence(self) -> dict[str, Any]:
         return {
             "model": self.model,

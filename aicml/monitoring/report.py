@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +142,21 @@ def render_html(report: MonitorReport) -> str:
 
 
 def write_html(report: MonitorReport, path: Path) -> Path:
+    """The HTML report at ``path``, with its figures beside it as JSON (`write_summary`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     write_durably(path, render_html(report).encode())
+    write_summary(report, summary_path(path))
+    return path
+
+
+def summary_path(report_path: Path) -> Path:
+    """Where the figures of the report at ``report_path`` are kept: the same name, ``.json``."""
+    return report_path.with_suffix(".json")
+
+
+def write_summary(report: MonitorReport, path: Path) -> Path:
+    """The run's figures (`MonitorReport.summary`) as one JSON file, written whole or not at all: the weekly
+    audit reads these (``<home>/monitoring/<model>/report-*.json``) to trace each model over time."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_durably(path, json.dumps(report.summary(), sort_keys=True, default=str).encode())
     return path
