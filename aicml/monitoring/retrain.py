@@ -62,6 +62,18 @@ class RetrainLedger:
         import sqlalchemy as sa
 
         engine = sa.create_engine(self.url)
+        if engine.dialect.name == "sqlite":
+            # pysqlite begins a transaction only at the first write; the claim's read must be inside it
+            # (BEGIN IMMEDIATE takes the write lock), and a writer waits for the lock instead of failing.
+            @sa.event.listens_for(engine, "connect")
+            def _connect(dbapi: Any, _record: Any) -> None:
+                dbapi.isolation_level = None
+                dbapi.execute("PRAGMA busy_timeout = 30000")
+
+            @sa.event.listens_for(engine, "begin")
+            def _begin(conn: Any) -> None:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+
         metadata = sa.MetaData()
         _table(metadata)
         metadata.create_all(engine)

@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 
 from aicml.errors import ConfigurationError
 from aicml.monitoring.retrain import SKIPPED, TRIGGERED, RetrainLedger, champion_params
-from aicml.stack.overrides import resolve_params
+from aicml.stack.overrides import apply_overrides
 from flows.pipeline import PipelineParams
 
 
@@ -42,12 +42,7 @@ def test_racing_events_start_one_retrain(tmp_path: Path) -> None:
     lock = threading.Lock()
 
     def claim(n: int) -> None:
-        for _ in range(20):
-            try:
-                decision = ledger.claim("m", "aicml.model.drift.detected", f"e{n}", cooldown_hours=1)
-                break
-            except Exception as exc:  # SQLite "database is locked" under contention: try again
-                assert "locked" in str(exc)
+        decision = ledger.claim("m", "aicml.model.drift.detected", f"e{n}", cooldown_hours=1)
         with lock:
             results.append(decision.allowed)
 
@@ -83,7 +78,7 @@ def test_champion_params_become_pipeline_overrides(tmp_path: Path) -> None:
     }  # fmt: skip
     # They apply onto a pipeline preset as a retrain run's overrides do.
     preset = PipelineParams(source="data/*.csv", target="x", model_name="other")
-    params = resolve_params(preset, found.overrides, PipelineParams)
+    params = apply_overrides(preset, found.overrides, PipelineParams)
     assert (
         params.trainer.hidden == [32, 16] and params.model_name == "churn" and params.source == "data/*.csv"
     )
@@ -96,3 +91,20 @@ def test_champion_params_become_pipeline_overrides(tmp_path: Path) -> None:
     client.set_registered_model_alias("bare", "champion", "1")
     with pytest.raises(ConfigurationError, match="no 'target' parameter"):
         champion_params(client, "bare")
+
+
+def test_the_triggers_overrides_fill_the_retrain_params() -> None:
+    """The overrides prefect.yaml's trigger renders from an event, applied onto the deployment's preset."""
+    from deployments.presets import preset
+    from flows.retrain import RetrainParams
+
+    base = preset("retrain-model/local")["params"]
+    event = {
+        "model_name": "churn-x", "trigger.event": "aicml.model.drift.detected", "trigger.event_id": "abc",
+        "trigger.version": "3", "trigger.evidence": {"features": [{"column": "age", "score": 0.4}]},
+    }  # fmt: skip
+    params = apply_overrides(base, event, RetrainParams)
+    assert params.model_name == "churn-x" and params.cooldown_hours == base["cooldown_hours"]
+    assert params.trigger.evidence["features"][0]["column"] == "age" and params.trigger.version == "3"
+    with pytest.raises(ConfigurationError, match=r"trigger\.evnt"):
+        apply_overrides(base, {"trigger.evnt": "x"}, RetrainParams)
