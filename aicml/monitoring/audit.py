@@ -20,6 +20,8 @@ from aicml.monitoring.predictions import check_model_name, utc
 CHAMPION = "champion"
 DECISIONS_SHOWN = 5
 FEATURES_SHOWN = 12
+RETRAIN_LOG = "retraining"  # <home>/audit/retraining.jsonl, written by the retrain-model flow
+DECISION_COLUMNS = ("at", "log", "action", "version", "reason", "actor")
 ALERT_COLUMNS = ("alert", "subject", "value", "threshold")
 
 
@@ -166,19 +168,20 @@ class ModelAudit:
             lines.append(f"Latest registered version: {self.latest_version}, {_when(self.latest_created)}.")
         else:
             lines.append("No registered version found.")
+        retrain = next((d for d in self.decisions if d.get("log") == RETRAIN_LOG), None)
+        if retrain:
+            lines.append(
+                f"Last retraining decision: {retrain.get('action')} at {retrain.get('at')} ({retrain.get('reason')})."
+            )
         if self.decisions:
             lines += [
                 "",
-                "Rollout decisions (audit log, newest first):",
+                "Decisions in the audit log (retraining, promotion, rollout, trust), newest first:",
                 "",
                 _table(
-                    [
-                        {"at": d.get("at", ""), "action": d.get("action", ""), "version": d.get("version", ""),
-                         "reason": d.get("reason", ""), "actor": d.get("actor", "")}
-                        for d in self.decisions[:DECISIONS_SHOWN]
-                    ]
+                    [{k: d.get(k, "") for k in DECISION_COLUMNS} for d in self.decisions[:DECISIONS_SHOWN]]
                 ),
-            ]  # fmt: skip
+            ]
         lines += ["", "### Open alerts", ""]
         if last is None:
             lines.append("Unknown: no monitor run in the period.")
@@ -327,7 +330,7 @@ def read_decisions(audit_dir: Path, model: str) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
     for path in sorted(Path(audit_dir).glob("*.jsonl")) if Path(audit_dir).is_dir() else []:
         try:
-            records += [r for r in read_audit(path) if r.get("model") == model]
+            records += [{**r, "log": path.stem} for r in read_audit(path) if r.get("model") == model]
         except (OSError, ValueError):
             continue
     return sorted(records, key=lambda r: str(r.get("at", "")), reverse=True)

@@ -153,11 +153,11 @@ class MonitorReport:
             if row["drifted"] == "YES":
                 found.append(
                     {"alert": "prediction drift" if row["column"] == PREDICTION else "feature drift",
-                     "subject": row["column"], "value": row["value"], "threshold": row["threshold"]}
+                     "subject": row["column"], "value": float(row["value"]), "threshold": row["threshold"]}
                 )  # fmt: skip
         if self.degraded:
             found.append(
-                {"alert": "live metric degraded", "subject": self.metric, "value": self.live.get(self.metric),
+                {"alert": "live metric degraded", "subject": self.metric, "value": float(self.live[self.metric]),
                  "threshold": f"drop > {self.thresholds.metric_drop}"}
             )  # fmt: skip
         if self.quality:
@@ -185,7 +185,7 @@ class MonitorReport:
             "drift_scores": self.drift_scores(),
             "drifted_features": self.drifted_features,
             "prediction_drifted": bool(self.prediction_drift and self.prediction_drift.drifted),
-            "degraded": self.degraded,
+            "degraded": bool(self.degraded),
             "quality_failures": len(self.quality),
             "thresholds": {
                 "drift": self.thresholds.drift,

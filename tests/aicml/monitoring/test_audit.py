@@ -87,8 +87,14 @@ def test_monitor_runs_are_kept_and_audited_over_the_week(tmp_path: Path) -> None
                              at="2026-12-03T10:00:00+00:00"))  # fmt: skip
     append_audit(tmp_path / "audit" / "deployments.jsonl",
                  AuditRecord("other", "1", "promote", "first", "ml-pipeline", {}, None, "1"))  # fmt: skip
+    append_audit(tmp_path / "audit" / "retraining.jsonl",
+                 AuditRecord("price", "4", "started", "drift on size", "retrain-model", {}, "4", None,
+                             at="2026-12-04T13:00:00+00:00"))  # fmt: skip
     decisions = read_decisions(tmp_path / "audit", "price")
-    assert [d["action"] for d in decisions] == ["promote"]
+    assert [(d["log"], d["action"]) for d in decisions] == [
+        ("retraining", "started"),
+        ("deployments", "promote"),
+    ]
 
     audit = ModelAudit(
         model="price", start=END - timedelta(days=7), end=END, aliases={"champion": "4", "challenger": "5"},
@@ -107,7 +113,10 @@ def test_monitor_runs_are_kept_and_audited_over_the_week(tmp_path: Path) -> None
     assert "| 2026-12-04 | 1 | 400 |" in section  # the shifted day's monitor run
     assert "size in 1 of 3 runs" in section and "| size |" in section and "YES" in section
     assert "| 2026-12-03 | 300 |" in section and "v5 champion: 500" in section
-    assert "| live metric degraded | r2 |" in section and "| promote | 5 | better r2 |" in section
+    assert (
+        "| live metric degraded | r2 |" in section and "| deployments | promote | 5 | better r2 |" in section
+    )
+    assert "Last retraining decision: started at 2026-12-04T13:00:00+00:00 (drift on size)." in section
     first, last = audit.live_series()[0][1], audit.live_series()[-1][1]
     assert f"r2: first {first:.4f}, last {last:.4f}, at training 0.9000" in section and last < 0.5 < first
 
