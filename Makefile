@@ -15,7 +15,7 @@ NCA := $(TOOLS)/nca
 NCA_STAMP := $(NCA)/.installed
 export AIC_NCA := $(CURDIR)/$(NCA)/bin/nca
 
-.PHONY: help core venv tools system-deps demo test test-fast lint fmt up down status bench clean audit \
+.PHONY: help core docs venv tools system-deps demo test test-fast lint fmt up down status bench clean audit \
 	rehearsal-deps k8s-images k8s-rehearsal k8s-smoke
 
 help: ## List every target
@@ -105,6 +105,9 @@ bench: $(STAMP) ## Run the side-by-side benchmarks; each prints a JSON line last
 	$(BIN)/python benchmarks/training.py
 	$(BIN)/python benchmarks/tuning.py
 	$(BIN)/python benchmarks/gpu_utilisation.py
+
+docs: $(STAMP) ## Regenerate docs/parameters.md and the settings tables of docs/settings.md from the code
+	$(BIN)/python -m aicml.stack.params_reference --write
 
 clean: ## Remove the venv and the local stack's state
 	-$(BIN)/aicml down

@@ -1,4 +1,4 @@
-"""`aicml k8s apply` and `verify`: the seed's deploy and verify steps against a live cluster, through kubectl.
+"""`aicml k8s apply` and `verify`: the platform's deploy and verify steps against a live cluster, through kubectl.
 
 The pure parts (which Secrets are missing, what a rollout status means) are separate functions so they
 can be tested without a cluster; everything that calls kubectl needs one.

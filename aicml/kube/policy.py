@@ -104,7 +104,7 @@ def check_read_only_root(objects: list[KubeObject]) -> list[Violation]:
 
 def check_resources(objects: list[KubeObject]) -> list[Violation]:
     """Requests and limits of CPU and memory on every container; GPUs requested == limited and scheduled
-    on GPU nodes only (the seed's node selector and toleration)."""
+    on GPU nodes only (the platform's node selector and toleration)."""
     found: list[Violation] = []
     for obj, spec in _workloads(objects):
         ref = object_ref(obj)

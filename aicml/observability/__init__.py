@@ -1,1 +1,1 @@
-"""Prometheus metrics under the seed's names, and structured logging helpers."""
+"""Prometheus metrics under the platform's names, and structured logging helpers."""

@@ -1,6 +1,6 @@
-"""The seed's Prometheus metrics, defined once; every service imports them from here.
+"""The platform's Prometheus metrics, defined once; every service imports them from here.
 
-Names are the seed's (`ml_training_jobs_total`, ...). prometheus_client adds `_total` to counters
+Names are the platform's (`ml_training_jobs_total`, ...). prometheus_client adds `_total` to counters
 and `_bucket`/`_sum`/`_count` to histograms on exposition, as Prometheus expects.
 """
 
