@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from aicml.errors import RegistryError
 from aicml.monitoring.audit import ModelAudit, aliased_models, audit_model, render_audit, summary_database_url
-from aicml.names import ResourceName, slug
+from aicml.names import ResourceName
 from aicml.registry.tracking import Tracking
 from aicml.stack.overrides import resolve_params
 from tasks.context import data_dir, settings, tracking_of
@@ -142,9 +142,12 @@ def audit_models(params: AuditParams, overrides: dict[str, Any] | None = None) -
     )
     results = []
     for audit in audits:
-        run_id, artifact = (
-            log_audit(audit, tracking, f"{end:%Y-%m-%d}") if params.log_to_mlflow else (None, None)
-        )
+        run_id, artifact = None, None
+        if params.log_to_mlflow:
+            try:
+                run_id, artifact = log_audit(audit, tracking, f"{end:%Y-%m-%d}")
+            except Exception as exc:  # the report stands in Prefect without its copy in MLflow; say so
+                logger.warning("Audit of %s not logged to MLflow: %s", audit.model, exc)
         metric = audit.metric
         series = audit.live_series()
         results.append(
@@ -160,6 +163,4 @@ def audit_models(params: AuditParams, overrides: dict[str, Any] | None = None) -
             audit.model, len(audit.runs), audit.logged_predictions, len(audit.open_alerts),
             f"; logged to run {run_id} as {artifact}" if artifact else "",
         )  # fmt: skip
-    return AuditResult(
-        start=start, end=end, models=results, markdown=markdown, artifact_key=slug(ARTIFACT_KEY)
-    )
+    return AuditResult(start=start, end=end, models=results, markdown=markdown, artifact_key=ARTIFACT_KEY)

@@ -57,7 +57,10 @@ class LabelsParams(BaseModel):
     )
     source_block: str | None = Field(
         default=None,
-        description="DatabaseCredentials block whose URL replaces a SQL source's (the table stays after '#').",
+        description=(
+            "Name of an SQLAlchemy Connector block (prefect-sqlalchemy) whose URL, password included, replaces "
+            "a SQL source's; the table stays after '#'."
+        ),
     )
 
 
