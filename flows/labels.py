@@ -45,8 +45,8 @@ class LabelsParams(BaseModel):
         description="Column naming the prediction: request_id, or an input column such as customer_id.",
     )
     label_column: str = Field(default="label", min_length=1, description="Column holding the true label.")
-    lookback_days: float = Field(
-        default=30.0, gt=0, le=366, description="Join to predictions logged in this many past days."
+    lookback_days: int = Field(
+        default=30, ge=1, le=366, description="Join to predictions logged in this many past days."
     )
     problem: Literal["classification", "regression"] | None = Field(
         default=None, description="Kind of model; read from the aliased version's run when empty."
