@@ -14,7 +14,8 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from aicml.errors import ConfigurationError
-from aicml.monitoring.labels import LabelIngestReport, ingest_labels
+from aicml.monitoring.labels import LabelIngestReport
+from aicml.monitoring.labels import ingest_labels as join_label_source
 from aicml.monitoring.predictions import prediction_log_root
 from aicml.monitoring.reference import load_reference
 from aicml.names import ResourceName, slug
@@ -102,7 +103,7 @@ def join_and_store(
 ) -> LabelIngestReport:
     """Read the labels, join them to the logged predictions, store the joined rows under ``<home>/labels``."""
     root, storage = prediction_log_root(home)
-    return ingest_labels(
+    return join_label_source(
         source, params.model_name, predictions_root=root, labels_root=data_dir("labels", home),
         storage_options=storage, key=params.key, label_column=params.label_column,
         problem=problem,  # type: ignore[arg-type]
@@ -110,8 +111,9 @@ def join_and_store(
     )  # fmt: skip
 
 
+# The function is named like the flow: `prefect deploy --name ingest-labels/local` matches on it.
 @flow(name="ingest-labels", log_prints=False, persist_result=True)
-def ingest_labels_flow(params: LabelsParams, overrides: dict[str, Any] | None = None) -> LabelsResult:
+def ingest_labels(params: LabelsParams, overrides: dict[str, Any] | None = None) -> LabelsResult:
     """Join late labels to a served model's logged predictions; a table artifact counts them by outcome.
 
     Args:

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from aicml.monitoring.labels import read_labels
 from aicml.serving.predlog import PredictionLog, PredictionLogConfig
-from flows.labels import LabelsParams, ingest_labels_flow
+from flows.labels import LabelsParams, ingest_labels
 
 
 def log_predictions(model: str, root: Path, requests: int) -> None:
@@ -61,7 +61,7 @@ def test_labels_flow_joins_good_rows_and_reports_bad_ones(
     labels.to_csv(csv, index=False)
 
     params = LabelsParams(source=str(csv), model_name=model, label_column="truth", problem="regression")
-    state = ingest_labels_flow(params, return_state=True)
+    state = ingest_labels(params, return_state=True)
     result = state.result()
     assert result.rows_read == 21 and result.joined == 15 and result.checked_against is None
     assert result.rejected == {
@@ -83,6 +83,6 @@ def test_labels_flow_joins_good_rows_and_reports_bad_ones(
     engine = sa.create_engine(f"sqlite:///{database}")
     good.to_sql("outcomes", engine, index=False)
     engine.dispose()
-    again = ingest_labels_flow(params, overrides={"source": f"sqlite:///{database}#outcomes"})
+    again = ingest_labels(params, overrides={"source": f"sqlite:///{database}#outcomes"})
     assert again.joined == 0 and again.rejected == {"already_labelled": 15} and again.bad_rows == 0
     assert len(read_labels(stack.settings.root / "labels", model)) == 15
