@@ -86,3 +86,12 @@ def test_labels_flow_joins_good_rows_and_reports_bad_ones(
     again = ingest_labels(params, overrides={"source": f"sqlite:///{database}#outcomes"})
     assert again.joined == 0 and again.rejected == {"already_labelled": 15} and again.bad_rows == 0
     assert len(read_labels(stack.settings.root / "labels", model)) == 15
+
+
+def test_a_source_url_with_a_password_is_refused_without_echoing_it() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as raised:
+        LabelsParams(source="postgresql+psycopg://crm:S3cr-t@db:5432/crm#outcomes", model_name="churn")
+    assert "source" in str(raised.value) and "must not carry a password" in str(raised.value)
+    assert "S3cr-t" not in str(raised.value)
