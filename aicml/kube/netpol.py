@@ -54,7 +54,8 @@ OUTSIDERS = (("aic-platform", "platform-workload"), ("other-tenant", "outsider")
 DATABASE_SECRETS = frozenset(
     {spec.name for spec in SECRET_SPECS if "database" in spec.key_names} | {"postgresql-admin"}
 )
-OBJECT_STORAGE_SECRETS = frozenset({"mlflow-s3"})
+# Object-storage keys: MLflow's artifact store, the model servers' prediction log (write-only prefix).
+OBJECT_STORAGE_SECRETS = frozenset({"mlflow-s3", "model-serving-s3"})
 MLFLOW_CLIENT_ENV = frozenset({"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_TOKEN"})
 SERVING_NAMES = frozenset({"model-serving"})
 SERVING_COMPONENT = "model-server"

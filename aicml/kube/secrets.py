@@ -128,7 +128,44 @@ SECRET_SPECS: tuple[SecretSpec, ...] = (
             SecretKey("AWS_SECRET_ACCESS_KEY", env="AIC_K8S_S3_SECRET_ACCESS_KEY"),
         ),
     ),
+    # The model servers' own object-storage key: the prediction log writes under <bucket>/predictions/
+    # and nothing else. The operator makes it in the store with a policy granting only s3:PutObject (and
+    # s3:AbortMultipartUpload) on that prefix (`serving_s3_policy`), so a server never holds the key that
+    # reads or overwrites MLflow's artifacts.
+    SecretSpec(
+        "model-serving-s3",
+        "object-storage credentials of the model servers: write-only under the bucket's predictions/ prefix",
+        (
+            SecretKey("AWS_ACCESS_KEY_ID", env="AIC_K8S_SERVING_S3_ACCESS_KEY_ID"),
+            SecretKey("AWS_SECRET_ACCESS_KEY", env="AIC_K8S_SERVING_S3_SECRET_ACCESS_KEY"),
+        ),
+    ),
 )
+
+# Where the model servers' prediction log lives inside the platform's bucket (the serving key's prefix).
+PREDICTION_LOG_PREFIX = "predictions"
+
+
+def serving_s3_policy(bucket: str, prefix: str = PREDICTION_LOG_PREFIX) -> dict[str, object]:
+    """The IAM (or MinIO) policy of the `model-serving-s3` key: write objects under ``prefix/`` of ``bucket``
+    (single and multipart uploads), nothing else: no reads, no listing, no deletes, no other prefix."""
+    bucket = bucket.removeprefix("s3://").strip("/")
+    prefix = prefix.strip("/")
+    if not bucket or "/" in bucket:
+        raise KubeError(f"The serving key's policy needs a bucket name, not {bucket!r}.")
+    if not prefix or "*" in prefix:
+        raise KubeError(f"The serving key's policy needs a fixed prefix, not {prefix!r}.")
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "PredictionLogWriteOnly",
+                "Effect": "Allow",
+                "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
+                "Resource": [f"arn:aws:s3:::{bucket}/{prefix}/*"],
+            }
+        ],
+    }
 
 
 def spec_named(name: str) -> SecretSpec:

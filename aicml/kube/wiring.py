@@ -36,7 +36,11 @@ VARIABLE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 OPAQUE = "opaque"
 # Secrets only some workloads may read: Secret name -> the `app.kubernetes.io/name`s allowed.
 SECRET_CONSUMERS: dict[str, frozenset[str]] = {"mlflow-s3": frozenset({"mlflow"})}
+# ... or the `app.kubernetes.io/component`s allowed (every model server, whatever its name): the
+# prediction log's write-only key.
+SECRET_CONSUMER_COMPONENTS: dict[str, frozenset[str]] = {"model-serving-s3": frozenset({"model-server"})}
 NAME_LABEL = "app.kubernetes.io/name"
+COMPONENT_LABEL = "app.kubernetes.io/component"
 DEPLOYER_ROLE = "model-deployer"
 DEPLOY_MODEL_FLOW = "deploy-model"
 # What every flow-run pod must be told (values from the ConfigMap or Secrets count).
@@ -249,14 +253,25 @@ def check_role_bindings(objects: list[KubeObject]) -> list[Violation]:
 
 
 def check_secret_consumers(objects: list[KubeObject]) -> list[Violation]:
-    """Restricted Secrets (the MLflow artifact bucket's credentials) are read only by their workload."""
+    """Restricted Secrets (the object-storage keys: MLflow's artifacts, the model servers' prediction log)
+    are read only by their workloads."""
     found: list[Violation] = []
     for obj, spec in workloads(objects):
-        app = pod_template_labels(obj).get(NAME_LABEL)
+        labels = pod_template_labels(obj)
+        app, component = labels.get(NAME_LABEL), labels.get(COMPONENT_LABEL)
         for ref in pod_references(spec):
-            allowed = SECRET_CONSUMERS.get(ref.name) if ref.kind == "Secret" else None
+            if ref.kind != "Secret":
+                continue
+            allowed = SECRET_CONSUMERS.get(ref.name)
             if allowed is not None and app not in allowed:
                 message = f"{ref.where} reads Secret {ref.name!r}, which only {sorted(allowed)} may read"
+                found.append(Violation("wiring-secret-consumer", object_ref(obj), message))
+            components = SECRET_CONSUMER_COMPONENTS.get(ref.name)
+            if components is not None and component not in components:
+                message = (
+                    f"{ref.where} reads Secret {ref.name!r}, which only pods of component "
+                    f"{sorted(components)} may read"
+                )
                 found.append(Violation("wiring-secret-consumer", object_ref(obj), message))
     return found
 
@@ -454,6 +469,54 @@ def check_addresses(objects: list[KubeObject]) -> list[Violation]:
                 if problem and message not in seen:
                     seen.add(message)
                     found.append(Violation("wiring-url", object_ref(obj), message))
+    return found
+
+
+# --- the prediction log -----------------------------------------------------------------------------
+
+PREDICTION_LOG_OFF = frozenset({"", "off", "false", "0", "no"})
+# What a model server writing its log to object storage needs besides the URL (botocore reads them).
+OBJECT_STORAGE_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+# The summary table's database (blocks.settings.service_database_url("MODEL_DEPLOYMENT")).
+SUMMARY_DATABASE_ENV = ("MODEL_DEPLOYMENT_DB_USER", "MODEL_DEPLOYMENT_DB_NAME", "PGHOST")
+
+
+def check_prediction_log(objects: list[KubeObject]) -> list[Violation]:
+    """Every model server that logs predictions writes them where the pod can: a resolved object-storage URL
+    (a local directory would be lost with the pod), a key for it, and the deployment database for the
+    summaries (not SQLite inside the pod)."""
+    configmaps = _configmap_data(objects)
+    found: list[Violation] = []
+    for obj, spec in workloads(objects):
+        if pod_template_labels(obj).get(COMPONENT_LABEL) != "model-server":
+            continue
+        for container in containers(spec):
+            env = container_env(container, configmaps)
+            target = env.get("AIC_PREDICTION_LOG", "").strip()
+            if target.lower() in PREDICTION_LOG_OFF:
+                continue
+            where = f"container {container.get('name')!r}"
+            problems = []
+            if VARIABLE.search(target):
+                problems.append(f"AIC_PREDICTION_LOG {target!r} names an undefined variable")
+            elif "://" not in target or target.startswith("file://"):
+                problems.append(
+                    f"AIC_PREDICTION_LOG {target!r} is inside the pod, lost with it; use object storage"
+                )
+            elif target.startswith(("s3://", "s3a://")):
+                problems += [
+                    f"is not given {name} for {target}" for name in OBJECT_STORAGE_ENV if name not in env
+                ]
+            if not env.get("AIC_PREDICTION_LOG_DB"):
+                missing = [name for name in SUMMARY_DATABASE_ENV if not env.get(name)]
+                if missing:
+                    problems.append(
+                        f"is not given {', '.join(missing)}: the log's summaries would go to SQLite in the pod"
+                    )
+            found += [
+                Violation("wiring-prediction-log", object_ref(obj), f"{where}: {problem}")
+                for problem in problems
+            ]
     return found
 
 
@@ -700,6 +763,7 @@ CHECKS: dict[str, Check] = {
     "wiring-secret-consumer": check_secret_consumers,
     "wiring-service": check_services,
     "wiring-url": check_addresses,
+    "wiring-prediction-log": check_prediction_log,
     "wiring-deployer-role": check_deployer_role,
     "wiring-flow-run-env": check_flow_run_env,
     "wiring-pools": check_worker_pools,

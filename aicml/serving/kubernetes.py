@@ -4,6 +4,12 @@ Rendered: the server's Deployment, Service, HorizontalPodAutoscaler (CPU 70 %, 2
 seed specifies), PodDisruptionBudget and ServiceAccount, plus the namespaced least-privilege Role (and its
 binding) that the deploying identity needs and nothing more. The bearer token stays in a Kubernetes
 Secret that the pod mounts; no manifest carries it.
+
+With ``prediction_log`` (the default) the server logs its predictions (aicml.serving.predlog) to
+``<the platform's bucket>/predictions`` (the bucket is ``MLFLOW_ARTIFACTS_DESTINATION`` of the platform
+ConfigMap) with its own write-only key (Secret ``model-serving-s3``), and the summaries to the model
+deployment database (Secret ``model-deployment-db``, ``PGHOST``/``PGPORT`` from the ConfigMap); the pod
+carries the label that opens PostgreSQL in the NetworkPolicies.
 """
 
 from __future__ import annotations
@@ -22,6 +28,13 @@ CONTROL_TOKEN_DIR = "/var/run/aicml/control-token"
 # `create` too when the object is missing) after discovery, which needs no Role.
 APPLY_VERBS = ("create", "patch")
 MODELS_DIR = "/var/lib/aicml/models"
+# The platform ConfigMap's keys the prediction log reads (k8s/base/config.yaml).
+ARTIFACTS_DESTINATION_KEY = "MLFLOW_ARTIFACTS_DESTINATION"
+S3_ENDPOINT_KEY = "MLFLOW_S3_ENDPOINT_URL"
+# Under the bucket: the prefix the serving key may write (aicml.kube.secrets.serving_s3_policy).
+PREDICTION_LOG_PREFIX = "predictions"
+# The pod label the NetworkPolicy allow-egress-postgresql selects.
+POSTGRES_CLIENT_LABEL = "aic.io/postgres-client"
 # The resource (plural) of each kind `render_manifests` produces, for the deployer's Role.
 RESOURCES = {
     "ServiceAccount": "serviceaccounts",
@@ -91,6 +104,15 @@ class KubeServingSpec:
     service_port: int = 80
     # A claim for the server's home (downloaded models, audit); None keeps it in the pod's tmp.
     models_claim: str | None = None
+    # Log predictions to object storage and their summaries to the model deployment database.
+    prediction_log: bool = True
+    # Share of requests logged (AIC_PREDICTION_LOG_SAMPLE).
+    prediction_log_sample: float = 1.0
+    # The ConfigMap with PGHOST, PGPORT, PGSSLMODE and the bucket (MLFLOW_ARTIFACTS_DESTINATION).
+    platform_config: str = "aic-ml-config"
+    # Write-only key for <bucket>/predictions/ (never MLflow's artifact key, mlflow-s3).
+    prediction_log_s3_secret: str = "model-serving-s3"
+    deployment_db_secret: str = "model-deployment-db"
     # Start not ready and poll until the alias exists (the platform's server, deployed before any model).
     wait_for_model: bool = False
     labels: dict[str, str] = field(default_factory=dict)
@@ -98,6 +120,11 @@ class KubeServingSpec:
     def __post_init__(self) -> None:
         if not 1 <= self.min_replicas <= self.max_replicas:
             raise ConfigurationError("Replicas need 1 <= min_replicas <= max_replicas.")
+        if not 0.0 <= self.prediction_log_sample <= 1.0:
+            raise ConfigurationError(
+                "prediction_log_sample is the share of requests logged, between 0 and 1, "
+                f"not {self.prediction_log_sample!r}."
+            )
 
     @property
     def app_name(self) -> str:
@@ -115,6 +142,39 @@ def _meta(spec: KubeServingSpec, name: str) -> dict[str, Any]:
         **spec.labels,
     }
     return {"name": name, "namespace": spec.namespace, "labels": labels}
+
+
+def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+def _config_env(name: str, config: str, key: str | None = None) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"configMapKeyRef": {"name": config, "key": key or name}}}
+
+
+def prediction_log_env(spec: KubeServingSpec) -> list[dict[str, Any]]:
+    """The server's prediction-log environment: where to write (object storage, with the serving key) and
+    the summary table's database (the model deployment database on the platform's PostgreSQL)."""
+    if not spec.prediction_log:
+        return []
+    config, s3, db = spec.platform_config, spec.prediction_log_s3_secret, spec.deployment_db_secret
+    return [
+        # The bucket is named once, in the ConfigMap; $(VAR) is expanded by the kubelet.
+        _config_env(ARTIFACTS_DESTINATION_KEY, config),
+        {"name": "AIC_PREDICTION_LOG", "value": f"$({ARTIFACTS_DESTINATION_KEY})/{PREDICTION_LOG_PREFIX}"},
+        {"name": "AIC_PREDICTION_LOG_SAMPLE", "value": f"{spec.prediction_log_sample:g}"},
+        # botocore (s3fs) reads the endpoint, key and secret from these variables.
+        _config_env("AWS_ENDPOINT_URL", config, S3_ENDPOINT_KEY),
+        _secret_env("AWS_ACCESS_KEY_ID", s3, "AWS_ACCESS_KEY_ID"),
+        _secret_env("AWS_SECRET_ACCESS_KEY", s3, "AWS_SECRET_ACCESS_KEY"),
+        # blocks.settings.service_database_url("MODEL_DEPLOYMENT") builds the summary table's URL from these.
+        _config_env("PGHOST", config),
+        _config_env("PGPORT", config),
+        _config_env("PGSSLMODE", config),
+        _secret_env("MODEL_DEPLOYMENT_DB_USER", db, "username"),
+        _secret_env("MODEL_DEPLOYMENT_DB_PASSWORD", db, "password"),
+        _secret_env("MODEL_DEPLOYMENT_DB_NAME", db, "database"),
+    ]
 
 
 def render_manifests(spec: KubeServingSpec) -> list[dict[str, Any]]:
@@ -152,11 +212,13 @@ def render_manifests(spec: KubeServingSpec) -> list[dict[str, Any]]:
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "template": {
                 "metadata": {
-                    # tier and mlflow-client: the labels the NetworkPolicies let reach MLflow.
+                    # tier and mlflow-client: the labels the NetworkPolicies let reach MLflow (and, with
+                    # tier, object storage over HTTPS); postgres-client: PostgreSQL, for the log's summaries.
                     "labels": {
                         **_meta(spec, name)["labels"],
                         "tier": "ai-ml",
                         "aic.io/mlflow-client": "true",
+                        **({POSTGRES_CLIENT_LABEL: "true"} if spec.prediction_log else {}),
                     },
                     "annotations": {
                         "prometheus.io/scrape": "true",
@@ -201,6 +263,7 @@ def render_manifests(spec: KubeServingSpec) -> list[dict[str, Any]]:
                                         "secretKeyRef": {"name": spec.mlflow_secret, "key": "password"}
                                     },
                                 },
+                                *prediction_log_env(spec),
                             ],
                             "resources": {
                                 "requests": {"cpu": spec.cpu_request, "memory": spec.memory_request},

@@ -100,6 +100,26 @@ def test_model_serving_without_labels_cannot_reach_mlflow(
     assert [v for v in check_network_policies(seeded) if str(v).startswith(expected)]
 
 
+def test_model_servers_reach_postgresql_and_object_storage(
+    analysed: dict[str, tuple[list[KubeObject], Connectivity]],
+) -> None:
+    """The prediction log's paths (the Parquet files over HTTPS, the summaries to PostgreSQL), for the
+    platform's server and deploy-model's; without the postgres-client label PostgreSQL is closed."""
+    objects, connectivity = analysed["prod"]
+    postgres = f"{POSTGRES_HOST[0]}/{POSTGRES_HOST[1]}"
+    for name in ("model-serving", "aicml-serve-wiring-check"):
+        server = peer(find(objects, "Deployment", name))
+        assert connectivity.permits(server, postgres, 5432), name
+        assert connectivity.permits_external(server, 443), name
+        assert not connectivity.permits(server, postgres, 5433), name
+    seeded = copy.deepcopy(objects)
+    find(seeded, "Deployment", "model-serving")["spec"]["template"]["metadata"]["labels"].pop(
+        "aic.io/postgres-client"
+    )
+    expected = "[netpol-required] Deployment/aic-ai-ml/model-serving: cannot reach PostgreSQL ("
+    assert [v for v in check_network_policies(seeded) if str(v).startswith(expected)]
+
+
 # --- a small platform whose policies are right, then broken one way at a time ---------------------------
 
 

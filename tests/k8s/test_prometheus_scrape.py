@@ -128,5 +128,10 @@ def test_prometheus_loads_and_evaluates_our_rules(prometheus: str) -> None:
         if groups and len(evaluated) == sum(len(g["rules"]) for g in groups):
             break
         time.sleep(0.5)
-    assert {g["name"] for g in groups} == {"aic-ai-ml.resources", "aic-ai-ml.gpu", "aic-ai-ml.ml"}
+    assert {g["name"] for g in groups} == {
+        "aic-ai-ml.resources",
+        "aic-ai-ml.gpu",
+        "aic-ai-ml.ml",
+        "aic-ai-ml.models",
+    }
     assert all(rule["health"] == "ok" for group in groups for rule in group["rules"]), groups

@@ -19,11 +19,13 @@ from aicml.kube.wiring import (
     check_claims_and_accounts,
     check_deployer_role,
     check_flow_run_env,
+    check_prediction_log,
     check_references,
     check_role_bindings,
     check_secret_consumers,
     check_services,
     check_worker_pools,
+    container_env,
     expand,
     flow_run_jobs,
     required_permissions,
@@ -269,6 +271,60 @@ SEEDED_FAULTS: list[tuple[Check, str, str, Callable[[dict], None], bool, str]] =
         "[wiring-secret-consumer] Deployment/aic-ai-ml/model-serving: env 'AWS_ACCESS_KEY_ID' of container "
         "'model-server' reads Secret 'mlflow-s3', which only ['mlflow'] may read",
     ),
+    (
+        check_secret_consumers,
+        "Deployment",
+        "mlflow-service",
+        _append_env(
+            "AWS_SECRET_ACCESS_KEY",
+            {"valueFrom": {"secretKeyRef": {"name": "model-serving-s3", "key": "AWS_SECRET_ACCESS_KEY"}}},
+        ),
+        True,
+        "[wiring-secret-consumer] Deployment/aic-ai-ml/mlflow-service: env 'AWS_SECRET_ACCESS_KEY' of container "
+        "'mlflow' reads Secret 'model-serving-s3', which only pods of component ['model-server'] may read",
+    ),
+    (
+        check_prediction_log,
+        "Deployment",
+        "model-serving",
+        lambda spec: spec["containers"][0].__setitem__(
+            "env", [e for e in spec["containers"][0]["env"] if e["name"] != "MODEL_DEPLOYMENT_DB_NAME"]
+        ),
+        True,
+        "[wiring-prediction-log] Deployment/aic-ai-ml/model-serving: container 'model-server': is not given "
+        "MODEL_DEPLOYMENT_DB_NAME: the log's summaries would go to SQLite in the pod",
+    ),
+    (
+        check_prediction_log,
+        "Deployment",
+        "model-serving",
+        lambda spec: spec["containers"][0].__setitem__(
+            "env", [e for e in spec["containers"][0]["env"] if e["name"] != "AWS_SECRET_ACCESS_KEY"]
+        ),
+        True,
+        "[wiring-prediction-log] Deployment/aic-ai-ml/model-serving: container 'model-server': is not given "
+        "AWS_SECRET_ACCESS_KEY for s3://aic-mlflow-artifacts/predictions",
+    ),
+    (
+        check_prediction_log,
+        "Deployment",
+        "model-serving",
+        lambda spec: _env(spec, "AIC_PREDICTION_LOG").__setitem__(
+            "value", "/var/lib/aicml/models/predictions"
+        ),
+        True,
+        "[wiring-prediction-log] Deployment/aic-ai-ml/model-serving: container 'model-server': AIC_PREDICTION_LOG "
+        "'/var/lib/aicml/models/predictions' is inside the pod, lost with it; use object storage",
+    ),
+    (
+        check_prediction_log,
+        "Deployment",
+        "model-serving",
+        lambda spec: _env(spec, "AIC_PREDICTION_LOG").__setitem__("value", "$(ARTIFACTS)/predictions"),
+        True,
+        "[wiring-prediction-log] Deployment/aic-ai-ml/model-serving: container 'model-server': AIC_PREDICTION_LOG "
+        "'$(ARTIFACTS)/predictions' names an undefined variable",
+    ),
 ]
 
 
@@ -444,3 +500,99 @@ def test_worker_polling_an_unused_pool(prod: list[KubeObject]) -> None:
         f"[wiring-pools] prefect.yaml: deployments run on work pool {pool!r}, which no rendered worker polls"
         in found
     )
+
+
+# --- the model servers' prediction log ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_model_servers_log_predictions_to_the_bucket_and_the_deployment_database(
+    everything: dict[str, list[KubeObject]], overlay: str
+) -> None:
+    """The platform's server and the ones deploy-model renders: the log goes to <bucket>/predictions with the
+    serving key, the summaries to the model deployment database on the platform's PostgreSQL, and the
+    NetworkPolicies let the pod out to both."""
+    objects = everything[overlay]
+    config = find(objects, "ConfigMap", "aic-ml-config")["data"]
+    configmaps = {"aic-ml-config": config}
+    servers = [
+        obj
+        for obj in objects
+        if obj.get("kind") == "Deployment"
+        and obj["spec"]["template"]["metadata"]["labels"].get("app.kubernetes.io/component") == "model-server"
+    ]
+    assert {s["metadata"]["name"] for s in servers} == {"model-serving", "aicml-serve-wiring-check"}
+    policies = [obj for obj in objects if obj.get("kind") == "NetworkPolicy"]
+    for server in servers:
+        container = pod_spec(server)["containers"][0]
+        env = container_env(container, configmaps)
+        assert env["AIC_PREDICTION_LOG"] == config["MLFLOW_ARTIFACTS_DESTINATION"] + "/predictions"
+        assert env["AIC_PREDICTION_LOG"] == "s3://aic-mlflow-artifacts/predictions"
+        assert (env["PGHOST"], env["PGPORT"]) == (config["PGHOST"], config["PGPORT"])
+        assert env["AWS_ENDPOINT_URL"] == config["MLFLOW_S3_ENDPOINT_URL"]
+        secrets = {
+            e["name"]: (e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
+            for e in container["env"]
+            if "secretKeyRef" in e.get("valueFrom", {})
+        }
+        assert secrets["AWS_ACCESS_KEY_ID"] == ("model-serving-s3", "AWS_ACCESS_KEY_ID")
+        assert secrets["AWS_SECRET_ACCESS_KEY"] == ("model-serving-s3", "AWS_SECRET_ACCESS_KEY")
+        assert secrets["MODEL_DEPLOYMENT_DB_USER"] == ("model-deployment-db", "username")
+        assert secrets["MODEL_DEPLOYMENT_DB_PASSWORD"] == ("model-deployment-db", "password")
+        assert secrets["MODEL_DEPLOYMENT_DB_NAME"] == ("model-deployment-db", "database")
+        assert "mlflow-s3" not in {name for name, _ in secrets.values()}  # never MLflow's artifact key
+        labels = server["spec"]["template"]["metadata"]["labels"]
+        egress = [
+            rule
+            for policy in policies
+            if "Egress" in policy["spec"].get("policyTypes", [])
+            and selects(policy["spec"]["podSelector"], labels)
+            for rule in policy["spec"].get("egress") or []
+        ]
+        ports = {
+            (port.get("protocol", "TCP"), port["port"]) for rule in egress for port in rule.get("ports") or []
+        }
+        assert {("TCP", 5432), ("TCP", 443)} <= ports, ports
+        assert any(
+            {"port": 5432, "protocol": "TCP"} in rule.get("ports", [])
+            and any(
+                peer.get("namespaceSelector", {}).get("matchLabels")
+                == {"kubernetes.io/metadata.name": "aic-platform"}
+                for peer in rule.get("to", [])
+            )
+            for rule in egress
+        ), "no egress rule to PostgreSQL in aic-platform"
+    assert check_prediction_log(objects) == []
+
+
+def test_the_serving_key_may_only_write_its_prefix() -> None:
+    from aicml.kube.errors import KubeError
+    from aicml.kube.secrets import serving_s3_policy, spec_named
+
+    assert spec_named("model-serving-s3").key_names == ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+    policy = serving_s3_policy("s3://aic-mlflow-artifacts")
+    (statement,) = policy["Statement"]  # type: ignore[misc]
+    assert statement["Effect"] == "Allow"
+    assert statement["Action"] == ["s3:PutObject", "s3:AbortMultipartUpload"]  # no Get, List or Delete
+    assert statement["Resource"] == ["arn:aws:s3:::aic-mlflow-artifacts/predictions/*"]
+    for bad in ("", "s3://", "bucket/with/path"):
+        with pytest.raises(KubeError, match="bucket name"):
+            serving_s3_policy(bad)
+    with pytest.raises(KubeError, match="fixed prefix"):
+        serving_s3_policy("b", prefix="*")
+
+
+def test_a_server_rendered_without_the_log_gets_none_of_its_wiring() -> None:
+    from aicml.errors import ConfigurationError
+    from aicml.serving.kubernetes import KubeServingSpec, render_manifests
+
+    deployment = render_manifests(KubeServingSpec("quiet", prediction_log=False))[1]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    names = {e["name"] for e in container["env"]}
+    assert not names & {"AIC_PREDICTION_LOG", "AWS_ACCESS_KEY_ID", "MODEL_DEPLOYMENT_DB_USER", "PGHOST"}
+    assert "aic.io/postgres-client" not in deployment["spec"]["template"]["metadata"]["labels"]
+    sampled = render_manifests(KubeServingSpec("sampled", prediction_log_sample=0.25))[1]
+    env = {e["name"]: e.get("value") for e in sampled["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["AIC_PREDICTION_LOG_SAMPLE"] == "0.25"
+    with pytest.raises(ConfigurationError, match="prediction_log_sample is the share of requests logged"):
+        KubeServingSpec("bad", prediction_log_sample=2)

@@ -12,6 +12,8 @@ ENV = {
     "AIC_K8S_POSTGRES_ADMIN_PASSWORD": "admin-pw",
     "AIC_K8S_S3_ACCESS_KEY_ID": "AKIA",
     "AIC_K8S_S3_SECRET_ACCESS_KEY": "s3-secret",
+    "AIC_K8S_SERVING_S3_ACCESS_KEY_ID": "AKIA-SERVING",
+    "AIC_K8S_SERVING_S3_SECRET_ACCESS_KEY": "serving-s3-secret",
 }
 
 
@@ -30,6 +32,11 @@ def test_all_missing_secrets_resolve_with_generated_passwords() -> None:
     auth = values["prefect-api-auth"]["auth-string"]
     assert auth.startswith("aicml:") and len(auth) == len("aicml:") + 48
     assert values["postgresql-admin"]["password"] == "admin-pw"
+    # The model servers' write-only key is the operator's own, never MLflow's artifact key.
+    assert values["model-serving-s3"] == {
+        "AWS_ACCESS_KEY_ID": "AKIA-SERVING",
+        "AWS_SECRET_ACCESS_KEY": "serving-s3-secret",
+    }
 
 
 def test_missing_operator_values_are_all_named_before_anything_is_created() -> None:
