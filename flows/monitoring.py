@@ -160,7 +160,11 @@ def publish_report(
     monitor_metrics.record(report.model, report.drift_scores(), report.live)
     artifact = f"monitoring/{path.name}"
     try:
-        tracking.client().log_artifact(reference.run_id, str(path), "monitoring")
+        client = tracking.client()
+        client.log_artifact(reference.run_id, str(path), "monitoring")
+        figures = path.with_suffix(".json")  # the run's figures, which the weekly audit reads
+        if figures.exists():
+            client.log_artifact(reference.run_id, str(figures), "monitoring")
         create_link_artifact(
             link=artifact_page_url(tracking, reference.experiment_id, reference.run_id, artifact),
             link_text=f"Monitor report of {report.model} v{report.version} (MLflow)",

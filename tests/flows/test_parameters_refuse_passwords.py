@@ -10,6 +10,7 @@ from pydantic import BaseModel, ValidationError
 
 from aicml.models.contract import CandidatesJob
 from flows.ingestion import IngestParams
+from flows.labels import LabelsParams
 from flows.pipeline import PipelineParams
 from flows.training import TrainParams
 from flows.tuning import TuneParams
@@ -25,6 +26,7 @@ CASES: list[tuple[type[BaseModel], dict[str, Any], str]] = [
     (TrainParams, {"family": "tabular", "target": "churn"}, "source"),
     (TuneParams, {"target": "churn", "model_name": "churn"}, "source"),
     (CandidatesJob, {"target": "churn"}, "source"),
+    (LabelsParams, {"model_name": "churn"}, "source"),
 ]
 
 
