@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import math
+import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from aicml.serving.predlog import PredictionLogConfig
 
 app = typer.Typer(help="Serve registered models.", no_args_is_help=True)
 
@@ -77,6 +83,23 @@ def serve(
             "keep it below the pod's terminationGracePeriodSeconds."
         ),
     ] = 25.0,
+    prediction_log: Annotated[
+        str | None,
+        typer.Option(
+            "--prediction-log",
+            help="Log each prediction (inputs, output, version, request id, latency) as Parquet: off, on "
+            "(<AIC_HOME>/predictions), a directory, or an object-storage URL such as s3://bucket/predictions. "
+            "Default: AIC_PREDICTION_LOG, else off.",
+        ),
+    ] = None,
+    prediction_log_sample: Annotated[
+        float | None,
+        typer.Option(
+            "--prediction-log-sample",
+            help="Share of requests whose predictions are logged, 0 to 1. Default: "
+            "AIC_PREDICTION_LOG_SAMPLE, else 1.",
+        ),
+    ] = None,
 ) -> None:
     """Serve MODEL_URI with the MLflow scoring protocol, Open Inference Protocol v2 and /metrics."""
     import logging
@@ -97,6 +120,12 @@ def serve(
     from aicml.serving.server import ServeConfig, run_server
 
     try:
+        # Before anything else: a bad flag is refused by name before the model or MLflow is touched.
+        log_config = prediction_log_config(prediction_log, prediction_log_sample, os.environ)
+        if log_config is None and os.environ.get("AIC_PREDICTION_LOG"):
+            # `--prediction-log off` over a set AIC_PREDICTION_LOG: run_server reads the variable when it
+            # is given no configuration, so the flag's answer is written where it looks.
+            os.environ["AIC_PREDICTION_LOG"] = "off"
         plan = None
         if challenger is not None:
             plan = RolloutPlan(
@@ -132,11 +161,87 @@ def serve(
             options=ServerOptions(max_body_bytes=max_body_bytes, max_in_flight=max_in_flight),
             drain_s=drain_seconds,
             grace_s=grace_seconds,
+            prediction_log=log_config,
         )
         run_server(config)
     except AicError as exc:
         typer.secho(str(exc), fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from exc
+
+
+_OFF = ("off", "false", "0", "no")
+
+
+def prediction_log_config(
+    location: str | None,
+    sample: float | None,
+    environ: Mapping[str, str],
+    home: Path | None = None,
+) -> PredictionLogConfig | None:
+    """The prediction log `aicml serve` runs with: the flags over the ``AIC_PREDICTION_LOG*`` variables
+    (the database and queue settings always come from the variables); None when logging is off.
+
+    Raises ConfigurationError naming the flag when a flag's value is unusable.
+    """
+    from aicml.errors import ConfigurationError
+    from aicml.serving.predlog import PredictionLogConfig
+
+    env = dict(environ)
+    if sample is not None:
+        if math.isnan(sample) or not 0.0 <= sample <= 1.0:
+            raise ConfigurationError(
+                f"--prediction-log-sample must be a share of requests between 0 and 1, not {sample:g}."
+            )
+        env["AIC_PREDICTION_LOG_SAMPLE"] = repr(sample)
+    if location is not None:
+        env["AIC_PREDICTION_LOG"] = _prediction_log_location(location)
+    config = PredictionLogConfig.from_env(env, home)
+    if config is None and sample is not None:
+        raise ConfigurationError(
+            "--prediction-log-sample needs the prediction log on: add --prediction-log on, a directory or "
+            "a URL (or set AIC_PREDICTION_LOG)."
+        )
+    return config
+
+
+def _prediction_log_location(value: str) -> str:
+    """``value`` of ``--prediction-log`` checked and normalised: off/on as given, a URL whose filesystem
+    is installed, or a directory made absolute (created when missing)."""
+    from aicml.errors import ConfigurationError
+
+    text = value.strip()
+    if not text:
+        raise ConfigurationError(
+            "--prediction-log needs off, on, a directory or a URL such as s3://bucket/predictions."
+        )
+    if text.lower() in (*_OFF, "on", "true", "1", "yes"):
+        return text
+    if "://" in text:
+        from fsspec import get_filesystem_class
+
+        protocol, _, rest = text.partition("://")
+        try:
+            get_filesystem_class(protocol)
+        except (ValueError, ImportError) as exc:
+            raise ConfigurationError(
+                f"--prediction-log {text}: cannot write to {protocol}:// URLs ({exc}); use a directory or an "
+                "s3:// URL."
+            ) from None
+        if not rest.strip("/"):
+            raise ConfigurationError(f"--prediction-log {text}: the URL names no bucket or directory.")
+        return text
+    directory = Path(text).expanduser().absolute()
+    if directory.exists() and not directory.is_dir():
+        raise ConfigurationError(f"--prediction-log {text}: {directory} is a file, not a directory.")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"--prediction-log {text}: cannot create the directory {directory} ({exc.strerror})."
+        ) from None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ConfigurationError(f"--prediction-log {text}: the directory {directory} is not writable.")
+    return str(directory)
 
 
 def main() -> None:

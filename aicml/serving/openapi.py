@@ -18,11 +18,30 @@ _JSON_TYPES: dict[str, dict[str, Any]] = {
 }
 
 
+# The request id (aicml.serving.app.request_id_of): 1 to 128 visible ASCII characters.
+REQUEST_ID = "x-request-id"
+_REQUEST_ID_SCHEMA = {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[!-~]+$"}
+
+
+def _request_id_header(required: bool) -> dict[str, Any]:
+    return {
+        "description": "The request's id: the caller's x-request-id, else one the server made.",
+        "required": required,
+        "schema": _REQUEST_ID_SCHEMA,
+    }
+
+
 def _error(description: str) -> dict[str, Any]:
     return {
         "description": description,
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
     }
+
+
+def _with_request_id(response: dict[str, Any]) -> dict[str, Any]:
+    """An error answer of a predict operation: it echoes the request id when the id was read before the
+    error (not for a malformed id itself)."""
+    return {**response, "headers": {REQUEST_ID: _request_id_header(required=False)}}
 
 
 def openapi_document(name: str, schema: InputSchema | None, auth: bool) -> dict[str, Any]:
@@ -118,6 +137,20 @@ def openapi_document(name: str, schema: InputSchema | None, auth: bool) -> dict[
         "500": _error("The model failed while predicting."),
         "503": _error("At capacity (retry after a second) or not loaded yet."),
     }
+    # Answers given after the request id was read carry it; 401 and a malformed id come before.
+    refused_with_id = {
+        code: (_with_request_id(response) if code not in ("401", "404") else response)
+        for code, response in refused.items()
+    }
+    request_id = {
+        "name": REQUEST_ID,
+        "in": "header",
+        "required": False,
+        "description": "The caller's id of this request, echoed in the answer's x-request-id header and "
+        "recorded with its predictions in the prediction log (the key `aicml labels ingest` joins labels "
+        "on); a new one is made when absent. 400 when it is not 1 to 128 visible ASCII characters.",
+        "schema": _REQUEST_ID_SCHEMA,
+    }
     plain = {"200": {"description": "OK"}}
     return {
         "openapi": "3.0.3",
@@ -127,6 +160,7 @@ def openapi_document(name: str, schema: InputSchema | None, auth: bool) -> dict[
                 "post": {
                     "summary": "MLflow scoring protocol",
                     "security": security,
+                    "parameters": [request_id],
                     "requestBody": {
                         "required": True,
                         "content": {
@@ -136,6 +170,7 @@ def openapi_document(name: str, schema: InputSchema | None, auth: bool) -> dict[
                     "responses": {
                         "200": {
                             "description": "Predictions",
+                            "headers": {REQUEST_ID: _request_id_header(required=True)},
                             "content": {
                                 "application/json": {
                                     "schema": {
@@ -146,7 +181,7 @@ def openapi_document(name: str, schema: InputSchema | None, auth: bool) -> dict[
                                 }
                             },
                         },
-                        **refused,
+                        **refused_with_id,
                     },
                 }
             },
@@ -160,7 +195,8 @@ def openapi_document(name: str, schema: InputSchema | None, auth: bool) -> dict[
                             "in": "path",
                             "required": True,
                             "schema": {"type": "string", "enum": [name]},
-                        }
+                        },
+                        request_id,
                     ],
                     "requestBody": {
                         "required": True,
@@ -170,14 +206,15 @@ def openapi_document(name: str, schema: InputSchema | None, auth: bool) -> dict[
                     },
                     "responses": {
                         "200": {
-                            "description": "Inference response",
+                            "description": "Inference response (its `id` is the request id too)",
+                            "headers": {REQUEST_ID: _request_id_header(required=True)},
                             "content": {
                                 "application/json": {
                                     "schema": {"type": "object", "required": ["model_name", "outputs"]}
                                 }
                             },
                         },
-                        **refused,
+                        **refused_with_id,
                     },
                 }
             },
