@@ -94,17 +94,43 @@ def test_champion_params_become_pipeline_overrides(tmp_path: Path) -> None:
 
 
 def test_the_triggers_overrides_fill_the_retrain_params() -> None:
-    """The overrides prefect.yaml's trigger renders from an event, applied onto the deployment's preset."""
+    """prefect.yaml's trigger rendered by the Prefect server's own code from a monitor event, then applied
+    onto the deployment's preset as the flow does."""
+    import datetime
+    import uuid
+
+    import yaml
+    from prefect.server.events.actions import RunDeployment
+    from prefect.server.events.schemas.events import ReceivedEvent
+    from prefect.utilities.schema_tools.hydration import HydrationContext, hydrate
+
     from deployments.presets import preset
     from flows.retrain import RetrainParams
 
+    spec = yaml.safe_load((Path(__file__).resolve().parents[3] / "prefect.yaml").read_text())
+    (deployment,) = [d for d in spec["deployments"] if d["entrypoint"] == "flows/retrain.py:retrain_model"]
+    (trigger,) = deployment["triggers"]
+    assert set(trigger["expect"]) == {"aicml.model.drift.detected", "aicml.model.performance.degraded"}
+    event = ReceivedEvent(
+        event="aicml.model.drift.detected",
+        occurred=datetime.datetime.now(datetime.UTC),
+        resource={
+            "prefect.resource.id": "aicml.model.churn-x",
+            "aicml.model": "churn-x",
+            "aicml.version": "3",
+        },
+        payload={"features": [{"column": "age", "value": 0.4}], "threshold": 0.2},
+        id=uuid.uuid4(),
+    )
+    parameters = dict(trigger["parameters"])
+    RunDeployment._upgrade_v1_templates(parameters)
+    rendered = hydrate(parameters, HydrationContext(raise_on_error=True, render_jinja=True,
+                                                    jinja_context={"event": event}))  # fmt: skip
+    assert set(rendered) == {"overrides"}
     base = preset("retrain-model/local")["params"]
-    event = {
-        "model_name": "churn-x", "trigger.event": "aicml.model.drift.detected", "trigger.event_id": "abc",
-        "trigger.version": "3", "trigger.evidence": {"features": [{"column": "age", "score": 0.4}]},
-    }  # fmt: skip
-    params = apply_overrides(base, event, RetrainParams)
+    params = apply_overrides(base, rendered["overrides"], RetrainParams)
     assert params.model_name == "churn-x" and params.cooldown_hours == base["cooldown_hours"]
-    assert params.trigger.evidence["features"][0]["column"] == "age" and params.trigger.version == "3"
+    assert params.trigger.event == "aicml.model.drift.detected" and params.trigger.event_id == str(event.id)
+    assert params.trigger.evidence == event.payload and params.trigger.version == "3"
     with pytest.raises(ConfigurationError, match=r"trigger\.evnt"):
         apply_overrides(base, {"trigger.evnt": "x"}, RetrainParams)
