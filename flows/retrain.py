@@ -62,7 +62,9 @@ class RetrainParams(BaseModel):
         description="A `deploy-model` deployment that rolls a promoted version out (canary) after the "
         "pipeline; empty: none.",
     )
-    timeout_s: float = Field(default=3600, gt=0, description="Longest wait for each deployment's run.")
+    timeout_s: int = Field(
+        default=3600, gt=0, le=7 * 24 * 3600, description="Longest wait (seconds) for each deployment's run."
+    )
     trigger: TriggerEvent = Field(default_factory=TriggerEvent, description="The event behind this run.")
 
 
@@ -108,7 +110,7 @@ def _audit(path: Any, params: RetrainParams, action: str, reason: str, extra: di
 
 @task(name="run-deployment", cache_policy=NO_CACHE, persist_result=False)
 def run_and_read(
-    deployment: str, overrides: dict[str, Any], timeout_s: float
+    deployment: str, overrides: dict[str, Any], timeout_s: int
 ) -> tuple[str, str, dict[str, Any] | None]:
     """Run ``deployment`` with ``overrides`` and wait; (flow run id, final state name, its result artifact)."""
     from prefect.client.orchestration import get_client
