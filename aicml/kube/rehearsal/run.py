@@ -104,6 +104,9 @@ def rehearsal_secrets(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
     env.setdefault("AIC_K8S_POSTGRES_ADMIN_PASSWORD", token_source.token_hex(16))
     env.setdefault("AIC_K8S_S3_ACCESS_KEY_ID", "rehearsal")
     env.setdefault("AIC_K8S_S3_SECRET_ACCESS_KEY", token_source.token_hex(16))
+    # The model servers' own key (prediction logs under predictions/); moto accepts any key.
+    env.setdefault("AIC_K8S_SERVING_S3_ACCESS_KEY_ID", "rehearsal-serving")
+    env.setdefault("AIC_K8S_SERVING_S3_SECRET_ACCESS_KEY", token_source.token_hex(16))
     return resolve_values(SECRET_SPECS, env)
 
 
