@@ -122,10 +122,6 @@ def serve(
     try:
         # Before anything else: a bad flag is refused by name before the model or MLflow is touched.
         log_config = prediction_log_config(prediction_log, prediction_log_sample, os.environ)
-        if log_config is None and os.environ.get("AIC_PREDICTION_LOG"):
-            # `--prediction-log off` over a set AIC_PREDICTION_LOG: run_server reads the variable when it
-            # is given no configuration, so the flag's answer is written where it looks.
-            os.environ["AIC_PREDICTION_LOG"] = "off"
         plan = None
         if challenger is not None:
             plan = RolloutPlan(
@@ -162,6 +158,7 @@ def serve(
             drain_s=drain_seconds,
             grace_s=grace_seconds,
             prediction_log=log_config,
+            prediction_log_from_env=False,  # resolved above: flags over AIC_PREDICTION_LOG*
         )
         run_server(config)
     except AicError as exc:

@@ -47,6 +47,9 @@ class ServeConfig:
     grace_s: float = 25.0
     # Prediction logging (aicml.serving.predlog); None: off, unless run_server finds AIC_PREDICTION_LOG set.
     prediction_log: PredictionLogConfig | None = None
+    # False when the caller already resolved the log from its flags and the environment (`aicml serve`):
+    # then None means off, whatever AIC_PREDICTION_LOG says.
+    prediction_log_from_env: bool = True
     drain: DrainPolicy = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -99,7 +102,7 @@ def run_server(config: ServeConfig) -> None:
 
     import uvicorn
 
-    if config.prediction_log is None:  # the process's edge: the environment is read here, once
+    if config.prediction_log is None and config.prediction_log_from_env:  # the edge: read once, here
         config.prediction_log = PredictionLogConfig.from_env()
     owned = config.cache_dir is None
     if owned:  # a private download cache, removed when the server stops

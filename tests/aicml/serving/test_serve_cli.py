@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -143,12 +144,18 @@ def test_the_flags_win_over_the_variables(tmp_path: Path) -> None:
 
 
 def test_off_overrides_the_variable_for_the_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """run_server reads AIC_PREDICTION_LOG when given no configuration: `--prediction-log off` must be what it
-    finds (the command stops later, at the non-registry URI, before serving)."""
+    """`--prediction-log off` over a set AIC_PREDICTION_LOG: the server is told the log is resolved and off, so
+    it does not read the variable itself (and the process's environment is left alone)."""
+    import aicml.serving.server as server
+
+    seen: list[Any] = []
+    monkeypatch.setattr(server, "run_server", seen.append)
     monkeypatch.setenv("AIC_PREDICTION_LOG", str(tmp_path / "from-env"))
-    result = CliRunner().invoke(app, ["runs:/abc/model", "--prediction-log", "off", *UNUSED])
-    assert result.exit_code == 1 and "not a registry URI" in result.output
-    assert os.environ["AIC_PREDICTION_LOG"] == "off"
+    result = CliRunner().invoke(app, ["models:/churn@champion", "--prediction-log", "off", *UNUSED])
+    assert result.exit_code == 0, result.output
+    (config,) = seen
+    assert config.prediction_log is None and config.prediction_log_from_env is False
+    assert os.environ["AIC_PREDICTION_LOG"] == str(tmp_path / "from-env")
 
 
 def test_a_bad_variable_is_reported_before_serving(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
