@@ -23,7 +23,7 @@ from mlflow import MlflowClient
 
 from aicml.data.demo import generate_churn, write_demo_data
 from aicml.models.options import TrainerOptions
-from aicml.monitoring.retrain import RetrainLedger
+from aicml.monitoring.retrain import RetrainLedger, champion_params
 from aicml.rollout.audit import read_audit
 from flows.monitoring import DEGRADED_EVENT, DRIFT_EVENT, MonitorParams, monitor_model
 from flows.pipeline import PipelineParams, ml_pipeline
@@ -90,6 +90,7 @@ def test_drift_retrains_promotes_and_cools_down(
         )
     )  # fmt: skip
     assert first.promoted
+    repeated = champion_params(MlflowClient(), name).overrides
 
     # The deployments as `aicml deploy` registers them; the retrain's preset points at the newly landed data.
     env = {**os.environ, **stack.client_env(), "AIC_PROJECT_DIR": str(REPO)}
@@ -136,9 +137,9 @@ def test_drift_retrains_promotes_and_cools_down(
         assert len(pipelines) == 1 and pipelines[0].state.is_completed(), pipelines
         sent = pipelines[0].parameters["overrides"]
         assert sent["model_name"] == name and sent["source"] == str(landed / "*.csv")
-        assert (
-            sent["trainer.max_epochs"] == 1 and sent["trainer.hidden"] == [16] and sent["target"] == "churn"
-        )
+        # The champion's training parameters (a Lightning champion's trainer options too) and the new data.
+        assert sent == {**repeated, "source": str(landed / "*.csv")} and sent["target"] == "churn"
+        assert sent["seed"] == 42 and sent["problem"] == "classification"
 
         # The new champion, trained on the new data.
         client = MlflowClient()
