@@ -56,7 +56,8 @@ def test_racing_events_start_one_retrain(tmp_path: Path) -> None:
 
 
 def test_champion_params_become_pipeline_overrides(tmp_path: Path) -> None:
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=store, registry_uri=store)  # not a stack of the session
     experiment = client.create_experiment("e", artifact_location=str(tmp_path / "artifacts"))
     parent = client.create_run(experiment, tags={"aicml.dataset": "churn-data", "aicml.model_name": "churn"})
     run = client.create_run(experiment, tags={"mlflow.parentRunId": parent.info.run_id})
