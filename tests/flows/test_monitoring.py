@@ -148,6 +148,7 @@ def test_monitor_quiet_then_drift_and_decay(stack: Any, champion: tuple[str, str
         == loud.live_metrics["f1_macro"]
     )
     run_id = MlflowClient().get_model_version(name, version).run_id
+    assert run_id
     logged = {a.path for a in MlflowClient().list_artifacts(run_id, "monitoring")}
     assert loud.report_artifact in logged and calm.report_artifact in logged
     assert loud.report_artifact.replace(".html", ".json") in logged  # the figures the weekly audit reads
