@@ -51,10 +51,14 @@ def _answers(url: str, timeout: float = 3.0) -> bool:
     """Whether a server answers at ``url`` at all (an auth challenge counts: it is up)."""
     import httpx
 
-    try:
-        return httpx.get(url, timeout=timeout).status_code < 500
-    except httpx.HTTPError:
-        return False
+    for limit in (timeout, 5 * timeout):  # slow is not down: one longer look before saying so
+        try:
+            return httpx.get(url, timeout=limit).status_code < 500
+        except httpx.TimeoutException:
+            continue
+        except httpx.HTTPError:
+            return False
+    return False
 
 
 def _require_up(stack: Any, *, prefect: bool = True, mlflow: bool = True) -> None:

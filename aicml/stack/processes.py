@@ -80,10 +80,16 @@ def read_pid(run_dir: Path, name: str) -> int | None:
 
 
 def healthy(url: str, timeout: float = 2.0) -> bool:
-    try:
-        return httpx.get(url, timeout=timeout).status_code == 200
-    except httpx.HTTPError:
-        return False
+    """Whether ``url`` answers 200. A refused connection is down at once; a server too slow to answer within
+    ``timeout`` (a loaded machine) gets one longer look before it is called down."""
+    for limit in (timeout, max(5.0, 5 * timeout)):
+        try:
+            return httpx.get(url, timeout=limit).status_code == 200
+        except httpx.TimeoutException:
+            continue
+        except httpx.HTTPError:
+            return False
+    return False
 
 
 def wait_until(check: Callable[[], bool], timeout: float, interval: float = 0.25) -> bool:
