@@ -45,7 +45,13 @@ def team_mlflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def idle_stack_env(tmp_path: Path) -> dict[str, str]:
     """The environment of a user whose local stack is not running (its ports answer nothing)."""
     env = {k: v for k, v in os.environ.items() if k not in EXPORTED and not k.startswith("AIC_")}
-    for name in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "PREFECT_API_KEY"):
+    for name in (
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_REGISTRY_URI",  # exported by mlflow.set_registry_uri in earlier tests of this process
+        "PREFECT_API_URL",
+        "PREFECT_API_AUTH_STRING",
+        "PREFECT_API_KEY",
+    ):
         env.pop(name, None)
     env.update(
         AIC_HOME=str(tmp_path / "idle-stack"),
@@ -63,12 +69,16 @@ def _aicml() -> str:
 def test_aicml_predict_reads_the_model_from_the_users_mlflow(
     team_mlflow: str, idle_stack_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from mlflow.tracking._model_registry import utils as registry_utils
     from mlflow.tracking._tracking_service import utils
 
     from tests.serving_support import register_sklearn, training_frame
 
-    # Register a model on the team's server only (the fluent API follows MLFLOW_TRACKING_URI).
+    # Register a model on the team's server only (the fluent API follows MLFLOW_TRACKING_URI once neither
+    # URI is set in this process: earlier tests may have set both, the registry's included).
     monkeypatch.setattr(utils, "_tracking_uri", None)
+    monkeypatch.setattr(registry_utils, "_registry_uri", None)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)  # mlflow.set_registry_uri exports it
     monkeypatch.setenv("MLFLOW_TRACKING_URI", team_mlflow)
     name = f"team-model-{uuid.uuid4().hex[:6]}"
     version, expected = register_sklearn(name, flip=False)
@@ -206,6 +216,7 @@ def test_the_notebook_logs_to_the_users_mlflow(
     monkeypatch.setenv("AIC_NOTEBOOK_ROWS", "1500")
     monkeypatch.setenv("AIC_NOTEBOOK_MODEL", name)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", team_mlflow)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)  # the kernel inherits it: the registry follows
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(
         notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}
