@@ -34,7 +34,13 @@ from optuna.trial import FrozenTrial, TrialState
 from aicml.tuning.errors import TuningError
 from aicml.tuning.objectives import DataRef, PlateauStop, TrialContext, resolve_objective
 from aicml.tuning.space import Budget, PruningOptions, SearchSpace
-from aicml.tuning.study import distributions, heartbeat, make_pruner, open_storage
+from aicml.tuning.study import (
+    adopt_orphaned_trials,
+    distributions,
+    heartbeat,
+    make_pruner,
+    open_storage,
+)
 
 log = logging.getLogger(__name__)
 
@@ -386,6 +392,8 @@ def drive(
             last_stale_check = time.monotonic()
             with _quiet():
                 on_storage(url, lambda: optuna.storages.fail_stale_trials(study), "failing stale trials")
+                # A claim whose process died before its first heartbeat would never go stale.
+                on_storage(url, lambda: adopt_orphaned_trials(storage, study._study_id), "adopting trials")
         read = on_storage(url, lambda: study.get_trials(deepcopy=False, states=LIVE), "reading the trials")
         stop = _stop_reason(study, budget, started, limit, read)
         live: Sequence[FrozenTrial] | None = read

@@ -196,6 +196,41 @@ def open_study(
     return study
 
 
+def adopt_orphaned_trials(storage: RDBStorage, study_id: int) -> list[int]:
+    """Give one heartbeat to every RUNNING trial of the study that never had one and is older than the grace.
+
+    A driver claims a trial (``study.ask``: RUNNING) and records its first heartbeat in a second
+    commit; a process killed between the two leaves a RUNNING trial that Optuna never calls stale
+    (``fail_stale_trials`` skips trials without a heartbeat), and every later driver would wait for
+    it forever. One beat, dated now, makes it an ordinary dead trial: failed after the grace period
+    and retried with its parameters. A live owner that was merely slow beats on and keeps it.
+
+    Written for optuna 5.0's RDB schema (``TrialModel.heartbeats``); there is no public query for it.
+    """
+    from datetime import datetime, timedelta
+
+    from optuna.storages._rdb import models
+
+    grace = timedelta(seconds=storage.grace_period or 2 * (storage.heartbeat_interval or 0))
+    now = datetime.now()
+    with storage.scoped_session() as session:
+        running = (
+            session.query(models.TrialModel)
+            .outerjoin(models.TrialHeartbeatModel)
+            .filter(models.TrialModel.study_id == study_id)
+            .filter(models.TrialModel.state == optuna.trial.TrialState.RUNNING)
+            .filter(models.TrialHeartbeatModel.trial_heartbeat_id.is_(None))
+            .all()
+        )
+        # Optuna 5 keeps a trial's start in UTC and gives it back as naive local time, like ``now``.
+        orphans = [
+            t.trial_id for t in running if t.datetime_start is None or now - t.datetime_start > grace
+        ]
+    for trial_id in orphans:
+        storage.record_heartbeat(trial_id)
+    return orphans
+
+
 @contextlib.contextmanager
 def heartbeat(storage: RDBStorage, trial_id: int, every_s: float) -> Iterator[None]:
     """Record the trial's heartbeat every ``every_s`` seconds while the block runs."""

@@ -154,3 +154,30 @@ def test_two_workers_share_a_grid_and_take_each_point_once(tmp_path: Path) -> No
     assert points == sorted(product((0.0, 1.0, 2.0, 3.0), (-1.0, 1.0)))
     assert all(r.stop_reason == "8 trials finished" for r in reports)
     assert all(r.timings["objective"] >= 0 and r.timings["claim"] > 0 for r in reports if r.results)
+
+
+def test_a_claim_killed_before_its_first_heartbeat_is_retried_not_waited_for(tmp_path: Path) -> None:
+    """A driver killed between ``ask`` (RUNNING) and its first heartbeat leaves a trial Optuna never
+    calls stale; the next driver adopts it, fails it after the grace period and retries its point."""
+    import optuna
+
+    from aicml.tuning.engine import claim_trial
+    from aicml.tuning.study import open_storage
+
+    url, name, space = _url(tmp_path), "orphan", {"x": FloatParam(low=-4.0, high=6.0)}
+    storage = open_storage(url, 1)
+    dead = optuna.create_study(study_name=name, storage=storage)
+    orphan = claim_trial(dead, 4, space)  # the dead driver's claim: RUNNING, never a heartbeat
+    assert orphan is not None
+    started = time.monotonic()
+    study, outcome = run_inline(
+        url, name, space, "toy_objectives:quadratic", Budget(n_trials=4), sampler="random", heartbeat_s=1
+    )
+    assert time.monotonic() - started < 60, "the driver waited on the orphan instead of adopting it"
+    trials = {t.number: t for t in study.trials}
+    assert trials[orphan.number].state == TrialState.FAIL
+    retry = [t for t in study.trials if t.system_attrs.get("failed_trial") == orphan.number]
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
+    assert retry[0].params == trials[orphan.number].params
+    assert [t.state for t in study.trials].count(TrialState.COMPLETE) == 4
+    assert outcome.stop_reason
