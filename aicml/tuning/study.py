@@ -224,7 +224,7 @@ def adopt_orphaned_trials(storage: RDBStorage, study_id: int) -> list[int]:
         )
         # Optuna 5 keeps a trial's start in UTC and gives it back as naive local time, like ``now``.
         orphans = [
-            t.trial_id for t in running if t.datetime_start is None or now - t.datetime_start > grace
+            int(t.trial_id) for t in running if t.datetime_start is None or now - t.datetime_start > grace
         ]
     for trial_id in orphans:
         storage.record_heartbeat(trial_id)
