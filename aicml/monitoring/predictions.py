@@ -13,20 +13,11 @@ from typing import Any
 import pandas as pd
 
 from aicml.errors import ConfigurationError
+from aicml.serving import predlog
 
-# Columns of a log row that are not model inputs.
-META_COLUMNS = (
-    "request_id",
-    "row",
-    "ts",
-    "model",
-    "version",
-    "arm",
-    "latency_ms",
-    "prediction",
-    "status",
-    "error",
-)
+# Columns of a log row that are not model inputs: the prediction log's own, and a status some
+# hand-made logs carry.
+META_COLUMNS = (*predlog.META_COLUMNS, predlog.PREDICTION, "status")
 OK_STATUSES = {"ok", "success", "200", "", "false"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
