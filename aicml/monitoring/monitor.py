@@ -167,13 +167,19 @@ class MonitorReport:
             )  # fmt: skip
         return found
 
-    def summary(self) -> dict[str, Any]:
-        """The run's figures as plain JSON values, kept per run so the weekly audit can trace them over time."""
+    def _window(self) -> dict[str, Any]:
+        """The fields every record of this run starts with: which model version, which window."""
         return {
             "model": self.model,
             "version": self.version,
             "window_start": self.start.isoformat(),
             "window_end": self.end.isoformat(),
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """The run's figures as plain JSON values, kept per run so the weekly audit can trace them over time."""
+        return {
+            **self._window(),
             "rows": self.rows,
             "failed_rows": self.failed_rows,
             "error_rate": self.error_rate,
@@ -198,10 +204,7 @@ class MonitorReport:
 
     def drift_evidence(self) -> dict[str, Any]:
         return {
-            "model": self.model,
-            "version": self.version,
-            "window_start": self.start.isoformat(),
-            "window_end": self.end.isoformat(),
+            **self._window(),
             "rows": self.rows,
             "reference_rows": self.drift.reference_rows if self.drift else 0,
             "threshold": self.thresholds.drift,
@@ -211,10 +214,7 @@ class MonitorReport:
 
     def performance_evidence(self) -> dict[str, Any]:
         return {
-            "model": self.model,
-            "version": self.version,
-            "window_start": self.start.isoformat(),
-            "window_end": self.end.isoformat(),
+            **self._window(),
             "metric": self.metric,
             "live": self.live.get(self.metric),
             "training": self.baseline.get(self.metric),
