@@ -113,7 +113,37 @@ class AicSettings(BaseSettings):
         default=None,
         description="When set, `aicml up` makes Prefect POST to it whenever a flow run fails or crashes.",
     )
-    experiment: str = Field(default="aic-ml", description="MLflow experiment the pipeline logs to.")
+    experiment: str = Field(
+        default="aic-ml",
+        description=(
+            "MLflow experiment the pipeline logs to; with `team` set it becomes `<team>/<experiment>` (a "
+            "name that already starts with `<team>/` is kept)."
+        ),
+    )
+    team: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$",
+        description=(
+            "The team these runs belong to: prefixes the MLflow experiment (`<team>/aic-ml`), tags MLflow "
+            "runs (`aicml.team`), flow runs (Prefect tag `team:<team>`) and usage rows."
+        ),
+    )
+    usage_db: SecretStr | None = Field(
+        default=None,
+        description=(
+            "SQLAlchemy URL of the usage store (`aicml usage`). Unset: the model deployment database on "
+            "Kubernetes (MODEL_DEPLOYMENT_DB_*), else `<home>/deployment.db`."
+        ),
+    )
+    price_cpu_hour: float | None = Field(
+        default=None, ge=0, description="Price of one CPU core for an hour, for `aicml usage` costs."
+    )
+    price_gpu_hour: float | None = Field(
+        default=None, ge=0, description="Price of one GPU for an hour, for `aicml usage` costs."
+    )
+    price_memory_gb_hour: float | None = Field(
+        default=None, ge=0, description="Price of one GiB of memory for an hour, for `aicml usage` costs."
+    )
     data_roots: str | None = Field(
         default=None,
         description=(
@@ -156,6 +186,8 @@ class AicSettings(BaseSettings):
         if self.database_url is None and host and user:
             # The password stays in PGPASSWORD, which libpq and psycopg read themselves: never in a URL.
             self.database_url = SecretStr(f"postgresql://{user}@{host}:{os.environ.get('PGPORT', '5432')}/")
+        if self.team and not self.experiment.startswith(f"{self.team}/"):
+            self.experiment = f"{self.team}/{self.experiment}"
         return self
 
     @cached_property
@@ -196,6 +228,13 @@ class AicSettings(BaseSettings):
             if url:
                 return url
         return f"sqlite:///{self.root / 'ingest-state.db'}"
+
+    def usage_store_url(self) -> str:
+        """Where usage rows go (`aicml usage` reads them): `usage_db`, else the model deployment database on
+        Kubernetes, else `<home>/deployment.db` (beside the retrain ledger)."""
+        if self.usage_db is not None:
+            return self.usage_db.get_secret_value()
+        return service_database_url("MODEL_DEPLOYMENT") or f"sqlite:///{self.root / 'deployment.db'}"
 
     def database_for(self, name: str, driver: str) -> str | None:
         """The SQLAlchemy URL of database ``name`` on ``database_url`` with ``driver``, or None when unset."""

@@ -24,6 +24,7 @@ from aicml.names import ResourceName
 from aicml.observability.metrics import pipeline_execution
 from aicml.redaction import refuse_password
 from aicml.stack.overrides import resolve_params
+from aicml.usage.accounting import account_usage
 from blocks.data import BlockLookupError, sql_url_from_block, storage_options_from_block
 from blocks.settings import AicSettings
 from tasks.context import settings, tracking_of
@@ -273,8 +274,11 @@ def ingest_flow(params: IngestParams, overrides: dict[str, Any] | None = None) -
     """
     params = resolve_params(params, overrides, IngestParams)
     logger = get_run_logger()
-    with pipeline_execution("ingest-flow") as execution:
-        current = settings()  # once per run: the tasks get values, not the environment
+    current = settings()  # once per run: the tasks get values, not the environment
+    with (
+        pipeline_execution("ingest-flow") as execution,
+        account_usage("ingest-flow", team=current.team, store_url=current.usage_store_url()),
+    ):
         job = build_job(params, current)
         suite = resolve_suite(
             job.connector,

@@ -16,9 +16,10 @@ from aicml.models.options import TrainerOptions
 from aicml.names import ResourceName
 from aicml.redaction import refuse_password
 from aicml.stack.overrides import resolve_params
+from aicml.usage.accounting import account_usage
 from blocks.settings import AicSettings
 from blocks.training import TrainingSettings
-from tasks.context import data_dir, settings
+from tasks.context import data_dir, settings, tracking_of
 from tasks.train import train_job
 
 
@@ -117,9 +118,16 @@ def train_flow(params: TrainParams, overrides: dict[str, Any] | None = None) -> 
     """
     params = resolve_params(params, overrides, TrainParams)
     s = settings()
-    result = train_job(
-        spec=job_spec(params, s), isolate=params.isolate, workdir=str(data_dir("training-jobs", root=s.root))
-    )
+    # What the job used (its training process included) goes on its MLflow run and into `aicml usage`.
+    with account_usage(
+        "train-flow", team=s.team, store_url=s.usage_store_url(), tracking=tracking_of(s)
+    ) as usage:
+        result = train_job(
+            spec=job_spec(params, s),
+            isolate=params.isolate,
+            workdir=str(data_dir("training-jobs", root=s.root)),
+        )
+        usage.attach(mlflow_run_id=result.run_id)
     return TrainResult(
         job_id=result.job_id,
         mlflow_run_id=result.run_id,

@@ -20,6 +20,8 @@ from aicml.registry.tracking import Tracking
 from aicml.stack.overrides import resolve_params
 from aicml.tuning.options import SearchOptions
 from aicml.tuning.search import SearchOutcome, plan_workers, run_workers, task_runner_for, warm_workers
+from aicml.usage.accounting import account_usage
+from blocks.settings import AicSettings
 from tasks.context import data_dir, settings, tracking_of
 from tasks.ingest import ingest_source
 from tasks.registry import promote_model, register_best
@@ -202,12 +204,24 @@ def tune_flow(params: TuneParams, overrides: dict[str, Any] | None = None) -> Tu
             type, fails the run with an error naming it.
     """
     params = resolve_params(params, overrides, TuneParams)
+    s = settings()  # read once for this run; tasks get values
+    tracking = tracking_of(s, params.experiment)
+    # The study's trials (Dask workers included) and final training, on the study's MLflow run and in
+    # `aicml usage`.
+    with account_usage(
+        "tune", team=s.team, store_url=s.usage_store_url(), tracking=tracking, model=params.model_name or ""
+    ) as usage:
+        result = _tune(params, s, tracking)
+        usage.attach(mlflow_run_id=result.mlflow_run_id)
+    return result
+
+
+def _tune(params: TuneParams, s: AicSettings, tracking: Tracking) -> TuneResult:
+    """The tune flow's stages, under the flow's usage accounting."""
     from aicml.tuning.objectives import DataRef
 
     logger = get_run_logger()
     started = time.perf_counter()
-    s = settings()  # read once for this run; tasks get values
-    tracking = tracking_of(s, params.experiment)
     dataset = params.dataset or params.model_name or "tuning"
     study_name = (
         params.study_name

@@ -66,6 +66,13 @@ DATA_INTEGRATION_RECORDS = Counter(
     ["source", "outcome"],
     registry=REGISTRY,
 )
+RESOURCE_SECONDS = Counter(
+    "ml_resource_seconds",
+    "Seconds of each resource flow runs used (wall, cpu, gpu) and, on Kubernetes, requested (requested_cpu: "
+    "core-seconds, requested_gpu: GPU-seconds, requested_memory_gib: GiB-seconds), by flow, deployment and team.",
+    ["resource", "flow", "deployment", "team"],
+    registry=REGISTRY,
+)
 
 SEED_METRIC_NAMES = (
     "ml_training_jobs_total",

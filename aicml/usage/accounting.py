@@ -1,0 +1,177 @@
+"""The one place a flow run's usage is accounted: ``account_usage`` measures the block (`meter.Meter`), then
+writes the record to the usage store, counts ``ml_resource_seconds_total``, logs ``usage.*`` metrics (and
+the ``aicml.team`` tag) on the MLflow run the block names, and leaves a table artifact on the Prefect flow
+run. Accounting never fails the flow: a record that cannot be written is logged as a warning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aicml.usage.meter import Meter
+from aicml.usage.requested import requested_from
+from aicml.usage.store import UsageRecord, UsageStore
+
+if TYPE_CHECKING:
+    from aicml.registry.tracking import Tracking
+
+log = logging.getLogger(__name__)
+TEAM_TAG = "aicml.team"
+ARTIFACT_PREFIX = "usage-"
+
+
+@dataclass
+class Account:
+    """What the block tells the accounting while it runs: the MLflow run its usage belongs to, the model."""
+
+    mlflow_run_id: str = ""
+    model: str = ""
+    record: UsageRecord | None = field(default=None, init=False)
+
+    def attach(self, mlflow_run_id: str | None = None, model: str | None = None) -> None:
+        if mlflow_run_id:
+            self.mlflow_run_id = mlflow_run_id
+        if model:
+            self.model = model
+
+
+def _flow_run() -> tuple[str, str]:
+    """The current Prefect flow run's id and its deployment (``flow/deployment``), empty outside one."""
+    try:
+        from prefect.runtime import deployment, flow_run
+
+        run_id = flow_run.get_id() or ""
+        name = deployment.get_name() or ""
+        return run_id, f"{flow_run.get_flow_name()}/{name}" if name else ""
+    except Exception:
+        return "", ""
+
+
+def team_tag(team: str) -> str:
+    """The Prefect tag that marks a team's flow runs."""
+    return f"team:{team}"
+
+
+def tag_flow_run(flow_run_id: str, team: str) -> None:
+    """Add the team's tag to flow run ``flow_run_id`` (its other tags are kept)."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run_id)  # type: ignore[arg-type]
+        tag = team_tag(team)
+        if tag not in run.tags:
+            client.update_flow_run(run.id, tags=[*run.tags, tag])
+
+
+def publish(record: UsageRecord, store_url: str | None, tracking: Tracking | None, artifact: bool) -> None:
+    """Hand ``record`` to every place it is read from; a place that fails is a warning, not an error."""
+    from aicml.observability.metrics import RESOURCE_SECONDS
+
+    for resource, seconds in record.resource_seconds().items():
+        RESOURCE_SECONDS.labels(
+            resource=resource, flow=record.flow, deployment=record.deployment or "-", team=record.team or "-"
+        ).inc(max(seconds, 0.0))
+    if store_url:
+        store = UsageStore(store_url)
+        try:
+            store.append(record)
+        except Exception as exc:
+            log.warning("Usage of %s not stored (%s: %s)", record.flow, type(exc).__name__, exc)
+        finally:
+            store.close()
+    if tracking is not None and record.mlflow_run_id:
+        try:
+            client = tracking.client()
+            for key, value in record.metrics().items():
+                client.log_metric(record.mlflow_run_id, key, value)
+            if record.team:
+                client.set_tag(record.mlflow_run_id, TEAM_TAG, record.team)
+        except Exception as exc:
+            log.warning("Usage metrics of MLflow run %s not logged (%s)", record.mlflow_run_id, exc)
+    if artifact and record.flow_run_id:
+        try:
+            from prefect.artifacts import create_table_artifact
+
+            from aicml.names import slug
+
+            row = {k: round(v, 3) for k, v in record.metrics().items()}
+            create_table_artifact(
+                [{"flow": record.flow, "team": record.team or "-", "outcome": record.outcome, **row}],
+                key=ARTIFACT_PREFIX + slug(record.flow),
+                description=f"Resources used by this {record.flow} run (`aicml usage` sums them).",
+            )
+        except Exception as exc:
+            log.warning("Usage artifact of %s not created (%s)", record.flow, exc)
+
+
+@contextlib.contextmanager
+def account_usage(
+    flow: str,
+    *,
+    team: str | None = None,
+    store_url: str | None = None,
+    tracking: Tracking | None = None,
+    model: str = "",
+    environ: Mapping[str, str] | None = None,
+    interval: float = 0.5,
+    artifact: bool = True,
+) -> Iterator[Account]:
+    """Account the usage of the block as one run of ``flow``.
+
+    Args:
+        flow: The flow's name (the counter's and the rows' ``flow``).
+        team: The team the run belongs to (``AicSettings.team``); also tags the Prefect flow run.
+        store_url: The usage store (``AicSettings.usage_store_url()``); None records nowhere.
+        tracking: The MLflow server of the run the block attaches (``Account.attach``).
+        model: The model the run is about, when known before it starts.
+        environ: Where the Kubernetes job's requests are read (``AIC_REQUESTED_*``); the process's by default.
+        interval: Seconds between looks at memory and GPUs.
+        artifact: Leave a table artifact on the flow run.
+    """
+    requested = requested_from(os.environ if environ is None else environ)
+    flow_run_id, deployment = _flow_run()
+    if team and flow_run_id:
+        try:
+            tag_flow_run(flow_run_id, team)
+        except Exception as exc:
+            log.warning("Flow run %s not tagged with its team (%s)", flow_run_id, exc)
+    account = Account(model=model)
+    meter = Meter(interval).start()
+    outcome = "failure"
+    try:
+        yield account
+        outcome = "success"
+    finally:
+        m = meter.stop()
+        record = UsageRecord(
+            flow=flow,
+            started=m.started,
+            wall_s=m.wall_s,
+            cpu_s=m.cpu_s,
+            peak_memory_bytes=m.peak_memory_bytes,
+            gpu_s=m.gpu_s,
+            gpu_memory_bytes=m.gpu_memory_bytes,
+            requested_cpu=requested.cpu,
+            requested_memory_bytes=requested.memory_bytes,
+            requested_gpu=requested.gpu,
+            deployment=deployment,
+            team=team or "",
+            model=account.model,
+            flow_run_id=flow_run_id,
+            mlflow_run_id=account.mlflow_run_id,
+            outcome=outcome,
+        )
+        account.record = record
+        publish(record, store_url, tracking, artifact)
+
+
+def usage_summary(record: UsageRecord) -> dict[str, Any]:
+    """The record as the flows log it: rounded seconds and GiB."""
+    gib = 2.0**30
+    return {"wall_s": round(record.wall_s, 1), "cpu_s": round(record.cpu_s, 1), "gpu_s": round(record.gpu_s, 1),
+            "peak_memory_gib": round(record.peak_memory_bytes / gib, 2)}  # fmt: skip
