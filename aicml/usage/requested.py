@@ -1,6 +1,7 @@
 """What a flow run's Kubernetes job requested (CPU, memory, GPUs), read from the environment its job
 template gives it: ``AIC_REQUESTED_CPU`` and ``AIC_REQUESTED_MEMORY`` as Kubernetes quantities (``500m``,
-``2``, ``4Gi``) and ``AIC_REQUESTED_GPU`` (a count). Outside Kubernetes nothing is requested: all zero.
+``2``, ``4Gi``) and ``AIC_REQUESTED_GPU`` (a count; else the devices in NVIDIA_VISIBLE_DEVICES of a pod).
+Outside Kubernetes nothing is requested: all zero.
 """
 
 from __future__ import annotations
@@ -50,11 +51,25 @@ class Requested:
         return bool(self.cpu or self.memory_bytes or self.gpu)
 
 
+def allocated_gpus(environ: Mapping[str, str]) -> float:
+    """On Kubernetes, the GPUs the device plugin gave the container (the ids in NVIDIA_VISIBLE_DEVICES,
+    which it sets to exactly the requested devices); zero elsewhere, or when it names none or `all`."""
+    if not environ.get("KUBERNETES_SERVICE_HOST"):
+        return 0.0
+    devices = [d for d in environ.get("NVIDIA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    if not devices or devices[0].strip().lower() in ("all", "none", "void"):
+        return 0.0
+    return float(len(devices))
+
+
 def requested_from(environ: Mapping[str, str]) -> Requested:
-    """The requests the job template put in ``environ``; zero for what it does not name."""
+    """The requests the job template put in ``environ``; zero for what it does not name. Without
+    ``AIC_REQUESTED_GPU``, a pod's GPUs are the devices its device plugin allocated."""
     values = {}
     for field, name in (("cpu", "AIC_REQUESTED_CPU"), ("memory_bytes", "AIC_REQUESTED_MEMORY"),
                         ("gpu", "AIC_REQUESTED_GPU")):  # fmt: skip
         raw = environ.get(name, "").strip()
         values[field] = parse_quantity(raw, name) if raw else 0.0
+    if not environ.get("AIC_REQUESTED_GPU", "").strip():
+        values["gpu"] = allocated_gpus(environ)
     return Requested(**values)

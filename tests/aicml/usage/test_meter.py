@@ -88,6 +88,11 @@ def test_kubernetes_requests_are_read_as_quantities() -> None:
     r = requested_from({"AIC_REQUESTED_CPU": "500m", "AIC_REQUESTED_MEMORY": "4Gi", "AIC_REQUESTED_GPU": "1"})
     assert (r.cpu, r.memory_bytes, r.gpu) == (0.5, 4 * 2**30, 1.0)
     assert not requested_from({}).any
+    # A pod's GPUs, when the template does not say: the devices the plugin allocated to it.
+    pod = {"KUBERNETES_SERVICE_HOST": "10.0.0.1", "NVIDIA_VISIBLE_DEVICES": "GPU-a1,GPU-b2"}
+    assert requested_from(pod).gpu == 2.0
+    assert requested_from({**pod, "NVIDIA_VISIBLE_DEVICES": "all"}).gpu == 0.0
+    assert requested_from({"NVIDIA_VISIBLE_DEVICES": "GPU-a1"}).gpu == 0.0  # not a pod: nothing held
     assert parse_quantity("1.5G", "X") == 1.5e9
     with pytest.raises(ConfigurationError, match="AIC_REQUESTED_CPU='two'"):
         requested_from({"AIC_REQUESTED_CPU": "two"})

@@ -1,0 +1,132 @@
+"""Usage accounting of real flow runs on the session's stack: a training flow and a small tuning study each
+leave one usage row whose CPU seconds agree with this process's own accounting (``getrusage`` of itself and
+its reaped children around the same call) within 10%, the same figures as MLflow metrics of the run and a
+Prefect artifact, samples of ``ml_resource_seconds_total``, and `aicml usage` tables grouped from them."""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from aicml.models.options import TrainerOptions
+from aicml.observability.metrics import REGISTRY
+from aicml.usage.cli import app
+from aicml.usage.store import UsageRecord, UsageStore
+from blocks.settings import AicSettings
+from tests.testdata import regression_csv
+
+
+def _cpu() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _counter(resource_name: str, flow: str, team: str) -> float:
+    labels = {"resource": resource_name, "flow": flow, "deployment": "-", "team": team}
+    return REGISTRY.get_sample_value("ml_resource_seconds_total", labels) or 0.0
+
+
+def _rows(flow: str, since: float) -> list[UsageRecord]:
+    store = UsageStore(AicSettings().usage_store_url())
+    try:
+        return [r for r in store.read(since) if r.flow == flow]
+    finally:
+        store.close()
+
+
+def _artifact_of(flow_run_id: str, key: str) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])
+            )
+        )
+
+
+def test_training_flow_usage_agrees_with_the_process_accounting(
+    stack: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow
+    from prefect.client.orchestration import get_client
+
+    from flows.training import TrainParams, train_flow
+
+    team = f"team-{uuid.uuid4().hex[:6]}"
+    monkeypatch.setenv("AIC_TEAM", team)
+    params = TrainParams(
+        family="digits",
+        trainer=TrainerOptions(max_epochs=1, batch_size=128, accelerator="cpu", progress_bar=False),
+        checkpoint_dir=str(tmp_path),
+        seed=11,
+        system_metrics=False,
+    )
+    counted = _counter("cpu", "train-flow", team)
+    since, before = time.time(), _cpu()
+    result = train_flow(params)
+    used = _cpu() - before
+
+    [row] = [r for r in _rows("train-flow", since - 1) if r.team == team]
+    assert row.mlflow_run_id == result.mlflow_run_id and row.outcome == "success"
+    assert used > 1.0  # the training child process's work is in it
+    assert row.cpu_s == pytest.approx(used, rel=0.1)
+    assert row.peak_memory_bytes > 50 * 2**20 and row.wall_s > 0 and row.gpu_s == 0
+    assert _counter("cpu", "train-flow", team) == pytest.approx(counted + row.cpu_s)
+    assert _counter("wall", "train-flow", team) == pytest.approx(row.wall_s)
+
+    client = mlflow.MlflowClient(stack.settings.tracking_uri)  # type: ignore[attr-defined]
+    run = client.get_run(result.mlflow_run_id)
+    assert run.data.metrics["usage.cpu_seconds"] == pytest.approx(row.cpu_s)
+    assert run.data.metrics["usage.peak_memory_bytes"] == row.peak_memory_bytes
+    assert run.data.tags["aicml.team"] == team
+    assert client.get_experiment(run.info.experiment_id).name == f"{team}/aic-ml"
+    with get_client(sync_client=True) as prefect:
+        assert f"team:{team}" in prefect.read_flow_run(row.flow_run_id).tags  # type: ignore[arg-type]
+    [artifact] = _artifact_of(row.flow_run_id, "usage-train-flow")
+    assert artifact.type == "table" and team in json.dumps(artifact.data)
+
+
+@pytest.mark.slow
+def test_tuning_study_usage_agrees_and_the_cli_groups_it(
+    stack: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.tuning import TuneParams, tune_flow
+
+    team = f"team-{uuid.uuid4().hex[:6]}"
+    monkeypatch.setenv("AIC_TEAM", team)
+    name = f"usage-{uuid.uuid4().hex[:6]}"
+    params = TuneParams(
+        source=str(regression_csv(tmp_path / "data.csv", rows=300)),
+        target="y",
+        model_name=name,
+        model="sgd",
+        budget={"n_trials": 4},
+        parallel=2,
+        storage_url=f"sqlite:///{tmp_path / 'optuna.db'}",
+    )
+    since, before = time.time(), _cpu()
+    result = tune_flow(params)
+    used = _cpu() - before
+
+    [row] = [r for r in _rows("tune", since - 1) if r.team == team]
+    assert (row.model, row.mlflow_run_id) == (name, result.mlflow_run_id)
+    # Two Dask worker processes ran the trials: their CPU is the study's too.
+    assert row.cpu_s == pytest.approx(used, rel=0.1)
+    assert _counter("cpu", "tune", team) == pytest.approx(row.cpu_s)
+
+    monkeypatch.setenv("AIC_PRICE_CPU_HOUR", "3.6")  # a CPU-second costs 0.001
+    table = CliRunner().invoke(app, ["--since", "1h", "--by", "model"])
+    assert table.exit_code == 0, table.output
+    [line] = [line.split() for line in table.output.splitlines() if line.startswith(name)]
+    assert line[1] == "1" and line[-2:] == [f"{row.cpu_s * 0.001:.4f}", "used"]
+    out = json.loads(CliRunner().invoke(app, ["--since", "1h", "--by", "team", "--json"]).output)
+    [group] = [g for g in out["groups"] if g["team"] == team]
+    assert group["runs"] == 1 and group["cpu_h"] == pytest.approx(row.cpu_s / 3600)
