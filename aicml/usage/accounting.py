@@ -40,16 +40,24 @@ class Account:
             self.model = model
 
 
-def _flow_run() -> tuple[str, str]:
-    """The current Prefect flow run's id and its deployment (``flow/deployment``), empty outside one."""
+# Job variables of the work-pool templates whose values are the pod's requests.
+REQUEST_VARIABLES = {"cpu_request": "AIC_REQUESTED_CPU", "memory_request": "AIC_REQUESTED_MEMORY",
+                     "gpu_count": "AIC_REQUESTED_GPU"}  # fmt: skip
+
+
+def _flow_run() -> tuple[str, str, dict[str, str]]:
+    """The current Prefect flow run's id, its deployment (``flow/deployment``) and the requests its own
+    job variables name (as ``AIC_REQUESTED_*``); empty outside a flow run."""
     try:
         from prefect.runtime import deployment, flow_run
 
         run_id = flow_run.get_id() or ""
         name = deployment.get_name() or ""
-        return run_id, f"{flow_run.get_flow_name()}/{name}" if name else ""
+        variables = flow_run.get_job_variables() or {}
+        requests = {env: str(variables[var]) for var, env in REQUEST_VARIABLES.items() if variables.get(var)}
+        return run_id, f"{flow_run.get_flow_name()}/{name}" if name else "", requests
     except Exception:
-        return "", ""
+        return "", "", {}
 
 
 def team_tag(team: str) -> str:
@@ -129,12 +137,14 @@ def account_usage(
         store_url: The usage store (``AicSettings.usage_store_url()``); None records nowhere.
         tracking: The MLflow server of the run the block attaches (``Account.attach``).
         model: The model the run is about, when known before it starts.
-        environ: Where the Kubernetes job's requests are read (``AIC_REQUESTED_*``); the process's by default.
+        environ: Where the Kubernetes job's requests are read (``AIC_REQUESTED_*``); the process's by default,
+            then the flow run's own job variables (``cpu_request``, ``memory_request``, ``gpu_count``).
         interval: Seconds between looks at memory and GPUs.
         artifact: Leave a table artifact on the flow run.
     """
-    requested = requested_from(os.environ if environ is None else environ)
-    flow_run_id, deployment = _flow_run()
+    flow_run_id, deployment, run_requests = _flow_run()
+    # The job template's environment first; else what this run's own job variables asked for.
+    requested = requested_from({**run_requests, **(os.environ if environ is None else environ)})
     if team and flow_run_id:
         try:
             tag_flow_run(flow_run_id, team)

@@ -108,6 +108,7 @@ def test_tuning_study_usage_agrees_and_the_cli_groups_it(
         target="y",
         model_name=name,
         model="sgd",
+        max_epochs=3,
         budget={"n_trials": 4},
         parallel=2,
         storage_url=f"sqlite:///{tmp_path / 'optuna.db'}",
