@@ -9,6 +9,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
 
+from aicml.lineage.events import emits_lineage
 from aicml.names import ResourceName
 from aicml.rollout.canary import Objectives
 from aicml.serving.kubernetes import KubeServingSpec
@@ -86,6 +87,7 @@ class DeployResult(BaseModel):
 
 
 @flow(name="deploy-model", log_prints=False, persist_result=True)
+@emits_lineage("deploy")
 def deploy_model_flow(params: DeployParams, overrides: dict[str, Any] | None = None) -> DeployResult:
     """Roll a registered version out behind the champion and promote, hold or roll it back on live evidence.
 

@@ -12,6 +12,7 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 from prefect.transactions import transaction
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from aicml.lineage.datasets import log_pipeline_inputs
 from aicml.models.options import TrainerOptions
 from aicml.names import ResourceName, slug
 from aicml.observability.metrics import pipeline_execution
@@ -169,6 +170,7 @@ def ml_pipeline(params: PipelineParams, overrides: dict[str, Any] | None = None)
                 suites_dir=data_dir("suites", s.root),
                 validated_dir=data_dir("validated", s.root),
             )
+            log_pipeline_inputs(tracking, parent, params.source, params.table, snapshot, gate)
             trainer = params.trainer
             if params.tune is not None:
                 trainer = tune_before_training(

@@ -18,6 +18,7 @@ from aicml.data.snapshots import Snapshot, dataset_name, write_snapshot
 from aicml.data.sources import parse_source, read_source
 from aicml.data.state import IngestState
 from aicml.errors import DataQualityError
+from aicml.lineage.events import emits_lineage
 from aicml.names import slug
 from aicml.observability.metrics import DATA_INTEGRATION_RECORDS
 from aicml.redaction import redact
@@ -108,6 +109,7 @@ def ingest(
     persist_result=False,
     timeout_seconds=3600,
 )
+@emits_lineage("ingest")
 def ingest_source(
     source: str,
     table: str | None = None,

@@ -12,6 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 from prefect.transactions import Transaction, get_transaction
 
+from aicml.lineage.events import emits_lineage
 from aicml.models.training import TrainingOutcome
 from aicml.names import slug
 from aicml.registry.promotion import (
@@ -86,6 +87,7 @@ def _remember(key: str, value: object) -> None:
     cache_policy=NO_CACHE,
     timeout_seconds=600,
 )
+@emits_lineage("register")
 def register_best(
     outcome: TrainingOutcome, model_name: str, fingerprint: str, *, tracking: Tracking
 ) -> RegisteredVersion:
@@ -117,6 +119,7 @@ def _restore_challenger(transaction: Transaction) -> None:
 
 
 @task(name="promote", retries=0, cache_policy=NO_CACHE, timeout_seconds=600)
+@emits_lineage("promote")
 def promote_model(
     version: RegisteredVersion,
     outcome: TrainingOutcome,

@@ -17,6 +17,8 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
 from aicml.data.gate import GateResult, load_validated
+from aicml.lineage.datasets import log_training_inputs
+from aicml.lineage.events import emits_lineage
 from aicml.models.contract import CandidatesJob
 from aicml.models.features import Problem
 from aicml.models.jobs import TrainingInterrupted, TrainingJobResult, TrainingJobSpec
@@ -85,12 +87,14 @@ def train_frame(
         TRAINING_JOBS.labels(outcome="failure").inc()
         raise
     TRAINING_JOBS.labels(outcome="success").inc()
+    log_training_inputs(tracking, [c.run_id for c in outcome.candidates], validated_path)  # MLflow datasets
     return outcome
 
 
 # Training is the expensive stage; a retry would repeat it from scratch, so none here
 # (checkpoint resume belongs to the training flow).
 @task(name="train", retries=0, cache_policy=NO_CACHE, persist_result=False, timeout_seconds=6 * 3600)
+@emits_lineage("train")
 def train_models(
     gate: GateResult,
     target: str,

@@ -24,6 +24,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from pydantic import SecretStr
 
+from aicml.lineage.datasets import log_training_inputs
 from aicml.models.training import TrainingOutcome
 from aicml.names import slug
 from aicml.registry.tracking import Tracking
@@ -362,6 +363,7 @@ def train_best_task(
         tracking=ref.tracking,
         parent_run_id=ref.parent_run_id,
     )
+    log_training_inputs(ref.tracking, [ref.parent_run_id, outcome.best.run_id], validated_path)
     get_run_logger().info(
         "Final %s model: test %s=%.4f",
         model,

@@ -17,6 +17,7 @@ from aicml.data.integration import IngestReport
 from aicml.data.quality import SuitePolicy, build_data_docs, derive_suite, load_suite, save_suite
 from aicml.data.snapshots import Snapshot
 from aicml.errors import DataQualityError
+from aicml.lineage.events import emits_lineage
 from aicml.names import slug
 from aicml.observability.metrics import DATA_INTEGRATION_RECORDS
 from aicml.registry.tracking import Tracking
@@ -117,6 +118,7 @@ def validate(
 
 # A failed gate is a verdict on the data, not a transient fault: never retried.
 @task(name="validate", retries=0, cache_policy=NO_CACHE, persist_result=False, timeout_seconds=3600)
+@emits_lineage("validate")
 def validate_snapshot(
     snapshot: Snapshot,
     target: str,

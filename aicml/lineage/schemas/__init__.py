@@ -1,0 +1,1 @@
+"""JSON schemas of aic-ml's own OpenLineage facets (shipped as package data)."""
