@@ -173,6 +173,7 @@ def training_summary(outcome: TrainingOutcome, tracking: Tracking) -> str:
 @task(
     name="train-validated", retries=0, cache_policy=NO_CACHE, persist_result=False, timeout_seconds=6 * 3600
 )
+@emits_lineage("train")
 def train_validated(job: CandidatesJob, *, tracking: Tracking, splits_dir: str) -> TrainingOutcome:
     """The pipeline's candidates on the validated rows at ``job.source`` (the body of `train-candidates`)."""
     from aicml.data.sources import parse_source, read_source

@@ -235,13 +235,14 @@ def log_run_inputs(
     True when logged; a failure is a warning (the step that ran is not failed for its record).
     """
     try:
+        from mlflow.entities import RunTag
+
         client = tracking.client()
         datasets = [to_mlflow_input(facts, context) for facts, context in inputs]
-        tags = run_tags()
+        tags = [RunTag(key, value) for key, value in run_tags().items()]
         for run_id in dict.fromkeys(r for r in run_ids if r):
             client.log_inputs(run_id, datasets=datasets)
-            for key, value in tags.items():
-                client.set_tag(run_id, key, value)
+            client.log_batch(run_id, tags=tags)
     except Exception as exc:
         log.warning("Lineage: the inputs of MLflow runs %s were not recorded: %s", list(run_ids), exc)
         return False

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from aicml.lineage.datasets import gate_facts, snapshot_facts, source_facts, source_uri
+from aicml.lineage.datasets import gate_facts, snapshot_facts, source_facts, source_uri, validated_facts
 from aicml.lineage.events import LineageDataset, facts_dataset, location_of, model_dataset
 
 Args = Mapping[str, Any]
@@ -75,7 +75,9 @@ def _rejected(args: Args, error: BaseException) -> list[LineageDataset]:
 
 # train: the validated rows -> one model per candidate (an MLflow run's model)
 def _gate(args: Args) -> list[LineageDataset]:
-    return [facts_dataset(gate_facts(args["gate"]))]
+    if args.get("gate") is not None:
+        return [facts_dataset(gate_facts(args["gate"]))]
+    return [facts_dataset(validated_facts(str(args["job"].source)))]  # train-candidates: a CandidatesJob
 
 
 def _trained(args: Args, outcome: Any) -> tuple[list[LineageDataset] | None, list[LineageDataset]]:
