@@ -17,7 +17,7 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
 from aicml.data.gate import GateResult, load_validated
-from aicml.lineage.datasets import log_training_inputs
+from aicml.lineage.datasets import log_source_input, log_training_inputs
 from aicml.lineage.events import emits_lineage
 from aicml.models.contract import CandidatesJob
 from aicml.models.features import Problem
@@ -250,6 +250,7 @@ def train_job(spec: TrainingJobSpec, isolate: bool = True, *, workdir: str) -> T
         spec.checkpoint_root,
     )
     result = run_job(spec, isolate, Path(workdir))
+    log_source_input(spec.tracking, result.run_id, spec.source)  # MLflow dataset (digits: none)
     logger.info(
         "Job %s finished after %d epochs (resumed from %s): %s, MLflow run %s",
         result.job_id,

@@ -275,6 +275,36 @@ def log_training_inputs(tracking: Tracking, run_ids: Iterable[str], validated_pa
     return log_run_inputs(tracking, list(run_ids), [(facts, TRAINING)])
 
 
+def log_source_input(tracking: Tracking, run_id: str, source: str | None, table: str | None = None) -> bool:
+    """A training job that read ``source`` directly (no snapshot): the source, its digest over the matched
+    files' names, sizes and modification times (a table: over its URL only), context `training`."""
+    if not source:
+        return False
+    try:
+        import glob
+        import hashlib
+
+        from aicml.data.snapshots import dataset_name
+
+        uri = source_uri(source, table)
+        digest = hashlib.sha256(uri.encode())
+        if "://" not in source:
+            for name in sorted(glob.glob(source)):
+                stat = Path(name).stat()
+                digest.update(f"{name}\x1f{stat.st_size}\x1f{stat.st_mtime_ns}".encode())
+        facts = DatasetFacts(
+            dataset=dataset_name(table or source),
+            kind=SOURCE,
+            uri=uri,
+            digest=digest.hexdigest()[:16],
+            rows=None,
+        )
+    except Exception as exc:
+        log.warning("Lineage: the training source could not be described: %s", exc)
+        return False
+    return log_run_inputs(tracking, [run_id], [(facts, TRAINING)])
+
+
 def read_run_inputs(run: Any) -> list[dict[str, Any]]:
     """A run's dataset inputs as plain dictionaries (name, digest, context, uri, schema, profile)."""
     found = []
