@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,11 +16,10 @@ from pathlib import Path
 from aicml.durable import fsync_dir
 from aicml.retention.engine import Item
 from aicml.retention.policy import Kind
+from aicml.stack.backup import _STAMP, STAMP_FORMAT
+from aicml.stack.backup import MANIFEST as BACKUP_MANIFEST
 
 MARK = ".aicml-deleting"
-_STAMP = re.compile(r"^\d{8}T\d{6}Z$")
-STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
-BACKUP_MANIFEST = "manifest.json"
 PARTIAL_GRACE = timedelta(days=1)
 
 

@@ -270,10 +270,17 @@ def backups_to_prune(
 
 
 def prune_backups(output: Path, retention_days: int, *, now: datetime | None = None) -> list[Path]:
-    """Delete complete backups older than `retention_days`; the newest one is always kept."""
+    """Delete complete backups older than `retention_days`; the newest one is always kept.
+
+    The shortcut of `aicml backup --retention-days`; the retention policy's `backups` rule (`aicml gc --kind
+    backups`, aicml.retention, which the backup CronJob runs) is the full form. Both delete alike: a backup is
+    renamed out of sight first, so a prune killed half-way never leaves a half backup that looks whole (the
+    next `aicml gc` finishes it)."""
+    from aicml.retention.files import remove_path
+
     removed = backups_to_prune(output, retention_days, now=now)
     for path in removed:
-        shutil.rmtree(path)
+        remove_path(path, lambda _step: None)
     return removed
 
 
