@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import aicml
 from aicml.errors import ConfigurationError
+from aicml.redaction import redact
 
 if TYPE_CHECKING:
     from aicml.lineage.datasets import DatasetFacts
@@ -35,7 +36,8 @@ log = logging.getLogger(__name__)
 
 TRANSPORTS = ("file", "http", "console", "off")
 DEFAULT_NAMESPACE = "aic-ml"
-PRODUCER = f"https://github.com/aic/aic-ml/tree/v{aicml.__version__}"
+REPO_URL = "https://github.com/aic/aic-ml"
+PRODUCER = f"{REPO_URL}/tree/v{aicml.__version__}"
 # Our own facets' JSON schemas ship in aicml/lineage/schemas; their URLs name the file at this release.
 FACET_SCHEMA_BASE = "https://github.com/aic/aic-ml/blob/main/aicml/lineage/schemas/"
 SCHEMA_DIR = Path(__file__).parent / "schemas"
@@ -284,7 +286,9 @@ def build_event(
     code, context = code_version(), prefect_context()
     job_name = f"{context.flow_name}.{step}" if context.flow_name and context.flow_name != step else step
     job_facets: dict[str, Any] = {
-        "jobType": job_type_job.JobTypeJobFacet(processingType="BATCH", integration="AIC-ML", jobType="TASK"),
+        "jobType": job_type_job.JobTypeJobFacet(
+            processingType="BATCH", integration="AIC-ML", jobType="TASK" if context.task_run_id else "FLOW"
+        ),
         "aicml_image": facet("image")(image=code.image, version=aicml.__version__),
     }
     if code.repo_url or code.commit:
@@ -295,7 +299,11 @@ def build_event(
             except ValueError:
                 relative = source_path
         job_facets["sourceCodeLocation"] = source_code_location_job.SourceCodeLocationJobFacet(
-            type="git", url=code.repo_url or "", repoUrl=code.repo_url, path=relative, version=code.commit
+            type="git",
+            url=code.repo_url or REPO_URL,
+            repoUrl=code.repo_url,
+            path=relative,
+            version=code.commit,
         )
     run_facets: dict[str, Any] = {
         "processing_engine": processing_engine_run.ProcessingEngineRunFacet(
@@ -315,9 +323,10 @@ def build_event(
         )
     if error is not None:
         run_facets["errorMessage"] = error_message_run.ErrorMessageRunFacet(
-            message=f"{type(error).__name__}: {error}"[:4000],
+            # An error may quote a URL with its password: redacted like every log line.
+            message=redact(f"{type(error).__name__}: {error}")[:4000],
             programmingLanguage="python",
-            stackTrace="".join(traceback.format_exception(error))[-8000:],
+            stackTrace=redact("".join(traceback.format_exception(error)))[-8000:],
         )
 
     def input_of(item: LineageDataset) -> Any:

@@ -30,7 +30,10 @@ def registry() -> Registry:
 
 
 def _validator(reg: Registry, url: str) -> Draft202012Validator:
-    return Draft202012Validator({"$ref": url}, registry=reg)
+    # Formats checked too: run ids are UUIDs, times RFC 3339, URLs URIs.
+    return Draft202012Validator(
+        {"$ref": url}, registry=reg, format_checker=Draft202012Validator.FORMAT_CHECKER
+    )
 
 
 def facets_of(event: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:

@@ -113,10 +113,37 @@ def test_steps_emit_start_complete_and_fail_that_validate(
     assert failed["run"]["facets"]["errorMessage"]["message"].startswith("DataQualityError")
     assert failed["outputs"] == []
 
-    # The schemas do bite: an event without its run id is refused.
+    # The schemas do bite: a run id that is not a UUID, or none, is refused.
+    events[0]["run"]["runId"] = "run-1"
+    with pytest.raises(ValidationError, match="uuid"):
+        validate_event(events[0], reg)
     del events[0]["run"]["runId"]
     with pytest.raises(ValidationError):
         validate_event(events[0], reg)
+
+
+def test_a_failed_step_names_its_error_without_secrets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events_file = tmp_path / "events.jsonl"
+    monkeypatch.setenv("AIC_LINEAGE_TRANSPORT", "file")
+    monkeypatch.setenv("AIC_LINEAGE_URL", str(events_file))
+
+    @emits_lineage("ingest")
+    def ingest(source: str, table: str | None = None, dataset: str | None = None) -> None:
+        raise ConnectionError(f"cannot read {source}")
+
+    with pytest.raises(ConnectionError):
+        ingest("postgresql://aic:hunter2@db:5432/aic", table="churn")
+    start, fail = read_events(events_file)
+    validate_event(fail)
+    assert fail["eventType"] == "FAIL" and start["run"]["runId"] == fail["run"]["runId"]
+    assert fail["inputs"][0]["namespace"] == "postgresql://db:5432"
+    assert (
+        "ConnectionError: cannot read postgresql://aic:***@db:5432/aic"
+        in fail["run"]["facets"]["errorMessage"]["message"]
+    )
+    assert "hunter2" not in events_file.read_text()
 
 
 def test_a_broken_transport_never_fails_the_step(
