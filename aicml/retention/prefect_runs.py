@@ -55,7 +55,7 @@ def active_references(client: Any, exclude: set[str] | None = None) -> Reference
     return References(frozenset(strings), frozenset(pairs), tuple(str(r.id) for r in runs))
 
 
-def _result_path(state: Any, storage: Path) -> Path | None:
+def result_path(state: Any, storage: Path) -> Path | None:
     """The local file holding a flow run's persisted result, when it is one under the local storage."""
     data = getattr(state, "data", None) if state is not None else None
     if isinstance(data, dict):
@@ -100,7 +100,7 @@ class FlowRuns:
             if group_id not in names:
                 names[group_id] = self._name(run)
             created = run.end_time or run.expected_start_time or run.created or now
-            result = _result_path(run.state, storage)
+            result = result_path(run.state, storage)
             found.append(
                 Item(
                     kind=self.kind, id=str(run.id), group=names[group_id],

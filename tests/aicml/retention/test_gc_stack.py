@@ -17,6 +17,7 @@ import pytest
 from aicml.retention.engine import Candidate
 from aicml.retention.gc import Targets, collect
 from aicml.retention.policy import parse_policy
+from aicml.retention.prefect_runs import result_path
 from aicml.rollout.audit import read_audit
 
 POLICY = parse_policy(
@@ -83,7 +84,8 @@ def test_gc_plans_exactly_deletes_exactly_keeps_what_serves_and_converges_after_
     from mlflow import MlflowClient
     from prefect import flow
     from prefect.client.orchestration import get_client
-    from prefect.states import Completed, Running
+    from prefect.settings import get_current_settings
+    from prefect.states import Running
     from sklearn.linear_model import LogisticRegression
 
     tag = uuid.uuid4().hex[:8]
@@ -131,16 +133,16 @@ def test_gc_plans_exactly_deletes_exactly_keeps_what_serves_and_converges_after_
     held.write_bytes(b"held")
     free.write_bytes(b"free")
 
-    @flow(name=f"retention-seed-{tag}")
-    def seed(params: dict[str, Any] | None = None) -> None:
-        return None
+    @flow(name=f"retention-seed-{tag}", persist_result=True)
+    def seed(params: dict[str, Any] | None = None) -> int:
+        return 7
 
+    # Three finished runs with persisted results; the oldest two go, with their result files.
+    finished = [str(seed({"n": i}, return_state=True).state_details.flow_run_id) for i in range(3)]
+    storage = Path(get_current_settings().results.local_storage_path).expanduser()
     with get_client(sync_client=True) as prefect:
-        finished = []
-        for _ in range(3):
-            run = prefect.create_flow_run(seed, parameters={"params": {"n": 1}}, state=Running())
-            prefect.set_flow_run_state(run.id, Completed(), force=True)
-            finished.append(str(run.id))
+        results = [result_path(prefect.read_flow_run(uuid.UUID(r)).state, storage) for r in finished]
+        assert all(r is not None and r.is_file() for r in results), results
         holder = prefect.create_flow_run(seed, parameters={"params": {"source": str(held)}}, state=Running())
 
     targets = Targets(
@@ -186,6 +188,7 @@ def test_gc_plans_exactly_deletes_exactly_keeps_what_serves_and_converges_after_
                     prefect.read_flow_run(uuid.UUID(gone))
             assert prefect.read_flow_run(uuid.UUID(finished[2])).state.is_completed()
             assert prefect.read_flow_run(holder.id).state.is_running()
+        assert not results[0].exists() and not results[1].exists() and results[2].exists()  # type: ignore[union-attr]
 
         # A week later: the soft-deleted runs are purged; the kill lands between a run's artifacts and its rows.
         now2 = now1 + timedelta(days=8)
