@@ -76,6 +76,7 @@ def _finish(client: Any, run_id: str, at: datetime) -> None:
     client.set_terminated(run_id, end_time=_ms(at))
 
 
+@pytest.mark.slow
 def test_gc_plans_exactly_deletes_exactly_keeps_what_serves_and_converges_after_a_kill(
     stack: Any, s3: str, tmp_path: Path
 ) -> None:
@@ -120,7 +121,7 @@ def test_gc_plans_exactly_deletes_exactly_keeps_what_serves_and_converges_after_
     name = f"retention-{tag}"
     client.create_registered_model(name)
     for run in (run_a, run_b, run_d):
-        client.create_model_version(name, info.model_uri, run_id=run)
+        client.create_model_version(name, info.model_uri, run_id=run, model_id=info.model_id)
     client.set_registered_model_alias(name, "champion", "1")
     local_artifacts = stack.home / "mlartifacts" / local_exp / run_l
     assert (local_artifacts / "artifacts" / "notes" / "l.txt").is_file()
