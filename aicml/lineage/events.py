@@ -470,9 +470,28 @@ def emits_lineage(step: str) -> Callable[[F], F]:
             run.complete(done[1])
             return result
 
+        _resolve_annotations(wrapper, fn, signature)
         return cast(F, wrapper)
 
     return decorate
+
+
+def _resolve_annotations(wrapper: Any, fn: Callable[..., Any], signature: inspect.Signature) -> None:
+    """Give the wrapper ``fn``'s annotations as types, not strings: a flow validates its parameters with
+    pydantic, which would resolve the strings in this module's namespace, where ``DeployParams`` is not."""
+    import typing
+
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # a name only imported under TYPE_CHECKING: the strings stay (tasks do not validate)
+        return
+    wrapper.__annotations__ = hints
+    wrapper.__signature__ = signature.replace(
+        parameters=[
+            p.replace(annotation=hints.get(p.name, p.annotation)) for p in signature.parameters.values()
+        ],
+        return_annotation=hints.get("return", signature.return_annotation),
+    )
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:

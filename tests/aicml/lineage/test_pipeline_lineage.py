@@ -29,7 +29,7 @@ from flows.deployment import DeployParams, deploy_model_flow
 from flows.pipeline import PipelineParams, ml_pipeline
 from tests.aicml.lineage.olschema import registry, validate_event
 
-TINY = TrainerOptions(max_epochs=1, progress_bar=False, hidden=[16])
+TINY = TrainerOptions(max_epochs=1, progress_bar=False, hidden=[16], baseline=False)
 STEPS = ("ingest", "validate", "train", "register", "promote")
 
 
