@@ -20,3 +20,26 @@ def task_run_states(flow_run_id: UUID) -> dict[str, str]:
         return {run.name: str(run.state_name) for run in runs}
 
     return asyncio.run(read())
+
+
+_registered: dict[int, list[str]] = {}
+
+
+def local_deployments(stack: object) -> list[str]:
+    """prefect.yaml's deployments on pool `local`, registered on ``stack`` once per session.
+
+    `prefect deploy` of all of them takes 15-30 s here and a dozen tests need them; each test still gets
+    them all, as prefect.yaml has them: they are registered again when any of them is gone from the server.
+    """
+    from pathlib import Path
+
+    from aicml.stack.deploy import register_deployments, registered_deployments
+
+    names = _registered.get(id(stack))
+    if names is None or not all(registered_deployments(names).values()):
+        names = _registered[id(stack)] = register_deployments(
+            stack,  # type: ignore[arg-type]
+            Path(__file__).resolve().parents[1],
+            "local",
+        )
+    return names

@@ -250,10 +250,10 @@ def test_run_prints_the_link_at_once_then_follows_and_summarizes(stack, tmp_path
     from mlflow import MlflowClient
     from prefect.client.orchestration import get_client
 
-    from aicml.stack.deploy import register_deployments
+    from tests.runs import local_deployments
     from tests.testdata import regression_csv
 
-    register_deployments(stack, REPO, "local")
+    local_deployments(stack)
     name = f"cli-{uuid.uuid4().hex[:6]}"
     csv = regression_csv(tmp_path / "data.csv", rows=300)
     env = {**os.environ, **{k: v for k, v in stack.client_env().items() if k != "PROMETHEUS_MULTIPROC_DIR"}}

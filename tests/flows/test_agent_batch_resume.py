@@ -11,10 +11,9 @@ from prefect.deployments import run_deployment
 from aicml.agents.demo import TICKETS, demo_agents, demo_coordinations
 from aicml.agents.service import AgentService
 from aicml.agents.spec import LifecycleState
-from aicml.stack.deploy import register_deployments
 from aicml.stack.resume import resume_flow_run
 from tasks.policies import FAULT_VARIABLE
-from tests.runs import task_run_states
+from tests.runs import local_deployments, task_run_states
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -39,7 +38,7 @@ def _triage_db(path: Path) -> str:
 
 
 def test_failed_batch_resumes_running_only_the_failed_chunk(stack, tmp_path: Path) -> None:
-    register_deployments(stack, REPO, "local")
+    local_deployments(stack)
     source = tmp_path / "tickets.jsonl"
     source.write_text("".join(json.dumps({"text": t}) + "\n" for t in TICKETS * 5))  # 20 inputs
     params = {"params": {"coordination": "ticket-triage", "source": str(source),

@@ -12,13 +12,13 @@ import pandas as pd
 
 from aicml.data.landing import emit_file_landed
 from aicml.data.sinks import ParquetSink
-from aicml.stack.deploy import register_deployments
+from tests.runs import local_deployments
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_landed_file_is_loaded_by_the_event_triggered_deployment(stack: Any, tmp_path: Path) -> None:
-    names = register_deployments(stack, REPO, "local")
+    names = local_deployments(stack)
     assert {"ingest-flow/full", "ingest-flow/incremental", "ingest-flow/on-file-landed"} <= set(names)
     # The watched landing directory (AIC_LANDING_DIR, default <home>/landing): the trigger loads only
     # files inside it.

@@ -16,7 +16,7 @@ from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
 from aicml.data.landing import emit_file_landed
 from aicml.data.sinks import ParquetSink
-from aicml.stack.deploy import register_deployments
+from tests.runs import local_deployments
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,7 +45,7 @@ def _finished(source: str, timeout_s: float) -> Any:
 
 
 def test_landed_events_load_only_files_inside_the_landing_directory(stack: Any, tmp_path: Path) -> None:
-    register_deployments(stack, REPO, "local")
+    local_deployments(stack)
     frame = pd.DataFrame({"order_id": range(50), "amount": [float(i) for i in range(50)]})
     outside = tmp_path / "elsewhere" / "secret.csv"
     outside.parent.mkdir()

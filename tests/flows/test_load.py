@@ -21,7 +21,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilterTags,
 )
 
-from aicml.stack.deploy import register_deployments
+from tests.runs import local_deployments
 from tests.testdata import regression_csv
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,7 +34,7 @@ SERVER_ERRORS = re.compile(
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # it waits up to 1500 s for the runs: above the suite's global timeout
 def test_twenty_runs_at_once_all_complete_exactly_once(stack, tmp_path: Path) -> None:
-    register_deployments(stack, REPO, "local")
+    local_deployments(stack)
     csv = regression_csv(tmp_path / "load.csv", rows=300)
     batch = f"load-{uuid.uuid4().hex[:6]}"
     log = stack.log_dir / "prefect-server.log"

@@ -22,10 +22,10 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.deployments import run_deployment
 
-from aicml.stack.deploy import register_deployments
 from aicml.stack.overrides import ARTIFACT_DESCRIPTION
 from deployments.presets import presets
 from flows.training import TrainParams, job_spec
+from tests.runs import local_deployments
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOYMENT = "train-flow/local"
@@ -58,7 +58,7 @@ def _prefect(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str
 @pytest.fixture(scope="module")
 def deployed(stack: Any) -> Any:
     """The stack with the `local` deployments of prefect.yaml registered (once for this module)."""
-    register_deployments(stack, REPO, "local")
+    local_deployments(stack)
     return stack
 
 

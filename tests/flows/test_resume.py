@@ -16,9 +16,8 @@ from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
 
-from aicml.stack.deploy import register_deployments
 from tasks.policies import FAULT_VARIABLE
-from tests.runs import task_run_states
+from tests.runs import local_deployments, task_run_states
 from tests.testdata import regression_csv
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,7 +37,7 @@ def _task_states(flow_run_id: UUID) -> dict[str, str]:
 
 
 def test_failed_run_resumes_from_the_failed_stage(stack, tmp_path: Path) -> None:
-    register_deployments(stack, REPO, "local")
+    local_deployments(stack)
     name = f"resume-{uuid.uuid4().hex[:6]}"
     params = {"params": {"source": str(regression_csv(tmp_path / "d.csv")), "target": "y", "model_name": name,
                          "trainer": {"max_epochs": 2, "progress_bar": False, "hidden": [16]}}}  # fmt: skip

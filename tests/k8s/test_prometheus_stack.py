@@ -20,7 +20,7 @@ import pytest
 import yaml
 from prefect.deployments import run_deployment
 
-from aicml.stack.deploy import register_deployments
+from tests.runs import local_deployments
 from tests.services import free_port
 from tests.testdata import regression_csv
 
@@ -37,7 +37,7 @@ def _query(base: str, expr: str) -> list[dict[str, Any]]:
     shutil.which("prometheus") is None, reason="prometheus binary absent (apt-get install prometheus)"
 )
 def test_seed_metrics_reach_prometheus_after_a_pipeline_run(stack, tmp_path: Path) -> None:
-    register_deployments(stack, REPO, "local")
+    local_deployments(stack)
     name = f"prom-{uuid.uuid4().hex[:6]}"
     params = {"params": {"source": str(regression_csv(tmp_path / "d.csv")), "target": "y", "model_name": name,
                          "trainer": {"max_epochs": 1, "hidden": [8], "baseline": False, "progress_bar": False}}}  # fmt: skip

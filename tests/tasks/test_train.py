@@ -35,10 +35,10 @@ def test_training_runs_as_a_deployment_and_returns_the_candidates(stack: object,
     import mlflow
     from prefect import flow
 
-    from aicml.stack.deploy import register_deployments
+    from tests.runs import local_deployments
 
     settings = stack.settings  # type: ignore[attr-defined]
-    assert "train-candidates/local" in register_deployments(stack, REPO, pool="local")  # type: ignore[arg-type]
+    assert "train-candidates/local" in local_deployments(stack)
     rng = np.random.default_rng(1)
     frame = pd.DataFrame({"x": rng.normal(size=240), "z": rng.normal(size=240)})
     frame["y"] = np.where(frame["x"] - frame["z"] > 0, "up", "down")

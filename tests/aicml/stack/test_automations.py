@@ -21,7 +21,12 @@ from prefect import flow
 from prefect.automations import Automation
 from prefect.client.orchestration import get_client
 
-from aicml.stack.automations import CRASH_AUTOMATION, FAILURE_AUTOMATION, ensure_failure_notification
+from aicml.stack.automations import (
+    CRASH_AUTOMATION,
+    FAILURE_AUTOMATION,
+    ensure_crash_automation,
+    ensure_failure_notification,
+)
 from tests.services import wait_for
 
 
@@ -97,7 +102,19 @@ sleeper()
 
 @pytest.mark.slow
 def test_a_killed_flow_run_is_marked_crashed(stack, tmp_path: Path) -> None:
-    """SIGKILL the flow-run process: with no worker to notice, only the heartbeat automation can."""
+    """SIGKILL the flow-run process: with no worker to notice, only the heartbeat automation can.
+
+    The stack's automation, with its window shortened from three heartbeats to one and a half for this
+    test (the suite waits 45 s less; what fires it is the same), and put back after.
+    """
+    ensure_crash_automation(within_seconds=45)
+    try:
+        _killed_run_is_crashed(stack.settings.prefect_url, tmp_path)
+    finally:
+        ensure_crash_automation()
+
+
+def _killed_run_is_crashed(prefect_url: str, tmp_path: Path) -> None:
     script = tmp_path / "sleeper.py"
     script.write_text(SLEEPER)
     env = {**os.environ, "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}
@@ -106,7 +123,7 @@ def test_a_killed_flow_run_is_marked_crashed(stack, tmp_path: Path) -> None:
         assert process.stdout is not None
         run_id = UUID(process.stdout.readline().strip())
         # At least one heartbeat goes out (the crash automation waits for one before it can fire).
-        wait_for(lambda: _heartbeats(stack.settings.prefect_url, run_id), 120, "a heartbeat of the flow run")
+        wait_for(lambda: _heartbeats(prefect_url, run_id), 120, "a heartbeat of the flow run")
     finally:
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
