@@ -619,10 +619,12 @@ def _register_subcommands() -> None:
     from aicml.kube.cli import app as kube_app
     from aicml.monitoring.cli import labels_app, monitor_app
     from aicml.registry.cli import app as models_app
+    from aicml.retention.cli import gc as gc_command
     from aicml.serving.cli import serve as serve_command
     from aicml.stack.backup_cli import backup as backup_command
     from aicml.stack.backup_cli import restore as restore_command
     from aicml.tuning.cli import app as tune_app
+    from aicml.usage.cli import usage as usage_command
 
     app.add_typer(kube_app, name="k8s", help="Render, validate, apply and verify the platform on Kubernetes.")
     app.add_typer(
@@ -640,6 +642,8 @@ def _register_subcommands() -> None:
     app.command("serve")(serve_command)
     app.command("backup")(backup_command)
     app.command("restore")(restore_command)
+    app.command("gc")(gc_command)
+    app.command("usage")(usage_command)
 
 
 def main() -> None:
