@@ -617,6 +617,7 @@ def _register_subcommands() -> None:
     from aicml.agents.cli import app as agents_app
     from aicml.data.cli import app as data_app
     from aicml.kube.cli import app as kube_app
+    from aicml.lineage.cli import lineage as lineage_command
     from aicml.monitoring.cli import labels_app, monitor_app
     from aicml.registry.cli import app as models_app
     from aicml.retention.cli import gc as gc_command
@@ -644,6 +645,7 @@ def _register_subcommands() -> None:
     app.command("restore")(restore_command)
     app.command("gc")(gc_command)
     app.command("usage")(usage_command)
+    app.command("lineage")(lineage_command)
 
 
 def main() -> None:
