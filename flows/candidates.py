@@ -13,6 +13,7 @@ from prefect import flow
 from aicml.models.contract import CandidatesJob
 from aicml.models.training import TrainingOutcome
 from aicml.stack.overrides import resolve_params
+from aicml.usage.accounting import account_usage
 from tasks.context import data_dir, settings, tracking_of
 from tasks.train import train_validated
 
@@ -32,8 +33,14 @@ def train_candidates_flow(params: CandidatesJob, overrides: dict[str, Any] | Non
     """
     params = resolve_params(params, overrides, CandidatesJob)
     s = settings()
-    return train_validated(
-        job=params,
-        tracking=tracking_of(s, params.experiment),
-        splits_dir=str(data_dir("splits", root=s.root)),
-    )
+    tracking = tracking_of(s, params.experiment)
+    # On GPU nodes, this is where the GPU seconds of a pipeline's training are counted (`aicml usage`).
+    with account_usage(
+        "train-candidates", team=s.team, store_url=s.usage_store_url(), tracking=tracking
+    ) as usage:
+        outcome = train_validated(
+            job=params, tracking=tracking, splits_dir=str(data_dir("splits", root=s.root))
+        )
+        # On the best candidate's run: the pipeline's own figures go on the parent run.
+        usage.attach(mlflow_run_id=outcome.best.run_id)
+    return outcome

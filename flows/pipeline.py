@@ -19,6 +19,7 @@ from aicml.observability.metrics import pipeline_execution
 from aicml.redaction import refuse_password
 from aicml.stack.overrides import resolve_params
 from aicml.stack.watch import RESULT_ARTIFACT_PREFIX
+from aicml.usage.accounting import account_usage
 from flows.tuning import SearchOptions, tune_before_training
 from tasks.context import data_dir, settings, tracking_of
 from tasks.ingest import ingest_source
@@ -129,12 +130,23 @@ def ml_pipeline(params: PipelineParams, overrides: dict[str, Any] | None = None)
     tracking = tracking_of(s, params.experiment)
     experiment = tracking.experiment
     dataset = params.dataset or params.model_name
-    with pipeline_execution("ml-pipeline") as execution:
+    with (
+        pipeline_execution("ml-pipeline") as execution,
+        # What the run used (its processes included) goes on its MLflow run and into `aicml usage`.
+        account_usage(
+            "ml-pipeline",
+            team=s.team,
+            store_url=s.usage_store_url(),
+            tracking=tracking,
+            model=params.model_name,
+        ) as usage,
+    ):
         parent = start_pipeline_run(
             tracking=tracking,
             run_name=f"pipeline-{params.model_name}",
             tags={"aicml.model_name": params.model_name, "aicml.dataset": dataset},
         )
+        usage.attach(mlflow_run_id=parent)
         status = "FAILED"
         try:
             # Stages whose inputs, code and data did not change are served from persisted results, which

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from pathlib import Path
 
@@ -126,6 +127,21 @@ def test_any_csv_with_a_label_column(stack, tmp_path: Path) -> None:
     assert result.set_aside == 12 and result.labelled_rows == 600 - 12
     assert set(result.predictions) <= {"low", "mid", "high"}
     assert result.candidates[result.best] > 0.5
+
+    # What the run used is on its MLflow run and in the usage store (`aicml usage`).
+    from mlflow import MlflowClient
+
+    from aicml.usage.store import UsageStore
+    from blocks.settings import AicSettings
+
+    store = UsageStore(AicSettings().usage_store_url())
+    try:
+        rows = [r for r in store.read(time.time() - 600) if r.flow == "ml-pipeline" and r.model == name]
+    finally:
+        store.close()
+    assert len(rows) == 1 and rows[0].cpu_s > 0 and rows[0].wall_s >= rows[0].cpu_s / 4
+    parent = MlflowClient().get_run(rows[0].mlflow_run_id)
+    assert parent.data.tags["aicml.model_name"] == name and parent.data.metrics["usage.cpu_seconds"] > 0
 
     reg = regression_csv(tmp_path / "measurements.csv")
     result = ml_pipeline(_params(str(reg), f"reg-{uuid.uuid4().hex[:6]}", target="y"))
