@@ -1,8 +1,10 @@
-"""OpenLineage events of the steps, without a stack: configuration, START/COMPLETE/FAIL, the spec's schemas,
-and that a broken transport never fails the step."""
+"""OpenLineage events of the steps, without a stack: configuration, START/COMPLETE/FAIL, validated against
+the schema derived from the client's generated classes (olschema.py), and that a broken transport never
+fails the step."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import socket
 from pathlib import Path
@@ -16,7 +18,7 @@ from aicml.errors import ConfigurationError, DataQualityError
 from aicml.lineage.datasets import validated_facts
 from aicml.lineage.events import LineageConfig, emits_lineage, read_events
 from tasks.validate import validate
-from tests.aicml.lineage.olschema import registry, validate_event
+from tests.aicml.lineage.olschema import StructureError, registry, round_trip, validate_event
 
 
 def test_config_from_env(tmp_path: Path) -> None:
@@ -179,3 +181,61 @@ def test_validated_facts_from_the_gate_file_name(tmp_path: Path, frame: pd.DataF
     )  # fmt: skip
     assert facts.digest == "0123456789abcdef-abcdef012345"
     assert dict(facts.schema)["plan"] in ("string", "large_string")
+
+
+def test_the_validator_rejects_broken_events(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, frame: pd.DataFrame
+) -> None:
+    events_file = tmp_path / "events.jsonl"
+    monkeypatch.setenv("AIC_LINEAGE_TRANSPORT", "file")
+    monkeypatch.setenv("AIC_LINEAGE_URL", str(events_file))
+
+    @emits_lineage("ingest")
+    def ingest(source: str, table: str | None = None, dataset: str | None = None):
+        return write_snapshot(frame, "churn", tmp_path / "snapshots")
+
+    ingest(str(tmp_path / "churn.csv"))
+    good = read_events(events_file)[1]
+    reg = registry()
+    assert validate_event(good, reg) >= 6  # the control: the event as sent is valid
+    assert round_trip(good).eventType.value == "COMPLETE"
+
+    def broken(path: str, value: object = None, delete: bool = False) -> dict:
+        event = copy.deepcopy(good)
+        *parents, last = path.split("/")
+        target = event
+        for key in parents:
+            target = target[int(key) if key.isdigit() else key]
+        if delete:
+            del target[last]
+        else:
+            target[int(last) if last.isdigit() else last] = value
+        return event
+
+    schema = "outputs/0/facets/schema"
+    cases = {
+        "'runId' is a required property": broken("run/runId", delete=True),
+        "'DONE' is not one of": broken("eventType", "DONE"),
+        "7 is not of type 'string'": broken(f"{schema}/fields/0/name", 7),
+        "'1' is not of type 'integer'": broken(f"{schema}/fields/0/ordinal_position", "1"),
+        "'6' is not of type 'integer'": broken("outputs/0/outputFacets/outputStatistics/rowCount", "6"),
+        "'yesterday' is not a 'date-time'": broken("eventTime", "yesterday"),
+        "'run-1' is not a 'uuid'": broken("run/runId", "run-1"),
+        "'runid' was unexpected": broken("run/runid", good["run"]["runId"]),
+        "was expected": broken("schemaURL", good["schemaURL"].replace("RunEvent", "BaseEvent")),
+    }
+    for message, event in cases.items():
+        with pytest.raises(ValidationError) as refused:
+            validate_event(event, reg)
+        assert message in refused.value.message, (message, refused.value.message)
+
+    # The round trip into the client's classes refuses on its own too, and catches what the schema lets
+    # through: a run facet filed among the job's facets (both places take an open base facet).
+    with pytest.raises(StructureError, match="eventType: 'DONE' is not a EventType"):
+        round_trip(cases["'DONE' is not one of"])
+    with pytest.raises(StructureError, match="not a valid Run"):
+        round_trip(cases["'runId' is a required property"])
+    misfiled = copy.deepcopy(good)
+    misfiled["job"]["facets"]["processing_engine"] = misfiled["run"]["facets"]["processing_engine"]
+    with pytest.raises(StructureError, match="ProcessingEngineRunFacet is not a JobFacet"):
+        validate_event(misfiled, reg)

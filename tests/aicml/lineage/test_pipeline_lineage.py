@@ -1,6 +1,7 @@
 """Lineage end to end on the real stack: the demo pipeline twice on changed data, then the chain of each
-version (MLflow datasets, lineage tags, registry), the OpenLineage events against the spec's schemas, the
-`aicml lineage` command on an alias and on a logged prediction's request id."""
+version (MLflow datasets, lineage tags, registry), the OpenLineage events against the schema derived from the
+client's generated classes, the `aicml lineage` command on an alias and on a logged prediction's request
+id."""
 
 from __future__ import annotations
 
