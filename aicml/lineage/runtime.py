@@ -65,9 +65,16 @@ def code_version() -> CodeVersion:
 
 
 def _public_url(url: str | None) -> str | None:
-    """A repository URL without credentials (``https://user:token@host/...`` keeps only the host)."""
-    if not url or "://" not in url:
-        return url  # a path, or scp-like `git@host:repo` (a user name, never a secret)
+    """A repository URL as a URI without credentials: ``https://user:token@host/...`` keeps only the host,
+    a clone from a local path becomes ``file:///...`` and scp-like ``git@host:org/repo`` ``ssh://git@host/...``
+    (OpenLineage's source-code facet needs a URI; a user name is never a secret)."""
+    if not url:
+        return url
+    if "://" not in url:
+        head, sep, tail = url.partition(":")
+        if sep and "/" not in head and not Path(url).exists():
+            return f"ssh://{head}/{tail.lstrip('/')}"
+        return Path(url).resolve().as_uri()
     scheme, rest = url.split("://", 1)
     authority, _, path = rest.partition("/")
     return f"{scheme}://{authority.rsplit('@', 1)[-1]}/{path}"
