@@ -33,6 +33,33 @@ def pytest_configure(config: pytest.Config) -> None:
     install()
 
 
+_MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID",
+               "MLFLOW_EXPERIMENT_NAME")  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_process_state() -> Iterator[None]:
+    """Each test leaves MLflow's process-wide URIs as it found them: the tracking and registry URIs that
+    ``set_tracking_uri``/``set_registry_uri`` (e.g. ``Tracking.experiment_id``) set, the experiment
+    ``set_experiment`` made current, and the MLFLOW_* variables. A test that pointed them at its own
+    SQLite file sent later tests' runs there."""
+    from mlflow.tracking import fluent
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    env = {name: os.environ.get(name) for name in _MLFLOW_ENV}
+    uris = (tracking_utils._tracking_uri, registry_utils._registry_uri)
+    experiment = fluent._active_experiment_id
+    yield
+    fluent._active_experiment_id = experiment
+    for name, value in env.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    tracking_utils._tracking_uri, registry_utils._registry_uri = uris
+
+
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Postgres]:
     """THE PostgreSQL of the test session: 127.0.0.1:5432 when it answers, else a throwaway cluster.

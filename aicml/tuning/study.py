@@ -197,7 +197,7 @@ def open_study(
 
 
 def adopt_orphaned_trials(storage: RDBStorage, study_id: int) -> list[int]:
-    """Give one heartbeat to every RUNNING trial of the study that never had one and is older than the grace.
+    """Give one heartbeat to every RUNNING trial of the study that never had one, ten grace periods after its start.
 
     A driver claims a trial (``study.ask``: RUNNING) and records its first heartbeat in a second
     commit; a process killed between the two leaves a RUNNING trial that Optuna never calls stale
@@ -211,7 +211,9 @@ def adopt_orphaned_trials(storage: RDBStorage, study_id: int) -> list[int]:
 
     from optuna.storages._rdb import models
 
-    grace = timedelta(seconds=storage.grace_period or 2 * (storage.heartbeat_interval or 0))
+    # Ten grace periods, not one: a live driver whose first beat is held up (its database restarting) keeps
+    # its trial; only a claim nobody beats for that long is taken for dead.
+    grace = 10 * timedelta(seconds=storage.grace_period or 2 * (storage.heartbeat_interval or 0))
     now = datetime.now()
     with storage.scoped_session() as session:
         running = (

@@ -73,7 +73,7 @@ def _diagnose(api: str, deployment_id: Any) -> str:
 
 
 async def _only_our_trigger(deployment_id: Any) -> list[str]:
-    """Delete every other automation that reacts to the model events; the names of those deleted.
+    """Delete every automation that reacts to the model events but one trigger of ours; the names deleted.
 
     Earlier tests register deployments on the same session stack (`prefect deploy --all`, `aicml deploy`),
     each `retrain-model` one with the trigger of prefect.yaml; left in place, each would start its own
@@ -83,12 +83,17 @@ async def _only_our_trigger(deployment_id: Any) -> list[str]:
 
     removed: list[str] = []
     async with get_client() as client:
-        for automation in await client.read_automations():
-            watched = automation.trigger.model_dump_json()
-            ours = str(deployment_id) in automation.model_dump_json()
-            if not ours and (
-                DRIFT_EVENT in watched or DEGRADED_EVENT in watched or "aicml.model." in watched
-            ):
+        watching = [
+            a
+            for a in await client.read_automations()
+            if any(e in a.trigger.model_dump_json() for e in (DRIFT_EVENT, DEGRADED_EVENT, "aicml.model."))
+        ]
+        # Each `prefect deploy` of retrain-model/local (the session's registration, then this test's) adds
+        # the same trigger again: keep one of ours, as a single registration would leave.
+        ours = [a.id for a in watching if str(deployment_id) in a.model_dump_json()]
+        assert ours, f"no trigger of deployment {deployment_id}"
+        for automation in watching:
+            if automation.id != ours[0]:
                 await client.delete_automation(automation.id)
                 removed.append(automation.name)
     return removed
