@@ -42,4 +42,15 @@ def local_deployments(stack: object) -> list[str]:
             Path(__file__).resolve().parents[1],
             "local",
         )
+        asyncio.run(_drop_retrain_triggers())
     return names
+
+
+async def _drop_retrain_triggers() -> None:
+    """Delete the `retrain-model` trigger (on the model events) the registration brought: every monitor run of
+    later tests would start a retrain and a pipeline on the shared worker. The retrain loop's own test
+    registers it again."""
+    async with get_client() as client:
+        for automation in await client.read_automations():
+            if "aicml.model." in automation.trigger.model_dump_json():
+                await client.delete_automation(automation.id)

@@ -44,8 +44,11 @@ def drifted(rows: int, seed: int) -> pd.DataFrame:
     return frame
 
 
-async def _runs(deployment_id: Any, count: int, deadline_s: float) -> list[Any]:
-    """The deployment's flow runs once ``count`` of them are final (or at the deadline), oldest first."""
+async def _runs(deployment_id: Any, count: int, deadline_s: float, model: str) -> list[Any]:
+    """The deployment's flow runs for ``model`` once ``count`` of them are final (or at the deadline),
+    oldest first. Runs for other models are not ours: earlier tests' monitors emit model events too, and
+    any registration of `retrain-model/local` on the session's stack carries the trigger that turns them
+    into runs of the same deployment."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
@@ -55,6 +58,7 @@ async def _runs(deployment_id: Any, count: int, deadline_s: float) -> list[Any]:
             runs = await client.read_flow_runs(
                 deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
             )
+            runs = [r for r in runs if (r.parameters.get("overrides") or {}).get("model_name") == model]
             final = [r for r in runs if r.state and r.state.is_final()]
             if len(final) >= count or time.monotonic() > deadline:
                 return sorted(runs, key=lambda r: r.created)
@@ -156,12 +160,12 @@ def test_drift_retrains_promotes_and_cools_down(
         assert loud.events == [DRIFT_EVENT, DEGRADED_EVENT]
 
         # Each event starts a retrain-model run through the trigger: one retrains, the other meets the cool-down.
-        runs = asyncio.run(_runs(retrain_id, 2, 420))
+        runs = asyncio.run(_runs(retrain_id, 2, 420, name))
         assert len(runs) == 2, _diagnose(stack.settings.prefect_url, retrain_id)
         assert len(runs) == 2 and all(r.state.is_completed() for r in runs), [(r.name, r.state) for r in runs]
         assert {r.parameters["overrides"]["trigger.event"] for r in runs} == {DRIFT_EVENT, DEGRADED_EVENT}
         assert all(r.parameters["overrides"]["model_name"] == name for r in runs)
-        pipelines = asyncio.run(_runs(pipeline_id, 1, 60))
+        pipelines = asyncio.run(_runs(pipeline_id, 1, 60, name))
         assert len(pipelines) == 1 and pipelines[0].state.is_completed(), pipelines
         sent = pipelines[0].parameters["overrides"]
         assert sent["model_name"] == name and sent["source"] == str(landed / "*.csv")
