@@ -100,6 +100,9 @@ def test_gc_plans_exactly_deletes_exactly_keeps_what_serves_and_converges_after_
     local_exp = client.create_experiment(f"retention-local-{tag}")
     run_a = _old_run(client, s3_exp, old)  # logs the model; its version is the champion
     mlflow.set_tracking_uri(tracking)
+    # The run's own experiment made current: one another test's fixture set stays current otherwise, and
+    # MLflow refuses to resume a run of a different experiment.
+    mlflow.set_experiment(experiment_id=s3_exp)
     with mlflow.start_run(run_id=run_a):
         model = LogisticRegression().fit(np.array([[0.0], [1.0], [2.0], [3.0]]), np.array([0, 0, 1, 1]))
         info = mlflow.sklearn.log_model(model, name="model", pip_requirements=["scikit-learn"])
