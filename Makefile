@@ -15,7 +15,7 @@ NCA := $(TOOLS)/nca
 NCA_STAMP := $(NCA)/.installed
 export AIC_NCA := $(CURDIR)/$(NCA)/bin/nca
 
-.PHONY: help core docs venv tools system-deps demo test test-fast lint fmt up down status bench clean audit \
+.PHONY: help core docs venv tools system-deps demo test test-fast lint fmt up down status bench bench-deps clean audit \
 	rehearsal-deps k8s-images k8s-rehearsal k8s-smoke
 
 help: ## List every target
@@ -97,7 +97,22 @@ $(AUDIT)/.installed: tools-audit-requirements.txt
 audit: $(AUDIT)/.installed ## pip-audit over the pinned constraints (PyPI advisories); exits 1 on a finding or a package it could not check
 	$(AUDIT)/bin/pip-audit --strict --disable-pip --no-deps -r constraints.txt --progress-spinner off
 
-bench: $(STAMP) ## Run the side-by-side benchmarks; each prints a JSON line last
+BENCH_STAMP := $(VENV)/.installed-bench
+MLSERVER := .bench/mlserver
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install -q -c constraints.txt -e '.[bench]'
+	@touch $(BENCH_STAMP)
+
+# MLServer (the serving benchmark's peer) in its own venv: its pins clash with ours (uvloop below 0.22).
+$(MLSERVER)/.installed: benchmarks/mlserver-requirements.txt
+	@test -x $(MLSERVER)/bin/python || $(PYTHON) -m venv $(MLSERVER)
+	$(MLSERVER)/bin/pip install -q -r benchmarks/mlserver-requirements.txt
+	@touch $(MLSERVER)/.installed
+
+bench-deps: $(BENCH_STAMP) $(MLSERVER)/.installed ## Install the benchmarks' peers: DuckDB, Polars, py-spy, MLServer (.bench/)
+
+bench: bench-deps ## Run the side-by-side benchmarks; each prints a JSON line last
 	$(BIN)/python benchmarks/pipeline_overhead.py
 	$(BIN)/python benchmarks/ingest.py --rows 10000000 --files 8
 	$(BIN)/python benchmarks/serving.py
