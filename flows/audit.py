@@ -19,6 +19,7 @@ from aicml.monitoring.audit import ModelAudit, aliased_models, audit_model, rend
 from aicml.names import ResourceName
 from aicml.registry.tracking import Tracking
 from aicml.stack.overrides import resolve_params
+from aicml.usage.tasks import metered
 from tasks.context import data_dir, settings, tracking_of
 
 ARTIFACT_KEY = "audit-models"
@@ -69,6 +70,7 @@ class AuditResult(BaseModel):
     artifact_key: str
 
 
+@metered
 @task(name="audit-model", retries=1, cache_policy=NO_CACHE, persist_result=False, timeout_seconds=900)
 def collect_audit(
     model: str,
@@ -86,6 +88,7 @@ def collect_audit(
     )  # fmt: skip
 
 
+@metered
 @task(name="log-audit", retries=1, cache_policy=NO_CACHE, persist_result=False, timeout_seconds=300)
 def log_audit(audit: ModelAudit, tracking: Tracking, day: str) -> tuple[str | None, str | None]:
     """The model's part of the report as ``audit/<day>.md`` in its champion's run (else the first aliased

@@ -22,6 +22,7 @@ from aicml.names import ResourceName, slug
 from aicml.redaction import refuse_password
 from aicml.registry.tracking import Tracking
 from aicml.stack.overrides import resolve_params
+from aicml.usage.tasks import metered
 from blocks.data import BlockLookupError, sql_url_from_block
 from tasks.context import data_dir, settings, tracking_of
 from tasks.ingest import source_roots
@@ -78,6 +79,7 @@ class LabelsResult(BaseModel):
     checked_against: str | None
 
 
+@metered
 @task(name="model-facts", retries=1, cache_policy=NO_CACHE, persist_result=False, timeout_seconds=600)
 def model_facts(
     model: str, alias: str, tracking: Tracking
@@ -92,6 +94,7 @@ def model_facts(
     return reference.problem, reference.classes, reference.version
 
 
+@metered
 @task(name="join-labels", cache_policy=NO_CACHE, persist_result=False, timeout_seconds=1800)
 def join_and_store(
     source: str,

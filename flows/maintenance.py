@@ -20,6 +20,7 @@ from aicml.retention.engine import RetentionError
 from aicml.retention.gc import GcResult, Targets, collect
 from aicml.retention.policy import Kind, load_policy
 from aicml.stack.overrides import resolve_params
+from aicml.usage.tasks import metered
 from tasks.context import settings
 
 ARTIFACT_KEY = "maintenance"
@@ -74,6 +75,7 @@ def policy_path(value: str | None, home: Path) -> Path | None:
     return path
 
 
+@metered
 @task(name="collect-garbage", retries=0, cache_policy=NO_CACHE, persist_result=False, timeout_seconds=3600)
 def collect_garbage(params: MaintenanceParams, targets: Targets, this_run: str | None) -> GcResult:
     """Plan and (unless a dry run) apply the policy; resumable, so no retry of its own: the next run finishes."""

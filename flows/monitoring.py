@@ -25,6 +25,7 @@ from aicml.monitoring.report import write_html
 from aicml.names import ResourceName, slug
 from aicml.registry.tracking import Tracking
 from aicml.stack.overrides import resolve_params
+from aicml.usage.tasks import metered
 from tasks.context import data_dir, settings, tracking_of
 from tasks.validate import artifact_page_url
 
@@ -97,6 +98,7 @@ class MonitorResult(BaseModel):
     events: list[str]
 
 
+@metered
 @task(name="load-reference", retries=1, cache_policy=NO_CACHE, persist_result=False, timeout_seconds=900)
 def load_champion_reference(model: str, alias: str, tracking: Tracking, home: Path) -> Reference:
     """The champion's training snapshot, suite and metrics, with its predictions on the snapshot (cached per
@@ -126,6 +128,7 @@ def load_champion_reference(model: str, alias: str, tracking: Tracking, home: Pa
     return reference
 
 
+@metered
 @task(name="judge-window", cache_policy=NO_CACHE, persist_result=False, timeout_seconds=1800)
 def judge_window(
     reference: Reference, start: datetime, end: datetime, thresholds: Thresholds, home: Path
@@ -137,6 +140,7 @@ def judge_window(
     return monitor_window(window, labels, reference, start, end, thresholds)
 
 
+@metered
 @task(name="publish-report", retries=1, cache_policy=NO_CACHE, persist_result=False, timeout_seconds=600)
 def publish_report(
     report: MonitorReport, reference: Reference, tracking: Tracking, home: Path

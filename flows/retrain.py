@@ -20,6 +20,7 @@ from aicml.monitoring.retrain import RetrainLedger, champion_params
 from aicml.names import ResourceName
 from aicml.rollout.audit import AuditRecord, append_audit, emit_decision_event
 from aicml.stack.overrides import resolve_params
+from aicml.usage.tasks import metered
 from tasks.context import settings, tracking_of
 
 AUDIT_FILE = "retraining.jsonl"
@@ -108,6 +109,7 @@ def _audit(path: Any, params: RetrainParams, action: str, reason: str, extra: di
     return record.id
 
 
+@metered
 @task(name="run-deployment", cache_policy=NO_CACHE, persist_result=False)
 def run_and_read(
     deployment: str, overrides: dict[str, Any], timeout_s: int

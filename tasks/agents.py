@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from aicml.agents.batch import coordinate_many, write_replies
 from aicml.agents.graph import Coordination
 from aicml.agents.service import AgentService
+from aicml.usage.tasks import metered
 from tasks.policies import fail_if_injected, retry_unless_aic_error
 
 
@@ -28,6 +29,7 @@ class ChunkResult(BaseModel):
     outcomes: dict[str, int]
 
 
+@metered
 @task(name="load-coordination", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_unless_aic_error,
       cache_policy=NO_CACHE, timeout_seconds=120)  # fmt: skip
 def load_coordination(database_url: str, name: str) -> Coordination:
@@ -44,6 +46,7 @@ def load_coordination(database_url: str, name: str) -> Coordination:
 CHUNK_CACHE = TASK_SOURCE + INPUTS - "database_url" - "concurrency"
 
 
+@metered
 @task(name="coordinate-chunk", task_run_name="coordinate-chunk-at-{offset}", retries=1, retry_delay_seconds=[5],
       retry_condition_fn=retry_unless_aic_error, cache_policy=CHUNK_CACHE, persist_result=True,
       timeout_seconds=3600)  # fmt: skip

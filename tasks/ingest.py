@@ -22,6 +22,7 @@ from aicml.lineage.events import emits_lineage
 from aicml.names import slug
 from aicml.observability.metrics import DATA_INTEGRATION_RECORDS
 from aicml.redaction import redact
+from aicml.usage.tasks import metered
 from blocks.settings import AicSettings
 from tasks.context import data_dir, settings
 from tasks.policies import retry_unless_aic_error
@@ -99,6 +100,7 @@ def ingest(
 
 # The source may change between runs, so the snapshot is never served from a cache;
 # the snapshot itself is immutable and named by its content.
+@metered
 @task(
     name="ingest",
     retries=2,
@@ -201,6 +203,7 @@ class IngestProgressArtifact:
 
 # A batch is idempotent (outputs named by partition identity, SQL batches in a ledger), so an
 # infrastructure failure is retried; bad data and bad settings (our own errors) are not.
+@metered
 @task(
     name="ingest-batch",
     retries=2,

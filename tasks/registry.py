@@ -28,6 +28,7 @@ from aicml.registry.promotion import (
 from aicml.registry.scoring import score_model_on
 from aicml.registry.tracking import Tracking
 from aicml.retry import reporting_unreachable
+from aicml.usage.tasks import metered
 from tasks.policies import fail_if_injected, retry_unless_aic_error
 
 
@@ -78,6 +79,7 @@ def _remember(key: str, value: object) -> None:
         transaction.set(key, value)
 
 
+@metered
 @task(
     name="register",
     retries=2,
@@ -118,6 +120,7 @@ def _restore_challenger(transaction: Transaction) -> None:
         tracking.client().set_model_version_tag(name, transaction.get("version"), "aicml.rolled_back", "true")
 
 
+@metered
 @task(name="promote", retries=0, cache_policy=NO_CACHE, timeout_seconds=600)
 @emits_lineage("promote")
 def promote_model(

@@ -17,6 +17,7 @@ from aicml.rollout.canary import Decision, Objectives
 from aicml.serving.kubernetes import KubeServingSpec
 from aicml.serving.local import LocalServer
 from aicml.serving.smoke import predict_rows
+from aicml.usage.tasks import metered
 from tasks.policies import fail_if_injected
 
 
@@ -29,6 +30,7 @@ def smoke(model_name: str, test_path: str, target: str, rows: int, *, tracking: 
     return {"model_uri": uri, "predictions": predictions, "truth": test[target].tolist()}
 
 
+@metered
 @task(
     name="smoke-serve",
     retries=1,
@@ -50,6 +52,7 @@ def smoke_serve(
 # --- deployment: rollout of a registered version through challenger, canary and champion ---------------
 
 
+@metered
 @task(name="prepare-rollout", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE, timeout_seconds=300)
 def prepare_rollout(model_name: str, version: str | None, *, tracking: Tracking) -> str:
     """Point ``challenger`` at ``version`` (or take the version it points at); stamp its checksum if missing."""
@@ -67,6 +70,7 @@ def prepare_rollout(model_name: str, version: str | None, *, tracking: Tracking)
     return version
 
 
+@metered
 @task(name="start-model-server", retries=0, cache_policy=NO_CACHE, timeout_seconds=300)
 def start_model_server(
     model_name: str,
@@ -99,6 +103,7 @@ def start_model_server(
     return server
 
 
+@metered
 @task(name="watch-rollout", retries=0, cache_policy=NO_CACHE)
 def watch_rollout_task(
     server: LocalServer, objectives: Objectives, poll_seconds: float, timeout_s: float
@@ -113,6 +118,7 @@ def watch_rollout_task(
     return decision
 
 
+@metered
 @task(name="apply-rollout", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE, timeout_seconds=300)
 def apply_rollout(
     model_name: str, version: str, decision: Decision, actor: str, *, tracking: Tracking, audit_log: str
@@ -147,6 +153,7 @@ def apply_rollout(
     return record.as_dict()
 
 
+@metered
 @task(name="stop-model-server", retries=0, cache_policy=NO_CACHE, timeout_seconds=60)
 def stop_model_server(server: LocalServer) -> bool:
     from aicml.serving.local import stop_local_server
@@ -154,6 +161,7 @@ def stop_model_server(server: LocalServer) -> bool:
     return stop_local_server(server)
 
 
+@metered
 @task(name="render-kubernetes", retries=0, cache_policy=NO_CACHE, timeout_seconds=60)
 def render_kubernetes(spec: KubeServingSpec, include_rbac: bool) -> list[dict[str, Any]]:
     """Render the deployment's objects and validate them against the Kubernetes schemas."""
@@ -164,6 +172,7 @@ def render_kubernetes(spec: KubeServingSpec, include_rbac: bool) -> list[dict[st
     return manifests
 
 
+@metered
 @task(
     name="apply-kubernetes",
     retries=2,

@@ -7,9 +7,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from aicml.registry.tracking import Tracking
+from aicml.usage.tasks import metered
 from tasks.policies import retry_unless_aic_error
 
 
+@metered
 @task(
     name="start-tracking",
     retries=2,
@@ -26,6 +28,7 @@ def start_pipeline_run(tracking: Tracking, run_name: str, tags: dict[str, str]) 
     return str(run.info.run_id)
 
 
+@metered
 @task(name="finish-tracking", cache_policy=NO_CACHE, timeout_seconds=120)
 def finish_pipeline_run(tracking: Tracking, run_id: str, status: str) -> None:
     """Mark the parent run FINISHED or FAILED."""

@@ -27,6 +27,7 @@ from aicml.models.training import ProgressHook, TrainingOutcome
 from aicml.observability.metrics import TRAINING_JOBS
 from aicml.registry.tracking import Tracking
 from aicml.retry import reporting_unreachable
+from aicml.usage.tasks import metered
 
 # Progress artifact updates at most this often: each is an API call, and work for the Prefect server
 # that shares the machine with the training (per epoch, a short run made several a second).
@@ -93,6 +94,7 @@ def train_frame(
 
 # Training is the expensive stage; a retry would repeat it from scratch, so none here
 # (checkpoint resume belongs to the training flow).
+@metered
 @task(name="train", retries=0, cache_policy=NO_CACHE, persist_result=False, timeout_seconds=6 * 3600)
 @emits_lineage("train")
 def train_models(
@@ -170,6 +172,7 @@ def training_summary(outcome: TrainingOutcome, tracking: Tracking) -> str:
     )
 
 
+@metered
 @task(
     name="train-validated", retries=0, cache_policy=NO_CACHE, persist_result=False, timeout_seconds=6 * 3600
 )
@@ -227,6 +230,7 @@ def run_job(spec: TrainingJobSpec, isolate: bool, workdir: Path) -> TrainingJobR
 
 
 # The job id names the checkpoint directory, so a retry resumes where the killed process stopped.
+@metered
 @task(
     name="train-job",
     retries=2,
@@ -262,6 +266,7 @@ def train_job(spec: TrainingJobSpec, isolate: bool = True, *, workdir: str) -> T
     return result
 
 
+@metered
 @task(name="train-on-deployment", retries=0, cache_policy=NO_CACHE, persist_result=False)
 def train_on_deployment(
     gate: GateResult,

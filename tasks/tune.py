@@ -29,6 +29,7 @@ from aicml.models.training import TrainingOutcome
 from aicml.names import slug
 from aicml.registry.tracking import Tracking
 from aicml.tuning.engine import TrackingRef, WorkerJob, WorkerReport
+from aicml.usage.tasks import metered
 from tasks.context import settings
 from tasks.validate import artifact_page_url
 
@@ -87,6 +88,7 @@ def default_storage_url(home: Path | None = None) -> str:
     return service_database_url("TUNING") or local_storage_url((home or settings().root) / "tuning")
 
 
+@metered
 @task(name="open-study", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE, persist_result=False)
 def open_study_task(
     study_name: str,
@@ -197,6 +199,7 @@ def _param(key: str, value: Any) -> Any:
 
 # A worker is never retried by Prefect: the study re-queues trials whose worker died, and the others
 # go on claiming them.
+@metered
 @task(name="trial-worker", retries=0, cache_policy=NO_CACHE, persist_result=False)
 def search_worker_task(job: WorkerJob) -> WorkerReport:
     """One long-lived worker (a Dask worker by default): claims and evaluates trials until the budget is spent.
@@ -246,6 +249,7 @@ def _link_study_page(ref: StudyRef, page: str) -> None:
     )
 
 
+@metered
 @task(name="report-study", retries=1, cache_policy=NO_CACHE, persist_result=False)
 def report_study_task(ref: StudyRef, stop_reason: str) -> StudyReport:
     """Plots to the parent MLflow run and a leaderboard Prefect table artifact; the best trial."""
@@ -308,11 +312,13 @@ def report_study_task(ref: StudyRef, stop_reason: str) -> StudyReport:
     )
 
 
+@metered
 @task(name="finish-study-run", cache_policy=NO_CACHE, persist_result=False)
 def finish_study_run_task(ref: StudyRef, status: str) -> None:
     ref.client().set_terminated(ref.parent_run_id, status=status)
 
 
+@metered
 @task(name="train-best", retries=0, cache_policy=NO_CACHE, persist_result=False, timeout_seconds=6 * 3600)
 def train_best_task(
     ref: StudyRef,

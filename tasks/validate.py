@@ -21,6 +21,7 @@ from aicml.lineage.events import emits_lineage
 from aicml.names import slug
 from aicml.observability.metrics import DATA_INTEGRATION_RECORDS
 from aicml.registry.tracking import Tracking
+from aicml.usage.tasks import metered
 from tasks.context import data_dir, settings, tracking_of
 
 
@@ -117,6 +118,7 @@ def validate(
 
 
 # A failed gate is a verdict on the data, not a transient fault: never retried.
+@metered
 @task(name="validate", retries=0, cache_policy=NO_CACHE, persist_result=False, timeout_seconds=3600)
 @emits_lineage("validate")
 def validate_snapshot(
@@ -203,6 +205,7 @@ def suite_for_load(
     return suite
 
 
+@metered
 @task(name="resolve-suite", retries=0, cache_policy=NO_CACHE, persist_result=False)
 def resolve_suite(
     connector: Connector,
@@ -223,6 +226,7 @@ def _reason_counts(report: IngestReport, top: int = 20) -> list[dict[str, Any]]:
     return [{"reason": kind, "rows": rows} for kind, rows in list(report.reason_counts.items())[:top]]
 
 
+@metered
 @task(name="publish-batch-quality", retries=0, cache_policy=NO_CACHE, persist_result=False)
 def publish_batch_quality(
     report: IngestReport,
@@ -303,6 +307,7 @@ def _publish_data_docs(
     return links
 
 
+@metered
 @task(name="check-drift", retries=0, cache_policy=NO_CACHE, persist_result=False)
 def check_drift(
     report: IngestReport, threshold: float = 0.2, *, drift_dir: Path | None = None

@@ -1,7 +1,10 @@
 """The one place a flow run's usage is accounted: ``account_usage`` measures the block (`meter.Meter`), then
 writes the record to the usage store, counts ``ml_resource_seconds_total``, logs ``usage.*`` metrics (and
 the ``aicml.team`` tag) on the MLflow run the block names, and leaves a table artifact on the Prefect flow
-run. Accounting never fails the flow: a record that cannot be written is logged as a warning.
+run. The task runs of the flow run that ran in this process (tasks marked `tasks.metered`) get their own
+rows, ``usage.task.<task>.*`` metrics (summed over a task's runs) and lines in the same artifact; the counter
+counts flow runs only, so nothing is counted twice. Accounting never fails the flow: a record that cannot
+be written is logged as a warning.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from aicml.usage.meter import Meter
 from aicml.usage.requested import requested_from
 from aicml.usage.store import UsageRecord, UsageStore
+from aicml.usage.tasks import TaskUse, forget, spans_of, task_usage
 
 if TYPE_CHECKING:
     from aicml.registry.tracking import Tracking
@@ -32,6 +36,7 @@ class Account:
     mlflow_run_id: str = ""
     model: str = ""
     record: UsageRecord | None = field(default=None, init=False)
+    tasks: list[UsageRecord] = field(default_factory=list, init=False)
 
     def attach(self, mlflow_run_id: str | None = None, model: str | None = None) -> None:
         if mlflow_run_id:
@@ -76,9 +81,57 @@ def tag_flow_run(flow_run_id: str, team: str) -> None:
             client.update_flow_run(run.id, tags=[*run.tags, tag])
 
 
-def publish(record: UsageRecord, store_url: str | None, tracking: Tracking | None, artifact: bool) -> None:
-    """Hand ``record`` to every place it is read from; a place that fails is a warning, not an error."""
+def task_records(record: UsageRecord, uses: list[TaskUse]) -> list[UsageRecord]:
+    """The rows of flow run ``record``'s task runs."""
+    return [
+        UsageRecord(
+            flow=record.flow,
+            started=u.started,
+            wall_s=u.wall_s,
+            cpu_s=u.cpu_s,
+            peak_memory_bytes=u.peak_memory_bytes,
+            gpu_s=u.gpu_s,
+            requested_cpu=record.requested_cpu,
+            requested_memory_bytes=record.requested_memory_bytes,
+            requested_gpu=record.requested_gpu,
+            deployment=record.deployment,
+            team=record.team,
+            model=record.model,
+            flow_run_id=record.flow_run_id,
+            mlflow_run_id=record.mlflow_run_id,
+            outcome=record.outcome,
+            task=u.name,
+            task_run_id=u.task_run_id,
+        )
+        for u in uses
+    ]
+
+
+def task_metrics(tasks: list[UsageRecord]) -> dict[str, float]:
+    """``usage.task.<task>.*``: seconds summed over each task's runs, the largest peak memory."""
+    out: dict[str, float] = {}
+    for t in tasks:
+        prefix = f"usage.task.{t.task}."
+        for key, value in (("wall_seconds", t.wall_s), ("cpu_seconds", t.cpu_s), ("gpu_seconds", t.gpu_s)):
+            out[prefix + key] = out.get(prefix + key, 0.0) + value
+        out[prefix + "peak_memory_bytes"] = max(
+            out.get(prefix + "peak_memory_bytes", 0.0), t.peak_memory_bytes
+        )
+    return out
+
+
+def publish(
+    record: UsageRecord,
+    store_url: str | None,
+    tracking: Tracking | None,
+    artifact: bool,
+    tasks: list[UsageRecord] | None = None,
+) -> None:
+    """Hand ``record`` and its task runs' rows to every place they are read from; a place that fails is a
+    warning, not an error."""
     from aicml.observability.metrics import RESOURCE_SECONDS
+
+    tasks = tasks or []
 
     for resource, seconds in record.resource_seconds().items():
         RESOURCE_SECONDS.labels(
@@ -87,7 +140,8 @@ def publish(record: UsageRecord, store_url: str | None, tracking: Tracking | Non
     if store_url:
         store = UsageStore(store_url)
         try:
-            store.append(record)
+            for row in [record, *tasks]:
+                store.append(row)
         except Exception as exc:
             log.warning("Usage of %s not stored (%s: %s)", record.flow, type(exc).__name__, exc)
         finally:
@@ -95,7 +149,7 @@ def publish(record: UsageRecord, store_url: str | None, tracking: Tracking | Non
     if tracking is not None and record.mlflow_run_id:
         try:
             client = tracking.client()
-            for key, value in record.metrics().items():
+            for key, value in (record.metrics() | task_metrics(tasks)).items():
                 client.log_metric(record.mlflow_run_id, key, value)
             if record.team:
                 client.set_tag(record.mlflow_run_id, TEAM_TAG, record.team)
@@ -107,11 +161,15 @@ def publish(record: UsageRecord, store_url: str | None, tracking: Tracking | Non
 
             from aicml.names import slug
 
-            row = {k: round(v, 3) for k, v in record.metrics().items()}
+            rows = [
+                {"flow": r.flow, "task": r.task or "(whole run)", "team": r.team or "-", "outcome": r.outcome,
+                 **{k: round(v, 3) for k, v in r.metrics().items()}}
+                for r in [record, *tasks]
+            ]  # fmt: skip
             create_table_artifact(
-                [{"flow": record.flow, "team": record.team or "-", "outcome": record.outcome, **row}],
+                rows,
                 key=ARTIFACT_PREFIX + slug(record.flow),
-                description=f"Resources used by this {record.flow} run (`aicml usage` sums them).",
+                description=f"Resources used by this {record.flow} run and its task runs (`aicml usage` sums them).",
             )
         except Exception as exc:
             log.warning("Usage artifact of %s not created (%s)", record.flow, exc)
@@ -177,7 +235,10 @@ def account_usage(
             outcome=outcome,
         )
         account.record = record
-        publish(record, store_url, tracking, artifact)
+        spans = spans_of(flow_run_id, m.started) if flow_run_id else []
+        account.tasks = task_records(record, task_usage(m.samples, spans))
+        forget(spans)
+        publish(record, store_url, tracking, artifact, account.tasks)
 
 
 def usage_summary(record: UsageRecord) -> dict[str, Any]:

@@ -44,7 +44,9 @@ def render_table(rows: list[dict[str, Any]], by: str) -> str:
 
 def usage(
     since: Annotated[str, typer.Option(help="How far back: 90s, 30m, 12h, 7d, 2w.")] = "7d",
-    by: Annotated[str, typer.Option(help="Group by flow, model, team or deployment.")] = "flow",
+    by: Annotated[
+        str, typer.Option(help="Group by flow, model, team, deployment or task (a flow's task runs).")
+    ] = "flow",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """What flow runs used (wall, CPU, GPU, memory; requested on Kubernetes) and cost, grouped."""
@@ -75,7 +77,7 @@ def usage(
                 {
                     "since": datetime.fromtimestamp(start, UTC).isoformat(),
                     "by": by,
-                    "runs": len(records),
+                    "runs": sum(1 for r in records if not r.task),
                     "prices": {
                         "cpu_hour": prices.cpu_hour,
                         "gpu_hour": prices.gpu_hour,

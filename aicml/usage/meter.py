@@ -7,6 +7,9 @@ say). Processes that were already running when the block began (a stack's server
 process) are not the block's work and are left out. Peak memory is the largest resident set of this
 process and those children together, sampled every ``interval`` seconds, and never below the
 ``ru_maxrss`` peaks reached during the block.
+
+Each look is also kept as a `Sample` (when, CPU and GPU seconds so far, resident memory) so that the block's
+use can be shared out among the task runs that ran in it (`aicml.usage.tasks`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,16 @@ from typing import Any
 from aicml.usage.gpu import GpuProbe
 
 
+@dataclass(frozen=True)
+class Sample:
+    """One look: epoch seconds, CPU and GPU seconds used since the block began, resident bytes."""
+
+    at: float
+    cpu_s: float
+    gpu_s: float
+    rss: int
+
+
 @dataclass
 class Measurement:
     """What a block used; filled in when it ends."""
@@ -32,6 +45,7 @@ class Measurement:
     gpu_s: float = 0.0
     gpu_memory_bytes: int = 0
     gpus: int = 0
+    samples: list[Sample] = field(default_factory=list)
 
 
 def _rusage_cpu(who: int) -> float:
@@ -91,12 +105,14 @@ class Meter:
 
         children = self._new_children()
         rss = 0
+        alive = 0.0
         for proc in [self._me, *children]:
             try:
                 with proc.oneshot():
                     rss += proc.memory_info().rss
                     if proc is not self._me:
                         t = proc.cpu_times()
+                        alive += t.user + t.system + t.children_user + t.children_system
                         with self._lock:
                             self._new_cpu[proc.pid] = t.user + t.system
             except psutil.Error:
@@ -112,6 +128,20 @@ class Meter:
             m.gpu_s += gpu.devices * elapsed
             m.gpus = max(m.gpus, gpu.devices)
             m.gpu_memory_bytes = max(m.gpu_memory_bytes, gpu.memory_bytes)
+        cpu = self._cpu_so_far(alive)
+        if m.samples and cpu < m.samples[-1].cpu_s:  # a child reaped between the two reads: never backwards
+            cpu = m.samples[-1].cpu_s
+        m.samples.append(Sample(at=time.time(), cpu_s=cpu, gpu_s=m.gpu_s, rss=rss))
+
+    def _cpu_so_far(self, alive: float) -> float:
+        """CPU seconds of this process and its new children since ``start``; ``alive``: the children alive now."""
+        return (
+            _rusage_cpu(resource.RUSAGE_SELF)
+            - self._self_cpu0
+            + _rusage_cpu(resource.RUSAGE_CHILDREN)
+            - self._children_cpu0
+            + alive
+        )
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -135,13 +165,7 @@ class Meter:
                 alive += t.user + t.system + t.children_user + t.children_system
             except psutil.Error:
                 continue
-        m.cpu_s = (
-            _rusage_cpu(resource.RUSAGE_SELF)
-            - self._self_cpu0
-            + _rusage_cpu(resource.RUSAGE_CHILDREN)
-            - self._children_cpu0
-            + alive
-        )
+        m.cpu_s = self._cpu_so_far(alive)
         for who, before in (
             (resource.RUSAGE_SELF, self._self_rss0),
             (resource.RUSAGE_CHILDREN, self._children_rss0),

@@ -13,14 +13,15 @@ from typing import Any, Literal
 from aicml.errors import ConfigurationError
 
 TABLE = "aic_usage"
-GROUPS = ("flow", "model", "team", "deployment")
-GroupBy = Literal["flow", "model", "team", "deployment"]
+GROUPS = ("flow", "model", "team", "deployment", "task")
+GroupBy = Literal["flow", "model", "team", "deployment", "task"]
 GIB = 2.0**30
 
 
 @dataclass(frozen=True)
 class UsageRecord:
-    """What one flow run used, and what it requested on Kubernetes (zero elsewhere)."""
+    """What one flow run (or, with ``task`` set, one of its task runs) used, and what it requested on
+    Kubernetes (zero elsewhere)."""
 
     flow: str
     started: float
@@ -38,6 +39,9 @@ class UsageRecord:
     flow_run_id: str = ""
     mlflow_run_id: str = ""
     outcome: str = "success"
+    # A task run's row (`aicml.usage.tasks`): the task's name and the run's id; empty on a flow run's row.
+    task: str = ""
+    task_run_id: str = ""
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @property
@@ -87,6 +91,22 @@ def _table(metadata: Any) -> Any:
         kind = {"float": sa.Float, "int": sa.BigInteger}.get(str(f.type), sa.String(256))
         columns.append(sa.Column(f.name, kind, nullable=False, index=f.name == "started"))
     return sa.Table(TABLE, metadata, *columns)
+
+
+def _add_missing_columns(engine: Any, table: Any) -> None:
+    """A table made by an earlier release gains the columns added since (empty text, zero figures)."""
+    import sqlalchemy as sa
+
+    present = {c["name"] for c in sa.inspect(engine).get_columns(TABLE)}
+    with engine.begin() as conn:
+        for column in table.columns:
+            if column.name in present:
+                continue
+            default = "''" if isinstance(column.type, sa.String) else "0"
+            kind = column.type.compile(dialect=engine.dialect)
+            conn.execute(
+                sa.text(f"ALTER TABLE {TABLE} ADD COLUMN {column.name} {kind} NOT NULL DEFAULT {default}")
+            )
 
 
 @dataclass(frozen=True)
@@ -141,8 +161,9 @@ class UsageStore:
                     dbapi.execute("PRAGMA busy_timeout = 30000")
 
             metadata = sa.MetaData()
-            _table(metadata)
+            table = _table(metadata)
             metadata.create_all(engine)
+            _add_missing_columns(engine, table)
             self._engine = engine
         return self._engine
 
@@ -173,13 +194,16 @@ class UsageStore:
 
 
 def summarise(records: Iterable[UsageRecord], by: str, prices: Prices | None = None) -> list[dict[str, Any]]:
-    """One row per value of ``by`` (flow, model, team or deployment): runs and summed figures, in hours,
-    with the cost when ``prices`` has any; the largest CPU user first."""
+    """One row per value of ``by`` (flow, model, team, deployment or task): runs and summed figures, in
+    hours, with the cost when ``prices`` has any; the largest CPU user first. Flow runs' rows are summed, except
+    by task, where the task runs' rows are (``flow/task``): a task run's use is already in its flow run's."""
     if by not in GROUPS:
         raise ConfigurationError(f"--by must be one of {', '.join(GROUPS)}, not {by!r}.")
     groups: dict[str, dict[str, Any]] = {}
     for r in records:
-        key = getattr(r, by) or "-"
+        if bool(r.task) != (by == "task"):
+            continue
+        key = f"{r.flow}/{r.task}" if by == "task" else getattr(r, by) or "-"
         row = groups.setdefault(
             key,
             {by: key, "runs": 0, "wall_h": 0.0, "cpu_h": 0.0, "gpu_h": 0.0, "peak_memory_gib": 0.0,

@@ -136,10 +136,14 @@ def test_any_csv_with_a_label_column(stack, tmp_path: Path) -> None:
 
     store = UsageStore(AicSettings().usage_store_url())
     try:
-        rows = [r for r in store.read(time.time() - 600) if r.flow == "ml-pipeline" and r.model == name]
+        found = [r for r in store.read(time.time() - 600) if r.flow == "ml-pipeline" and r.model == name]
     finally:
         store.close()
+    rows, task_rows = [r for r in found if not r.task], [r for r in found if r.task]
     assert len(rows) == 1 and rows[0].cpu_s > 0 and rows[0].wall_s >= rows[0].cpu_s / 4
+    # Its task runs have rows of their own, within the flow run's figures.
+    assert task_rows and {r.flow_run_id for r in task_rows} == {rows[0].flow_run_id}
+    assert sum(r.cpu_s for r in task_rows) <= rows[0].cpu_s * 1.001
     parent = MlflowClient().get_run(rows[0].mlflow_run_id)
     assert parent.data.tags["aicml.model_name"] == name and parent.data.metrics["usage.cpu_seconds"] > 0
 

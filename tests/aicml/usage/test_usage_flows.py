@@ -35,7 +35,7 @@ def _counter(resource_name: str, flow: str, team: str) -> float:
 def _rows(flow: str, since: float) -> list[UsageRecord]:
     store = UsageStore(AicSettings().usage_store_url())
     try:
-        return [r for r in store.read(since) if r.flow == flow]
+        return [r for r in store.read(since) if r.flow == flow and not r.task]
     finally:
         store.close()
 

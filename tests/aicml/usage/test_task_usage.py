@@ -1,0 +1,153 @@
+"""Usage per task run: the flow's samples shared out among its task runs (alone, side by side, with gaps
+that stay with the flow), and a real flow run on the session's stack whose CPU-burning task gets its CPU
+seconds and whose sleeping task gets none, in the store, as MLflow-style metrics, in the artifact and in
+`aicml usage --by task`."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from prefect import flow, task
+from typer.testing import CliRunner
+
+from aicml.usage.accounting import account_usage, task_metrics
+from aicml.usage.cli import app
+from aicml.usage.meter import Sample
+from aicml.usage.store import UsageRecord, UsageStore, summarise
+from aicml.usage.tasks import Span, metered, task_usage
+
+
+def _samples(cpu_per_s: float, until: int) -> list[Sample]:
+    return [
+        Sample(at=float(t), cpu_s=cpu_per_s * t, gpu_s=0.0, rss=(100 + t) * 2**20) for t in range(until + 1)
+    ]
+
+
+def test_a_task_alone_gets_its_stretch_and_the_rest_stays_with_the_flow() -> None:
+    samples = _samples(1.0, 10)  # one CPU second per second for 10 s
+    [use] = task_usage(samples, [Span("a", "f", "train", 2.0, 6.5)])
+    assert use.wall_s == 4.5 and use.cpu_s == pytest.approx(4.5)
+    assert use.peak_memory_bytes == 106 * 2**20  # the last look inside the run
+
+
+def test_task_runs_side_by_side_split_the_stretch() -> None:
+    samples = _samples(2.0, 4)
+    uses = task_usage(samples, [Span("a", "f", "trial", 0.0, 4.0), Span("b", "f", "trial", 0.0, 2.0)])
+    by_id = {u.task_run_id: u.cpu_s for u in uses}
+    # 0-2 s: both ran, 2 CPU s each; 2-4 s: a alone, 4 CPU s.
+    assert by_id == {"a": pytest.approx(6.0), "b": pytest.approx(2.0)}
+    assert sum(by_id.values()) == pytest.approx(samples[-1].cpu_s)
+
+
+def test_a_run_shorter_than_the_sampling_interval_gets_the_memory_around_it() -> None:
+    [use] = task_usage(_samples(1.0, 3), [Span("a", "f", "quick", 1.2, 1.4)])
+    assert use.cpu_s == pytest.approx(0.2) and use.peak_memory_bytes == 102 * 2**20
+
+
+def test_by_task_sums_task_rows_and_the_other_groupings_ignore_them() -> None:
+    now = time.time()
+    flow_row = UsageRecord(flow="f", started=now, wall_s=10, cpu_s=8, peak_memory_bytes=1, team="t")
+    tasks = [
+        UsageRecord(flow="f", started=now, wall_s=3, cpu_s=3, peak_memory_bytes=1, team="t", task="train"),
+        UsageRecord(flow="f", started=now, wall_s=2, cpu_s=2, peak_memory_bytes=5, team="t", task="train"),
+    ]
+    [team] = summarise([flow_row, *tasks], "team")
+    assert team["runs"] == 1 and team["cpu_h"] == pytest.approx(8 / 3600)
+    [by_task] = summarise([flow_row, *tasks], "task")
+    assert (
+        by_task["task"] == "f/train" and by_task["runs"] == 2 and by_task["cpu_h"] == pytest.approx(5 / 3600)
+    )
+    metrics = task_metrics(tasks)
+    assert metrics["usage.task.train.cpu_seconds"] == 5 and metrics["usage.task.train.peak_memory_bytes"] == 5
+
+
+def test_a_store_made_before_task_rows_gains_the_columns(tmp_path: Path) -> None:
+    import sqlalchemy as sa
+
+    url = f"sqlite:///{tmp_path}/old.db"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:  # the table as the first release made it
+        conn.execute(sa.text("CREATE TABLE aic_usage (id VARCHAR(64) PRIMARY KEY, flow VARCHAR(256) NOT NULL, "
+                             "started FLOAT NOT NULL, wall_s FLOAT NOT NULL, cpu_s FLOAT NOT NULL, "
+                             "peak_memory_bytes BIGINT NOT NULL)"))  # fmt: skip
+        conn.execute(sa.text("INSERT INTO aic_usage VALUES ('old', 'f', 1.0, 2.0, 3.0, 4)"))
+    engine.dispose()
+    store = UsageStore(url)
+    try:
+        store.append(UsageRecord(flow="f", started=5.0, wall_s=1, cpu_s=1, peak_memory_bytes=1, task="train"))
+        old, new = store.read(0)
+    finally:
+        store.close()
+    assert (old.id, old.cpu_s, old.task, old.gpu_s, old.team) == ("old", 3.0, "", 0.0, "")
+    assert new.task == "train"
+
+
+BURN_S = 1.5
+
+
+@metered
+@task(name="burn")
+def _burn(seconds: float) -> None:
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+
+
+@metered
+@task(name="idle")
+def _idle(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+@pytest.mark.slow
+def test_a_flow_runs_task_runs_get_what_they_used(stack: object) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    from blocks.settings import AicSettings
+
+    name = f"usage-tasks-{uuid.uuid4().hex[:6]}"
+    url = AicSettings().usage_store_url()
+
+    @flow(name=name)
+    def metered_flow() -> str:
+        with account_usage(name, team="unit", store_url=url, interval=0.1) as account:
+            _burn(BURN_S)
+            _idle(BURN_S)
+        assert account.record is not None
+        return account.record.flow_run_id
+
+    since = time.time()
+    flow_run_id = metered_flow()
+    store = UsageStore(url)
+    try:
+        rows = [r for r in store.read(since - 1) if r.flow == name]
+    finally:
+        store.close()
+    [whole] = [r for r in rows if not r.task]
+    tasks = {r.task: r for r in rows if r.task}
+    assert set(tasks) == {"burn", "idle"} and whole.flow_run_id == flow_run_id
+    assert {r.flow_run_id for r in tasks.values()} == {flow_run_id}
+    burn, idle = tasks["burn"], tasks["idle"]
+    assert burn.wall_s == pytest.approx(BURN_S, abs=0.5) and idle.wall_s == pytest.approx(BURN_S, abs=0.5)
+    assert burn.cpu_s == pytest.approx(BURN_S, abs=0.35)
+    assert idle.cpu_s < 0.35
+    assert burn.cpu_s + idle.cpu_s <= whole.cpu_s * 1.001
+
+    with get_client(sync_client=True) as client:
+        [artifact] = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[f"usage-{name}"]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),
+            )
+        )
+    table = artifact.data if isinstance(artifact.data, list) else json.loads(artifact.data)
+    assert [row["task"] for row in table] == ["(whole run)", "burn", "idle"]
+
+    out = json.loads(CliRunner().invoke(app, ["--since", "1h", "--by", "task", "--json"]).output)
+    [group] = [g for g in out["groups"] if g["task"] == f"{name}/burn"]
+    assert group["runs"] == 1 and group["cpu_h"] == pytest.approx(burn.cpu_s / 3600)
