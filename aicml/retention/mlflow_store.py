@@ -84,6 +84,17 @@ def _store(backend_store_uri: str) -> Any:
     return FileStore(backend_store_uri.removeprefix("file://"))
 
 
+def logged_model_id(version: Any) -> str:
+    """The id of the logged model (MLflow 3's ``m-...``) a version was registered from: its ``model_id``, or
+    read off its ``models:/m-...`` source (the registry leaves ``model_id`` empty); empty for older sources."""
+    import re
+
+    if getattr(version, "model_id", None):
+        return str(version.model_id)
+    match = re.fullmatch(r"models:/(m-[0-9a-f]+)/?", str(getattr(version, "source", "") or ""))
+    return match.group(1) if match else ""
+
+
 @dataclass
 class ModelVersions:
     """Registered model versions, grouped by model. Kept whatever the rule: a version an alias points at,
@@ -124,15 +135,42 @@ class ModelVersions:
                         created=_ms(version.creation_timestamp), location=str(version.source or ""),
                         refs=frozenset({f"models:/{model.name}/{number}", f"{model.name}/{number}"}),
                         protected=protected, held=model_held or self.hold_tag in (version.tags or {}),
-                        handle=(model.name, number),
+                        handle=(model.name, number, logged_model_id(version)),
                     )
                 )  # fmt: skip
         return found
 
     def delete(self, item: Item, step: Callable[[str], None]) -> None:
-        name, version = item.handle
+        """The version's logged model (MLflow 3's ``models/m-...``: artifacts, then the model) when no other
+        version of its registered model is backed by it, then the version. Killed in between, the version is
+        still listed and the next run finishes the job."""
+        name, version, model_id = item.handle
+        if model_id and not self._shared(name, version, model_id):
+            self._delete_logged_model(model_id)
+        step("logged-model-deleted")
         try:
             self.client.delete_model_version(name, version)
+        except Exception as exc:
+            if not _missing(exc):
+                raise
+
+    def _shared(self, name: str, version: str, model_id: str) -> bool:
+        others = _pages(self.client.search_model_versions, "name = '{}'".format(name.replace("'", "\\'")))
+        return any(logged_model_id(v) == model_id and str(v.version) != version for v in others)
+
+    def _delete_logged_model(self, model_id: str) -> None:
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        try:
+            logged = self.client.get_logged_model(model_id)
+        except Exception as exc:
+            if _missing(exc):
+                return  # deleted by an earlier, interrupted run
+            raise
+        if logged.artifact_location:
+            get_artifact_repository(str(logged.artifact_location)).delete_artifacts()
+        try:
+            self.client.delete_logged_model(model_id)
         except Exception as exc:
             if not _missing(exc):
                 raise

@@ -8,7 +8,7 @@ name (``kinds.mlflow_runs.keep_days``), never ignored.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -29,17 +29,8 @@ Kind = Literal[
     "data_docs",
     "backups",
 ]
-KINDS: tuple[Kind, ...] = (
-    "prefect_flow_runs",
-    "mlflow_runs",
-    "model_versions",
-    "snapshots",
-    "quarantine",
-    "checkpoints",
-    "prediction_logs",
-    "data_docs",
-    "backups",
-)
+# The kinds in their order of collection, read off the Literal so the two cannot disagree.
+KINDS: tuple[Kind, ...] = get_args(Kind)
 
 
 class PolicyError(ConfigurationError):

@@ -1,4 +1,5 @@
-"""Prefect kinds: finished flow runs (and their persisted results), and what active flow runs reference."""
+"""Prefect kinds: finished flow runs (and their and their task runs' persisted results), and what active
+flow runs reference."""
 
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ def active_references(client: Any, exclude: set[str] | None = None) -> Reference
 
 
 def result_path(state: Any, storage: Path) -> Path | None:
-    """The local file holding a flow run's persisted result, when it is one under the local storage."""
+    """The local file holding a flow or task run's persisted result, when it is one under the local storage."""
     data = getattr(state, "data", None) if state is not None else None
     if isinstance(data, dict):
         key, block = data.get("storage_key"), data.get("storage_block_id")
@@ -112,6 +113,13 @@ class FlowRuns:
             )  # fmt: skip
         return found
 
+    def _task_results(self, run_id: Any) -> list[Path]:
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+        runs = self.client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+        storage = self._storage()
+        return [p for p in (result_path(r.state, storage) for r in runs) if p is not None]
+
     def _name(self, run: Any) -> str:
         try:
             if run.deployment_id:
@@ -126,6 +134,11 @@ class FlowRuns:
         from prefect.exceptions import ObjectNotFound
 
         run_id, result = item.handle
+        # Its task runs' results first: once the flow run is deleted, its task runs are gone and nothing
+        # would name their files any more.
+        for path in self._task_results(run_id):
+            path.unlink(missing_ok=True)
+        step("task-results-deleted")
         if result is not None:
             Path(result).unlink(missing_ok=True)
         step("result-deleted")

@@ -63,6 +63,27 @@ def _objects(endpoint: str, prefix: str) -> list[str]:
     return [o["Key"] for o in listed.get("Contents", [])]
 
 
+def _task_result(prefect: Any, flow_run_id: str, storage: Path) -> Path:
+    """The result file of flow run ``flow_run_id``'s one task run, once the server has recorded it (task
+    runs arrive as events, a moment after the flow run returns)."""
+    import time
+
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    deadline = time.monotonic() + 30
+    while True:
+        runs = prefect.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[uuid.UUID(flow_run_id)]))
+        )
+        paths = [p for p in (result_path(r.state, storage) for r in runs) if p is not None]
+        if paths or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    [path] = paths
+    assert path.is_file(), path
+    return path
+
+
 def _ms(when: datetime) -> int:
     return int(when.timestamp() * 1000)
 
@@ -83,7 +104,7 @@ def test_gc_plans_exactly_deletes_exactly_keeps_what_serves_and_converges_after_
     import mlflow
     import numpy as np
     from mlflow import MlflowClient
-    from prefect import flow
+    from prefect import flow, task
     from prefect.client.orchestration import get_client
     from prefect.settings import get_current_settings
     from prefect.states import Running
@@ -107,7 +128,9 @@ def test_gc_plans_exactly_deletes_exactly_keeps_what_serves_and_converges_after_
         model = LogisticRegression().fit(np.array([[0.0], [1.0], [2.0], [3.0]]), np.array([0, 0, 1, 1]))
         info = mlflow.sklearn.log_model(model, name="model", pip_requirements=["scikit-learn"])
     _finish(client, run_a, old)
-    run_b = _old_run(client, s3_exp, old)  # backs an unaliased, older version
+    run_b = _old_run(client, s3_exp, old)  # backs an unaliased, older version, with a logged model of its own
+    with mlflow.start_run(run_id=run_b):
+        info_b = mlflow.sklearn.log_model(model, name="model-b", pip_requirements=["scikit-learn"])
     _finish(client, run_b, old)
     run_c = _old_run(client, s3_exp, old)  # old, no version: soft-deleted, then purged
     client.log_text(run_c, "c", "notes/c.txt")
@@ -123,8 +146,13 @@ def test_gc_plans_exactly_deletes_exactly_keeps_what_serves_and_converges_after_
     _finish(client, run_l, old)
     name = f"retention-{tag}"
     client.create_registered_model(name)
-    for run in (run_a, run_b, run_d):
-        client.create_model_version(name, info.model_uri, run_id=run, model_id=info.model_id)
+    for run, logged in (
+        (run_a, info),
+        (run_b, info_b),
+        (run_d, info),
+    ):  # versions 1 and 3 share a logged model
+        client.create_model_version(name, logged.model_uri, run_id=run, model_id=logged.model_id)
+    assert _objects(s3, f"retention-{tag}/models/{info_b.model_id}/")
     client.set_registered_model_alias(name, "champion", "1")
     local_artifacts = stack.home / "mlartifacts" / local_exp / run_l
     assert (local_artifacts / "artifacts" / "notes" / "l.txt").is_file()
@@ -137,16 +165,22 @@ def test_gc_plans_exactly_deletes_exactly_keeps_what_serves_and_converges_after_
     held.write_bytes(b"held")
     free.write_bytes(b"free")
 
+    @task(persist_result=True)
+    def seed_step(n: int) -> int:
+        return n + 1
+
     @flow(name=f"retention-seed-{tag}", persist_result=True)
     def seed(params: dict[str, Any] | None = None) -> int:
-        return 7
+        return seed_step((params or {}).get("n", -1))
 
-    # Three finished runs with persisted results; the oldest two go, with their result files.
+    # Three finished runs with persisted results, of their own and of a task run each; the oldest two go,
+    # with their result files.
     finished = [str(seed({"n": i}, return_state=True).state_details.flow_run_id) for i in range(3)]
     storage = Path(get_current_settings().results.local_storage_path).expanduser()
     with get_client(sync_client=True) as prefect:
         results = [result_path(prefect.read_flow_run(uuid.UUID(r)).state, storage) for r in finished]
         assert all(r is not None and r.is_file() for r in results), results
+        task_results = [_task_result(prefect, r, storage) for r in finished]
         holder = prefect.create_flow_run(seed, parameters={"params": {"source": str(held)}}, state=Running())
 
     targets = Targets(
@@ -184,6 +218,11 @@ def test_gc_plans_exactly_deletes_exactly_keeps_what_serves_and_converges_after_
         assert client.get_run(run_c).info.lifecycle_stage == "deleted"  # restorable until the purge
         assert _objects(s3, f"retention-{tag}/{run_c}/")
         assert sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'")) == [1, 3]
+        # Version 2's own logged model went with it, artifacts and all; the one 1 and 3 share stays.
+        assert _objects(s3, f"retention-{tag}/models/{info_b.model_id}/") == []
+        with pytest.raises(mlflow.exceptions.MlflowException, match=r"not found|does not exist|RESOURCE"):
+            client.get_logged_model(info_b.model_id)
+        assert client.get_logged_model(info.model_id).model_id == info.model_id
         with get_client(sync_client=True) as prefect:
             from prefect.exceptions import ObjectNotFound
 
@@ -193,6 +232,7 @@ def test_gc_plans_exactly_deletes_exactly_keeps_what_serves_and_converges_after_
             assert prefect.read_flow_run(uuid.UUID(finished[2])).state.is_completed()
             assert prefect.read_flow_run(holder.id).state.is_running()
         assert not results[0].exists() and not results[1].exists() and results[2].exists()  # type: ignore[union-attr]
+        assert not task_results[0].exists() and not task_results[1].exists() and task_results[2].exists()
 
         # A week later: the soft-deleted runs are purged; the kill lands between a run's artifacts and its rows.
         now2 = now1 + timedelta(days=8)
