@@ -23,19 +23,21 @@ import httpx
 from aicml import compat
 
 
-def wait_for_api(api_url: str, timeout_s: float) -> bool:
-    """True once ``<api_url>/health`` answers 200; False after ``timeout_s`` (backoff 0.5 s doubling to 8 s)."""
-    deadline, delay = time.monotonic() + timeout_s, 0.5
-    while True:
-        try:
-            if httpx.get(f"{api_url.rstrip('/')}/health", timeout=5.0).status_code == 200:
-                return True
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() + delay > deadline:
-            return False
-        time.sleep(delay)
-        delay = min(delay * 2, 8.0)
+def wait_for_api(api_url: str, timeout_s: float, delay_s: float = 0.5, max_delay_s: float = 8.0) -> bool:
+    """True once ``<api_url>/health`` answers 200; False after ``timeout_s`` (backoff ``delay_s`` doubling to
+    ``max_delay_s``; equal, a fixed interval). One client for every look."""
+    deadline, delay = time.monotonic() + timeout_s, delay_s
+    with httpx.Client(timeout=5.0) as client:
+        while True:
+            try:
+                if client.get(f"{api_url.rstrip('/')}/health").status_code == 200:
+                    return True
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() + delay > deadline:
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, max_delay_s)
 
 
 def main() -> None:

@@ -3,26 +3,46 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import secrets
 import shlex
 import shutil
 import sys
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from aicml.errors import StackError
 from aicml.retry import CLIENT_RETRY_ENV, retry_idempotent
 from aicml.stack.automations import HEARTBEAT_SECONDS
-from aicml.stack.processes import ServiceSpec, healthy, read_pid, start, stop
+from aicml.stack.processes import ServiceSpec, await_ready, healthy, launch, read_pid, start, stop
 from blocks.settings import AicSettings
 
 SERVICES = ("prefect-server", "mlflow-server", "metrics-exporter", "worker")
 # Started only when asked for (`aicml up --with-prometheus`); listed by `status` while it runs.
 PROMETHEUS = "prometheus"
 PROMETHEUS_SCRAPE_SECONDS = 5
-WORKER_POLL_SECONDS = 2
+WORKER_POLL_SECONDS = 1
+# What `up` uses of Prefect's client once the Prefect server answers (work pool, automations, limits, blocks).
+PRELOADED = ("prefect.automations", "prefect.client.orchestration", "prefect.workers.process")
+
+
+def _preload_prefect_client() -> threading.Thread:
+    """Import, in a thread, the Prefect modules `up` calls once the Prefect server answers (about 2 s of
+    imports that otherwise wait for it); join it before this process imports Prefect itself."""
+
+    def load() -> None:
+        with contextlib.suppress(Exception):  # an import error is raised where the module is used
+            for module in (*PRELOADED, "blocks.registration"):
+                importlib.import_module(module)
+
+    thread = threading.Thread(target=load, name="aicml-preload-prefect", daemon=True)
+    thread.start()
+    return thread
 
 
 def _bin(name: str) -> str:
@@ -327,8 +347,14 @@ class LocalStack:
             ),
             ServiceSpec(
                 name="worker",
+                # `prefect worker start` behind a wait for the Prefect API and the pool (aicml/stack/worker.py),
+                # so that it can be spawned with the servers.
                 command=[
-                    _bin("prefect"),
+                    sys.executable,
+                    "-m",
+                    "aicml.stack.worker",
+                    "--concurrency",
+                    str(s.pool_concurrency),
                     "worker",
                     "start",
                     "--pool",
@@ -338,8 +364,9 @@ class LocalStack:
                     "--name",
                     f"aic-{s.work_pool}",
                 ],
-                # Poll every 2 s, not Prefect's 10: on one machine a flow run (a landed file's,
-                # `prefect deployment run`'s) then starts within about 2 s, for one cheap query.
+                # Poll every second, not Prefect's 10: on one machine a flow run (a landed file's,
+                # `prefect deployment run`'s) then waits half a second on average for the worker to pick it
+                # up, for one cheap query a second.
                 env={
                     **env,
                     "PREFECT_WORKER_QUERY_SECONDS": str(WORKER_POLL_SECONDS),
@@ -410,15 +437,30 @@ class LocalStack:
             if s.data_integration_database:
                 ensure_postgres_database(admin, s.data_integration_database)
             self.move_ingest_state()
-        for spec in self.specs():
-            if spec.name not in services:
-                continue
-            if spec.name == "worker":
-                self.ensure_work_pool()
-            start(spec, self.run_dir, self.log_dir)
-            if spec.name == "prefect-server":
-                self.ensure_automations()
-                self.ensure_block_types()
+        specs = [spec for spec in self.specs() if spec.name in services]
+        # Every service is spawned at once: the start-ups of the Prefect server, the MLflow server and the
+        # worker (imports, migrations of a new database) overlap instead of adding up; the worker waits for the
+        # Prefect API itself. Meanwhile this process imports what it needs once Prefect answers (the pool,
+        # automations and block types), so that what follows Prefect's health is API calls only.
+        preload = _preload_prefect_client() if {"worker", "prefect-server"} & set(services) else None
+        since = datetime.now(UTC)
+        launched = {spec.name: launch(spec, self.run_dir, self.log_dir) for spec in specs}
+        if "prefect-server" in launched:
+            await_ready(launched["prefect-server"], self.run_dir)
+        if preload is not None:
+            preload.join()  # never two threads importing Prefect at once
+        if "worker" in launched:
+            self.ensure_work_pool()  # the worker makes sure of it too; whichever comes first creates it
+        if "prefect-server" in launched:
+            self.ensure_automations()
+            self.ensure_block_types()
+        for name, item in launched.items():
+            if name == "worker" and item.process is not None:
+                # Ready once it has told the server it polls the pool (its first heartbeat), not merely alive.
+                with self._worker_probe(since) as online:
+                    await_ready(item, self.run_dir, timeout=120.0, ready=online)
+            else:
+                await_ready(item, self.run_dir)
         if with_prometheus:
             self.start_prometheus()
         return self.status()
@@ -458,6 +500,26 @@ class LocalStack:
             ensure_crash_automation()
             if self.settings.failure_webhook_url:
                 ensure_failure_notification(self.settings.failure_webhook_url)
+
+    @contextlib.contextmanager
+    def _worker_probe(self, since: datetime) -> Iterator[Callable[[], bool]]:
+        """A check that this stack's worker has sent a heartbeat to its pool since ``since`` (one client for
+        every poll)."""
+        from prefect.client.orchestration import SyncPrefectClient
+
+        s = self.settings
+        name = f"aic-{s.work_pool}"
+        with SyncPrefectClient(s.local_prefect_url, auth_string=self.auth_string()) as client:
+
+            def online() -> bool:
+                try:
+                    workers = client.read_workers_for_work_pool(s.work_pool)
+                except Exception:  # the API answers with httpx errors; the next poll asks again
+                    return False
+                beats = [w.last_heartbeat_time for w in workers if w.name == name and w.last_heartbeat_time]
+                return any(beat >= since for beat in beats)
+
+            yield online
 
     def ensure_work_pool(self) -> None:
         from aicml.stack.pools import ensure_process_pool

@@ -79,12 +79,25 @@ def read_pid(run_dir: Path, name: str) -> int | None:
     return pid
 
 
+_client: httpx.Client | None = None
+
+
+def _health_client() -> httpx.Client:
+    """One client for every health check of this process: building an ``httpx.Client`` (its TLS context)
+    costs about 0.1 s of CPU, which `httpx.get` paid at every poll while the servers it waited for started on
+    the same cores. No connection is kept between checks: a restarted server is never asked on a stale one."""
+    global _client
+    if _client is None:
+        _client = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0))
+    return _client
+
+
 def healthy(url: str, timeout: float = 2.0) -> bool:
     """Whether ``url`` answers 200. A refused connection is down at once; a server too slow to answer within
     ``timeout`` (a loaded machine) gets one longer look before it is called down."""
     for limit in (timeout, max(5.0, 5 * timeout)):
         try:
-            return httpx.get(url, timeout=limit).status_code == 200
+            return _health_client().get(url, timeout=limit).status_code == 200
         except httpx.TimeoutException:
             continue
         except httpx.HTTPError:
@@ -101,14 +114,24 @@ def wait_until(check: Callable[[], bool], timeout: float, interval: float = 0.25
     return check()
 
 
-def start(spec: ServiceSpec, run_dir: Path, log_dir: Path, timeout: float = 300.0) -> tuple[int, bool]:
-    """Start ``spec`` unless its pid file names a live process; return (pid, started_now)."""
+@dataclass(frozen=True)
+class Launched:
+    """A service `launch` spawned (``process``), or found running already (``process`` None)."""
+
+    spec: ServiceSpec
+    pid: int
+    process: subprocess.Popen[bytes] | None
+    log_path: Path
+
+
+def launch(spec: ServiceSpec, run_dir: Path, log_dir: Path) -> Launched:
+    """Spawn ``spec`` unless its pid file names a live process; does not wait (see `await_ready`)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{spec.name}.log"
     existing = read_pid(run_dir, spec.name)
     if existing is not None:
-        return existing, False
-    log_path = log_dir / f"{spec.name}.log"
+        return Launched(spec, existing, None, log_path)
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             list(spec.command),
@@ -120,16 +143,38 @@ def start(spec: ServiceSpec, run_dir: Path, log_dir: Path, timeout: float = 300.
             start_new_session=True,
         )
     write_pid(run_dir, spec.name, process.pid)
-    if spec.health_url is not None:
-        url = spec.health_url
-        ok = wait_until(lambda: process.poll() is None and healthy(url), timeout)
+    return Launched(spec, process.pid, process, log_path)
+
+
+def await_ready(
+    launched: Launched, run_dir: Path, timeout: float = 300.0, ready: Callable[[], bool] | None = None
+) -> tuple[int, bool]:
+    """Wait until a `launch`ed service answers on its health URL (or ``ready()`` holds; without either, that
+    it is still alive); return (pid, started_now). A service that does not get there within ``timeout`` is
+    stopped, and StackError shows its log's tail. One found running is not checked (as before)."""
+    process, spec = launched.process, launched.spec
+    if process is None:
+        return launched.pid, False
+    url = spec.health_url
+    if ready is not None:
+        ok = wait_until(lambda: process.poll() is None and ready(), timeout, interval=0.1)
+    elif url is not None:
+        ok = wait_until(lambda: process.poll() is None and healthy(url), timeout, interval=0.1)
     else:
         ok = wait_until(lambda: process.poll() is None, 2.0) and process.poll() is None
     if not ok:
         stop(run_dir, spec.name)
-        tail = log_path.read_text(errors="replace")[-2000:]
-        raise StackError(f"{spec.name} did not become healthy within {timeout:.0f}s; log {log_path}:\n{tail}")
+        tail = launched.log_path.read_text(errors="replace")[-2000:]
+        raise StackError(
+            f"{spec.name} did not become healthy within {timeout:.0f}s; log {launched.log_path}:\n{tail}"
+        )
     return process.pid, True
+
+
+def start(spec: ServiceSpec, run_dir: Path, log_dir: Path, timeout: float = 300.0) -> tuple[int, bool]:
+    """Start ``spec`` unless its pid file names a live process, and wait until it is healthy; return
+    (pid, started_now)."""
+    return await_ready(launch(spec, run_dir, log_dir), run_dir, timeout)
 
 
 def stop(run_dir: Path, name: str, timeout: float = 15.0) -> bool:
