@@ -5,15 +5,18 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import mlflow
-from mlflow import MlflowClient
-from mlflow.entities.model_registry import ModelVersion
-from mlflow.exceptions import MlflowException
+from typing import TYPE_CHECKING
 
 from aicml.errors import RegistryError
 from aicml.registry.checksums import stamp_checksum
 from aicml.retry import is_unreachable, reporting_unreachable
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+
+# MLflow is imported where it is used: importing it takes about 2 s, and `flows/pipeline.py` imports this
+# module (through tasks.registry) in every flow-run process, before its first task can start.
 
 CHALLENGER = "challenger"
 CHAMPION = "champion"
@@ -77,6 +80,10 @@ def register_challenger(
     versions that a lost-and-retried create request made twice are deleted again. A completed
     registration is never reused: registering the same model again is a new version, on purpose.
     """
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
     client = MlflowClient()
     with reporting_unreachable("MLflow", mlflow.get_registry_uri(), f"registering {model_uri!r} as {name!r}"):
         try:
@@ -117,6 +124,8 @@ def _create_version(
     MLflow's client retries every method, POST included, and nothing in the request makes the
     second create a no-op; the attempt id in a tag tells this call's versions from anyone else's.
     """
+    import mlflow
+
     attempt = uuid.uuid4().hex
     created = mlflow.register_model(
         model_uri,
@@ -136,6 +145,10 @@ def _create_version(
 
 def point_alias(name: str, alias: str, version: str | None) -> None:
     """Point ``alias`` at ``version``, or remove it when ``version`` is None (used to roll back)."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
     client = MlflowClient()
     with reporting_unreachable("MLflow", mlflow.get_registry_uri(), f"moving alias {alias!r} of {name!r}"):
         try:
@@ -154,6 +167,10 @@ def alias_version(name: str, alias: str) -> str | None:
 
     A registry that does not answer is an error, not None: "no champion" would promote anything.
     """
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
     with reporting_unreachable("MLflow", mlflow.get_registry_uri(), f"reading alias {alias!r} of {name!r}"):
         try:
             return str(MlflowClient().get_model_version_by_alias(name, alias).version)
@@ -169,6 +186,9 @@ def champion_version(name: str) -> str | None:
 
 def recorded_metric(name: str, version: str, metric: str) -> float | None:
     """The metric recorded for a version: its tag, else its run's ``test_<metric>``."""
+    import mlflow
+    from mlflow import MlflowClient
+
     client = MlflowClient()
     with reporting_unreachable(
         "MLflow", mlflow.get_registry_uri(), f"reading {metric} of {name!r} {version}"
