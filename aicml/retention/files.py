@@ -162,8 +162,23 @@ class PredictionLogs(FileInventory):
     """Day partitions ``<root>/model=<name>/date=<YYYY-MM-DD>/`` of the model servers' prediction logs
     (aicml.serving.predlog), grouped by model; a day is as old as its end."""
 
-    def __init__(self, root: Path, hold_tag: str) -> None:
+    def __init__(self, root: Path, hold_tag: str, summary_url: str | None = None) -> None:
         super().__init__("prediction_logs", root, "model=*/date=*", 1, hold_tag)
+        self.summary_url = summary_url  # the summary rows' database (``prediction_log_batches``)
+
+    def delete(self, item: Item, step: Callable[[str], None]) -> None:
+        """The day's summary rows first, then its files: killed in between, the day is still listed and the
+        next run finishes the job."""
+        path = Path(item.handle)
+        day = (
+            path.with_name(path.name.removeprefix(".").removesuffix(MARK))
+            if path.name.endswith(MARK)
+            else path
+        )
+        if self.summary_url:
+            delete_summary_rows(self.summary_url, day)
+        step("summary-deleted")
+        remove_path(path, step)
 
     def _accept(self, path: Path) -> bool:
         try:
@@ -178,6 +193,29 @@ class PredictionLogs(FileInventory):
 
     def _extra(self, path: Path) -> tuple[str, ...]:
         return ()
+
+
+def delete_summary_rows(url: str, day: Path) -> int:
+    """Delete the prediction-log summary rows of the files under the day partition ``day``; how many."""
+    import sqlalchemy as sa
+
+    from aicml.serving.predlog import SUMMARY_TABLE
+
+    engine = sa.create_engine(url)
+    try:
+        if not sa.inspect(engine).has_table(SUMMARY_TABLE):
+            return 0
+        prefixes = {str(day), str(day.resolve())}
+        table = sa.Table(SUMMARY_TABLE, sa.MetaData(), autoload_with=engine)
+        with engine.begin() as conn:
+            deleted = conn.execute(
+                table.delete().where(
+                    sa.or_(*(table.c.path.startswith(p + "/", autoescape=True) for p in prefixes))
+                )
+            )
+        return int(deleted.rowcount or 0)
+    finally:
+        engine.dispose()
 
 
 class Backups(FileInventory):

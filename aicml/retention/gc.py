@@ -45,6 +45,7 @@ class Targets:
     tracking_uri: str | None = None
     registry_uri: str | None = None
     backend_store_uri: str | None = None  # MLflow's database (or file store), for purging runs
+    summary_url: str | None = None  # the prediction log's summary rows (the model server's database)
     result_storage: Path | None = None  # Prefect's local result storage; None: Prefect's setting
     # Scope (None: everything): only these MLflow experiments, registered models, Prefect flows.
     experiments: tuple[str, ...] | None = None
@@ -55,6 +56,7 @@ class Targets:
     def from_settings(cls, settings: Any, *, backups: Path | None = None) -> Targets:
         """The stack's locations from `blocks.settings.AicSettings` (and the training and prediction-log
         variables); the backend store is the stack's MLflow database (AIC_DATABASE_URL, else its SQLite)."""
+        from aicml.monitoring.audit import summary_database_url
         from blocks.training import TrainingSettings
 
         home = Path(settings.root)
@@ -76,6 +78,7 @@ class Targets:
             checkpoints=Path(checkpoint_root), data_docs=home / "data-docs", prediction_logs=predictions,
             backups=backups or home / "backups", tracking_uri=settings.tracking_uri,
             backend_store_uri=os.environ.get("AIC_MLFLOW_BACKEND_STORE_URI") or backend,
+            summary_url=summary_database_url(home, os.environ),
         )  # fmt: skip
 
 
@@ -156,7 +159,9 @@ def build(
         "quarantine": lambda: Quarantine(targets.validated, tag),
         "checkpoints": lambda: Checkpoints(targets.checkpoints, tag),
         "prediction_logs": lambda: (
-            PredictionLogs(targets.prediction_logs, tag) if targets.prediction_logs else None
+            PredictionLogs(targets.prediction_logs, tag, targets.summary_url)
+            if targets.prediction_logs
+            else None
         ),
         "data_docs": lambda: DataDocs(targets.data_docs, tag),
         "backups": lambda: Backups(targets.backups, tag),

@@ -22,6 +22,7 @@ from aicml.retention.files import (
 )
 from aicml.retention.policy import DEFAULT_POLICY_FILE, PolicyError, load_policy, parse_policy
 from aicml.rollout.audit import read_audit
+from aicml.serving.predlog import SummaryStore
 
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 REPO = Path(__file__).resolve().parents[3]
@@ -75,6 +76,13 @@ def test_references_name_paths_ids_and_model_versions() -> None:
     assert pairs == {("churn", "3")}
 
 
+def _summary_row(path: Path) -> dict[str, object]:
+    day = datetime.fromisoformat(path.parent.name.removeprefix("date=")).replace(tzinfo=UTC)
+    return {"batch_id": path.stem[-32:], "version": "1", "arm": "stable", "model": "churn", "window_start": day,
+            "window_end": day, "count": 1, "requests": 1, "errors": 0, "latency_p50_ms": 1.0,
+            "latency_p95_ms": 1.0, "latency_p99_ms": 1.0, "sample": 1.0, "path": str(path), "written_at": day}  # fmt: skip
+
+
 def test_file_kinds_plan_exactly_then_apply_then_a_killed_run_converges(tmp_path: Path) -> None:
     home = tmp_path / "home"
     snaps, validated, ckpt, docs, preds, backups = (
@@ -103,7 +111,10 @@ def test_file_kinds_plan_exactly_then_apply_then_a_killed_run_converges(tmp_path
     d_old = _age(_file(docs / "orders" / "run-1" / "index.html", 45).parent, 45)
     _file(docs / "orders" / "run-2" / "index.html", 1)
     p_old = _file(preds / "model=churn" / "date=2026-08-01" / "part-a.parquet", 0).parent
-    _file(preds / "model=churn" / "date=2026-12-05" / "part-b.parquet", 0)
+    p_new = _file(preds / "model=churn" / "date=2026-12-05" / "part-b.parquet", 0)
+    # The model server's summary rows of those files: the old day's go with its files.
+    summary_url = f"sqlite:///{tmp_path / 'deployment.db'}"
+    SummaryStore(summary_url).insert([_summary_row(p_old / "part-a.parquet"), _summary_row(p_new)])
     b_old = [
         _file(backups / stamp / "manifest.json", 0).parent
         for stamp in ("20261001T023000Z", "20261010T023000Z")
@@ -119,7 +130,7 @@ def test_file_kinds_plan_exactly_then_apply_then_a_killed_run_converges(tmp_path
     tag = policy.legal_hold_tag
     inventories = [
         Snapshots(snaps, tag), Quarantine(validated, tag), Checkpoints(ckpt, tag), DataDocs(docs, tag),
-        PredictionLogs(preds, tag), Backups(backups, tag),
+        PredictionLogs(preds, tag, summary_url), Backups(backups, tag),
     ]  # fmt: skip
     running = References(frozenset({str(s[1]), "unrelated"}))
     first = plan(inventories, policy, running, now=NOW)
@@ -172,6 +183,7 @@ def test_file_kinds_plan_exactly_then_apply_then_a_killed_run_converges(tmp_path
         and (docs / "orders/run-2").is_dir()
     )
     assert not p_old.exists() and (preds / "model=churn" / "date=2026-12-05").is_dir()
+    assert list(SummaryStore(summary_url).read("churn")["path"]) == [str(p_new)]
     assert not any(b.exists() for b in b_old) and (backups / "20261205T023000Z").is_dir()
     assert not list(home.rglob(f"*{MARK}"))
     audit = read_audit(home / "audit" / "retention.jsonl")
