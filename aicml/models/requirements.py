@@ -61,6 +61,46 @@ def pinned_requirements(flavour: Flavour) -> list[str]:
     return [_installed(name) for name in FLAVOUR_DISTRIBUTIONS[flavour]]
 
 
+def environment_mismatches(model_dir: Path, python_version: str | None = None) -> list[str]:
+    """What of a downloaded model's environment this one does not match: each pinned requirement in its
+    ``requirements.txt`` that is missing or at another version, and a Python of another major.minor than
+    ``python_version`` (the one it was logged with); one line each, empty when everything matches.
+
+    The check MLflow's ``load_model`` makes unless told ``suppress_warnings``, without its map of every
+    installed distribution's modules, which costs about a second at each load (a server's start-up): only
+    the distributions the model names are looked up.
+    """
+    import platform
+
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    out = []
+    if python_version and python_version.split(".")[:2] != platform.python_version().split(".")[:2]:
+        out.append(f"python (current: {platform.python_version()}, logged with: {python_version})")
+    try:
+        lines = (model_dir / "requirements.txt").read_text().splitlines()
+    except FileNotFoundError:
+        return out
+    for line in lines:
+        text = line.split("#", 1)[0].strip()
+        if not text or text.startswith("-"):  # pip options: -r, -c, -e, --index-url
+            continue
+        try:
+            requirement = Requirement(text)
+        except InvalidRequirement:
+            continue
+        if requirement.url or (requirement.marker is not None and not requirement.marker.evaluate()):
+            continue
+        try:
+            installed = importlib.metadata.version(requirement.name)
+        except importlib.metadata.PackageNotFoundError:
+            out.append(f"{requirement.name} (not installed, required: {text})")
+            continue
+        if not requirement.specifier.contains(installed, prereleases=True):
+            out.append(f"{requirement.name} (current: {installed}, required: {text})")
+    return out
+
+
 def ship_portable_code(directory: Path) -> str:
     """Copy ``aicml.models.portable`` under ``directory`` as ``aicml/models/portable``; the path to pass
     in ``code_paths``.

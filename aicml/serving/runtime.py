@@ -282,9 +282,21 @@ def load_served(name: str, version: str, cache_dir: Path, max_rows: int) -> Serv
     """
     import mlflow.pyfunc
 
+    from aicml.models.requirements import environment_mismatches
+
     started = time.perf_counter()
     path = fetch_verified(name, version, cache_dir)
-    pyfunc = mlflow.pyfunc.load_model(str(path))
+    # MLflow's own environment check maps every installed distribution first (about 1 s of the start-up);
+    # the same check, on the model's own requirements only, logs what does not match.
+    pyfunc = mlflow.pyfunc.load_model(str(path), suppress_warnings=True)
+    flavor = pyfunc.metadata.flavors.get("python_function", {})
+    mismatches = environment_mismatches(path, flavor.get("python_version"))
+    if mismatches:
+        log.warning(
+            "%s version %s was logged in another environment than this one: %s. Its own environment: "
+            "mlflow.pyfunc.get_model_dependencies('models:/%s/%s').",
+            name, version, "; ".join(mismatches), name, version,
+        )  # fmt: skip
     served = ServedModel.from_pyfunc(name, version, pyfunc, max_rows)
     log.info("%s", loaded_line(name, version, path, time.perf_counter() - started))
     return served
