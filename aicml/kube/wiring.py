@@ -43,12 +43,16 @@ NAME_LABEL = "app.kubernetes.io/name"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 DEPLOYER_ROLE = "model-deployer"
 DEPLOY_MODEL_FLOW = "deploy-model"
-# What every flow-run pod must be told (values from the ConfigMap or Secrets count).
+# What every flow-run pod must be told (values from the ConfigMap or Secrets count): the Prefect API, MLflow and
+# its credentials, and the model deployment database (usage rows, the retrain ledger, prediction summaries).
 FLOW_RUN_ENV = (
     "PREFECT_API_URL",
     "MLFLOW_TRACKING_URI",
     "MLFLOW_TRACKING_USERNAME",
     "MLFLOW_TRACKING_PASSWORD",
+    "MODEL_DEPLOYMENT_DB_USER",
+    "MODEL_DEPLOYMENT_DB_PASSWORD",
+    "MODEL_DEPLOYMENT_DB_NAME",
 )
 # On each rendered flow-run Job: the `flow/deployment` of prefect.yaml it runs.
 DEPLOYMENT_ANNOTATION = "aic.io/prefect-deployment"
