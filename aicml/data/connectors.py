@@ -20,7 +20,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import pandas as pd
 
 from aicml.data.netguard import ForbiddenSchemeError, GuardedClient, NetworkPolicy, check_url, fetch
-from aicml.data.readers import ReadOptions, ReadResult, format_of, read_bytes, read_capped
+from aicml.data.readers import ReadOptions, ReadResult, format_of, read_bytes, read_capped, read_local
 from aicml.data.safety import (
     check_identifier,
     check_in_roots,
@@ -213,12 +213,17 @@ class FileConnector:
         if self.roots is not None and not self._is_remote():
             check_in_roots(name.removeprefix("file://"), narrow_roots(self.roots, self.base_dir))
         try:
-            with fsspec.open(name, "rb", **self.storage_options) as stream:
-                data = read_capped(stream, self.options.max_bytes, name)
+            if self._is_remote():
+                with fsspec.open(name, "rb", **self.storage_options) as stream:
+                    data = read_capped(stream, self.options.max_bytes, name)
+            else:
+                data = read_local(name.removeprefix("file://"), self.options.max_bytes, name)
         except FileNotFoundError as exc:
             raise SourceError(f"Source file {name!r} vanished before it was read.") from exc
         except PermissionError as exc:
             raise SourceError(f"Source file {name!r} is not readable: {exc}") from exc
+        except OSError as exc:
+            raise SourceError(f"Source file {name!r} cannot be read: {exc}") from exc
         result = read_bytes(data, name, self.options)
         for column, value in partition.values.items():
             if column not in result.columns:

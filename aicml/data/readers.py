@@ -40,6 +40,10 @@ DEFAULT_MAX_ROWS = 200_000_000
 BLOCK_SIZE = 64 * 1024**2
 
 
+# A file's contents: bytes, or a pyarrow Buffer (read straight into Arrow's memory pool).
+Data = Any
+
+
 class EmptyInputError(SourceError):
     """A file has no data rows (empty, or a header only)."""
 
@@ -153,6 +157,25 @@ def read_capped(stream: IO[bytes], max_bytes: int, name: str) -> bytes:
         chunks.append(chunk)
 
 
+def read_local(path: str, max_bytes: int, name: str) -> Data:
+    """A local file's contents as one pyarrow buffer from Arrow's memory pool (reused from file to
+    file; a Python bytes object of a large file costs a copy and page faults that this does not);
+    InputTooLargeError past ``max_bytes``, before reading anything."""
+    import pyarrow as pa
+
+    with pa.OSFile(path, "rb") as stream:
+        size = stream.size()
+        if size > max_bytes:
+            raise InputTooLargeError(
+                f"{name!r} is larger than {max_bytes} bytes; refusing it. Raise max_bytes if the file is genuine."
+            )
+        data = stream.read_buffer(size + 1)  # one byte more tells a file that grew since
+    if data.size <= size:
+        return data
+    with open(path, "rb") as grown:  # still being written: read it the general way, capped
+        return read_capped(grown, max_bytes, name)
+
+
 def gunzip_capped(data: bytes, max_bytes: int, name: str) -> bytes:
     """Decompress gzip ``data``, stopping at ``max_bytes`` of output: a gzip bomb costs no more."""
     try:
@@ -162,11 +185,12 @@ def gunzip_capped(data: bytes, max_bytes: int, name: str) -> bytes:
         raise SourceError(f"{name!r} is not a valid gzip file: {exc}") from exc
 
 
-def detect_encoding(data: bytes, name: str) -> tuple[str, int]:
+def detect_encoding(data: bytes, name: str, total: int | None = None) -> tuple[str, int]:
     """(encoding, BOM length): BOMs first, then UTF-16 without BOM by its NUL pattern, else UTF-8.
 
     UTF-8 is checked on a sample here and on every string value by the parser; text that is not
     UTF-8 is refused with a clear error rather than guessed, because a wrong guess corrupts silently.
+    ``data`` may be the file's head only; ``total`` is then the whole file's length.
     """
     for bom, encoding in (
         (codecs.BOM_UTF8, "utf-8"),
@@ -184,7 +208,7 @@ def detect_encoding(data: bytes, name: str) -> tuple[str, int]:
             return "utf-16-le", 0
         if even.count(0) > len(even) * 0.4 and odd.count(0) < len(odd) * 0.1:
             return "utf-16-be", 0
-    check_utf8(data[:65536], name, partial=len(data) > 65536)
+    check_utf8(data[:HEAD_BYTES], name, partial=(len(data) if total is None else total) > HEAD_BYTES)
     return "utf-8", 0
 
 
@@ -213,26 +237,42 @@ def detect_delimiter(text_sample: str) -> str:
         return best if counts[best] else ","
 
 
-def _csv(data: bytes, name: str, options: ReadOptions) -> ReadResult:
+# Bytes of a file's head that detection reads (encoding, delimiter, header), plus a character's tail.
+HEAD_BYTES = 65536
+
+
+def _head(data: Data, size: int = HEAD_BYTES + 4) -> bytes:
+    """The first ``size`` bytes of ``data`` as bytes (a pyarrow buffer is sliced, never copied whole)."""
+    return data[:size] if isinstance(data, bytes) else data[:size].to_pybytes()
+
+
+def _whole(data: Data) -> bytes:
+    return data if isinstance(data, bytes) else data.to_pybytes()
+
+
+def _csv(data: Data, name: str, options: ReadOptions) -> ReadResult:
     import pyarrow as pa
     from pyarrow import csv as pacsv
 
+    head = _head(data)
     if options.encoding:
         encoding, skip = options.encoding, 0
-        if encoding.lower().replace("_", "-") in ("utf-8", "utf8") and data.startswith(codecs.BOM_UTF8):
+        if encoding.lower().replace("_", "-") in ("utf-8", "utf8") and head.startswith(codecs.BOM_UTF8):
             skip = len(codecs.BOM_UTF8)
     else:
-        encoding, skip = detect_encoding(data, name)
+        encoding, skip = detect_encoding(head, name, total=len(data))
     if skip:
         data = data[skip:]
     if encoding.lower().replace("_", "-") not in ("utf-8", "utf8"):
         try:
-            data = data.decode(encoding).encode("utf-8")
+            data = _whole(data).decode(encoding).encode("utf-8")
         except (UnicodeDecodeError, LookupError) as exc:
             raise SourceError(f"{name!r} cannot be decoded as {encoding}: {exc}") from exc
-    if not data[:65536].strip() and not data.strip():  # the bounded check first: no copy of big files
+    head = _head(data)
+    # The bounded check first: no copy of big files.
+    if not head[:HEAD_BYTES].strip() and not _whole(data).strip():
         raise EmptyInputError(f"{name!r} is empty: it has no header and no rows.")
-    sample = data[:65536].decode("utf-8", errors="replace")
+    sample = head[:HEAD_BYTES].decode("utf-8", errors="replace")
     delimiter = options.delimiter or detect_delimiter(sample)
     header = next(csv.reader(io.StringIO(sample.split("\n", 1)[0]), delimiter=delimiter), [])
     header = [h.strip() for h in header]
@@ -241,6 +281,8 @@ def _csv(data: bytes, name: str, options: ReadOptions) -> ReadResult:
         raise SourceError(f"{name!r} has duplicate column names {duplicates}: every header must be unique.")
     if any(not h for h in header):
         raise SourceError(f"{name!r} has an empty column name in its header {header!r}.")
+    # The parser reads the buffer in place (bytes are wrapped, not copied).
+    buffer = pa.py_buffer(data) if isinstance(data, bytes) else data
 
     def parse(threads: bool) -> tuple[Any, list[Reject]]:
         rejects: list[Reject] = []
@@ -256,7 +298,7 @@ def _csv(data: bytes, name: str, options: ReadOptions) -> ReadResult:
             return "skip"
 
         table = pacsv.read_csv(
-            io.BytesIO(data),
+            pa.BufferReader(buffer),
             read_options=pacsv.ReadOptions(block_size=BLOCK_SIZE, use_threads=threads),
             parse_options=pacsv.ParseOptions(
                 delimiter=delimiter, invalid_row_handler=invalid_row, newlines_in_values=False
@@ -293,16 +335,20 @@ def _csv(data: bytes, name: str, options: ReadOptions) -> ReadResult:
     return ReadResult(table=table, rejects=rejects, encoding=encoding, delimiter=delimiter)
 
 
-def read_bytes(data: bytes, name: str, options: ReadOptions | None = None) -> ReadResult:
-    """Parse one file's bytes (gzip already handled by the caller or here by the .gz suffix)."""
+def read_bytes(data: Data, name: str, options: ReadOptions | None = None) -> ReadResult:
+    """Parse one file's bytes (gzip already handled by the caller or here by the .gz suffix).
+
+    ``data``: bytes, or a pyarrow buffer (a local file read into Arrow's memory pool), which the
+    CSV parser reads in place."""
     options = options or ReadOptions()
     fmt = format_of(name, options.format)
-    if name.lower().endswith(".gz") or data[:2] == b"\x1f\x8b":
-        data = gunzip_capped(data, options.max_bytes, name)
+    if name.lower().endswith(".gz") or _head(data, 2) == b"\x1f\x8b":
+        data = gunzip_capped(_whole(data), options.max_bytes, name)
     if len(data) > options.max_bytes:
         raise InputTooLargeError(f"{name!r} is larger than {options.max_bytes} bytes; refusing it.")
     if fmt == "csv":
         return _csv(data, name, options)
+    data = _whole(data)
     if not data:
         raise EmptyInputError(f"{name!r} is empty.")
     try:
