@@ -41,7 +41,7 @@ from aicml.data.transforms import (
     TransformSpec,
     add_derived,
     coerce_types,
-    deduplicate,
+    duplicate_reasons,
     pending_coercions,
     referenced_columns,
 )
@@ -349,15 +349,20 @@ def process_partition(task: PartitionTask) -> PartitionOutcome:
             )
         else:
             keys = frame.loc[keep]  # deduplicate names the missing key columns
-        _, dup_reasons = deduplicate(keys, key_columns)
+        dup_reasons = duplicate_reasons(keys, key_columns)
+        del keys
         if not dup_reasons.empty:
             reasons.add(dup_reasons)
             keep[dup_reasons.index.to_numpy()] = False
-    good = _accepted_rows(read.table if _arrow_native(read.table) else frame, keep, converted, frame.index)
-    good = _add_derived(good, task.transform.derived)
-
     quarantined_rows = np.flatnonzero(reasons.flagged)
     quarantine_frame = _quarantine_frame(frame.take(quarantined_rows), reasons.series(), key, read)
+    # What arrived, before quarantine: Great Expectations renders its Data Docs from this.
+    raw_sample = _sample(frame, task.sample_rows) if len(frame) else None
+    good = _accepted_rows(read.table if _arrow_native(read.table) else frame, keep, converted, frame.index)
+    # Only the accepted rows are needed from here: the parsed table and its pandas view (as large
+    # as the accepted rows again) go before the Parquet write, the partition's peak of memory.
+    del read, frame, converted
+    good = _add_derived(good, task.transform.derived)
     accepted = _rows(good)
     staged_data = (
         stage_partition(
@@ -366,12 +371,11 @@ def process_partition(task: PartitionTask) -> PartitionOutcome:
         if accepted
         else None
     )
+    sample = _sample(good, task.sample_rows) if accepted else None
+    del good
     staged_bad = (
         stage_partition(quarantine_frame, staging / "quarantine", identity) if len(quarantine_frame) else None
     )
-    sample = _sample(good, task.sample_rows) if accepted else None
-    # What arrived, before quarantine: Great Expectations renders its Data Docs from this.
-    raw_sample = _sample(frame, task.sample_rows) if len(frame) else None
     return PartitionOutcome(
         key=key,
         identity=identity,

@@ -101,23 +101,47 @@ def _already(series: pd.Series, kind: str) -> bool:
 
 def deduplicate(frame: pd.DataFrame, key: Sequence[str]) -> tuple[pd.DataFrame, pd.Series]:
     """Keep the last row per key (the latest wins, as in an upsert); the others get a reason."""
+    dropped, reasons = _duplicates(frame, key)
+    return (frame if dropped is None else frame.loc[~dropped]), reasons
+
+
+def duplicate_reasons(frame: pd.DataFrame, key: Sequence[str]) -> pd.Series:
+    """``deduplicate``'s reasons alone (index: the labels of the rows a later row replaces)."""
+    return _duplicates(frame, key)[1]
+
+
+def _duplicates(frame: pd.DataFrame, key: Sequence[str]) -> tuple[np.ndarray | None, pd.Series]:
     if not key or frame.empty:
-        return frame, pd.Series(dtype=object)
+        return None, pd.Series(dtype=object)
     missing = [k for k in key if k not in frame.columns]
     if missing:
         raise ConfigurationError(
             f"Key column(s) {missing} are not in the data; columns are {list(frame.columns)}."
         )
-    dropped = frame.duplicated(subset=list(key), keep="last")
+    dropped = _replaced_rows(frame, key)
     if not dropped.any():
-        return frame, pd.Series(dtype=object)
+        return None, pd.Series(dtype=object)
     if len(key) == 1:  # vectorised; the row-wise join below costs seconds on millions of rows
         shown = frame.loc[dropped, key[0]].astype(str)
     else:
         shown = frame.loc[dropped, list(key)].astype(str).agg("/".join, axis=1)
     # "kind: detail", like every quarantine reason: the text before the first colon groups them.
-    reasons = f"duplicate key on {list(key)}: " + shown + " (a later row with the same key was kept)"
-    return frame.loc[~dropped], reasons
+    return dropped, f"duplicate key on {list(key)}: " + shown + " (a later row with the same key was kept)"
+
+
+def _replaced_rows(frame: pd.DataFrame, key: Sequence[str]) -> np.ndarray:
+    """Per row: whether a later row has the same key (``duplicated(keep="last")``)."""
+    dtype = frame[key[0]].dtype if len(key) == 1 else None
+    if isinstance(dtype, np.dtype) and dtype.kind in "iu" and len(frame) > 1:
+        values = frame[key[0]].to_numpy()  # numpy integers: no nulls
+        if (values[1:] >= values[:-1]).all():
+            # Ascending keys (ids, sequence numbers, as loads usually arrive): rows with the same key
+            # are neighbours, so a row is replaced when the next one has its key. One comparison
+            # per row instead of hashing every key (a twentieth of the time).
+            dropped = np.zeros(len(values), dtype=bool)
+            np.equal(values[:-1], values[1:], out=dropped[:-1])
+            return dropped
+    return frame.duplicated(subset=list(key), keep="last").to_numpy()
 
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
