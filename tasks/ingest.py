@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -34,12 +35,32 @@ LANDED_DEPLOYMENT = "on-file-landed"
 def in_deployment() -> bool:
     """Whether this code runs in a flow run of a deployment, whose parameters anyone allowed to
     start runs may have written. When Prefect cannot tell, the answer is yes (confine)."""
+    run = _context_flow_run()
+    if run is not None:
+        return run.deployment_id is not None
     from prefect.runtime import deployment
 
     try:
         return deployment.id is not None
     except Exception:
         return True
+
+
+def _context_flow_run() -> Any:
+    """The flow run this code runs in, as its engine read it when the run started; None outside a
+    flow run, in a task run of another process, or where ``prefect.runtime`` is mocked through its
+    environment variables (then it answers).
+
+    ``prefect.runtime.deployment`` reads the flow run from the API on every access (a new client and
+    TLS context each time: a few hundred milliseconds of a small batch, twice per run); the flow
+    run's own context already holds its deployment id.
+    """
+    if any(os.environ.get(f"PREFECT__RUNTIME__DEPLOYMENT__{field}") for field in ("ID", "NAME")):
+        return None
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    return getattr(context, "flow_run", None) if context is not None else None
 
 
 def source_roots(current: AicSettings | None = None) -> tuple[str, ...] | None:
@@ -63,6 +84,9 @@ def source_roots(current: AicSettings | None = None) -> tuple[str, ...] | None:
 
 
 def deployment_name() -> str | None:
+    run = _context_flow_run()
+    if run is not None and run.deployment_id is None:
+        return None  # a flow called directly: no deployment, nothing to ask the API
     from prefect.runtime import deployment
 
     try:
