@@ -51,9 +51,8 @@ def _context_flow_run() -> Any:
     flow run, in a task run of another process, or where ``prefect.runtime`` is mocked through its
     environment variables (then it answers).
 
-    ``prefect.runtime.deployment`` reads the flow run from the API on every access (a new client and
-    TLS context each time: a few hundred milliseconds of a small batch, twice per run); the flow
-    run's own context already holds its deployment id.
+    ``prefect.runtime.deployment`` reads the flow run from the API on every access, each time with
+    a new client and TLS context; the flow run's own context already holds its deployment id.
     """
     if any(os.environ.get(f"PREFECT__RUNTIME__DEPLOYMENT__{field}") for field in ("ID", "NAME")):
         return None
