@@ -13,7 +13,8 @@ decoded in the same turn of the event loop are stacked into one ``predict`` call
 
     .venv/bin/python benchmarks/limit_server.py models:/bench-churn/1 --port 8090 [--batch]
 
-``MLFLOW_TRACKING_URI`` names the registry. ``GET /v2/health/ready`` answers 200 once the model is loaded.
+``MLFLOW_TRACKING_URI`` names the registry. ``GET /v2/health/ready`` answers 200 once the model is loaded;
+``GET /stats`` says how many predict calls it made and how many rows they took.
 """
 
 from __future__ import annotations
@@ -35,13 +36,16 @@ class LimitServer:
         self.model_predict = model.predict
         self.batch = batch
         self.pending: list[tuple[list[str], np.ndarray, asyncio.Future[Any]]] = []
+        self.calls = 0  # predict calls and the rows they took, for GET /stats
+        self.rows = 0
         self.name = name
         self.version = version
         self.infer_path = f"/v2/models/{name}/infer"
         names = list(getattr(model, "feature_names_in_", []))
         # The model's own column index, reused when a request names the same columns in the same order
-        # (building a new one per request is what pandas would otherwise do).
-        self.columns = pd.Index(names)
+        # (building a new one per request is what pandas would otherwise do), of Python strings as aicml
+        # serve builds it (scikit-learn reads the names of an Arrow-backed index more slowly).
+        self.columns = pd.Index(names, dtype=object)
         self.names = names
 
     def frame(self, names: list[str], block: np.ndarray) -> pd.DataFrame:
@@ -49,20 +53,25 @@ class LimitServer:
 
     async def predict(self, names: list[str], block: np.ndarray) -> Any:
         if not self.batch:
-            return self.model_predict(self.frame(names, block))
+            return self.call(names, block)
         future = asyncio.get_running_loop().create_future()
         self.pending.append((names, block, future))
         if len(self.pending) == 1:
             asyncio.get_running_loop().call_soon(self.flush)
         return await future
 
+    def call(self, names: list[str], block: np.ndarray) -> Any:
+        self.calls += 1
+        self.rows += len(block)
+        return self.model_predict(self.frame(names, block))
+
     def flush(self) -> None:
         pending, self.pending = self.pending, []
         if len(pending) == 1 or any(names != pending[0][0] for names, _, _ in pending):
             for names, block, future in pending:
-                future.set_result(self.model_predict(self.frame(names, block)))
+                future.set_result(self.call(names, block))
             return
-        predictions = self.model_predict(self.frame(pending[0][0], np.vstack([p[1] for p in pending])))
+        predictions = self.call(pending[0][0], np.vstack([p[1] for p in pending]))
         start = 0
         for _, block, future in pending:
             future.set_result(predictions[start : start + len(block)])
@@ -73,7 +82,8 @@ class LimitServer:
             return
         path = scope["path"]
         if scope["method"] != "POST":
-            await self.answer(send, 200, b"{}")
+            stats = {"calls": self.calls, "rows": self.rows} if path == "/stats" else {}
+            await self.answer(send, 200, orjson.dumps(stats))
             return
         body = b""
         more = True

@@ -276,6 +276,36 @@ def rss_mb(process: subprocess.Popen[bytes]) -> float:
     return round(total / 1e6, 1)
 
 
+def server_cpu(process: subprocess.Popen[bytes]) -> float:
+    """CPU seconds (user and system) that ``process`` and its children have used so far."""
+    import psutil
+
+    root = psutil.Process(process.pid)
+    total = 0.0
+    for each in [root, *root.children(recursive=True)]:
+        with suppress(psutil.Error):
+            times = each.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def predict_counts(series: Series) -> tuple[float, float] | None:
+    """(predict calls, rows) the server has made so far: aicml's from its aicml_predict_batch_rows histogram,
+    the batching limit server's from GET /stats; None for the others."""
+    import re
+
+    url = f"http://127.0.0.1:{series.port}"
+    if series.server.startswith("aicml"):
+        text = httpx.get(f"{url}/metrics", timeout=10).text
+        count = re.search(r"^aicml_predict_batch_rows_count\{[^}]*\} (\S+)$", text, re.MULTILINE)
+        total = re.search(r"^aicml_predict_batch_rows_sum\{[^}]*\} (\S+)$", text, re.MULTILINE)
+        return (float(count.group(1)), float(total.group(1))) if count and total else (0.0, 0.0)
+    if series.server == "limit_batched":
+        stats = httpx.get(f"{url}/stats", timeout=10).json()
+        return float(stats["calls"]), float(stats["rows"])
+    return None
+
+
 def predictions_of(answer: dict[str, Any]) -> Any:
     """The predictions of an MLflow-protocol or v2 answer, whatever the server named its output."""
     if "predictions" in answer:
@@ -481,7 +511,16 @@ def main() -> None:
             for connections in connection_counts:
                 order = series if round_ % 2 == 0 else series[::-1]
                 for each in order:
+                    cpu = server_cpu(processes[each.server])
+                    predicts = predict_counts(each)
                     result = asyncio.run(load(each.port, each.request, connections, args.seconds))
+                    served = max(result["ok"] + result["errors"], 1)
+                    # The server's CPU time per request answered (its whole process tree): robust where the
+                    # throughput is not, on cores that other work shares.
+                    result["server_cpu_us"] = (server_cpu(processes[each.server]) - cpu) / served * 1e6
+                    after = predict_counts(each)
+                    if predicts is not None and after is not None and after[0] > predicts[0]:
+                        result["rows_per_predict"] = (after[1] - predicts[1]) / (after[0] - predicts[0])
                     results.setdefault((each.name, connections), []).append(result)
                     shown = {k: round(v, 2) for k, v in result.items()}
                     print(
@@ -514,6 +553,8 @@ def main() -> None:
             summary[f"{name_}_rps"] = agg(name_, 16, "rps")
             summary[f"{name_}_p50_ms"] = agg(name_, 16, "p50_ms")
             summary[f"{name_}_p99_ms"] = agg(name_, 16, "p99_ms")
+        for name_ in ("aicml", "aicml_v2", "limit", "limit_v2", "limit_batched", "limit_batched_v2"):
+            summary[f"{name_}_cpu_us_per_request"] = agg(name_, 16, "server_cpu_us")
         summary["limit_ratio"] = round(summary["aicml_rps"] / summary["limit_rps"], 3)
         summary["limit_v2_ratio"] = round(summary["aicml_v2_rps"] / summary["limit_v2_rps"], 3)
         summary["limit_batched_ratio"] = round(summary["aicml_rps"] / summary["limit_batched_rps"], 3)
@@ -572,7 +613,9 @@ def main() -> None:
         summary["by_connections"] = {
             str(connections): {
                 each.name: {
-                    key: agg(each.name, connections, key) for key in ("rps", "p50_ms", "p99_ms", "client_cpu")
+                    key: agg(each.name, connections, key)
+                    for key in ("rps", "p50_ms", "p99_ms", "client_cpu", "server_cpu_us", "rows_per_predict")
+                    if all(key in r for r in results[(each.name, connections)])
                 }
                 for each in series
             }
