@@ -339,11 +339,14 @@ def process_partition(task: PartitionTask) -> PartitionOutcome:
     if key_columns and keep.any():
         if all(k in frame.columns for k in key_columns):
             positions = np.flatnonzero(keep)  # positional takes: label lookups cost more than hashing
+            labels = pd.Index(positions, copy=False)
             keys = pd.DataFrame(
                 {
-                    k: converted[k].loc[pd.Index(positions)]
+                    # The column's array taken, labelled by position: a Series.take would build
+                    # its own index from the RangeIndex, five times the cost of the take.
+                    k: converted[k].loc[labels]
                     if k in converted.columns
-                    else frame[k].take(positions)
+                    else pd.Series(frame[k].array.take(positions), index=labels, copy=False)
                     for k in key_columns
                 }
             )

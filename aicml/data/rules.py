@@ -153,14 +153,18 @@ def _compile_one(exp: dict[str, Any], numeric: set[str]) -> CompiledExpectation 
         strict_lo, strict_hi = bool(kw.get("strict_min")), bool(kw.get("strict_max"))
 
         def between(frame: pd.DataFrame) -> np.ndarray:
-            values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
-            present = ~np.isnan(values)
+            series = frame[column]
+            if isinstance(series.dtype, np.dtype) and series.dtype.kind in "iuf":
+                # Numbers already (no nulls but NaN, which compares false): compared in place.
+                values = series.to_numpy()
+            else:
+                values = pd.to_numeric(series, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
             bad = np.zeros(len(values), dtype=bool)
             if lo is not None:
                 bad |= (values <= lo) if strict_lo else (values < lo)
             if hi is not None:
                 bad |= (values >= hi) if strict_hi else (values > hi)
-            return bad & present
+            return bad  # a missing value (NaN) is never out of range: every comparison with it is false
 
         return CompiledExpectation(kind, column, mostly, kw, between)
     if kind == "expect_column_values_to_be_in_set":
