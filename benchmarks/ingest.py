@@ -201,7 +201,7 @@ class AicmlEngine:
         from flows.ingestion import IngestParams, ingest_flow
 
         self.flow = ingest_flow
-        suite = Path(config["work"]) / "suite.json"
+        suite = Path.cwd() / "suite.json"  # the engine's own directory
         suite.write_text(json.dumps(SUITE))
         self.params = IngestParams(
             load="bench",
@@ -423,8 +423,19 @@ ENGINES = {"pyarrow": PyarrowEngine, "aicml": AicmlEngine, "duckdb": DuckdbEngin
 def serve_engine(name: str, conn: Any, config: dict[str, Any]) -> None:
     """A spawned engine process: warm up on the tiny file, then one batch per round it is sent."""
     try:
-        os.chdir(config["work"])  # where relative defaults land (MLflow's local artifact root)
-        engine = ENGINES[name](config)
+        own = Path(config["work"]) / "engines" / name.replace("@", "-")
+        own.mkdir(parents=True)
+        os.chdir(own)  # where relative defaults land (MLflow's local artifact root)
+        for variable, leaf in config["private"].items():
+            if variable == "MLFLOW_TRACKING_URI":
+                os.environ[variable] = f"sqlite:///{own / leaf}"
+            else:
+                (own / leaf).mkdir()
+                os.environ[variable] = str(own / leaf)
+        kind, _, rev = name.partition("@")
+        if rev:  # the flow as an earlier commit had it: its code first on the path
+            sys.path.insert(0, config["code"][rev])
+        engine = ENGINES[kind](config)
         paths = [Path(p) for p in config["paths"]]
         work = Path(config["work"])
         engine.run(-1, [Path(p) for p in config["tiny"]], work / f"{name}-warmup")
@@ -569,7 +580,14 @@ def main() -> None:
         help="Directory for a py-spy profile of the flow's process over the rounds (collapsed stacks, "
         "idle samples left out); needs `make bench-deps`.",
     )
+    parser.add_argument(
+        "--compare-with",
+        default="",
+        help="Comma-separated git revisions whose flow (aicml, tasks, flows, blocks as committed there) "
+        "runs as one more engine each, in the same rounds: what the changes since bought.",
+    )
     args = parser.parse_args()
+    revisions = [r.strip() for r in args.compare_with.split(",") if r.strip()]
     names = ["pyarrow", "aicml"] + [
         n for n in ("duckdb", "polars") if n in {e.strip() for e in args.engines.split(",")}
     ]
@@ -577,15 +595,22 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="aic-bench-ingest-"))
     # Without PREFECT_API_URL the flow runs against Prefect's ephemeral server; give it time to
     # start on a busy 2-core machine. The engine processes inherit this environment.
-    (work / "prefect").mkdir()
-    os.environ.setdefault("PREFECT_HOME", str(work / "prefect"))
+    # Each engine process gets its own Prefect home (its own ephemeral server), stack home and MLflow
+    # store, under the work directory, unless the caller named them.
+    private = {
+        name: value
+        for name, value in {
+            "PREFECT_HOME": "prefect",
+            "AIC_HOME": "home",
+            # The flow uploads its Data Docs to MLflow: to a local SQLite store (its artifacts beside it,
+            # in the engine's working directory) unless a tracking server is named, never to whatever
+            # answers on the local stack's port (and minutes of retries when nothing does).
+            "MLFLOW_TRACKING_URI": "mlflow.db",
+        }.items()
+        if name == "AIC_HOME" or name not in os.environ
+    }
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    os.environ["AIC_HOME"] = str(work / "home")
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
-    # The flow uploads its Data Docs to MLflow: to a local SQLite store in the work directory (with
-    # its artifacts there, the engines' working directory) unless a tracking server is named, never
-    # to whatever answers on the local stack's port (and minutes of retries when nothing does).
-    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
     os.environ.setdefault("AIC_MLFLOW_UI_URL", "http://127.0.0.1:5000")  # only written into links
     engines: dict[str, Engine] = {}
     try:
@@ -608,7 +633,10 @@ def main() -> None:
             "cluster": args.cluster,
             "processes": args.processes,
             "data_docs": not args.no_data_docs,
+            "private": private,
         }
+        config["code"] = {rev: str(checkout(rev, work / "code" / rev)) for rev in revisions}
+        names += [f"aicml@{rev}" for rev in revisions]
         engines = {name: Engine(name, config) for name in names}
         for engine in engines.values():
             engine.ready = engine.receive("ready")
@@ -682,6 +710,15 @@ def main() -> None:
             "pyarrow_cpu_s": round(min(anchor.cpu), 2),
             "cpu_ratio": round(min(anchor.cpu) / min(flow.cpu), 3) if not args.processes else None,
         }
+        figures["compare"] = {
+            rev: {
+                "records_per_s": round(args.rows / min(engines[f"aicml@{rev}"].runs)),
+                "runs_s": [round(x, 2) for x in engines[f"aicml@{rev}"].runs],
+                "cpu_s": round(min(engines[f"aicml@{rev}"].cpu), 2),
+                "peak_rss_mb": engines[f"aicml@{rev}"].final["peak_rss_mb"],
+            }
+            for rev in revisions
+        }
         for name in ("duckdb", "polars"):
             if name in engines:
                 figures[f"{name}_runs_s"] = [round(x, 2) for x in engines[name].runs]
@@ -729,10 +766,22 @@ def profile(engine: Engine, directory: Path) -> subprocess.Popen[bytes]:
     return spy
 
 
+def checkout(rev: str, into: Path) -> Path:
+    """The Python packages of the flow as committed at ``rev`` (git archive; the working tree is untouched)."""
+    into.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", rev, "aicml", "tasks", "flows", "blocks"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
 def versions(names: list[str]) -> dict[str, str]:
     from importlib.metadata import version
 
-    return {n: version(n) for n in names if n != "aicml"}
+    return {n: version(n) for n in names if not n.startswith("aicml")}
 
 
 if __name__ == "__main__":
