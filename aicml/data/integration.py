@@ -250,6 +250,26 @@ def _add_derived(good: Any, derived: dict[str, str]) -> Any:
     return good
 
 
+def _kept_keys(
+    frame: pd.DataFrame, converted: pd.DataFrame, keep: np.ndarray, key_columns: list[str]
+) -> pd.DataFrame:
+    """The key columns of the kept rows (converted where they were), labelled by row position."""
+    if not all(k in frame.columns for k in key_columns):
+        return frame.loc[keep]  # duplicate_reasons names the missing key columns
+    positions = np.flatnonzero(keep)  # positional takes: label lookups cost more than hashing
+    labels = pd.Index(positions, copy=False)
+    return pd.DataFrame(
+        {
+            # The column's array taken, labelled by position: a Series.take would build its own
+            # index from the RangeIndex, five times the cost of the take.
+            k: converted[k].loc[labels]
+            if k in converted.columns
+            else pd.Series(frame[k].array.take(positions), index=labels, copy=False)
+            for k in key_columns
+        }
+    )
+
+
 def _sample(data: Any, rows: int) -> pd.DataFrame:
     """Up to ``rows`` random rows (seeded) as pandas, from a pyarrow table or a frame."""
     total = _rows(data)
@@ -337,23 +357,7 @@ def process_partition(task: PartitionTask) -> PartitionOutcome:
             keep[type_reasons.index.to_numpy()] = False  # labels are positions (RangeIndex)
     key_columns = list(task.transform.key)
     if key_columns and keep.any():
-        if all(k in frame.columns for k in key_columns):
-            positions = np.flatnonzero(keep)  # positional takes: label lookups cost more than hashing
-            labels = pd.Index(positions, copy=False)
-            keys = pd.DataFrame(
-                {
-                    # The column's array taken, labelled by position: a Series.take would build
-                    # its own index from the RangeIndex, five times the cost of the take.
-                    k: converted[k].loc[labels]
-                    if k in converted.columns
-                    else pd.Series(frame[k].array.take(positions), index=labels, copy=False)
-                    for k in key_columns
-                }
-            )
-        else:
-            keys = frame.loc[keep]  # deduplicate names the missing key columns
-        dup_reasons = duplicate_reasons(keys, key_columns)
-        del keys
+        dup_reasons = duplicate_reasons(_kept_keys(frame, converted, keep, key_columns), key_columns)
         if not dup_reasons.empty:
             reasons.add(dup_reasons)
             keep[dup_reasons.index.to_numpy()] = False
@@ -361,10 +365,15 @@ def process_partition(task: PartitionTask) -> PartitionOutcome:
     quarantine_frame = _quarantine_frame(frame.take(quarantined_rows), reasons.series(), key, read)
     # What arrived, before quarantine: Great Expectations renders its Data Docs from this.
     raw_sample = _sample(frame, task.sample_rows) if len(frame) else None
-    good = _accepted_rows(read.table if _arrow_native(read.table) else frame, keep, converted, frame.index)
-    # Only the accepted rows are needed from here: the parsed table and its pandas view (as large
-    # as the accepted rows again) go before the Parquet write, the partition's peak of memory.
-    del read, frame, converted
+    index, source = frame.index, (read.table if _arrow_native(read.table) else frame)
+    # The accepted rows are cut from the parsed table when there is one: its pandas view goes
+    # first, so the partition never holds the table, the view and the accepted rows at once.
+    del frame
+    read.forget_frame()
+    good = _accepted_rows(source, keep, converted, index)
+    # Only the accepted rows are needed from here: what they were cut from goes before the
+    # Parquet write.
+    del read, source, converted
     good = _add_derived(good, task.transform.derived)
     accepted = _rows(good)
     staged_data = (

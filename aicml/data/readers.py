@@ -90,6 +90,12 @@ class ReadResult:
             self._frame = self.table.to_pandas()
         return self._frame
 
+    def forget_frame(self) -> None:
+        """Drop the pandas view made from the table (it is made again on next use); a frame that
+        is the only data is kept."""
+        if self.table is not None:
+            self._frame = None
+
     def add_constant(self, column: str, value: str) -> None:
         """Add a column holding ``value`` on every row (hive partition values of a file)."""
         if self.table is not None:
