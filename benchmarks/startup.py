@@ -156,6 +156,19 @@ def time_server(
         kill_group(process)
 
 
+def aicml_command(source: Path) -> list[str]:
+    """The `aicml` command of checkout ``source``: this one's console script, or another's module."""
+    return [str(BIN / "aicml")] if source == REPO else [sys.executable, "-m", "aicml.cli"]
+
+
+def source_env(source: Path) -> dict[str, str]:
+    """A process environment that imports aicml, tasks and flows from checkout ``source``."""
+    env = base_env()
+    if source != REPO:
+        env["PYTHONPATH"] = str(source)
+    return env
+
+
 def base_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIC_", "PREFECT_", "MLFLOW_"))}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
@@ -200,11 +213,15 @@ def worker_online(prefect_port: int, pool: str = "local") -> bool:
     return False
 
 
-def stack_up(work: Path, demo_glob: str) -> dict[str, float]:
+def stack_up(work: Path, demo_glob: str, source: Path = REPO) -> dict[str, float]:
     """`aicml up` in a fresh home; then the first flow run's latency on it; then `aicml down`."""
     home = Path(tempfile.mkdtemp(prefix="aic-", dir=work))
     ports = {name: free_port() for name in ("PREFECT", "MLFLOW", "METRICS")}
-    env = {**base_env(), "AIC_HOME": str(home / "aic"), **{f"AIC_{k}_PORT": str(v) for k, v in ports.items()}}
+    env = {
+        **source_env(source),
+        "AIC_HOME": str(home / "aic"),
+        **{f"AIC_{k}_PORT": str(v) for k, v in ports.items()},
+    }
     env["PREFECT_HOME"] = str(home / "aic" / "prefect")  # the command's own Prefect profile, not ~/.prefect
     out: dict[str, float] = {}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -213,7 +230,7 @@ def stack_up(work: Path, demo_glob: str) -> dict[str, float]:
         with open(log, "wb") as handle:
             started = time.monotonic()
             up = subprocess.Popen(
-                [str(BIN / "aicml"), "up"], env=env, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT
+                [*aicml_command(source), "up"], env=env, cwd=source, stdout=handle, stderr=subprocess.STDOUT
             )
             online_at: float | None = None
             while up.poll() is None:  # the worker may be online before `up` returns
@@ -233,15 +250,17 @@ def stack_up(work: Path, demo_glob: str) -> dict[str, float]:
         run_dir = home / "aic" / "run"
         services = [int(p.read_text().split()[0]) for p in run_dir.glob("*.pid")]
         out["up_cpu_s"] = cli_cpu + sum(tree_cpu(pid) for pid in services)
-        out.update(first_task(ports["PREFECT"], demo_glob))
+        out.update(first_task(ports["PREFECT"], demo_glob, source))
     finally:
         down_started = time.monotonic()
-        subprocess.run([str(BIN / "aicml"), "down"], env=env, cwd=REPO, capture_output=True, timeout=120)
+        subprocess.run(
+            [*aicml_command(source), "down"], env=env, cwd=source, capture_output=True, timeout=120
+        )
         out["down_s"] = time.monotonic() - down_started
     return out
 
 
-def first_task(prefect_port: int, demo_glob: str) -> dict[str, float]:
+def first_task(prefect_port: int, demo_glob: str, source: Path = REPO) -> dict[str, float]:
     """Create a deployment of the pipeline on pool ``local`` and a run of it; time until its first task runs."""
     flow = api(prefect_port, "POST", "/flows/", {"name": "ml-pipeline"})
     deployment = api(
@@ -253,7 +272,7 @@ def first_task(prefect_port: int, demo_glob: str) -> dict[str, float]:
             "flow_id": flow["id"],
             "entrypoint": "flows/pipeline.py:ml_pipeline",
             "work_pool_name": "local",
-            "pull_steps": [{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}],
+            "pull_steps": [{"prefect.deployments.steps.set_working_directory": {"directory": str(source)}}],
             "parameters": {
                 "params": {
                     "source": demo_glob,
@@ -361,16 +380,17 @@ def serve_env(tracking: str) -> dict[str, str]:
     return {**base_env(), "MLFLOW_TRACKING_URI": tracking, "MLFLOW_REGISTRY_URI": tracking}
 
 
-def aicml_serve(work: Path, tracking: str) -> dict[str, float]:
+def aicml_serve(work: Path, tracking: str, source: Path = REPO) -> dict[str, float]:
     port = free_port()
     token = work / "token"
     if not token.exists():
         token.write_text(secrets.token_urlsafe(24))
     command = [
-        str(BIN / "aicml"), "serve", f"models:/{MODEL}@champion", "--port", str(port),
+        *aicml_command(source), "serve", f"models:/{MODEL}@champion", "--port", str(port),
         "--token-file", str(token), "--tracking-uri", tracking,
     ]  # fmt: skip
-    return time_server(command, serve_env(tracking), work, port, "/v2/health/ready", work / "aicml-serve.log")
+    env = {**serve_env(tracking), **source_env(source)}
+    return time_server(command, env, work, port, "/v2/health/ready", work / "aicml-serve.log")
 
 
 def mlflow_serve(work: Path, tracking: str) -> dict[str, float]:
@@ -385,11 +405,16 @@ def mlflow_serve(work: Path, tracking: str) -> dict[str, float]:
 # --- imports -------------------------------------------------------------------------------------------
 
 
-def import_time(module: str) -> dict[str, float]:
+def import_time(module: str, source: Path = REPO) -> dict[str, float]:
     code = f"import time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-c", code], env=base_env(), cwd=REPO, capture_output=True, text=True, check=True
+        [sys.executable, "-c", code],
+        env=source_env(source),
+        cwd=source,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return {"s": float(done.stdout.strip().splitlines()[-1]), "process_s": time.monotonic() - started}
 
@@ -403,7 +428,15 @@ def main() -> None:
     parser.add_argument(
         "--only", default="up,serve,import", help="comma-separated subset of: up, serve, import"
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="another checkout of aic-ml (say a git worktree of an earlier commit): its aicml up, first task, "
+        "aicml serve and import flows.pipeline are timed too, in the same rounds (baseline_* keys)",
+    )
     args = parser.parse_args()
+    baseline = args.baseline.resolve() if args.baseline else None
     parts = set(args.only.split(","))
     work = Path(tempfile.mkdtemp(prefix="aic-bench-startup-"))
     samples: dict[str, list[float]] = {}
@@ -429,16 +462,19 @@ def main() -> None:
                 ("prefect_server_s", lambda: prefect_server(work)),
                 ("mlflow_server_s", lambda: mlflow_server(work)),
                 ("", lambda: stack_up(work, demo_glob)),
+                *([("baseline", lambda: stack_up(work, demo_glob, baseline))] if baseline else []),
             ])  # fmt: skip
         if "serve" in parts:
             groups.append([
                 ("mlflow_serve_ready_s", lambda: mlflow_serve(work, tracking)),
                 ("serve_ready_s", lambda: aicml_serve(work, tracking)),
+                *([("baseline_serve_ready_s", lambda: aicml_serve(work, tracking, baseline))] if baseline else []),
             ])  # fmt: skip
         if "import" in parts:
             groups.append([
                 ("import_prefect_s", lambda: import_time("prefect")),
                 ("import_pipeline_s", lambda: import_time("flows.pipeline")),
+                *([("baseline_import_pipeline_s", lambda: import_time("flows.pipeline", baseline))] if baseline else []),
             ])  # fmt: skip
         for index in range(args.rounds):
             print(f"round {index + 1}/{args.rounds} (load average {os.getloadavg()[0]:.1f})", flush=True)
