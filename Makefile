@@ -132,6 +132,7 @@ bench: bench-deps ## Run the side-by-side benchmarks; each prints a JSON line la
 	$(BIN)/python benchmarks/training.py
 	$(BIN)/python benchmarks/tuning.py
 	$(BIN)/python benchmarks/gpu_utilisation.py
+	$(BIN)/python benchmarks/startup.py --rounds 2
 
 docs: $(STAMP) ## Regenerate docs/parameters.md and the settings tables of docs/settings.md from the code
 	$(BIN)/python -m aicml.stack.params_reference --write
