@@ -74,6 +74,29 @@ def register_model(workdir: Path) -> tuple[str, list[str], list[float]]:
     return "bench-churn", list(frame.columns), frame.iloc[0].tolist()
 
 
+def prepare(workdir: Path) -> tuple[str, bytes, bytes, str]:
+    """Register the model; returns its name, the one-row request in the MLflow protocol (dataframe_split)
+    and in v2, and a bearer token (also written to ``workdir/token``)."""
+    name, columns, row = register_model(workdir)
+    body = json.dumps({"dataframe_split": {"columns": columns, "data": [row]}}).encode()
+    tensors = [
+        {"name": column, "shape": [1], "datatype": "FP64", "data": [value]}
+        for column, value in zip(columns, row, strict=True)
+    ]
+    token = secrets.token_urlsafe(24)
+    (workdir / "token").write_text(token)
+    return name, body, json.dumps({"inputs": tensors}).encode(), token
+
+
+def aicml_command(name: str, port: int, workdir: Path, tracking: str) -> list[str]:
+    """`aicml serve` of the registered model's champion, with the token ``prepare`` wrote."""
+    return [
+        sys.executable,
+        *("-m", "aicml.serving.cli", f"models:/{name}@champion", "--port", str(port)),
+        *("--token-file", str(workdir / "token"), "--tracking-uri", tracking),
+    ]
+
+
 def start(
     command: list[str],
     env: dict[str, str],
@@ -382,19 +405,8 @@ def main() -> None:
         import mlflow
 
         mlflow.set_tracking_uri(tracking)
-        name, columns, row = register_model(workdir)
-        body = json.dumps({"dataframe_split": {"columns": columns, "data": [row]}}).encode()
-        v2_body = json.dumps(
-            {
-                "inputs": [
-                    {"name": column, "shape": [1], "datatype": "FP64", "data": [value]}
-                    for column, value in zip(columns, row, strict=True)
-                ]
-            }
-        ).encode()
+        name, body, v2_body, token = prepare(workdir)
         v2_path = f"/v2/models/{name}/infer"
-        token = secrets.token_urlsafe(24)
-        (workdir / "token").write_text(token)
         bin_dir = Path(sys.executable).parent
         series: list[Series] = []
 
@@ -402,18 +414,7 @@ def main() -> None:
             port = free_port()
             print(f"Starting {server} (aicml serve) on :{port} ...", flush=True)
             processes[server] = start(
-                [
-                    sys.executable,
-                    "-m",
-                    "aicml.serving.cli",
-                    f"models:/{name}@champion",
-                    "--port",
-                    str(port),
-                    "--token-file",
-                    str(workdir / "token"),
-                    "--tracking-uri",
-                    tracking,
-                ],
+                aicml_command(name, port, workdir, tracking),
                 server_env,
                 workdir / f"{server}-serve.log",
                 f"http://127.0.0.1:{port}/v2/health/ready",

@@ -23,7 +23,6 @@ import asyncio
 import collections
 import json
 import os
-import secrets
 import shutil
 import statistics
 import subprocess
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serving import Series, load, predict_counts, register_model, server_cpu, start, stop
+from serving import Series, aicml_command, load, predict_counts, prepare, server_cpu, start, stop
 
 from aicml.stack.ports import free_port
 
@@ -105,37 +104,13 @@ def main() -> None:
         import mlflow
 
         mlflow.set_tracking_uri(tracking)
-        name, columns, row = register_model(workdir)
-        body = json.dumps({"dataframe_split": {"columns": columns, "data": [row]}}).encode()
-        v2_body = json.dumps(
-            {
-                "inputs": [
-                    {"name": c, "shape": [1], "datatype": "FP64", "data": [v]}
-                    for c, v in zip(columns, row, strict=True)
-                ]
-            }
-        ).encode()
-        token = secrets.token_urlsafe(24)
-        (workdir / "token").write_text(token)
+        name, body, v2_body, token = prepare(workdir)
         series: list[Series] = []
         for rev in args.revisions:
             port = free_port()
             print(f"Starting aicml serve from {rev} on :{port} ...", flush=True)
             processes[rev] = start(
-                [
-                    sys.executable,
-                    "-m",
-                    "aicml.serving.cli",
-                    f"models:/{name}@champion",
-                    *(
-                        "--port",
-                        str(port),
-                        "--token-file",
-                        str(workdir / "token"),
-                        "--tracking-uri",
-                        tracking,
-                    ),
-                ],
+                aicml_command(name, port, workdir, tracking),
                 env,
                 workdir / f"{rev}.log",
                 f"http://127.0.0.1:{port}/v2/health/ready",
