@@ -153,34 +153,15 @@ class _Pending:
 
 
 class MicroBatcher:
-    """Merges requests that wait at the same time into one predict call on a single worker thread.
+    """Merges requests that wait at the same time into one predict call on a single worker thread."""
 
-    Inline, a call takes what is queued when it starts. When fewer requests are queued than the previous
-    call answered, it first gives the others a moment to arrive: until as many are queued, or for as long as
-    the previous call took (at most ``max_gather_s``), whichever comes first. Under steady concurrency the
-    clients answered by one call send their next requests within that moment, so each call serves all of
-    them rather than the first few (a predict call's fixed cost is most of a small model's); a lone client
-    never waits, as its call answered one request.
-    """
-
-    def __init__(
-        self,
-        model: ServedModel,
-        max_batch_rows: int = 2048,
-        threaded: bool = False,
-        max_gather_s: float = 0.001,
-    ) -> None:
+    def __init__(self, model: ServedModel, max_batch_rows: int = 2048, threaded: bool = False) -> None:
         self.model = model
         self.max_batch_rows = max_batch_rows
         # Inline (default): predict runs on the event loop. For millisecond models this beats a thread
         # hand-off twice per batch, and batching still happens: requests that arrive during a predict
         # wait in the socket buffers and are merged into the next call. Threaded suits slow models.
         self.threaded = threaded
-        self.max_gather_s = max_gather_s
-        self._last_group = 1  # requests the previous call answered
-        self._last_predict_s = 0.0  # how long it took
-        self._wanted = 0  # while gathering: the queue length that ends the wait
-        self._gathered: asyncio.Future[None] | None = None
         self.queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"predict-{model.name}")
         self.task: asyncio.Task[None] | None = None
@@ -199,9 +180,6 @@ class MicroBatcher:
             raise InputError(503, "The model version was replaced; retry.", code="SERVICE_UNAVAILABLE")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.queue.put_nowait(_Pending(batch, future))
-        gathered = self._gathered
-        if gathered is not None and self.queue.qsize() >= self._wanted and not gathered.done():
-            gathered.set_result(None)
         return await future
 
     async def close(self, grace: float = 5.0) -> None:
@@ -234,22 +212,9 @@ class MicroBatcher:
                 if not self.threaded and self.queue.empty():
                     # Let handlers already runnable in this loop turn enqueue too, so they join this call.
                     await asyncio.sleep(0)
-                if not self.threaded and self._mergeable(first) and self.queue.qsize() + 1 < self._last_group:
-                    await self._gather(loop, self._last_group - 1)
                 await self._take_and_predict(loop, first)
             finally:
                 self.busy = False
-
-    async def _gather(self, loop: asyncio.AbstractEventLoop, wanted: int) -> None:
-        """Wait until ``wanted`` requests are queued, or for as long as the previous call took (capped)."""
-        self._wanted = wanted
-        self._gathered = gathered = loop.create_future()
-        timer = loop.call_later(min(self._last_predict_s, self.max_gather_s), _resolve, gathered)
-        try:
-            await gathered
-        finally:
-            timer.cancel()
-            self._gathered = None
 
     async def _take_and_predict(self, loop: asyncio.AbstractEventLoop, first: _Pending) -> None:
         group = [first]
@@ -262,10 +227,7 @@ class MicroBatcher:
                 break
             group.append(nxt)
             rows += nxt.batch.rows
-        self._last_group = len(group)
-        started = time.perf_counter()
         await self._predict_group(loop, group)
-        self._last_predict_s = time.perf_counter() - started
 
     async def _predict_group(self, loop: asyncio.AbstractEventLoop, group: list[_Pending]) -> None:
         merged = group[0].batch if len(group) == 1 else merge([p.batch for p in group])
@@ -301,11 +263,6 @@ class MicroBatcher:
             if not pending.future.done():
                 pending.future.set_result(_slice(predictions, start, stop))
             start = stop
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 def merge(batches: list[Batch]) -> Batch:
