@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import shutil
 import time
+import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +27,7 @@ from aicml.observability.metrics import exposition
 from aicml.rollout.canary import Arm, TrafficRouter
 from aicml.serving.inputs import InputError, parse_json
 from aicml.serving.metrics import (
+    BATCH_ROWS,
     HTTP_REQUESTS,
     MODEL_DEPLOYMENTS_ACTIVE,
     REQUEST_LATENCY,
@@ -59,7 +60,7 @@ _MAX_REQUEST_ID = 128
 def request_id_of(value: bytes | None) -> str:
     """The client's ``x-request-id`` (1 to 128 visible ASCII characters), else a new one."""
     if value is None:
-        return os.urandom(16).hex()  # 32 random hex digits, as uuid4().hex but without building a UUID
+        return uuid.uuid4().hex
     if not 0 < len(value) <= _MAX_REQUEST_ID or not all(0x21 <= c <= 0x7E for c in value):
         raise InputError(
             400,
@@ -505,6 +506,7 @@ class ModelServer:
             router.record(arm, False, time.perf_counter() - predict_started)
             if arm == "champion" and self.challenger is not None and router.mirror():
                 self._start_shadow(batch, predictions)
+        BATCH_ROWS.labels(self.name).observe(batch.rows)
         if v2:
             # The response's "id" is the request's own, as the protocol says; the header is the log's id.
             body_out = self._v2_response(model, predictions, v2_id, outputs)

@@ -3,22 +3,15 @@
 The signature is compiled once per loaded model into per-column checkers, so a request costs one JSON
 parse, one pass over its values and one ``numpy`` conversion per column. Every refusal is an
 ``InputError`` carrying the HTTP status and the offending field, never a trace from deep in pandas.
-
-When every column of the signature is a double (or every one a float), a request whose columns come in
-signature order with plain finite numbers is read in one step: one type check over all its values and
-one ``numpy`` conversion of the whole table (``Batch.block``). Anything else, or anything that step does
-not accept, goes through the per-column checks, which accept exactly the same requests and name the
-field at fault in the others.
 """
 
 from __future__ import annotations
 
 import base64
-import itertools
 import json
 import math
 import reprlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,14 +72,6 @@ def _shown(value: Any) -> str:
     return f"{shown[:40]}{'...' if len(shown) > 40 else ''}"
 
 
-def _fits_float(value: int) -> bool:
-    try:
-        float(value)
-    except OverflowError:
-        return False
-    return True
-
-
 def _describe(value: Any) -> str:
     kind = {str: "string", bool: "boolean", int: "integer", float: "number", type(None): "null"}.get(
         type(value), type(value).__name__
@@ -121,11 +106,7 @@ class ColumnSpec:
                 if v is None and not self.required:
                     continue
                 raise self.bad(row, v, "a number")
-            try:
-                array = np.array([math.nan if v is None else v for v in values], dtype=self.dtype)
-            except OverflowError:  # an integer beyond any float (JSON allows any number of digits)
-                row = next(r for r, v in enumerate(values) if type(v) is int and not _fits_float(v))
-                raise self.bad(row, values[row], "a number in range") from None
+            array = np.array([math.nan if v is None else v for v in values], dtype=self.dtype)
             finite = np.isfinite(array)
             if not finite.all():
                 row = int(np.argmin(finite))
@@ -221,54 +202,15 @@ V2_NATIVE: dict[str, str] = {
 }
 
 
-class BlockColumns(Mapping[str, np.ndarray]):
-    """The columns of a (rows, columns) block by name; each a view of the block, made when asked for."""
-
-    __slots__ = ("_block", "_positions")
-
-    def __init__(self, block: np.ndarray, positions: Mapping[str, int]) -> None:
-        self._block = block
-        self._positions = positions
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        return self._block[:, self._positions[name]]  # type: ignore[no-any-return]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._positions)
-
-    def __len__(self) -> int:
-        return len(self._positions)
-
-
 @dataclass(frozen=True)
 class Batch:
     """Validated input: column name -> array (all of one length), plus the request's params."""
 
-    columns: Mapping[str, np.ndarray]
+    columns: dict[str, np.ndarray]
     rows: int
     params: dict[str, Any] | None = None
     raw: Any = None  # for models without a column signature: the payload MLflow's own parser takes
     tensors: Any = None  # v2 tensors already shaped for a tensor model: an array, or name -> array
-    # Every column in one (rows, columns) array, in signature order, when the signature's columns are all
-    # double or all float; ``columns`` then gives views of it.
-    block: np.ndarray | None = None
-
-    @classmethod
-    def of_block(
-        cls, block: np.ndarray, positions: Mapping[str, int], params: dict[str, Any] | None = None
-    ) -> Batch:
-        """The batch of ``block``, whose columns are named by ``positions`` (name -> column index)."""
-        return cls(BlockColumns(block, positions), len(block), params, block=block)
-
-
-_NUMBERS = frozenset((float, int))
-_SMALL = 64  # values in a request below which finiteness is checked value by value
-_TENSOR_KEYS = frozenset(("name", "shape", "datatype", "data", "parameters"))
-
-
-def _plain_numbers(rows: list[Any]) -> bool:
-    """Whether every value in ``rows`` (lists) is a float or an int (not a bool, None or a string)."""
-    return set(map(type, itertools.chain.from_iterable(rows))) <= _NUMBERS
 
 
 @dataclass
@@ -282,41 +224,6 @@ class InputSchema:
 
     def __post_init__(self) -> None:
         self.by_name = {c.name: c for c in self.columns}
-        self.names = [c.name for c in self.columns]
-        self.positions = {name: i for i, name in enumerate(self.names)}
-        kinds = {c.kind for c in self.columns}
-        # The one-step read (see the module docstring) applies when every column takes the same float type.
-        self.block_dtype: Any = _DTYPES[next(iter(kinds))] if kinds in ({"double"}, {"float"}) else None
-        self._v2_accepted = [V2_DATATYPES[c.kind] for c in self.columns]
-
-    def _block(self, rows: list[Any], transposed: bool = False) -> np.ndarray | None:
-        """``rows`` (lists of plain numbers; per column when ``transposed``) as one finite (rows, columns)
-        array, or None: the per-column checks must decide (and explain)."""
-        if not _plain_numbers(rows):
-            return None
-        try:
-            block = np.array(rows, dtype=self.block_dtype)
-            if block.ndim != 2:
-                return None
-            if block.size <= _SMALL and self.block_dtype is np.float64:
-                # A few values: Python's isfinite on each is cheaper than numpy's on the array (and exact,
-                # as float64 holds every JSON float; an int too large for it raises OverflowError).
-                finite = all(map(math.isfinite, itertools.chain.from_iterable(rows)))
-            else:
-                finite = bool(np.isfinite(block).all())
-        except (ValueError, OverflowError):
-            return None
-        if not finite:
-            return None
-        return block.T if transposed else block
-
-    def _batch_of(
-        self, columns: dict[str, np.ndarray], n: int, params: dict[str, Any] | None = None
-    ) -> Batch:
-        """A batch of checked columns; with its block when the signature's columns share a float type."""
-        if self.block_dtype is None:
-            return Batch(columns, n, params)
-        return Batch.of_block(np.column_stack([columns[name] for name in self.names]), self.positions, params)
 
     @property
     def column_based(self) -> bool:
@@ -366,16 +273,16 @@ class InputSchema:
         if not self.column_based:
             return Batch({}, _length(value), params, raw={key: value})
         if key == "dataframe_split":
-            return self._from_split(value, params)
+            return Batch(*self._from_split(value), params)
         if key == "dataframe_records":
-            return self._batch_of(*self._from_records(value, key), params)
+            return Batch(*self._from_records(value, key), params)
         # instances / inputs: records, a column mapping, positional rows, or scalars for one column
         if isinstance(value, dict):
-            return self._batch_of(*self._from_mapping(value, key), params)
+            return Batch(*self._from_mapping(value, key), params)
         if isinstance(value, list) and value and isinstance(value[0], dict):
-            return self._batch_of(*self._from_records(value, key), params)
+            return Batch(*self._from_records(value, key), params)
         if isinstance(value, list):
-            return self._batch_of(*self._from_rows(value, key), params)
+            return Batch(*self._from_rows(value, key), params)
         raise InputError(400, f"{key!r} must be a list of rows or an object of columns.", field=key)
 
     def _params(self, params: Any) -> dict[str, Any] | None:
@@ -420,7 +327,7 @@ class InputSchema:
             out[spec.name] = spec.convert(values)
         return out, n
 
-    def _from_split(self, value: Any, params: dict[str, Any] | None) -> Batch:
+    def _from_split(self, value: Any) -> tuple[dict[str, np.ndarray], int]:
         if not isinstance(value, dict):
             raise InputError(
                 400, "'dataframe_split' must be an object with 'columns' and 'data'.", field="dataframe_split"
@@ -444,12 +351,8 @@ class InputSchema:
                 raise InputError(
                     400, f"'dataframe_split.data' row {row} must be a list of {width} values.", field="data"
                 )
-        if self.block_dtype is not None and columns == self.names:
-            block = self._block(data)
-            if block is not None:
-                return Batch.of_block(block, self.positions, params)
         transposed = list(zip(*data, strict=True)) if width else []
-        return self._batch_of(*self._finish(dict(zip(columns, transposed, strict=True)), len(data)), params)
+        return self._finish(dict(zip(columns, transposed, strict=True)), len(data))
 
     def _from_records(self, value: Any, key: str) -> tuple[dict[str, np.ndarray], int]:
         if not isinstance(value, list):
@@ -494,30 +397,6 @@ class InputSchema:
 
     # --- the Open Inference Protocol v2 --------------------------------------------------------------
 
-    def _v2_block(self, tensors: list[Any]) -> np.ndarray | None:
-        """One tensor per column in signature order, each of shape [rows] or [rows, 1] with a datatype its
-        column accepts and flat data, as one block; None: the per-tensor checks must decide (and explain)."""
-        if len(tensors) != len(self.names):
-            return None
-        data: list[Any] = []
-        n = -1
-        for tensor, name, accepted in zip(tensors, self.names, self._v2_accepted, strict=True):
-            if type(tensor) is not dict or tensor.get("name") != name or not _TENSOR_KEYS.issuperset(tensor):
-                return None
-            values, shape = tensor.get("data"), tensor.get("shape")
-            if type(values) is not list or type(shape) is not list or tensor.get("datatype") not in accepted:
-                return None
-            rows = len(values)
-            if (rows != n and n >= 0) or not shape or type(shape[0]) is not int or shape[0] != rows:
-                return None
-            if len(shape) > 1 and (len(shape) > 2 or type(shape[1]) is not int or shape[1] != 1):
-                return None
-            n = rows
-            data.append(values)
-        if not 0 < n <= self.max_rows:
-            return None
-        return self._block(data, transposed=True)
-
     def parse_v2(self, payload: Any) -> tuple[Batch, str | None, list[str] | None]:
         """Validate a v2 inference request; returns the batch, the request id and requested outputs."""
         if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list):
@@ -539,10 +418,6 @@ class InputSchema:
         parameters = payload.get("parameters")
         if parameters is not None and not isinstance(parameters, dict):
             raise InputError(400, "'parameters' must be an object.", field="parameters")
-        if self.block_dtype is not None:
-            block = self._v2_block(payload["inputs"])
-            if block is not None:
-                return Batch.of_block(block, self.positions), request_id, names_out
         given: dict[str, list[Any]] = {}
         shapes: dict[str, tuple[list[int], Any]] = {}
         n: int | None = None
@@ -601,7 +476,8 @@ class InputSchema:
             tensors = {k: _shaped(k, v, *shapes[k]) for k, v in given.items()}
             value: Any = next(iter(tensors.values())) if len(tensors) == 1 else tensors
             return Batch({}, n, None, tensors=value), request_id, names_out
-        return self._batch_of(*self._finish(given, n)), request_id, names_out
+        columns, rows = self._finish(given, n)
+        return Batch(columns, rows, None), request_id, names_out
 
 
 _V2_NUMPY = {"BOOL": "bool", "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import Callable
@@ -27,7 +26,6 @@ from aicml import compat
 from aicml.errors import AicError, RegistryError
 from aicml.registry.checksums import ModelRef, fetch_verified, loaded_line, resolve_version
 from aicml.serving.inputs import V2_NATIVE, Batch, InputError, InputSchema
-from aicml.serving.metrics import BATCH_ROWS
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +98,8 @@ class ServedModel:
         """True: inputs are validated here, and the flavor's predict is called directly."""
         return self.direct_predict is not None
 
-    @functools.cached_property
+    @property
     def output_datatype(self) -> str:
-        """The v2 datatype of the predictions (read from the signature once)."""
         schema = self.pyfunc.metadata.get_output_schema()
         if schema is None:
             return "BYTES"
@@ -122,10 +119,8 @@ class ServedModel:
 
                 data = infer_and_parse_data(batch.raw, self.pyfunc.metadata.get_input_schema())
                 return self.pyfunc.predict(data, batch.params)
-            if batch.block is not None:
+            if self.uniform_dtype:
                 # One 2-D block builds in half the time of one block per column, and sklearn reads it as is.
-                frame = pd.DataFrame(batch.block, columns=self.column_names, copy=False)
-            elif self.uniform_dtype:
                 frame = pd.DataFrame(np.column_stack(list(batch.columns.values())), columns=self.column_names)
             else:
                 frame = pd.DataFrame(batch.columns, columns=self.column_names, copy=False)
@@ -165,7 +160,6 @@ class MicroBatcher:
         self.task: asyncio.Task[None] | None = None
         self.calls = 0
         self.rows = 0
-        self._rows_observed = BATCH_ROWS.labels(model.name)  # rows per predict call
         self.busy = False
         self.closed = False
 
@@ -228,7 +222,14 @@ class MicroBatcher:
         await self._predict_group(loop, group)
 
     async def _predict_group(self, loop: asyncio.AbstractEventLoop, group: list[_Pending]) -> None:
-        merged = group[0].batch if len(group) == 1 else merge([p.batch for p in group])
+        if len(group) == 1:
+            merged = group[0].batch
+        else:
+            names = list(group[0].batch.columns)
+            merged = Batch(
+                {n: np.concatenate([p.batch.columns[n] for p in group]) for n in names},
+                sum(p.batch.rows for p in group),
+            )
         try:
             if self.threaded:
                 predictions = await loop.run_in_executor(self.executor, self.model.predict, merged)
@@ -246,7 +247,6 @@ class MicroBatcher:
             return
         self.calls += 1
         self.rows += merged.rows
-        self._rows_observed.observe(merged.rows)
         if len(group) == 1:
             if not group[0].future.done():
                 group[0].future.set_result(predictions)
@@ -261,17 +261,6 @@ class MicroBatcher:
             if not pending.future.done():
                 pending.future.set_result(_slice(predictions, start, stop))
             start = stop
-
-
-def merge(batches: list[Batch]) -> Batch:
-    """Mergeable batches (same columns, no params) as one, rows in order."""
-    names = list(batches[0].columns)
-    blocks = [b.block for b in batches if b.block is not None]
-    if len(blocks) == len(batches):
-        return Batch.of_block(np.concatenate(blocks), {n: i for i, n in enumerate(names)})
-    return Batch(
-        {n: np.concatenate([b.columns[n] for b in batches]) for n in names}, sum(b.rows for b in batches)
-    )
 
 
 def load_served(name: str, version: str, cache_dir: Path, max_rows: int) -> ServedModel:
