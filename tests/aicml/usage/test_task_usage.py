@@ -134,8 +134,9 @@ def test_a_flow_runs_task_runs_get_what_they_used(stack: object) -> None:
     assert {r.flow_run_id for r in tasks.values()} == {flow_run_id}
     burn, idle = tasks["burn"], tasks["idle"]
     assert burn.wall_s == pytest.approx(BURN_S, abs=0.5) and idle.wall_s == pytest.approx(BURN_S, abs=0.5)
-    assert burn.cpu_s == pytest.approx(BURN_S, abs=0.35)
-    assert idle.cpu_s < 0.35
+    # Other threads of this process (earlier tests' clients, Prefect's workers) add to both alike.
+    assert burn.cpu_s >= BURN_S - 0.35
+    assert burn.cpu_s - idle.cpu_s >= BURN_S - 0.7
     assert burn.cpu_s + idle.cpu_s <= whole.cpu_s * 1.001
 
     with get_client(sync_client=True) as client:
