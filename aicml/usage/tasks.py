@@ -13,7 +13,7 @@ flow run's total when those processes are the flow's children, but not per task 
 
 from __future__ import annotations
 
-import itertools
+import bisect
 import threading
 import time
 from collections.abc import Sequence
@@ -102,29 +102,39 @@ def forget(spans: Sequence[Span]) -> None:
 
 
 def task_usage(samples: Sequence[Sample], spans: Sequence[Span]) -> list[TaskUse]:
-    """Share the CPU and GPU seconds between consecutive ``samples`` out among the ``spans`` overlapping them."""
+    """Share the CPU and GPU seconds between consecutive ``samples`` out among the ``spans`` overlapping them.
+
+    Each span looks only at the sample stretches it overlaps (found by bisection), so the cost grows with the
+    samples and the spans' lengths, not with their product.
+    """
+    ordered = sorted(samples, key=lambda x: x.at)
+    times = [x.at for x in ordered]
+    # Stretch i runs from sample i to sample i + 1; first pass: each span's overlap with each stretch it meets.
+    overlaps: list[list[tuple[str, float]]] = [[] for _ in range(max(len(ordered) - 1, 0))]
+    for s in spans:
+        first = max(bisect.bisect_right(times, s.start) - 1, 0)
+        for i in range(first, min(bisect.bisect_left(times, s.end), len(overlaps))):
+            overlap = min(times[i + 1], s.end) - max(times[i], s.start)
+            if overlap > 0 and times[i + 1] > times[i]:
+                overlaps[i].append((s.task_run_id, overlap))
     cpu = dict.fromkeys((s.task_run_id for s in spans), 0.0)
     gpu = dict(cpu)
-    peak = dict.fromkeys(cpu, 0)
-    for a, b in itertools.pairwise(samples):
-        length = b.at - a.at
-        if length <= 0:
+    for i, shares in enumerate(overlaps):
+        if not shares:
             continue
-        overlaps = {s.task_run_id: min(b.at, s.end) - max(a.at, s.start) for s in spans}
-        overlaps = {k: v for k, v in overlaps.items() if v > 0}
-        if not overlaps:
-            continue
+        a, b = ordered[i], ordered[i + 1]
         # Side by side they split the stretch; one alone for part of it gets that part.
-        whole = max(length, sum(overlaps.values()))
-        for key, overlap in overlaps.items():
+        whole = max(b.at - a.at, sum(overlap for _, overlap in shares))
+        for key, overlap in shares:
             cpu[key] += (b.cpu_s - a.cpu_s) * overlap / whole
             gpu[key] += (b.gpu_s - a.gpu_s) * overlap / whole
+    peak = dict.fromkeys(cpu, 0)
     for s in spans:
-        seen = [x.rss for x in samples if s.start <= x.at <= s.end]
+        lo, hi = bisect.bisect_left(times, s.start), bisect.bisect_right(times, s.end)
+        seen = [x.rss for x in ordered[lo:hi]]
         # A run shorter than the sampling interval: the looks on either side of it.
-        before = [x.rss for x in samples if x.at < s.start][-1:]
-        after = [x.rss for x in samples if x.at > s.end][:1]
-        peak[s.task_run_id] = max(seen or [*before, *after] or [0])
+        around = [x.rss for x in ordered[max(lo - 1, 0) : lo] + ordered[hi : hi + 1]]
+        peak[s.task_run_id] = max(seen or around or [0])
     return [
         TaskUse(
             task_run_id=s.task_run_id,

@@ -5,7 +5,9 @@ seconds and whose sleeping task gets none, in the store, as MLflow-style metrics
 
 from __future__ import annotations
 
+import itertools
 import json
+import random
 import time
 import uuid
 from pathlib import Path
@@ -46,6 +48,44 @@ def test_task_runs_side_by_side_split_the_stretch() -> None:
 def test_a_run_shorter_than_the_sampling_interval_gets_the_memory_around_it() -> None:
     [use] = task_usage(_samples(1.0, 3), [Span("a", "f", "quick", 1.2, 1.4)])
     assert use.cpu_s == pytest.approx(0.2) and use.peak_memory_bytes == 102 * 2**20
+
+
+def _quadratic_reference(samples: list[Sample], spans: list[Span]) -> dict[str, tuple[float, int]]:
+    """The rule written the slow, obvious way: every stretch against every span."""
+    cpu = dict.fromkeys((s.task_run_id for s in spans), 0.0)
+    for a, b in itertools.pairwise(samples):
+        overlaps = {s.task_run_id: min(b.at, s.end) - max(a.at, s.start) for s in spans}
+        overlaps = {k: v for k, v in overlaps.items() if v > 0}
+        whole = max(b.at - a.at, sum(overlaps.values()), 1e-12)
+        for key, overlap in overlaps.items():
+            cpu[key] += (b.cpu_s - a.cpu_s) * overlap / whole
+    out = {}
+    for s in spans:
+        seen = [x.rss for x in samples if s.start <= x.at <= s.end]
+        around = [x.rss for x in samples if x.at < s.start][-1:] + [x.rss for x in samples if x.at > s.end][
+            :1
+        ]
+        out[s.task_run_id] = (cpu[s.task_run_id], max(seen or around or [0]))
+    return out
+
+
+def test_the_bisecting_attribution_agrees_with_the_obvious_rule_on_random_runs() -> None:
+    rng = random.Random(7)
+    for _ in range(50):
+        at, cpu, samples = 0.0, 0.0, []
+        for _ in range(rng.randint(0, 40)):
+            samples.append(Sample(at=at, cpu_s=cpu, gpu_s=0.0, rss=rng.randint(1, 10**9)))
+            at += rng.choice([0.5, 0.5, 0.25, 1.0])
+            cpu += rng.uniform(0.0, 2.0)
+        spans = []
+        for k in range(rng.randint(0, 12)):
+            start = rng.uniform(-1.0, at + 1.0)
+            spans.append(Span(f"t{k}", "f", "task", start, start + rng.choice([0.01, 0.3, 2.0, 7.0])))
+        got = {u.task_run_id: (u.cpu_s, u.peak_memory_bytes) for u in task_usage(samples, spans)}
+        want = _quadratic_reference(samples, spans)
+        assert got.keys() == want.keys()
+        for key, (cpu_s, peak) in want.items():
+            assert got[key][0] == pytest.approx(cpu_s, abs=1e-9) and got[key][1] == peak
 
 
 def test_by_task_sums_task_rows_and_the_other_groupings_ignore_them() -> None:
