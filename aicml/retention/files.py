@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from aicml.durable import fsync_dir
 from aicml.retention.engine import Item
@@ -165,6 +166,13 @@ class PredictionLogs(FileInventory):
     def __init__(self, root: Path, hold_tag: str, summary_url: str | None = None) -> None:
         super().__init__("prediction_logs", root, "model=*/date=*", 1, hold_tag)
         self.summary_url = summary_url  # the summary rows' database (``prediction_log_batches``)
+        self._engine: Any = None  # one engine for all the days deleted in a run, made on the first
+
+    def close(self) -> None:
+        """Let go of the summary database's connections (gc calls it at the end of a run)."""
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
 
     def delete(self, item: Item, step: Callable[[str], None]) -> None:
         """The day's summary rows first, then its files: killed in between, the day is still listed and the
@@ -176,7 +184,11 @@ class PredictionLogs(FileInventory):
             else path
         )
         if self.summary_url:
-            delete_summary_rows(self.summary_url, day)
+            if self._engine is None:
+                import sqlalchemy as sa
+
+                self._engine = sa.create_engine(self.summary_url)
+            delete_summary_rows(self._engine, day)
         step("summary-deleted")
         remove_path(path, step)
 
@@ -195,27 +207,24 @@ class PredictionLogs(FileInventory):
         return ()
 
 
-def delete_summary_rows(url: str, day: Path) -> int:
-    """Delete the prediction-log summary rows of the files under the day partition ``day``; how many."""
+def delete_summary_rows(engine: Any, day: Path) -> int:
+    """Delete the prediction-log summary rows of the files under the day partition ``day`` from the database
+    of the SQLAlchemy ``engine``; how many."""
     import sqlalchemy as sa
 
     from aicml.serving.predlog import SUMMARY_TABLE
 
-    engine = sa.create_engine(url)
-    try:
-        if not sa.inspect(engine).has_table(SUMMARY_TABLE):
-            return 0
-        prefixes = {str(day), str(day.resolve())}
-        table = sa.Table(SUMMARY_TABLE, sa.MetaData(), autoload_with=engine)
-        with engine.begin() as conn:
-            deleted = conn.execute(
-                table.delete().where(
-                    sa.or_(*(table.c.path.startswith(p + "/", autoescape=True) for p in prefixes))
-                )
+    if not sa.inspect(engine).has_table(SUMMARY_TABLE):
+        return 0
+    prefixes = {str(day), str(day.resolve())}
+    table = sa.Table(SUMMARY_TABLE, sa.MetaData(), autoload_with=engine)
+    with engine.begin() as conn:
+        deleted = conn.execute(
+            table.delete().where(
+                sa.or_(*(table.c.path.startswith(p + "/", autoescape=True) for p in prefixes))
             )
-        return int(deleted.rowcount or 0)
-    finally:
-        engine.dispose()
+        )
+    return int(deleted.rowcount or 0)
 
 
 class Backups(FileInventory):

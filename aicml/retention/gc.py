@@ -200,6 +200,9 @@ def collect(
 
             references = active_references(client, set(exclude_flow_runs))
         inventories = build(targets, policy, selected, client, notes)
+        for inventory in inventories:
+            if callable(close := getattr(inventory, "close", None)):
+                stack.callback(close)
         the_plan = plan(inventories, policy, references, now=now)
         result = GcResult(the_plan, None, references, notes)
         if not dry_run:

@@ -105,9 +105,13 @@ class ModelVersions:
     hold_tag: str
     models: tuple[str, ...] | None = None  # only these registered models (None: all)
     kind: Kind = "model_versions"
+    # (model, logged model id) -> the versions backed by it, as items() last saw them: deleting a version
+    # takes it out, so the last one of several to go takes the logged model with it.
+    _backing: dict[tuple[str, str], set[str]] = field(default_factory=dict, init=False, repr=False)
 
     def items(self, now: datetime) -> list[Item]:
         found: list[Item] = []
+        self._backing.clear()
         for model in _pages(self.client.search_registered_models):
             if self.models is not None and model.name not in self.models:
                 continue
@@ -124,6 +128,8 @@ class ModelVersions:
             )
             for position, version in enumerate(versions):
                 number = str(version.version)
+                if model_id := logged_model_id(version):
+                    self._backing.setdefault((model.name, model_id), set()).add(number)
                 protected = None
                 if number in aliases:
                     protected = f"alias {', '.join('@' + a for a in sorted(aliases[number]))} points at it"
@@ -153,8 +159,12 @@ class ModelVersions:
         except Exception as exc:
             if not _missing(exc):
                 raise
+        self._backing.get((name, model_id), set()).discard(version)
 
     def _shared(self, name: str, version: str, model_id: str) -> bool:
+        backing = self._backing.get((name, model_id))
+        if backing is not None and version in backing:
+            return bool(backing - {version})
         others = _pages(self.client.search_model_versions, "name = '{}'".format(name.replace("'", "\\'")))
         return any(logged_model_id(v) == model_id and str(v.version) != version for v in others)
 
