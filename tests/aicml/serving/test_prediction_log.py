@@ -8,6 +8,7 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -142,7 +143,14 @@ def test_predictions_are_logged_and_read_back(
     early = read_predictions(str(tmp / "predictions"), registered.name, "2020-01-01", "2020-01-02")
     assert early.empty and list(early.columns)[:8] == list(logged.columns[:8])
 
-    summary = SummaryStore(f"sqlite:///{tmp / 'deployment.db'}").read(registered.name)
+    # A file's summary row is recorded just after the file: wait until every logged row is summarised.
+    store = SummaryStore(f"sqlite:///{tmp / 'deployment.db'}")
+
+    def summarised() -> tuple[Any] | None:
+        summary = store.read(registered.name)
+        return (summary,) if summary["count"].sum() >= len(logged) else None
+
+    (summary,) = wait_for(summarised, 30, "a summary row for every logged file")
     assert summary["count"].sum() == len(logged)
     assert set(summary["version"]) == {registered.v1}
     assert (summary["latency_p99_ms"] >= summary["latency_p50_ms"]).all()

@@ -70,7 +70,14 @@ def test_flags_turn_the_log_on_over_the_environment(
         ours = rows[rows["request_id"].isin(sent)].sort_values("request_id")
         assert ours["prediction"].tolist() == registered.expected_v1[:5]
         assert not from_env.exists()  # not where AIC_PREDICTION_LOG pointed
-        summary = SummaryStore(f"sqlite:///{tmp_path / 'deployment.db'}").read(registered.name)
+        # The writer records a file's summary row just after the file itself: wait for it too.
+        store = SummaryStore(f"sqlite:///{tmp_path / 'deployment.db'}")
+
+        def summarised() -> tuple[pd.DataFrame] | None:
+            summary = store.read(registered.name)
+            return (summary,) if len(summary) else None
+
+        (summary,) = wait_for(summarised, 30, "the summary row of the logged file")
         assert set(summary["sample"]) == {1.0}  # the flag's fraction, not the variable's 0
     finally:
         stop_server(server)
