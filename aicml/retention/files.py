@@ -12,11 +12,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from aicml.durable import fsync_dir
 from aicml.retention.engine import Item
 from aicml.retention.policy import Kind
+from aicml.serving.predlog import SummaryStore
 from aicml.stack.backup import _STAMP, STAMP_FORMAT
 from aicml.stack.backup import MANIFEST as BACKUP_MANIFEST
 
@@ -165,14 +165,13 @@ class PredictionLogs(FileInventory):
 
     def __init__(self, root: Path, hold_tag: str, summary_url: str | None = None) -> None:
         super().__init__("prediction_logs", root, "model=*/date=*", 1, hold_tag)
-        self.summary_url = summary_url  # the summary rows' database (``prediction_log_batches``)
-        self._engine: Any = None  # one engine for all the days deleted in a run, made on the first
+        # The summary rows' database (``prediction_log_batches``), one store for all the days of a run.
+        self._summary = SummaryStore(summary_url) if summary_url else None
 
     def close(self) -> None:
         """Let go of the summary database's connections (gc calls it at the end of a run)."""
-        if self._engine is not None:
-            self._engine.dispose()
-            self._engine = None
+        if self._summary is not None:
+            self._summary.close()
 
     def delete(self, item: Item, step: Callable[[str], None]) -> None:
         """The day's summary rows first, then its files: killed in between, the day is still listed and the
@@ -183,12 +182,8 @@ class PredictionLogs(FileInventory):
             if path.name.endswith(MARK)
             else path
         )
-        if self.summary_url:
-            if self._engine is None:
-                import sqlalchemy as sa
-
-                self._engine = sa.create_engine(self.summary_url)
-            delete_summary_rows(self._engine, day)
+        if self._summary is not None:
+            self._summary.delete_under(day)
         step("summary-deleted")
         remove_path(path, step)
 
@@ -205,26 +200,6 @@ class PredictionLogs(FileInventory):
 
     def _extra(self, path: Path) -> tuple[str, ...]:
         return ()
-
-
-def delete_summary_rows(engine: Any, day: Path) -> int:
-    """Delete the prediction-log summary rows of the files under the day partition ``day`` from the database
-    of the SQLAlchemy ``engine``; how many."""
-    import sqlalchemy as sa
-
-    from aicml.serving.predlog import SUMMARY_TABLE
-
-    if not sa.inspect(engine).has_table(SUMMARY_TABLE):
-        return 0
-    prefixes = {str(day), str(day.resolve())}
-    table = sa.Table(SUMMARY_TABLE, sa.MetaData(), autoload_with=engine)
-    with engine.begin() as conn:
-        deleted = conn.execute(
-            table.delete().where(
-                sa.or_(*(table.c.path.startswith(p + "/", autoescape=True) for p in prefixes))
-            )
-        )
-    return int(deleted.rowcount or 0)
 
 
 class Backups(FileInventory):

@@ -220,8 +220,10 @@ class SummaryStore:
             sa.Column("written_at", sa.DateTime(timezone=True), nullable=False),
         )
         self._engine: Any = None
+        self._created = False
+        self._exists: bool | None = None  # whether the table exists, as delete_under found it
 
-    def _connect(self) -> Any:
+    def _engine_once(self) -> Any:
         if self._engine is None:
             import sqlalchemy as sa
 
@@ -231,10 +233,15 @@ class SummaryStore:
             elif self.url.startswith("postgresql"):
                 # A database that hangs must not hold the writer forever: what queues meanwhile is dropped.
                 connect_args["options"] = "-c statement_timeout=30000"
-            engine = sa.create_engine(self.url, pool_pre_ping=True, connect_args=connect_args)
-            self.metadata.create_all(engine, checkfirst=True)
-            self._engine = engine
+            self._engine = sa.create_engine(self.url, pool_pre_ping=True, connect_args=connect_args)
         return self._engine
+
+    def _connect(self) -> Any:
+        engine = self._engine_once()
+        if not self._created:
+            self.metadata.create_all(engine, checkfirst=True)
+            self._created = True
+        return engine
 
     def insert(self, rows: list[dict[str, Any]]) -> None:
         if not rows:
@@ -259,9 +266,30 @@ class SummaryStore:
         with self._connect().connect() as conn:
             return pd.DataFrame(conn.execute(query).mappings().all(), columns=list(self.table.c.keys()))
 
+    def delete_under(self, day: Path) -> int:
+        """Delete the rows of the files under the directory ``day`` (a day partition); how many. A database
+        without the table (no server has logged there) has nothing to delete and is left as it is."""
+        import sqlalchemy as sa
+
+        engine = self._engine_once()
+        if self._exists is None:
+            self._exists = self._created or sa.inspect(engine).has_table(SUMMARY_TABLE)
+        if not self._exists:
+            return 0
+        path = self.table.c.path
+        prefixes = {str(day), str(day.resolve())}
+        with engine.begin() as conn:
+            deleted = conn.execute(
+                self.table.delete().where(
+                    sa.or_(*(path.startswith(p + "/", autoescape=True) for p in prefixes))
+                )
+            )
+        return int(deleted.rowcount or 0)
+
     def close(self) -> None:
         if self._engine is not None:
             self._engine.dispose()
+            self._engine = None
 
 
 # --- the log ---------------------------------------------------------------------------------------------

@@ -204,3 +204,28 @@ def test_k8s_backup_cronjob_prunes_through_gc() -> None:
     assert env["AIC_HOME"].startswith(
         "/backups/"
     )  # the audit persists on the volume (the root fs is read-only)
+
+
+def test_summary_rows_go_by_day_prefix_and_a_database_without_the_table_is_left_alone(tmp_path: Path) -> None:
+    import sqlalchemy as sa
+
+    from aicml.serving.predlog import SUMMARY_TABLE
+
+    empty = tmp_path / "empty.db"
+    store = SummaryStore(f"sqlite:///{empty}")
+    assert store.delete_under(tmp_path / "model=churn" / "date=2026-01-01") == 0
+    store.close()
+    assert not sa.inspect(sa.create_engine(f"sqlite:///{empty}")).has_table(SUMMARY_TABLE)  # no table made
+
+    # A day whose name holds LIKE's wildcards: only rows under exactly that directory go.
+    day = tmp_path / "model=ch_rn%" / "date=2026-01-01"
+    look_alike = tmp_path / "model=chXrnY" / "date=2026-01-01"
+    url = f"sqlite:///{tmp_path / 'deployment.db'}"
+    SummaryStore(url).insert(
+        [_summary_row(day / "part-a.parquet"), _summary_row(look_alike / "part-b.parquet")]
+    )
+    store = SummaryStore(url)
+    assert store.delete_under(day) == 1
+    assert store.delete_under(day) == 0  # again: nothing left, no error
+    store.close()
+    assert list(SummaryStore(url).read("churn")["path"]) == [str(look_alike / "part-b.parquet")]
