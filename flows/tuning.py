@@ -21,6 +21,7 @@ from aicml.stack.overrides import resolve_params
 from aicml.tuning.options import SearchOptions
 from aicml.tuning.search import SearchOutcome, plan_workers, run_workers, task_runner_for, warm_workers
 from aicml.usage.accounting import account_usage
+from aicml.usage.tasks import gather_remote
 from blocks.settings import AicSettings
 from tasks.context import data_dir, settings, tracking_of
 from tasks.ingest import ingest_source
@@ -118,7 +119,7 @@ def search_flow(options: SearchOptions, ref: StudyRef, data_ref: Any) -> SearchO
         data=data_ref,
         tracking=ref.trial_tracking(),
     )
-    return run_workers(
+    outcome = run_workers(
         jobs=jobs,
         submit=lambda job: search_worker_task.submit(job=job),
         warm=lambda: warm_workers(
@@ -129,6 +130,8 @@ def search_flow(options: SearchOptions, ref: StudyRef, data_ref: Any) -> SearchO
         ),
         logger=get_run_logger(),
     )
+    gather_remote()  # the trial workers' usage, measured on the Dask workers, to the tune flow's accounting
+    return outcome
 
 
 def run_search(options: SearchOptions, ref: StudyRef, data_ref: Any) -> SearchOutcome:

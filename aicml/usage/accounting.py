@@ -2,7 +2,7 @@
 writes the record to the usage store, counts ``ml_resource_seconds_total``, logs ``usage.*`` metrics (and
 the ``aicml.team`` tag) on the MLflow run the block names, and leaves a table artifact on the Prefect flow
 run. The task runs of the flow run that ran in this process (tasks marked `tasks.metered`) get their own
-rows, ``usage.task.<task>.*`` metrics (summed over a task's runs) and lines in the same artifact; the counter
+rows (those on the flow's Dask workers measured there, `tasks.collect_remote`), ``usage.task.<task>.*`` metrics (summed over a task's runs) and lines in the same artifact; the counter
 counts flow runs only, so nothing is counted twice. Accounting never fails the flow: a record that cannot
 be written is logged as a warning.
 """
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from aicml.usage.meter import Meter
 from aicml.usage.requested import requested_from
 from aicml.usage.store import UsageRecord, UsageStore
-from aicml.usage.tasks import TaskUse, forget, spans_of, task_usage
+from aicml.usage.tasks import TaskUse, accounted, adopted, collect_remote, forget, spans_of, task_usage
 
 if TYPE_CHECKING:
     from aicml.registry.tracking import Tracking
@@ -212,7 +212,8 @@ def account_usage(
     meter = Meter(interval).start()
     outcome = "failure"
     try:
-        yield account
+        with accounted(flow_run_id):
+            yield account
         outcome = "success"
     finally:
         m = meter.stop()
@@ -236,7 +237,9 @@ def account_usage(
         )
         account.record = record
         spans = spans_of(flow_run_id, m.started) if flow_run_id else []
-        account.tasks = task_records(record, task_usage(m.samples, spans))
+        # Task runs on Dask workers were measured there: from this flow's workers, and from its subflows'.
+        remote = collect_remote(flow_run_id) + adopted(flow_run_id)
+        account.tasks = task_records(record, task_usage(m.samples, spans) + remote)
         forget(spans)
         publish(record, store_url, tracking, artifact, account.tasks)
 

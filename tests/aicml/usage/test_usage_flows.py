@@ -122,6 +122,14 @@ def test_tuning_study_usage_agrees_and_the_cli_groups_it(
     # A Dask worker process ran the trials: its CPU is the study's too.
     assert row.cpu_s == pytest.approx(used, rel=0.1)
     assert _counter("cpu", "tune", team) == pytest.approx(row.cpu_s)
+    # The trial worker ran on the Dask worker: its row was measured there and handed to the tune flow's run.
+    store = UsageStore(AicSettings().usage_store_url())
+    try:
+        tasks = [r for r in store.read(since - 1) if r.task and r.flow_run_id == row.flow_run_id]
+    finally:
+        store.close()
+    [worker] = [t for t in tasks if t.task == "trial-worker"]
+    assert 0 < worker.cpu_s <= row.cpu_s and 0 < worker.wall_s <= row.wall_s
 
     monkeypatch.setenv("AIC_PRICE_CPU_HOUR", "3.6")  # a CPU-second costs 0.001
     table = CliRunner().invoke(app, ["--since", "1h", "--by", "team"])
@@ -131,3 +139,56 @@ def test_tuning_study_usage_agrees_and_the_cli_groups_it(
     out = json.loads(CliRunner().invoke(app, ["--since", "1h", "--by", "flow", "--json"]).output)
     [group] = [g for g in out["groups"] if g["flow"] == "tune"]
     assert group["runs"] >= 1 and group["cpu_h"] >= row.cpu_s / 3600
+
+
+def _burn(seconds: float) -> float:
+    """Spin this process's CPU for about ``seconds``; the CPU seconds it used, by its own count."""
+    start = time.process_time()
+    x = 0
+    while time.process_time() - start < seconds:
+        x += 1
+    return time.process_time() - start
+
+
+def test_task_runs_on_dask_workers_get_rows_measured_there(stack: object) -> None:
+    """A flow whose subflow runs two metered tasks on a Dask LocalCluster of two worker processes: each task run
+    gets its own row, with the CPU seconds the task counted in its worker within 10%, and the flow's row
+    (its workers are its children) holds them both."""
+    from prefect import flow, task
+    from prefect_dask import DaskTaskRunner
+
+    from aicml.usage.accounting import account_usage
+    from aicml.usage.tasks import gather_remote, metered
+
+    burn = metered(task(name="burn", persist_result=False)(_burn))
+
+    @flow(name="usage-on-dask", persist_result=False)
+    def on_dask() -> list[float]:
+        futures = [burn.submit(1.5), burn.submit(0.75)]
+        used = [f.result() for f in futures]
+        assert gather_remote() == 2
+        return used
+
+    @flow(name="usage-dask-parent", persist_result=False)
+    def parent() -> tuple[list[float], list[UsageRecord], UsageRecord]:
+        runner = DaskTaskRunner(
+            cluster_kwargs={
+                "n_workers": 2,
+                "threads_per_worker": 1,
+                "processes": True,
+                "dashboard_address": None,
+            }
+        )
+        with account_usage("usage-dask-parent", store_url=None, artifact=False) as account:
+            used = on_dask.with_options(task_runner=runner)()
+        assert account.record is not None
+        return used, account.tasks, account.record
+
+    used, tasks, record = parent()
+    by_cpu = sorted(tasks, key=lambda t: t.cpu_s)
+    assert [t.task for t in by_cpu] == ["burn", "burn"]
+    for row, counted in zip(by_cpu, sorted(used), strict=True):
+        assert row.cpu_s == pytest.approx(counted, rel=0.1), (row, counted)
+        assert row.flow_run_id == record.flow_run_id and row.task_run_id
+        assert 0 < row.wall_s <= record.wall_s
+    assert sum(t.cpu_s for t in tasks) <= record.cpu_s
