@@ -63,6 +63,7 @@ class TaskUse:
 _lock = threading.Lock()
 _spans: dict[str, Span] = {}
 _MAX_SPANS = 100_000  # a long-lived worker process forgets the oldest beyond this
+_MAX_UNCLAIMED = 1_000  # flow runs whose task runs a Dask worker keeps until they are taken
 
 
 def _started(task: Any, task_run: Any, state: Any) -> None:
@@ -134,6 +135,8 @@ class _RemoteUse:
                 kept = self._done.setdefault(s.flow_run_id, [])
                 kept.append(use)
                 del kept[:-_MAX_SPANS]
+            while len(self._done) > _MAX_UNCLAIMED:  # a long-lived cluster: flow runs that never asked
+                del self._done[next(iter(self._done))]
             forget(spans)
             self._finished.notify_all()
 

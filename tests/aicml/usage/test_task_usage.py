@@ -192,3 +192,32 @@ def test_a_flow_runs_task_runs_get_what_they_used(stack: object) -> None:
     out = json.loads(CliRunner().invoke(app, ["--since", "1h", "--by", "task", "--json"]).output)
     [group] = [g for g in out["groups"] if g["task"] == f"{name}/burn"]
     assert group["runs"] == 1 and group["cpu_h"] == pytest.approx(burn.cpu_s / 3600)
+
+
+def test_a_workers_task_runs_are_shared_out_when_the_last_ends_and_taken_once() -> None:
+    """`_RemoteUse` as a Dask worker runs it: one sampler for two overlapping task runs, nothing to take while
+    one still runs, then both with the CPU burnt between them, taken once and forgotten."""
+    from aicml.usage import tasks
+
+    remote = tasks._RemoteUse(interval=0.05)
+    now = time.time()
+    with tasks._lock:
+        tasks._spans["run-a"] = tasks.Span("run-a", "flow-x", "burn", now)
+        tasks._spans["run-b"] = tasks.Span("run-b", "flow-x", "idle", now)
+    remote.begin("run-a")
+    remote.begin("run-b")
+    start = time.process_time()
+    while time.process_time() - start < 0.4:
+        pass
+    burnt = time.process_time() - start
+    with tasks._lock:
+        tasks._spans["run-a"] = tasks.Span("run-a", "flow-x", "burn", now, time.time())
+    remote.end("run-a")
+    assert remote.running("flow-x") and remote.take("flow-x", wait_s=0) == []
+    with tasks._lock:
+        tasks._spans["run-b"] = tasks.Span("run-b", "flow-x", "idle", now, time.time())
+    remote.end("run-b")
+    uses = remote.take("flow-x", wait_s=1)
+    assert sorted(u.task_run_id for u in uses) == ["run-a", "run-b"]
+    assert sum(u.cpu_s for u in uses) == pytest.approx(burnt, rel=0.25, abs=0.05)
+    assert remote.take("flow-x", wait_s=0) == [] and "run-a" not in tasks._spans
