@@ -275,7 +275,14 @@ def render_manifests(spec: KubeServingSpec) -> list[dict[str, Any]]:
                                 "periodSeconds": 10,
                                 "initialDelaySeconds": 30,
                             },
-                            "startupProbe": {**probe, "failureThreshold": 60},
+                            # Started once the process answers: a server waiting for its model's first
+                            # champion (--wait-for-model) is up but not ready, and must not be restarted
+                            # every 5 minutes for it (the rehearsal saw one restart at 300 s).
+                            "startupProbe": {
+                                "httpGet": {"path": "/v2/health/live", "port": "http"},
+                                "periodSeconds": 5,
+                                "failureThreshold": 60,
+                            },
                             "securityContext": {
                                 "allowPrivilegeEscalation": False,
                                 "readOnlyRootFilesystem": True,

@@ -48,6 +48,10 @@ def test_hpa_and_pdb_follow_the_seed() -> None:
     container = kinds["Deployment"]["spec"]["template"]["spec"]["containers"][0]  # type: ignore[index]
     assert container["args"][:2] == ["serve", "models:/churn@champion"]
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    # Started when the process answers, not when it has a model: a server waiting for the first champion
+    # (--wait-for-model, test_wait_for_model.py: live 200, ready 503) is not restarted meanwhile.
+    assert container["startupProbe"]["httpGet"]["path"] == container["livenessProbe"]["httpGet"]["path"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
 
 
