@@ -1,9 +1,9 @@
 """The one place a flow run's usage is accounted: ``account_usage`` measures the block (`meter.Meter`), then
 writes the record to the usage store, counts ``ml_resource_seconds_total``, logs ``usage.*`` metrics (and
 the ``aicml.team`` tag) on the MLflow run the block names, and leaves a table artifact on the Prefect flow
-run. The task runs of the flow run that ran in this process (tasks marked `tasks.metered`) get their own
-rows (those on the flow's Dask workers measured there, `tasks.collect_remote`), ``usage.task.<task>.*`` metrics (summed over a task's runs) and lines in the same artifact; the counter
-counts flow runs only, so nothing is counted twice. Accounting never fails the flow: a record that cannot
+run. The flow run's task runs (tasks marked `tasks.metered`; those on Dask workers are measured there,
+`tasks.gather_remote`) get their own rows, ``usage.task.<task>.*`` metrics (summed over a task's runs) and
+lines in the same artifact; the counter counts flow runs only, so nothing is counted twice. Accounting never fails the flow: a record that cannot
 be written is logged as a warning.
 """
 
