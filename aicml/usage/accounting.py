@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from aicml.usage.meter import Meter
 from aicml.usage.requested import requested_from
 from aicml.usage.store import UsageRecord, UsageStore
-from aicml.usage.tasks import TaskUse, accounted, adopted, collect_remote, forget, spans_of, task_usage
+from aicml.usage.tasks import TaskUse, accounted, adopted, forget, spans_of, task_usage
 
 if TYPE_CHECKING:
     from aicml.registry.tracking import Tracking
@@ -237,8 +237,9 @@ def account_usage(
         )
         account.record = record
         spans = spans_of(flow_run_id, m.started) if flow_run_id else []
-        # Task runs on Dask workers were measured there: from this flow's workers, and from its subflows'.
-        remote = collect_remote(flow_run_id) + adopted(flow_run_id)
+        # Task runs on Dask workers were measured there and handed here by `gather_remote` in the flow run
+        # that owns the Dask task runner (this one or a subflow): the one path they come by.
+        remote = adopted(flow_run_id)
         account.tasks = task_records(record, task_usage(m.samples, spans) + remote)
         forget(spans)
         publish(record, store_url, tracking, artifact, account.tasks)

@@ -23,6 +23,7 @@ from aicml.retention.files import (
 from aicml.retention.policy import DEFAULT_POLICY_FILE, PolicyError, load_policy, parse_policy
 from aicml.rollout.audit import read_audit
 from aicml.serving.predlog import SummaryStore
+from tests.services import Postgres
 
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 REPO = Path(__file__).resolve().parents[3]
@@ -229,3 +230,53 @@ def test_summary_rows_go_by_day_prefix_and_a_database_without_the_table_is_left_
     assert store.delete_under(day) == 0  # again: nothing left, no error
     store.close()
     assert list(SummaryStore(url).read("churn")["path"]) == [str(look_alike / "part-b.parquet")]
+
+
+def test_prediction_log_days_leave_the_postgresql_summary_through_the_gc_inventory(
+    tmp_path: Path, postgres: Postgres
+) -> None:
+    """On a cluster the summary rows live in PostgreSQL (the model deployment database): the gc's
+    prediction-log inventory deletes a day's rows there, by exact directory prefix (LIKE's wildcards in
+    the name match only themselves), and a database without the table is left without one."""
+    import sqlalchemy as sa
+
+    from aicml.serving.predlog import SUMMARY_TABLE
+
+    preds = tmp_path / "predictions"
+    old = preds / "model=ch_rn%" / "date=2026-01-01"
+    look_alike = preds / "model=chXrnY" / "date=2026-01-01"
+    new = preds / "model=ch_rn%" / "date=2026-12-05"
+    files = [_file(day / f"part-{n}.parquet", 0) for n, day in enumerate((old, look_alike, new))]
+    with postgres.database("aicml_summary") as name, postgres.database("aicml_nosummary") as bare:
+        url = postgres.url(name)
+        SummaryStore(url).insert([_summary_row(f) for f in files])  # batch ids differ: the file names
+
+        inventory = PredictionLogs(preds, "legal-hold", url)
+        try:
+            [item] = [i for i in inventory.items(NOW) if Path(i.handle) == old]
+            steps: list[str] = []
+            inventory.delete(item, steps.append)
+        finally:
+            inventory.close()
+        assert steps[0] == "summary-deleted" and not old.exists() and look_alike.exists() and new.exists()
+        engine = sa.create_engine(url)
+        try:
+            with engine.connect() as conn:
+                left = (
+                    conn.execute(sa.text(f"SELECT path FROM {SUMMARY_TABLE} ORDER BY path")).scalars().all()
+                )
+        finally:
+            engine.dispose()
+        assert left == sorted(str(f) for f in files[1:])
+
+        empty = PredictionLogs(preds, "legal-hold", postgres.url(bare))
+        try:
+            [item] = [i for i in empty.items(NOW) if Path(i.handle) == look_alike]
+            empty.delete(item, lambda step: None)
+        finally:
+            empty.close()
+        engine = sa.create_engine(postgres.url(bare))
+        try:
+            assert not sa.inspect(engine).has_table(SUMMARY_TABLE)  # nothing created there
+        finally:
+            engine.dispose()
