@@ -28,7 +28,7 @@ from aicml.lineage.datasets import log_training_inputs
 from aicml.models.training import TrainingOutcome
 from aicml.names import slug
 from aicml.registry.tracking import Tracking
-from aicml.tuning.engine import TrackingRef, WorkerJob, WorkerReport
+from aicml.tuning.jobs import TrackingRef, WorkerJob, WorkerReport
 from aicml.usage.tasks import metered
 from tasks.context import settings
 from tasks.validate import artifact_page_url

@@ -24,7 +24,7 @@ import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import optuna
@@ -32,8 +32,9 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from aicml.tuning.errors import TuningError
+from aicml.tuning.jobs import TrackingRef, TrialJob, TrialResult, WorkerJob, WorkerReport
 from aicml.tuning.objectives import DataRef, PlateauStop, TrialContext, resolve_objective
-from aicml.tuning.space import Budget, PruningOptions, SearchSpace
+from aicml.tuning.space import Budget, SearchSpace
 from aicml.tuning.study import (
     adopt_orphaned_trials,
     distributions,
@@ -56,54 +57,6 @@ def _quiet() -> Iterator[None]:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         warnings.filterwarnings("ignore", message="Heartbeat of storage")
         yield
-
-
-@dataclass(frozen=True)
-class TrackingRef:
-    """Where trial runs are logged: an MLflow server, experiment and the study's parent run."""
-
-    tracking_uri: str
-    experiment_id: str
-    parent_run_id: str
-
-
-@dataclass(frozen=True)
-class TrialJob:
-    """Everything a worker needs to evaluate one claimed trial (plain values: it crosses processes)."""
-
-    study_name: str
-    storage_url: str
-    trial_id: int
-    number: int
-    params: dict[str, Any]
-    objective: str
-    direction: str
-    max_epochs: int
-    pruning: PruningOptions
-    data: DataRef | None = None
-    base_options: dict[str, Any] = field(default_factory=dict)
-    tracking: TrackingRef | None = None
-    heartbeat_s: int = 30
-    grace_s: int | None = None
-
-
-@dataclass(frozen=True)
-class TrialResult:
-    """What one trial did."""
-
-    number: int
-    state: str  # COMPLETE, PRUNED or FAIL
-    value: float | None
-    params: dict[str, Any]
-    epochs: int
-    intermediate: dict[int, float]
-    seconds: float
-    error: str | None = None
-    mlflow_run_id: str | None = None
-    stopped_on_plateau: bool = False
-    worker: str = ""
-    # Seconds spent per phase: objective, record (study round trips of this trial), tracking (MLflow).
-    timings: dict[str, float] = field(default_factory=dict)
 
 
 @functools.lru_cache(maxsize=8)
@@ -440,33 +393,6 @@ def drive(
         # Trials of other drivers (or of a dead one, until its heartbeat expires) hold the last slots.
         time.sleep(poll_s)
     return DriveOutcome(results=results, stop_reason=reason, seconds=time.monotonic() - started)
-
-
-@dataclass(frozen=True)
-class WorkerJob:
-    """One long-lived worker: the study, how this worker samples, and the template of its trial jobs."""
-
-    index: int
-    space: SearchSpace
-    sampler: str
-    seed: int
-    budget: Budget
-    trial: TrialJob  # every field but trial_id, number and params, which each claim fills in
-    max_trials: int | None = None
-
-
-@dataclass(frozen=True)
-class WorkerReport:
-    """What one worker ran, and where its time went (wall and CPU seconds of its loop)."""
-
-    index: int
-    worker: str
-    results: list[TrialResult]
-    stop_reason: str
-    started_at: float  # time.time() when the loop began, to measure the wait for a worker
-    seconds: float
-    cpu_seconds: float
-    timings: dict[str, float]
 
 
 def _log_in_background(tracking: TrackingRef, result: TrialResult) -> TrialResult:

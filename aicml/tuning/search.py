@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from aicml.tuning.engine import TrackingRef, TrialJob, WorkerJob, WorkerReport
+from aicml.tuning.jobs import TrackingRef, TrialJob, WorkerJob, WorkerReport
 from aicml.tuning.options import SearchOptions
 
 log = logging.getLogger(__name__)
