@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -140,19 +141,22 @@ def publish(
     if store_url:
         store = UsageStore(store_url)
         try:
-            for row in [record, *tasks]:
-                store.append(row)
+            store.append(record, *tasks)
         except Exception as exc:
             log.warning("Usage of %s not stored (%s: %s)", record.flow, type(exc).__name__, exc)
         finally:
             store.close()
     if tracking is not None and record.mlflow_run_id:
         try:
-            client = tracking.client()
-            for key, value in (record.metrics() | task_metrics(tasks)).items():
-                client.log_metric(record.mlflow_run_id, key, value)
-            if record.team:
-                client.set_tag(record.mlflow_run_id, TEAM_TAG, record.team)
+            from mlflow.entities import Metric, RunTag
+
+            now = int(time.time() * 1000)
+            metrics = [
+                Metric(key, value, now, 0) for key, value in (record.metrics() | task_metrics(tasks)).items()
+            ]
+            tags = [RunTag(TEAM_TAG, record.team)] if record.team else []
+            # One request: a metric at a time cost a round trip each (8 + 4 per metered task).
+            tracking.client().log_batch(record.mlflow_run_id, metrics=metrics, tags=tags)
         except Exception as exc:
             log.warning("Usage metrics of MLflow run %s not logged (%s)", record.mlflow_run_id, exc)
     if artifact and record.flow_run_id:

@@ -167,14 +167,19 @@ class UsageStore:
             self._engine = engine
         return self._engine
 
-    def append(self, record: UsageRecord) -> None:
-        """Write ``record`` (a record already written, by id, is left as it is)."""
+    def append(self, *records: UsageRecord) -> None:
+        """Write ``records`` in one transaction (a record already written, by id, is left as it is)."""
         import sqlalchemy as sa
 
+        if not records:
+            return
         table = _table(sa.MetaData())
         with self._connect().begin() as conn:
-            if conn.execute(sa.select(table.c.id).where(table.c.id == record.id)).first() is None:
-                conn.execute(table.insert().values(**asdict(record)))
+            ids = [r.id for r in records]
+            present = set(conn.execute(sa.select(table.c.id).where(table.c.id.in_(ids))).scalars())
+            new = {r.id: asdict(r) for r in records if r.id not in present}  # by id: a repeat counts once
+            if new:
+                conn.execute(table.insert(), list(new.values()))
 
     def read(self, since: float, until: float | None = None) -> list[UsageRecord]:
         """Rows of flow runs that started at or after ``since`` (epoch seconds), oldest first."""
