@@ -271,12 +271,14 @@ def load_served(name: str, version: str, cache_dir: Path, max_rows: int) -> Serv
     """
     import mlflow.pyfunc
 
+    from aicml.models.portable.files import import_skops
     from aicml.models.requirements import environment_mismatches
 
     started = time.perf_counter()
     path = fetch_verified(name, version, cache_dir)
     # MLflow's own environment check maps every installed distribution first (about 1 s of the start-up);
     # the same check, on the model's own requirements only, logs what does not match.
+    import_skops()  # what the model's flavor loads with, without importing torch for a model that needs none
     pyfunc = mlflow.pyfunc.load_model(str(path), suppress_warnings=True)
     flavor = pyfunc.metadata.flavors.get("python_function", {})
     mismatches = environment_mismatches(path, flavor.get("python_version"))
