@@ -24,7 +24,9 @@ from aicml.compat import CompatWarning, Fence
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("fence", [compat.HEARTBEATS, compat.SLOTS, compat.TEMPLATES, compat.PREDICT])
+@pytest.mark.parametrize(
+    "fence", [compat.HEARTBEATS, compat.SLOTS, compat.TEMPLATES, compat.PREDICT, compat.HEADERS]
+)
 def test_the_installed_versions_are_inside_every_fence(fence: Fence) -> None:
     assert fence.holds(), (
         f"{fence.package} {fence.installed()} is outside {fence.versions}: re-check the patch in aicml/compat.py "
@@ -126,11 +128,13 @@ import aicml.data.quality, aicml.serving.runtime, aicml.stack.engine, aicml.stac
 import prefect.flow_engine
 from great_expectations.render.view.view import DefaultJinjaView
 from prefect.server.api import concurrency_limits_v2
+from mlflow.tracking.request_header.databricks_request_header_provider import DatabricksRequestHeaderProvider
 
 print(json.dumps({
     "heartbeats": prefect.flow_engine._send_heartbeats.__module__,
     "views": DefaultJinjaView.__init__.__module__,
     "slots": getattr(concurrency_limits_v2._acquire_concurrency_slots, "_aicml_begin_immediate", False),
+    "databricks": getattr(DatabricksRequestHeaderProvider.in_context, "_aicml_once", False),
 }))
 """
 
@@ -151,4 +155,45 @@ def test_importing_tasks_and_flows_installs_nothing() -> None:
         "heartbeats": "prefect.flow_engine",
         "views": "great_expectations.render.view.view",
         "slots": False,
+        "databricks": False,
     }
+
+
+DATABRICKS_PROBE = """
+import json
+from mlflow.tracking.request_header.registry import resolve_request_headers
+from mlflow.utils import databricks_utils
+
+from aicml import compat
+
+asked = []
+for name in ("is_in_cluster", "is_in_databricks_notebook", "is_in_databricks_job"):
+    original = getattr(databricks_utils, name)
+    def counted(*args, _original=original, _name=name, **kwargs):
+        asked.append(_name)
+        return _original(*args, **kwargs)
+    setattr(databricks_utils, name, counted)
+
+before = [resolve_request_headers() for _ in range(3)]
+unpatched = len(asked)
+installed = compat.databricks_checked_once()
+again = compat.databricks_checked_once()
+after = [resolve_request_headers() for _ in range(50)]
+print(json.dumps({"unpatched": unpatched, "patched": len(asked) - unpatched, "installed": installed,
+                  "again": again, "same": before[0] == after[-1], "headers": sorted(after[-1])}))
+"""
+
+
+def test_mlflow_asks_whether_it_runs_on_databricks_once_per_process_not_per_request() -> None:
+    """Before every REST request MLflow's client resolves its request headers, and the Databricks provider
+    checked three times for Databricks (failed imports searched again each time): once per process now,
+    through the same public header resolution, with the same headers."""
+    done = subprocess.run(
+        [sys.executable, "-c", DATABRICKS_PROBE], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["unpatched"] >= 3  # unpatched: asked at every resolution
+    assert out["installed"] is True and out["again"] is True
+    assert 1 <= out["patched"] <= 3  # 50 resolutions, one answer (at most the three checks of one ask)
+    assert out["same"] is True
