@@ -8,7 +8,7 @@ What is timed, from the moment the process is spawned, polling every 50 ms with 
   Prefect API): every service ready to run a flow. Anchors: ``prefect_server_s``, `prefect server start`
   alone (fresh SQLite database and PREFECT_HOME) to 200 on ``/api/health``; ``mlflow_server_s``, `mlflow
   server` alone with the same command line the stack runs it with (fresh SQLite database, artifacts served,
-  2 workers) to 200 on ``/health``.
+  1 worker) to 200 on ``/health``.
 - ``first_task_latency_s``: on the stack just started, a run of an `ml-pipeline` deployment on pool
   ``local`` (the pipeline on 2,000 demo rows) is created through the API; the latency is the first task
   run's start time (as the flow-run process recorded it) less the flow run's creation time (as the server
@@ -201,7 +201,7 @@ def mlflow_server(work: Path) -> dict[str, float]:
     command = [
         str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
         "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
-        "--artifacts-destination", str(home / "mlartifacts"), "--serve-artifacts", "--workers", "2",
+        "--artifacts-destination", str(home / "mlartifacts"), "--serve-artifacts", "--workers", "1",
     ]  # fmt: skip
     return time_server(command, env, home, port, "/health", home / "server.log")
 

@@ -321,8 +321,10 @@ class LocalStack:
                     "--artifacts-destination",
                     str(self.home / "mlartifacts"),
                     "--serve-artifacts",
+                    # One uvicorn worker: each imports the whole tracking server (about 4.5 CPU s at every
+                    # start, on the cores the Prefect server starts on); one user's runs do not need two.
                     "--workers",
-                    "2",
+                    "1",
                 ],
                 # MLflow's background job runner (GenAI scorers) starts half a dozen consumer processes
                 # that nothing here uses; without it the server needs a fraction of the memory.
