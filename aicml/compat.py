@@ -14,8 +14,11 @@ A patch here replaces or wraps something its library does not promise to keep. E
   ======================================  ==================================================================
   ``install()``                           processes that run flows: ``aicml.stack.engine`` (the local
                                           worker's flow-run command), and tests and benchmarks that call
-                                          flows in-process. Installs ``heartbeats_that_stop_at_once``,
-                                          ``databricks_checked_once`` and ``quiet_downloads``.
+                                          flows in-process. Installs ``heartbeats_that_stop_at_once``
+                                          and ``quiet_downloads``.
+  ``databricks_checked_once()``           MLflow clients: ``aicml.registry.tracking.Tracking`` calls it
+                                          where it makes one (MLflow is imported there, not at a flow-run
+                                          process's start, where it would delay the first task)
   ``quiet_downloads()``                   not a patch: MLflow's public switch for its download progress
                                           bars, off by default in every process of ours (``install()``,
                                           ``aicml serve``, the ``aicml`` command)
@@ -161,7 +164,6 @@ def install() -> None:
     """
     quiet_downloads()
     heartbeats_that_stop_at_once()
-    databricks_checked_once()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -170,6 +172,7 @@ def install() -> None:
 
 HEADERS = Fence("mlflow", ">=3.17,<3.18")
 _ONCE = "_aicml_once"
+_databricks_once: bool | None = None  # the outcome of the one installation a process makes
 
 
 def databricks_checked_once() -> bool:
@@ -182,6 +185,14 @@ def databricks_checked_once() -> bool:
     server. Where a process runs does not change while it runs, so the first answer is kept; on Databricks
     the headers are still built for every request, as before.
     """
+    global _databricks_once
+    if _databricks_once is not None:
+        return _databricks_once
+    _databricks_once = _check_databricks_once()
+    return _databricks_once
+
+
+def _check_databricks_once() -> bool:
     patch = "mlflow DatabricksRequestHeaderProvider.in_context"
     if not HEADERS.admits(patch):
         return False

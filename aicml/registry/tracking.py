@@ -46,6 +46,9 @@ class Tracking(BaseModel):
         """A client bound to this server; it does not touch the process-wide URI."""
         from mlflow import MlflowClient
 
+        from aicml.compat import databricks_checked_once
+
+        databricks_checked_once()  # once per process; MLflow is imported by now
         return MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
 
     def activate(self) -> Tracking:
@@ -53,6 +56,9 @@ class Tracking(BaseModel):
         ``set_tracking_uri`` in the library); returns self."""
         import mlflow
 
+        from aicml.compat import databricks_checked_once
+
+        databricks_checked_once()
         mlflow.set_tracking_uri(self.uri)
         mlflow.set_registry_uri(self.uri)
         return self
