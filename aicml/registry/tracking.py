@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from mlflow import MlflowClient
 
 
@@ -62,6 +64,21 @@ class Tracking(BaseModel):
         mlflow.set_tracking_uri(self.uri)
         mlflow.set_registry_uri(self.uri)
         return self
+
+    def log_batch(
+        self, run_id: str, metrics: Mapping[str, float], tags: Mapping[str, str] | None = None
+    ) -> None:
+        """Log ``metrics`` (at step 0, now) and ``tags`` on run ``run_id`` in one request."""
+        import time
+
+        from mlflow.entities import Metric, RunTag
+
+        now = int(time.time() * 1000)
+        self.client().log_batch(
+            run_id,
+            metrics=[Metric(key, float(value), now, 0) for key, value in metrics.items()],
+            tags=[RunTag(key, value) for key, value in (tags or {}).items()],
+        )
 
     def in_experiment(self, experiment: str | None) -> Tracking:
         """The same server, logging to ``experiment`` (this one's own when None)."""
