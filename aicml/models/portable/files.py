@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -51,11 +52,14 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 class _NoTorch:
-    """A finder that makes ``import torch`` fail (ModuleNotFoundError), for `import_skops`."""
+    """A finder that makes ``import torch`` fail (ModuleNotFoundError) in one thread, for `import_skops`:
+    another thread importing torch meanwhile gets it as usual."""
 
-    @staticmethod
-    def find_spec(name: str, path: Any = None, target: Any = None) -> None:
-        if name == "torch":
+    def __init__(self) -> None:
+        self.thread = threading.get_ident()
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if name == "torch" and threading.get_ident() == self.thread:
             raise ModuleNotFoundError("torch is not imported while skops lists its trusted types", name=name)
 
 
@@ -73,11 +77,12 @@ def import_skops() -> Any:
         import skops.io
 
         return skops.io
-    sys.meta_path.insert(0, _NoTorch)
+    finder = _NoTorch()
+    sys.meta_path.insert(0, finder)
     try:
         import skops.io
     finally:
-        sys.meta_path.remove(_NoTorch)
+        sys.meta_path.remove(finder)
     return skops.io
 
 

@@ -18,7 +18,19 @@ from sklearn.linear_model import LogisticRegression
 from aicml.models.portable.files import import_skops, load_skops
 
 out = {"torch_before": "torch" in sys.modules}
+import threading
+import aicml.models.portable.files as files
+seen = []
+class Probe:  # another thread asks for torch while skops imports: the finder lets it through
+    def find_spec(self, name, path=None, target=None):
+        if name == "skops.io._trusted_types" and not seen:
+            t = threading.Thread(target=lambda: seen.append(
+                [f.find_spec("torch") for f in sys.meta_path if isinstance(f, files._NoTorch)]))
+            t.start(); t.join()
+        return None
+sys.meta_path.insert(0, Probe())
 skops_io = import_skops()
+out["other_thread"] = seen == [[None]]
 out["torch_after_skops"] = "torch" in sys.modules
 from skops.io._trusted_types import SKLEARN_ESTIMATOR_TYPE_NAMES
 out["trusted"] = len(SKLEARN_ESTIMATOR_TYPE_NAMES)
@@ -48,6 +60,7 @@ def test_skops_imports_without_torch_and_torch_imports_afterwards(tmp_path: Path
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["torch_before"] is False and out["torch_after_skops"] is False
+    assert out["other_thread"] is True  # the finder refuses torch to the importing thread only
     assert out["torch_after_load"] is False  # a scikit-learn model loads without torch
     # The same trusted list as a plain import (208 estimators with this scikit-learn): the walk skipped
     # only what it leaves out anyway.
