@@ -28,8 +28,8 @@ PROMETHEUS = "prometheus"
 PROMETHEUS_SCRAPE_SECONDS = 5
 WORKER_POLL_SECONDS = 1
 # Prefect's process worker sometimes does not exit after SIGTERM (its shutdown hung until the 15 s SIGKILL in
-# 3 of 8 stops seen right after a cancelled run); it keeps no state, and its flow-run processes share its process
-# group, so they have had the SIGTERM too: a short grace, then SIGKILL.
+# 4 of 11 stops right after a cancelled run, and in every round of a later run); it keeps no state, and its
+# flow-run processes share its process group, so they have had the SIGTERM too: a short grace, then SIGKILL.
 WORKER_STOP_GRACE_SECONDS = 4.0
 # What `up` uses of Prefect's client once the Prefect server answers (work pool, automations, limits, blocks).
 PRELOADED = ("prefect.automations", "prefect.client.orchestration", "prefect.workers.process")
